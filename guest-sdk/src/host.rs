@@ -1,0 +1,138 @@
+//! What the host offers a plugin: its private key-value store, logging, its configuration,
+//! time and randomness. Thin, typed wrappers over the WIT imports.
+
+use crate::bindings::addon::provider::{config as wit_config, env, kv as wit_kv, log as wit_log};
+
+pub use wit_kv::KvError;
+pub use wit_log::Level;
+
+/// Handle to the add-on's private key-value store (see [`kv()`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kv;
+
+/// The add-on's key-value store. Keys are private to the add-on; writes are committed
+/// atomically with the call's result, and only if the call succeeds.
+pub fn kv() -> Kv {
+    Kv
+}
+
+impl Kv {
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        wit_kv::get(key)
+    }
+
+    /// The value as UTF-8 text (invalid UTF-8 is replaced).
+    pub fn get_string(&self, key: &str) -> Result<Option<String>, KvError> {
+        Ok(self
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        wit_kv::set(key, value)
+    }
+
+    pub fn set_string(&self, key: &str, value: &str) -> Result<(), KvError> {
+        wit_kv::set(key, value.as_bytes())
+    }
+
+    /// Remove a key; returns whether it existed.
+    pub fn delete(&self, key: &str) -> Result<bool, KvError> {
+        wit_kv::delete(key)
+    }
+
+    /// Keys starting with `prefix`, in byte order.
+    pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+        wit_kv::list_keys(prefix)
+    }
+
+    /// Set `key` to `new` (delete when `None`) only if it currently holds `expected`
+    /// (`None` = absent). Returns whether the swap happened.
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, KvError> {
+        wit_kv::compare_and_swap(key, expected, new)
+    }
+
+    /// Add `delta` to the decimal counter at `key` (absent = 0) with a compare-and-swap
+    /// loop, and return the new value.
+    pub fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        loop {
+            let current = self.get(key)?;
+            let value = current
+                .as_deref()
+                .and_then(|v| core::str::from_utf8(v).ok())
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(0);
+            let next = value.saturating_add(delta);
+            if self.compare_and_swap(key, current.as_deref(), Some(next.to_string().as_bytes()))? {
+                return Ok(next);
+            }
+        }
+    }
+}
+
+/// Write a line to the host's log, tagged with the add-on and the call.
+pub fn log(level: Level, message: &str) {
+    wit_log::log(level, message);
+}
+
+/// `info!("...", args)`: log at info level.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Info, &::std::format!($($arg)*)) };
+}
+
+/// `warn!("...", args)`: log at warn level.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Warn, &::std::format!($($arg)*)) };
+}
+
+/// `error!("...", args)`: log at error level.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Error, &::std::format!($($arg)*)) };
+}
+
+/// `debug!("...", args)`: log at debug level.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Debug, &::std::format!($($arg)*)) };
+}
+
+/// The add-on's id on this host (e.g. `myaddon`).
+pub fn addon_id() -> String {
+    wit_config::addon_id()
+}
+
+/// A setting from the add-on's `[config]` table in the host configuration.
+pub fn config(key: &str) -> Option<String> {
+    wit_config::get(key)
+}
+
+/// A secret from the add-on's `[secrets]` table in the host configuration.
+pub fn secret(name: &str) -> Option<String> {
+    wit_config::secret(name)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    env::now_ms()
+}
+
+/// `len` cryptographically secure random bytes.
+pub fn random_bytes(len: u32) -> Vec<u8> {
+    env::random_bytes(len)
+}
+
+/// `bytes` random bytes as lowercase hex (twice as many characters).
+pub fn random_hex(bytes: u32) -> String {
+    random_bytes(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! The host's configuration file: where data lives, and the add-ons it serves.
+//!
+//! One TOML file is the single source of truth for every hosted add-on: its plugin, its
+//! platform credentials, its plans and its limits. It is validated completely at start-up so
+//! a mistake is reported with the field that holds it, never discovered on a request.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default, rename = "addon")]
+    pub addons: Vec<AddonConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the sled database (relative paths are relative to the config file).
+    pub data_dir: PathBuf,
+    /// Instance allocator: "auto" (pooling when the machine allows it), "pooling" or
+    /// "on-demand".
+    pub allocator: Allocator,
+    /// Plugin calls that may run at once across all add-ons; further calls wait.
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            allocator: Allocator::Auto,
+            max_concurrent_calls: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocator {
+    Auto,
+    Pooling,
+    OnDemand,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonConfig {
+    /// The add-on's id: its URL segment (`/addons/{id}/...`) and the prefix of its variables.
+    pub id: String,
+    /// Path of the plugin component (relative paths are relative to the config file).
+    pub plugin: PathBuf,
+    /// Plans the add-on accepts; empty accepts any plan and leaves the decision to the plugin.
+    #[serde(default)]
+    pub plans: Vec<String>,
+    pub bitrise: Option<BitriseConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Plain settings the plugin reads with `config::get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Secrets the plugin reads with `config::secret`; never logged.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Bitrise's shared configuration for one add-on.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitriseConfig {
+    /// Sent by Bitrise in the `Authentication` header of /provision calls.
+    pub shared_token: String,
+    /// Signs SSO logins: `token = sha1(app_slug:sso_secret:timestamp)`.
+    pub sso_secret: String,
+}
+
+impl std::fmt::Debug for BitriseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BitriseConfig { .. }")
+    }
+}
+
+/// What one plugin call may use. The defaults keep a misbehaving plugin from hurting the
+/// host or its neighbours while leaving ample room for real provisioning logic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock budget of one plugin call. Bitrise abandons /provision after 10 s; 3 s
+    /// leaves room for storage, a conflict retry and the network.
+    pub deadline_ms: u64,
+    /// Linear memory a call's instance may grow to.
+    pub memory_mib: u64,
+    /// Largest reply (sum of variable names, values and message) a plugin may return.
+    pub max_reply_bytes: usize,
+    /// Most variables in one reply.
+    pub max_vars: usize,
+    /// Log bytes (WIT log plus stdout/stderr) kept per call; the rest is dropped and counted.
+    pub max_log_bytes: usize,
+    /// Longest key-value key.
+    pub max_key_bytes: usize,
+    /// Largest key-value value.
+    pub max_value_bytes: usize,
+    /// Most key-value writes one call may make.
+    pub max_writes_per_call: usize,
+    /// Largest request body accepted from a platform.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 3_000,
+            memory_mib: 64,
+            max_reply_bytes: 64 * 1024,
+            max_vars: 64,
+            max_log_bytes: 16 * 1024,
+            max_key_bytes: 512,
+            max_value_bytes: 256 * 1024,
+            max_writes_per_call: 1_000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Read and validate a config file, resolving relative paths against its folder.
+    pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg: HostConfig =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if self.server.data_dir.is_relative() {
+            self.server.data_dir = base.join(&self.server.data_dir);
+        }
+        for addon in &mut self.addons {
+            if addon.plugin.is_relative() {
+                addon.plugin = base.join(&addon.plugin);
+            }
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.server.max_concurrent_calls == 0 {
+            bail!("server.max_concurrent_calls must be at least 1");
+        }
+        let mut seen = HashSet::new();
+        for (i, addon) in self.addons.iter().enumerate() {
+            let at = format!("addon[{i}] (id `{}`)", addon.id);
+            if !valid_addon_id(&addon.id) {
+                bail!(
+                    "{at}: `id` must be 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+                );
+            }
+            if !seen.insert(addon.id.as_str()) {
+                bail!("{at}: `id` is used by another add-on");
+            }
+            if let Some(b) = &addon.bitrise {
+                if b.shared_token.trim().is_empty() {
+                    bail!("{at}: `bitrise.shared_token` is empty");
+                }
+                if b.sso_secret.trim().is_empty() {
+                    bail!("{at}: `bitrise.sso_secret` is empty");
+                }
+            }
+            if let Some(p) = addon.plans.iter().find(|p| p.trim().is_empty()) {
+                bail!("{at}: `plans` contains an empty name ({p:?})");
+            }
+            let l = &addon.limits;
+            for (name, value) in [
+                ("deadline_ms", l.deadline_ms),
+                ("memory_mib", l.memory_mib),
+                ("max_reply_bytes", l.max_reply_bytes as u64),
+                ("max_vars", l.max_vars as u64),
+                ("max_key_bytes", l.max_key_bytes as u64),
+                ("max_value_bytes", l.max_value_bytes as u64),
+                ("max_body_bytes", l.max_body_bytes as u64),
+            ] {
+                if value == 0 {
+                    bail!("{at}: `limits.{name}` must be greater than 0");
+                }
+            }
+            if l.memory_mib > 4096 {
+                bail!("{at}: `limits.memory_mib` must be at most 4096 (32-bit linear memory)");
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest memory cap of any add-on, which sizes the engine's memory slots.
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.addons
+            .iter()
+            .map(|a| a.limits.memory_mib)
+            .max()
+            .unwrap_or(64)
+            << 20
+    }
+}
+
+fn valid_addon_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && id.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}

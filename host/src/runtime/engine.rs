@@ -1,0 +1,115 @@
+//! Building the wasmtime engine: epoch interruption always, the pooling allocator when the
+//! machine can reserve its address space (falling back to on-demand allocation otherwise),
+//! and the thread that advances the epoch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::{Allocator, ServerConfig};
+
+/// What kind of engine was built, for logs and the status endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineInfo {
+    pub allocator: &'static str,
+    pub slots: u32,
+    /// Why pooling was not used, when it was wanted.
+    pub pooling_error: Option<String>,
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    // Traps report a bounded backtrace: enough to find the function, never megabytes.
+    config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+    config
+}
+
+fn pooling(slots: u32, max_memory_bytes: u64) -> anyhow::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
+        .max_memory_size(max_memory_bytes as usize)
+        .linear_memory_keep_resident(1 << 20);
+    let mut config = base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(Engine::new(&config)?)
+}
+
+pub fn build(server: &ServerConfig, max_memory_bytes: u64) -> anyhow::Result<(Engine, EngineInfo)> {
+    let slots = server.max_concurrent_calls;
+    let on_demand = |pooling_error| -> anyhow::Result<(Engine, EngineInfo)> {
+        let engine = Engine::new(&base_config())
+            .map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
+        Ok((
+            engine,
+            EngineInfo {
+                allocator: "on-demand",
+                slots,
+                pooling_error,
+            },
+        ))
+    };
+    match server.allocator {
+        Allocator::OnDemand => on_demand(None),
+        Allocator::Pooling => {
+            let engine =
+                pooling(slots, max_memory_bytes).context("creating the pooling allocator")?;
+            Ok((
+                engine,
+                EngineInfo {
+                    allocator: "pooling",
+                    slots,
+                    pooling_error: None,
+                },
+            ))
+        }
+        Allocator::Auto => match pooling(slots, max_memory_bytes) {
+            Ok(engine) => Ok((
+                engine,
+                EngineInfo {
+                    allocator: "pooling",
+                    slots,
+                    pooling_error: None,
+                },
+            )),
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
+                on_demand(Some(format!("{e:#}")))
+            }
+        },
+    }
+}
+
+/// Advances the engine's epoch every tick until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: Engine, tick: Duration) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,134 @@
+//! Why a plugin call failed, told apart so the platform gets the right status and the
+//! partner a message that says what their plugin did.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use wasmtime::Trap;
+
+use super::Answer;
+use super::state::CallState;
+use crate::config::Limits;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    #[error("exceeded its {deadline_ms} ms deadline")]
+    Deadline { deadline_ms: u64 },
+    #[error("exceeded its {memory_mib} MiB memory limit")]
+    Memory { memory_mib: u64 },
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("exceeded a key-value limit: {0}")]
+    Quota(String),
+    #[error("returned an invalid reply: {0}")]
+    InvalidReply(String),
+    #[error("returned a reply of {size} bytes, over the {max}-byte limit")]
+    ReplyTooLarge { size: usize, max: usize },
+    #[error("could not be run: {0}")]
+    Host(String),
+    #[error("was not run: the host is shutting down")]
+    ShuttingDown,
+}
+
+impl CallFailure {
+    /// Stable machine-readable name of the failure, used in JSON errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::Deadline { .. } => "deadline_exceeded",
+            CallFailure::Memory { .. } => "memory_limit",
+            CallFailure::Trap(_) => "plugin_trap",
+            CallFailure::Quota(_) => "quota_exceeded",
+            CallFailure::InvalidReply(_) => "invalid_reply",
+            CallFailure::ReplyTooLarge { .. } => "reply_too_large",
+            CallFailure::Host(_) => "host_error",
+            CallFailure::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Turn wasmtime's error for a failed call into a [`CallFailure`].
+pub(super) fn classify(
+    error: wasmtime::Error,
+    state: &CallState,
+    limits: &Limits,
+    elapsed: Duration,
+) -> CallFailure {
+    let trap = error.downcast_ref::<Trap>().copied();
+    tracing::warn!(addon = %state.env.id, call = state.call, elapsed_ms = elapsed.as_millis() as u64, "plugin call failed: {error:?}");
+    if trap == Some(Trap::Interrupt) {
+        return CallFailure::Deadline {
+            deadline_ms: limits.deadline_ms,
+        };
+    }
+    if state.limiter.memory_denied {
+        return CallFailure::Memory {
+            memory_mib: limits.memory_mib,
+        };
+    }
+    if let Some(q) = &state.quota_violation {
+        return CallFailure::Quota(q.clone());
+    }
+    let root = error.root_cause().to_string();
+    let Some(trap) = trap else {
+        return CallFailure::Host(root);
+    };
+    // Rust guests print their panic message on stderr before aborting; it says far more
+    // than "unreachable instruction executed".
+    let stderr = state.stderr.contents();
+    let panic_line = String::from_utf8_lossy(&stderr)
+        .lines()
+        .find(|l| l.contains("panicked at") || l.contains("memory allocation"))
+        .map(|l| l.chars().take(300).collect::<String>());
+    CallFailure::Trap(match panic_line {
+        Some(line) => format!("{trap}: {line}"),
+        None => trap.to_string(),
+    })
+}
+
+/// Enforce the output limits on a successful answer.
+pub(super) fn check_answer(answer: Answer, limits: &Limits) -> Result<Answer, CallFailure> {
+    let size: usize = answer
+        .config
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + answer.message.as_ref().map_or(0, String::len);
+    if size > limits.max_reply_bytes {
+        return Err(CallFailure::ReplyTooLarge {
+            size,
+            max: limits.max_reply_bytes,
+        });
+    }
+    if answer.config.len() > limits.max_vars {
+        return Err(CallFailure::InvalidReply(format!(
+            "{} variables, over the limit of {}",
+            answer.config.len(),
+            limits.max_vars
+        )));
+    }
+    let mut seen = HashSet::new();
+    for (key, value) in &answer.config {
+        if !valid_var_name(key) {
+            return Err(CallFailure::InvalidReply(format!(
+                "variable name {key:?} is not of the form [A-Za-z_][A-Za-z0-9_]*"
+            )));
+        }
+        if value.is_empty() {
+            return Err(CallFailure::InvalidReply(format!(
+                "variable `{key}` has an empty value"
+            )));
+        }
+        if !seen.insert(key.as_str()) {
+            return Err(CallFailure::InvalidReply(format!(
+                "variable `{key}` appears twice"
+            )));
+        }
+    }
+    Ok(answer)
+}
+
+fn valid_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

@@ -1,0 +1,258 @@
+//! The WebAssembly runtime: one wasmtime engine for the host, each add-on's plugin compiled
+//! once into an `InstancePre`, and every call run in a fresh `Store` under a deadline
+//! (epoch interruption), a memory cap and output limits.
+//!
+//! Calls run on tokio's blocking pool: wasmtime-wasi's sync bindings must not run on a
+//! runtime worker. A semaphore bounds the calls in flight so the instance pool is never
+//! exhausted; excess calls wait for a slot.
+
+mod engine;
+mod failure;
+mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+pub use engine::EngineInfo;
+pub use failure::CallFailure;
+pub use state::AddonEnv;
+
+use crate::config::ServerConfig;
+use crate::storage::KvTxn;
+use state::{CallLimiter, CallState};
+
+/// Host-side bindings of `wit/provider.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({ world: "plugin", path: "../wit" });
+}
+
+pub use bindings::addon::provider::types::{
+    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, EnvVar, Platform, ProviderError,
+    ProvisionReply, ProvisionRequest, Unavailable,
+};
+
+/// How often the epoch advances; deadlines are rounded up to this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    slots: Arc<Semaphore>,
+    info: EngineInfo,
+    _ticker: engine::EpochTicker,
+}
+
+/// A compiled plugin, ready to instantiate.
+pub struct Plugin {
+    pre: bindings::PluginPre<CallState>,
+    /// sha256 of the component's bytes, the plugin's version identity.
+    pub sha256: String,
+    pub size: usize,
+}
+
+impl Plugin {
+    /// A short form of the version for messages.
+    pub fn version(&self) -> &str {
+        &self.sha256[..12]
+    }
+}
+
+/// One export call and its input.
+#[derive(Debug, Clone)]
+pub enum Export {
+    Provision(ProvisionRequest),
+    ChangePlan(ChangePlanRequest),
+    Deprovision(DeprovisionRequest),
+}
+
+impl Export {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Export::Provision(_) => "provision",
+            Export::ChangePlan(_) => "change-plan",
+            Export::Deprovision(_) => "deprovision",
+        }
+    }
+}
+
+/// What a plugin answered: its variables and message (empty for deprovision).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub config: Vec<(String, String)>,
+    pub message: Option<String>,
+}
+
+/// The outcome of a call that ran to completion: the plugin's own answer or refusal, and the
+/// key-value writes it made (to be committed by the caller only on success).
+pub struct Completed {
+    pub result: Result<Answer, ProviderError>,
+    pub kv: KvTxn,
+    pub elapsed: Duration,
+}
+
+impl Runtime {
+    pub fn new(server: &ServerConfig, max_memory_bytes: u64) -> anyhow::Result<Runtime> {
+        let (engine, info) = engine::build(server, max_memory_bytes)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        let ticker = engine::EpochTicker::start(engine.clone(), EPOCH_TICK);
+        Ok(Runtime {
+            engine,
+            linker,
+            slots: Arc::new(Semaphore::new(server.max_concurrent_calls as usize)),
+            info,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    /// Compile and link a plugin. Fails with a message naming what is wrong when the bytes
+    /// are not a component or do not implement the `plugin` world.
+    pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Plugin> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow::anyhow!("not a valid component: {e:#}"))?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}")
+        })?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| {
+            anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}")
+        })?;
+        Ok(Plugin {
+            pre,
+            sha256: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len(),
+        })
+    }
+
+    /// Run one export of `plugin` in a fresh instance.
+    pub async fn call(
+        &self,
+        plugin: Arc<Plugin>,
+        env: Arc<AddonEnv>,
+        kv: KvTxn,
+        export: Export,
+    ) -> Result<Completed, CallFailure> {
+        let _slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallFailure::ShuttingDown)?;
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || run(&engine, &plugin, env, kv, export))
+            .await
+            .map_err(|e| CallFailure::Host(format!("call task failed: {e}")))?
+    }
+}
+
+fn run(
+    engine: &Engine,
+    plugin: &Plugin,
+    env: Arc<AddonEnv>,
+    kv: KvTxn,
+    export: Export,
+) -> Result<Completed, CallFailure> {
+    let started = Instant::now();
+    let limits = env.limits.clone();
+    let stdout = MemoryOutputPipe::new(limits.max_log_bytes);
+    let stderr = MemoryOutputPipe::new(limits.max_log_bytes);
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .build();
+    let state = CallState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: CallLimiter {
+            memory_cap: (limits.memory_mib << 20) as usize,
+            memory_denied: false,
+        },
+        env,
+        call: export.name(),
+        kv,
+        quota_violation: None,
+        storage_failure: None,
+        log_bytes: 0,
+        log_dropped: 0,
+        stdout,
+        stderr,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let ticks = limits
+        .deadline_ms
+        .div_ceil(EPOCH_TICK.as_millis() as u64)
+        .max(1);
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+
+    let outcome = plugin
+        .pre
+        .instantiate(&mut store)
+        .and_then(|instance| call_export(&instance, &mut store, export));
+    let elapsed = started.elapsed();
+    flush_guest_output(store.data_mut());
+    let state = store.into_data();
+    let result = match outcome {
+        Err(error) => return Err(failure::classify(error, &state, &limits, elapsed)),
+        Ok(r) => r,
+    };
+    if let Some(msg) = state.storage_failure {
+        return Err(CallFailure::Host(msg));
+    }
+    let result = match result {
+        Ok(answer) => Ok(failure::check_answer(answer, &limits)?),
+        Err(refusal) => Err(refusal),
+    };
+    Ok(Completed {
+        result,
+        kv: state.kv,
+        elapsed,
+    })
+}
+
+fn call_export(
+    instance: &bindings::Plugin,
+    store: &mut Store<CallState>,
+    export: Export,
+) -> wasmtime::Result<Result<Answer, ProviderError>> {
+    Ok(match export {
+        Export::Provision(req) => instance.call_provision(&mut *store, &req)?.map(|r| Answer {
+            config: r.config.into_iter().map(|v| (v.key, v.value)).collect(),
+            message: r.message,
+        }),
+        Export::ChangePlan(req) => instance
+            .call_change_plan(&mut *store, &req)?
+            .map(|r| Answer {
+                config: r.config.into_iter().map(|v| (v.key, v.value)).collect(),
+                message: r.message,
+            }),
+        Export::Deprovision(req) => instance
+            .call_deprovision(&mut *store, &req)?
+            .map(|()| Answer::default()),
+    })
+}
+
+/// Forward what the guest printed on stdout/stderr (a panic message, typically) to the log.
+fn flush_guest_output(state: &mut CallState) {
+    for pipe in [state.stdout.contents(), state.stderr.contents()] {
+        let text = String::from_utf8_lossy(&pipe);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            state.guest_log(bindings::addon::provider::log::Level::Warn, line);
+        }
+    }
+    if state.log_dropped > 0 {
+        tracing::warn!(addon = %state.env.id, call = state.call, dropped = state.log_dropped, "plugin log over its per-call budget");
+    }
+}

@@ -1,0 +1,102 @@
+//! Secrets and signed tokens: constant-time comparison of shared tokens, and the SSO token
+//! scheme both platforms use (`hex(sha1(subject:secret:timestamp))`, with Bitrise's
+//! `sha256-` variant) checked for freshness.
+
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ServiceError;
+
+/// How far an SSO timestamp may be from the host's clock, either way.
+pub const SSO_WINDOW_SECS: i64 = 300;
+
+/// Compare a presented secret with the expected one without leaking, through timing, how
+/// much of it matched or how long it is (both sides are hashed to a fixed length first).
+pub fn secret_matches(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    bool::from(a.ct_eq(&b))
+}
+
+/// Check an SSO token for `subject` signed with `secret` at `timestamp` (unix seconds, as
+/// sent). Returns the parsed timestamp.
+pub fn verify_sso_token(
+    subject: &str,
+    secret: &str,
+    timestamp: &str,
+    token: &str,
+    now: i64,
+) -> Result<i64, ServiceError> {
+    let ts: i64 = timestamp.trim().parse().map_err(|_| {
+        ServiceError::Forbidden(format!(
+            "timestamp {timestamp:?} is not a unix time in seconds"
+        ))
+    })?;
+    let material = format!("{subject}:{secret}:{}", timestamp.trim());
+    let (given, expected) = match token.strip_prefix("sha256-") {
+        Some(hex) => (hex, hex::encode(Sha256::digest(material.as_bytes()))),
+        None => (token, hex::encode(Sha1::digest(material.as_bytes()))),
+    };
+    if !secret_matches(&given.to_ascii_lowercase(), &expected) {
+        return Err(ServiceError::Forbidden(
+            "the SSO token does not match".into(),
+        ));
+    }
+    if (now - ts).abs() > SSO_WINDOW_SECS {
+        return Err(ServiceError::Forbidden(format!(
+            "the SSO token is stale: its timestamp is {}s from now (limit {SSO_WINDOW_SECS}s)",
+            now - ts
+        )));
+    }
+    Ok(ts)
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kit_example_token_verifies() {
+        // The worked example of Bitrise's kit: slug 0123456789abcdef, secret cba321.
+        let token = "9a9f0c852674fbfb29fe66121397e8377496dcf0";
+        assert_eq!(
+            verify_sso_token(
+                "0123456789abcdef",
+                "cba321",
+                "1700000000",
+                token,
+                1_700_000_010
+            )
+            .unwrap(),
+            1_700_000_000
+        );
+        assert!(
+            verify_sso_token(
+                "0123456789abcdef",
+                "cba320",
+                "1700000000",
+                token,
+                1_700_000_010
+            )
+            .is_err()
+        );
+        assert!(
+            verify_sso_token(
+                "0123456789abcdef",
+                "cba321",
+                "1700000000",
+                token,
+                1_700_000_400
+            )
+            .is_err()
+        );
+    }
+}

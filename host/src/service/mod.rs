@@ -1,0 +1,427 @@
+//! The one service layer both protocols share: it finds the add-on, checks credentials,
+//! deduplicates provisions, runs the plugin under its limits, and commits the plugin's
+//! key-value writes together with the provision record — durably, before any success is
+//! returned.
+//!
+//! Calls for one resource are serialised (so concurrent identical provisions make one plugin
+//! call); calls for different resources run in parallel, and their key-value writes are
+//! committed optimistically: a call whose reads were changed by another is run again.
+
+pub mod auth;
+pub mod record;
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+
+use crate::config::{AddonConfig, BitriseConfig, HostConfig};
+use crate::error::ServiceError;
+use crate::runtime::{
+    AddonEnv, Answer, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin,
+    ProviderError, ProvisionRequest, Runtime,
+};
+use crate::storage::{AddonStore, Storage, StorageError};
+pub use record::{Record, Status};
+
+/// How many times a call is re-run when another call changed what it read.
+const MAX_CONFLICT_RETRIES: usize = 8;
+const LOCK_SHARDS: usize = 1024;
+
+pub struct Service {
+    addons: BTreeMap<String, Arc<Addon>>,
+    storage: Storage,
+    runtime: Runtime,
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// One hosted add-on: its configuration, its current plugin and its data.
+pub struct Addon {
+    pub config: AddonConfig,
+    env: Arc<AddonEnv>,
+    plugin: RwLock<Arc<Plugin>>,
+    store: AddonStore,
+}
+
+impl Addon {
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The plugin serving new calls.
+    pub fn plugin(&self) -> Arc<Plugin> {
+        match self.plugin.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn store(&self) -> &AddonStore {
+        &self.store
+    }
+
+    /// Bitrise settings, or a 404 when the add-on is not offered on Bitrise.
+    pub fn bitrise(&self) -> Result<&BitriseConfig, ServiceError> {
+        self.config
+            .bitrise
+            .as_ref()
+            .ok_or_else(|| ServiceError::ProtocolNotEnabled {
+                addon: self.config.id.clone(),
+                protocol: "Bitrise",
+            })
+    }
+
+    pub fn record(&self, resource_id: &str) -> Result<Option<Record>, ServiceError> {
+        match self.store.record(resource_id)? {
+            None => Ok(None),
+            Some(bytes) => Record::from_bytes(&bytes).map(Some).map_err(|e| {
+                ServiceError::Storage(format!("record `{resource_id}` is unreadable: {e}"))
+            }),
+        }
+    }
+
+    fn check_plan(&self, plan: &str) -> Result<(), ServiceError> {
+        let plans = &self.config.plans;
+        if plan.trim().is_empty() {
+            return Err(ServiceError::BadRequest("`plan` must not be empty".into()));
+        }
+        if !plans.is_empty() && !plans.iter().any(|p| p == plan) {
+            return Err(ServiceError::UnknownPlan {
+                plan: plan.to_owned(),
+                allowed: plans.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The result of a provision: the record as stored, and whether this call created it.
+#[derive(Debug)]
+pub struct Provisioned {
+    pub record: Record,
+    pub created: bool,
+}
+
+impl Service {
+    /// Open the data directory, build the engine and compile every add-on's plugin.
+    pub fn start(cfg: &HostConfig) -> anyhow::Result<Service> {
+        std::fs::create_dir_all(&cfg.server.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.server.data_dir.display()))?;
+        let storage = Storage::open(&cfg.server.data_dir)
+            .with_context(|| format!("opening data dir {}", cfg.server.data_dir.display()))?;
+        let runtime = Runtime::new(&cfg.server, cfg.max_memory_bytes())?;
+        let mut addons = BTreeMap::new();
+        for addon in &cfg.addons {
+            let bytes = std::fs::read(&addon.plugin).with_context(|| {
+                format!(
+                    "add-on `{}`: reading plugin {}",
+                    addon.id,
+                    addon.plugin.display()
+                )
+            })?;
+            let started = std::time::Instant::now();
+            let plugin = runtime.load(&bytes).with_context(|| {
+                format!("add-on `{}`: plugin {}", addon.id, addon.plugin.display())
+            })?;
+            tracing::info!(
+                addon = %addon.id,
+                version = plugin.version(),
+                bytes = plugin.size,
+                compile_ms = started.elapsed().as_millis() as u64,
+                "plugin loaded"
+            );
+            let env = AddonEnv {
+                id: addon.id.clone(),
+                config: addon.config.clone(),
+                secrets: addon.secrets.clone(),
+                limits: addon.limits.clone(),
+            };
+            let store = storage.addon(&addon.id)?;
+            let entry = Addon {
+                config: addon.clone(),
+                env: Arc::new(env),
+                plugin: RwLock::new(Arc::new(plugin)),
+                store,
+            };
+            addons.insert(addon.id.clone(), Arc::new(entry));
+        }
+        Ok(Service {
+            addons,
+            storage,
+            runtime,
+            locks: (0..LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        })
+    }
+
+    pub fn addon(&self, id: &str) -> Result<Arc<Addon>, ServiceError> {
+        self.addons
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::UnknownAddon(id.to_owned()))
+    }
+
+    pub fn addons(&self) -> impl Iterator<Item = &Arc<Addon>> {
+        self.addons.values()
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    async fn lock(&self, addon: &Addon, resource_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = DefaultHasher::new();
+        (addon.id(), resource_id).hash(&mut h);
+        self.locks[(h.finish() as usize) % LOCK_SHARDS].lock().await
+    }
+
+    /// Provision a resource. An identical repeat replays the stored reply without calling the
+    /// plugin; a different request for an active resource re-provisions it (the plugin is
+    /// called again and its new reply stored), as Bitrise's "create or update" asks.
+    pub async fn provision(
+        &self,
+        addon: &Addon,
+        req: ProvisionRequest,
+    ) -> Result<Provisioned, ServiceError> {
+        addon.check_plan(&req.plan)?;
+        let _guard = self.lock(addon, &req.resource_id).await;
+        let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
+        let digest = record::request_digest(&req);
+        if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
+            return Ok(Provisioned {
+                record: record.clone(),
+                created: false,
+            });
+        }
+        let now = record::now_ms();
+        let created = existing.is_none();
+        let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
+        let plugin = addon.plugin();
+        let version = plugin.sha256.clone();
+        let record = self
+            .run(addon, plugin, Export::Provision(req.clone()), |answer| {
+                Some(Record {
+                    resource_id: req.resource_id.clone(),
+                    platform: record::platform_name(req.platform).to_owned(),
+                    app_id: req.app_id.clone(),
+                    plan: req.plan.clone(),
+                    app_title: req.app_title.clone(),
+                    request_digest: digest.clone(),
+                    config: answer.config.clone(),
+                    message: answer.message.clone(),
+                    status: Status::Active,
+                    plugin_version: version.clone(),
+                    created_ms,
+                    updated_ms: now,
+                })
+            })
+            .await?;
+        let record =
+            record.ok_or_else(|| ServiceError::Storage("provision produced no record".into()))?;
+        tracing::info!(addon = addon.id(), resource = %record.resource_id, plan = %record.plan, created, "provisioned");
+        Ok(Provisioned { record, created })
+    }
+
+    /// Move an active resource to another plan. The same plan again is a no-op success.
+    pub async fn change_plan(
+        &self,
+        addon: &Addon,
+        resource_id: &str,
+        plan: &str,
+    ) -> Result<Record, ServiceError> {
+        addon.check_plan(plan)?;
+        let _guard = self.lock(addon, resource_id).await;
+        let current = addon
+            .record(resource_id)?
+            .filter(Record::is_active)
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!("no provisioned resource `{resource_id}`"))
+            })?;
+        if current.plan == plan {
+            return Ok(current);
+        }
+        let request = ChangePlanRequest {
+            resource_id: resource_id.to_owned(),
+            platform: platform_of(&current),
+            app_id: current.app_id.clone(),
+            previous_plan: current.plan.clone(),
+            plan: plan.to_owned(),
+        };
+        let plugin = addon.plugin();
+        let version = plugin.sha256.clone();
+        let record = self
+            .run(addon, plugin, Export::ChangePlan(request), |answer| {
+                let mut next = current.clone();
+                next.plan = plan.to_owned();
+                merge_config(&mut next.config, &answer.config);
+                next.message = answer.message.clone().or(next.message);
+                next.plugin_version = version.clone();
+                next.updated_ms = record::now_ms();
+                Some(next)
+            })
+            .await?;
+        let record =
+            record.ok_or_else(|| ServiceError::Storage("plan change produced no record".into()))?;
+        tracing::info!(
+            addon = addon.id(),
+            resource = resource_id,
+            plan,
+            "plan changed"
+        );
+        Ok(record)
+    }
+
+    /// Deprovision a resource. Unknown or already deprovisioned resources succeed without a
+    /// plugin call, so the operation is idempotent. Returns the record as it was, if any.
+    pub async fn deprovision(
+        &self,
+        addon: &Addon,
+        resource_id: &str,
+    ) -> Result<Option<Record>, ServiceError> {
+        let _guard = self.lock(addon, resource_id).await;
+        let Some(current) = addon.record(resource_id)?.filter(Record::is_active) else {
+            return Ok(None);
+        };
+        let request = DeprovisionRequest {
+            resource_id: resource_id.to_owned(),
+            platform: platform_of(&current),
+            app_id: current.app_id.clone(),
+            plan: current.plan.clone(),
+        };
+        let plugin = addon.plugin();
+        let version = plugin.sha256.clone();
+        self.run(addon, plugin, Export::Deprovision(request), |_| {
+            let mut gone = current.clone();
+            gone.status = Status::Deprovisioned;
+            gone.plugin_version = version.clone();
+            gone.updated_ms = record::now_ms();
+            Some(gone)
+        })
+        .await?;
+        tracing::info!(addon = addon.id(), resource = resource_id, "deprovisioned");
+        Ok(Some(current))
+    }
+
+    /// Check and consume an SSO token: valid signature, fresh, and never used before.
+    pub fn verify_sso(
+        &self,
+        scope: &str,
+        subject: &str,
+        secret: &str,
+        timestamp: &str,
+        token: &str,
+    ) -> Result<(), ServiceError> {
+        let now = auth::unix_now();
+        let ts = auth::verify_sso_token(subject, secret, timestamp, token, now)?;
+        if !self
+            .storage
+            .claim_sso_token(scope, ts, token, now - 2 * auth::SSO_WINDOW_SECS)?
+        {
+            return Err(ServiceError::Forbidden(
+                "this SSO token was already used".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Run one plugin call and, if the plugin succeeds, commit its key-value writes together
+    /// with the record built from its answer, then flush. Refusals and failures commit nothing.
+    async fn run(
+        &self,
+        addon: &Addon,
+        plugin: Arc<Plugin>,
+        export: Export,
+        make_record: impl Fn(&Answer) -> Option<Record>,
+    ) -> Result<Option<Record>, ServiceError> {
+        let call = export.name();
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let completed = self
+                .runtime
+                .call(
+                    plugin.clone(),
+                    addon.env.clone(),
+                    addon.store.begin(),
+                    export.clone(),
+                )
+                .await
+                .map_err(|failure| ServiceError::CallFailed {
+                    addon: addon.id().to_owned(),
+                    call,
+                    version: plugin.version().to_owned(),
+                    failure,
+                })?;
+            let answer = completed
+                .result
+                .map_err(|e| refusal(addon, call, &plugin, e))?;
+            let record = make_record(&answer);
+            let bytes = record
+                .as_ref()
+                .map(|r| (r.resource_id.clone(), r.to_bytes()));
+            match addon.store.commit(
+                &completed.kv,
+                bytes.as_ref().map(|(id, b)| (id.as_str(), b.as_slice())),
+            ) {
+                Ok(()) => {
+                    self.storage.flush().await?;
+                    return Ok(record);
+                }
+                Err(StorageError::Conflict(key)) => {
+                    tracing::debug!(
+                        addon = addon.id(),
+                        call,
+                        key,
+                        "key-value conflict; running the call again"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Busy(addon.id().to_owned()))
+    }
+}
+
+fn refusal(addon: &Addon, call: &'static str, plugin: &Plugin, e: ProviderError) -> ServiceError {
+    let addon = addon.id().to_owned();
+    match e {
+        ProviderError::InvalidRequest(message) => ServiceError::Refused {
+            addon,
+            call,
+            message,
+        },
+        ProviderError::Unavailable(u) => ServiceError::Unavailable {
+            addon,
+            call,
+            message: u.message,
+            docs_url: u.docs_url,
+        },
+        ProviderError::Internal(message) => ServiceError::PluginError {
+            addon,
+            call,
+            version: plugin.version().to_owned(),
+            message,
+        },
+    }
+}
+
+fn platform_of(record: &Record) -> Platform {
+    match record.platform.as_str() {
+        "xervo" => Platform::Xervo,
+        _ => Platform::Bitrise,
+    }
+}
+
+/// Overlay a plan change's variables on the provisioned ones.
+fn merge_config(config: &mut Vec<(String, String)>, changes: &[(String, String)]) {
+    for (key, value) in changes {
+        match config.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.clone(),
+            None => config.push((key.clone(), value.clone())),
+        }
+    }
+}

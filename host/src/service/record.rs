@@ -1,0 +1,80 @@
+//! The provision record kept for each resource: what was asked, what was answered, and by
+//! which plugin version. Replays answer from it without calling the plugin.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::runtime::{Platform, ProvisionRequest};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Deprovisioned,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub resource_id: String,
+    pub platform: String,
+    pub app_id: String,
+    pub plan: String,
+    pub app_title: Option<String>,
+    /// Digest of the provision request that created or last re-provisioned the resource.
+    pub request_digest: String,
+    /// The variables currently exported (provision reply, updated by plan changes).
+    pub config: Vec<(String, String)>,
+    pub message: Option<String>,
+    pub status: Status,
+    /// sha256 of the plugin that last served the resource.
+    pub plugin_version: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Record {
+    pub fn is_active(&self) -> bool {
+        self.status == Status::Active
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising a struct of strings cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+pub fn platform_name(p: Platform) -> &'static str {
+    match p {
+        Platform::Bitrise => "bitrise",
+        Platform::Xervo => "xervo",
+    }
+}
+
+/// A digest over every field of a provision request, so "the same request" means the same
+/// bytes in every field, whatever the wire format was.
+pub fn request_digest(req: &ProvisionRequest) -> String {
+    let canonical = serde_json::json!([
+        req.resource_id,
+        platform_name(req.platform),
+        req.app_id,
+        req.plan,
+        req.app_title,
+        req.api_token,
+        req.email,
+        req.region,
+        req.callback_url,
+        req.options,
+    ]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,246 @@
+//! Durable state in sled: per-add-on trees holding provision records and the add-on's
+//! private key-value data, plus the SSO tokens already used.
+//!
+//! Each add-on gets its own tree (`addon/{id}`), so one add-on can never read another's
+//! keys. A plugin call reads through a [`KvTxn`] that buffers its writes; the service commits
+//! those writes together with the provision record in one sled transaction, after checking
+//! that nothing the call read has changed since (optimistic concurrency). A call that fails
+//! is simply dropped, leaving the tree untouched.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+const RECORD: &[u8] = b"r/";
+const KV: &[u8] = b"k/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage failure: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("another call changed key `{0}` that this call read")]
+    Conflict(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Storage {
+    db: sled::Db,
+    sso_tokens: sled::Tree,
+}
+
+impl Storage {
+    pub fn open(dir: &Path) -> Result<Storage> {
+        let db = sled::Config::new().path(dir).open()?;
+        let sso_tokens = db.open_tree("sso-tokens")?;
+        Ok(Storage { db, sso_tokens })
+    }
+
+    pub fn addon(&self, id: &str) -> Result<AddonStore> {
+        Ok(AddonStore {
+            tree: self.db.open_tree(format!("addon/{id}"))?,
+        })
+    }
+
+    /// Make everything committed so far durable. Called before any 2xx reply.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Mark an SSO token as used. Returns false when it was used before (a replay).
+    /// Entries older than `keep_after` (unix seconds) are pruned on the way.
+    pub fn claim_sso_token(
+        &self,
+        scope: &str,
+        timestamp: i64,
+        token: &str,
+        keep_after: i64,
+    ) -> Result<bool> {
+        let key = format!("{:020}/{scope}/{token}", timestamp.max(0));
+        let claimed = self
+            .sso_tokens
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&b""[..]))?
+            .is_ok();
+        let cutoff = format!("{:020}/", keep_after.max(0));
+        for old in self.sso_tokens.range(..cutoff.as_bytes()).keys().take(256) {
+            self.sso_tokens.remove(old?)?;
+        }
+        Ok(claimed)
+    }
+}
+
+/// One add-on's tree.
+#[derive(Clone)]
+pub struct AddonStore {
+    tree: sled::Tree,
+}
+
+fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+impl AddonStore {
+    pub fn record(&self, resource_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(prefixed(RECORD, resource_id))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Every record, for listings and consistency checks.
+    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.tree
+            .scan_prefix(RECORD)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k[RECORD.len()..]).into_owned(),
+                    v.to_vec(),
+                ))
+            })
+            .collect()
+    }
+
+    pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(KV, key))?.map(|v| v.to_vec()))
+    }
+
+    /// Every key-value pair of the add-on (administration and tests).
+    pub fn kv_dump(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        self.tree
+            .scan_prefix(KV)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k[KV.len()..]).into_owned(),
+                    v.to_vec(),
+                ))
+            })
+            .collect()
+    }
+
+    fn kv_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        self.tree
+            .scan_prefix(prefixed(KV, prefix))
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[KV.len()..]).into_owned()))
+            .collect()
+    }
+
+    /// Start buffering a call's key-value access.
+    pub fn begin(&self) -> KvTxn {
+        KvTxn {
+            store: self.clone(),
+            reads: BTreeMap::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// Atomically apply a call's writes and (optionally) write a record, provided every key
+    /// the call read still holds the value it saw.
+    pub fn commit(&self, txn: &KvTxn, record: Option<(&str, &[u8])>) -> Result<()> {
+        let outcome = (&self.tree,).transaction(|(tree,)| {
+            for (key, seen) in &txn.reads {
+                let now = tree.get(prefixed(KV, key))?;
+                if now.as_deref() != seen.as_deref() {
+                    return Err(ConflictableTransactionError::Abort(key.clone()));
+                }
+            }
+            for (key, value) in &txn.writes {
+                match value {
+                    Some(v) => tree.insert(prefixed(KV, key), v.as_slice())?,
+                    None => tree.remove(prefixed(KV, key))?,
+                };
+            }
+            if let Some((id, bytes)) = record {
+                tree.insert(prefixed(RECORD, id), bytes)?;
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(key)) => Err(StorageError::Conflict(key)),
+            Err(TransactionError::Storage(e)) => Err(StorageError::Sled(e)),
+        }
+    }
+}
+
+/// A call's view of the add-on's key-value data: reads see the call's own writes first,
+/// writes stay in memory until [`AddonStore::commit`].
+pub struct KvTxn {
+    store: AddonStore,
+    /// The first value seen for each key read from the tree (validated at commit).
+    reads: BTreeMap<String, Option<Vec<u8>>>,
+    /// Pending writes; `None` deletes.
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl KvTxn {
+    pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.reads.get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.store.kv_get(key)?;
+        self.reads.insert(key.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    pub fn set(&mut self, key: &str, value: Vec<u8>) {
+        self.writes.insert(key.to_owned(), Some(value));
+    }
+
+    pub fn delete(&mut self, key: &str) -> Result<bool> {
+        let existed = self.get(key)?.is_some();
+        self.writes.insert(key.to_owned(), None);
+        Ok(existed)
+    }
+
+    /// Keys with `prefix`, merging the tree with this call's pending writes.
+    pub fn list_keys(&mut self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys: std::collections::BTreeSet<String> =
+            self.store.kv_keys(prefix)?.into_iter().collect();
+        for (k, v) in self
+            .writes
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            match v {
+                Some(_) => keys.insert(k.clone()),
+                None => keys.remove(k),
+            };
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    pub fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
+        if self.get(key)?.as_deref() != expected {
+            return Ok(false);
+        }
+        self.writes.insert(key.to_owned(), new);
+        Ok(true)
+    }
+
+    /// Number of distinct keys this call wrote or deleted.
+    pub fn write_count(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_pending(&self, key: &str) -> bool {
+        self.writes.contains_key(key)
+    }
+}
