@@ -14,10 +14,7 @@ pub enum Error {
     Invalid(String),
     /// Try again later, or the change is not instant (HTTP 503), optionally with a page
     /// that explains it.
-    Unavailable {
-        message: String,
-        docs_url: Option<String>,
-    },
+    Unavailable { message: String, docs_url: Option<String> },
     /// The plugin failed (HTTP 500).
     Internal(String),
 }
@@ -49,9 +46,7 @@ impl Error {
     pub fn into_wit(self) -> ProviderError {
         match self {
             Error::Invalid(m) => ProviderError::InvalidRequest(m),
-            Error::Unavailable { message, docs_url } => {
-                ProviderError::Unavailable(Unavailable { message, docs_url })
-            }
+            Error::Unavailable { message, docs_url } => ProviderError::Unavailable(Unavailable { message, docs_url }),
             Error::Internal(m) => ProviderError::Internal(m),
         }
     }

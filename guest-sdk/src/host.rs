@@ -23,9 +23,7 @@ impl Kv {
 
     /// The value as UTF-8 text (invalid UTF-8 is replaced).
     pub fn get_string(&self, key: &str) -> Result<Option<String>, KvError> {
-        Ok(self
-            .get(key)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
@@ -48,12 +46,7 @@ impl Kv {
 
     /// Set `key` to `new` (delete when `None`) only if it currently holds `expected`
     /// (`None` = absent). Returns whether the swap happened.
-    pub fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<bool, KvError> {
+    pub fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, KvError> {
         wit_kv::compare_and_swap(key, expected, new)
     }
 
@@ -131,8 +124,5 @@ pub fn random_bytes(len: u32) -> Vec<u8> {
 
 /// `bytes` random bytes as lowercase hex (twice as many characters).
 pub fn random_hex(bytes: u32) -> String {
-    random_bytes(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    random_bytes(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -61,9 +61,7 @@ mod reply;
 pub use bindings::addon::provider::types::{EnvVar, Platform};
 pub use bindings::{ChangePlanRequest, DeprovisionRequest, ProvisionRequest};
 pub use error::{Error, Result};
-pub use host::{
-    Kv, KvError, Level, addon_id, config, kv, log, now_ms, random_bytes, random_hex, secret,
-};
+pub use host::{Kv, KvError, Level, addon_id, config, kv, log, now_ms, random_bytes, random_hex, secret};
 pub use reply::{ChangePlanReply, ProvisionReply};
 
 /// What an add-on does when a platform provisions, re-plans or removes a resource.

@@ -32,6 +32,19 @@ pub struct ServerConfig {
     pub allocator: Allocator,
     /// Plugin calls that may run at once across all add-ons; further calls wait.
     pub max_concurrent_calls: u32,
+    /// Where compiled plugins are cached (default: `compiled` inside the data directory);
+    /// set to an empty string to disable the cache.
+    pub compile_cache: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match &self.compile_cache {
+            None => Some(self.data_dir.join("compiled")),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -41,6 +54,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             allocator: Allocator::Auto,
             max_concurrent_calls: 64,
+            compile_cache: None,
         }
     }
 }
@@ -135,8 +149,7 @@ impl Default for Limits {
 impl HostConfig {
     /// Read and validate a config file, resolving relative paths against its folder.
     pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         let mut cfg: HostConfig =
             toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -149,6 +162,12 @@ impl HostConfig {
     pub fn resolve_paths(&mut self, base: &Path) {
         if self.server.data_dir.is_relative() {
             self.server.data_dir = base.join(&self.server.data_dir);
+        }
+        if let Some(cache) = &mut self.server.compile_cache
+            && cache.is_relative()
+            && !cache.as_os_str().is_empty()
+        {
+            *cache = base.join(&*cache);
         }
         for addon in &mut self.addons {
             if addon.plugin.is_relative() {
@@ -165,9 +184,7 @@ impl HostConfig {
         for (i, addon) in self.addons.iter().enumerate() {
             let at = format!("addon[{i}] (id `{}`)", addon.id);
             if !valid_addon_id(&addon.id) {
-                bail!(
-                    "{at}: `id` must be 1-63 characters of a-z, 0-9 and '-', starting with a letter"
-                );
+                bail!("{at}: `id` must be 1-63 characters of a-z, 0-9 and '-', starting with a letter");
             }
             if !seen.insert(addon.id.as_str()) {
                 bail!("{at}: `id` is used by another add-on");
@@ -206,18 +223,11 @@ impl HostConfig {
 
     /// The largest memory cap of any add-on, which sizes the engine's memory slots.
     pub fn max_memory_bytes(&self) -> u64 {
-        self.addons
-            .iter()
-            .map(|a| a.limits.memory_mib)
-            .max()
-            .unwrap_or(64)
-            << 20
+        self.addons.iter().map(|a| a.limits.memory_mib).max().unwrap_or(64) << 20
     }
 }
 
 fn valid_addon_id(id: &str) -> bool {
     let mut chars = id.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && id.len() <= 63
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+    matches!(chars.next(), Some('a'..='z')) && id.len() <= 63 && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
 }

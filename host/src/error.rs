@@ -14,10 +14,7 @@ pub enum ServiceError {
     #[error("no add-on `{0}` is hosted here")]
     UnknownAddon(String),
     #[error("add-on `{addon}` is not offered on {protocol}")]
-    ProtocolNotEnabled {
-        addon: String,
-        protocol: &'static str,
-    },
+    ProtocolNotEnabled { addon: String, protocol: &'static str },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -91,9 +88,7 @@ impl ServiceError {
                 failure: CallFailure::ShuttingDown,
                 ..
             } => StatusCode::SERVICE_UNAVAILABLE,
-            PluginError { .. } | CallFailed { .. } | Storage(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            PluginError { .. } | CallFailed { .. } | Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -127,10 +122,7 @@ impl ServiceError {
                 body["call"] = json!(call);
             }
             Unavailable {
-                addon,
-                call,
-                docs_url,
-                ..
+                addon, call, docs_url, ..
             } => {
                 body["addon"] = json!(addon);
                 body["call"] = json!(call);
@@ -139,16 +131,10 @@ impl ServiceError {
                 }
             }
             PluginError {
-                addon,
-                call,
-                version,
-                ..
+                addon, call, version, ..
             }
             | CallFailed {
-                addon,
-                call,
-                version,
-                ..
+                addon, call, version, ..
             } => {
                 body["addon"] = json!(addon);
                 body["call"] = json!(call);

@@ -12,10 +12,7 @@ use crate::error::ServiceError;
 use crate::service::Addon;
 
 /// The raw body, within the add-on's size limit.
-pub fn body_bytes(
-    addon: &Addon,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, ServiceError> {
+pub fn body_bytes(addon: &Addon, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServiceError> {
     let max = addon.config.limits.max_body_bytes;
     let bytes = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) => {
@@ -34,10 +31,7 @@ pub fn body_bytes(
 
 /// Decode a JSON body. A missing content type is tolerated (platforms' tools are not all
 /// careful); a different one is refused.
-pub fn json_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    bytes: &[u8],
-) -> Result<T, ServiceError> {
+pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ServiceError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -47,15 +41,20 @@ pub fn json_body<T: DeserializeOwned>(
             )));
         }
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ServiceError::BadRequest(format!("invalid JSON body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ServiceError::BadRequest(format!("invalid JSON body: {inner}"))
+        } else {
+            ServiceError::BadRequest(format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })
 }
 
 /// A form body (`application/x-www-form-urlencoded`).
-pub fn form_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    bytes: &[u8],
-) -> Result<T, ServiceError> {
+pub fn form_body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ServiceError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         if !ct.starts_with("application/x-www-form-urlencoded") {
@@ -64,13 +63,10 @@ pub fn form_body<T: DeserializeOwned>(
             )));
         }
     }
-    serde_urlencoded::from_bytes(bytes)
-        .map_err(|e| ServiceError::BadRequest(format!("invalid form body: {e}")))
+    serde_urlencoded::from_bytes(bytes).map_err(|e| ServiceError::BadRequest(format!("invalid form body: {e}")))
 }
 
-pub fn path_params<T>(
-    path: Result<axum::extract::Path<T>, PathRejection>,
-) -> Result<T, ServiceError> {
+pub fn path_params<T>(path: Result<axum::extract::Path<T>, PathRejection>) -> Result<T, ServiceError> {
     path.map(|p| p.0)
         .map_err(|e| ServiceError::BadRequest(format!("invalid path: {e}")))
 }
@@ -91,9 +87,7 @@ pub fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
         )));
     }
     if id == "." || id == ".." {
-        return Err(ServiceError::BadRequest(format!(
-            "`{field}` must not be `{id}`"
-        )));
+        return Err(ServiceError::BadRequest(format!("`{field}` must not be `{id}`")));
     }
     Ok(())
 }

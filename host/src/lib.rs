@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod bitrise;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;

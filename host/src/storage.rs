@@ -53,13 +53,7 @@ impl Storage {
 
     /// Mark an SSO token as used. Returns false when it was used before (a replay).
     /// Entries older than `keep_after` (unix seconds) are pruned on the way.
-    pub fn claim_sso_token(
-        &self,
-        scope: &str,
-        timestamp: i64,
-        token: &str,
-        keep_after: i64,
-    ) -> Result<bool> {
+    pub fn claim_sso_token(&self, scope: &str, timestamp: i64, token: &str, keep_after: i64) -> Result<bool> {
         let key = format!("{:020}/{scope}/{token}", timestamp.max(0));
         let claimed = self
             .sso_tokens
@@ -88,10 +82,7 @@ fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
 
 impl AddonStore {
     pub fn record(&self, resource_id: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tree
-            .get(prefixed(RECORD, resource_id))?
-            .map(|v| v.to_vec()))
+        Ok(self.tree.get(prefixed(RECORD, resource_id))?.map(|v| v.to_vec()))
     }
 
     /// Every record, for listings and consistency checks.
@@ -100,10 +91,7 @@ impl AddonStore {
             .scan_prefix(RECORD)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((
-                    String::from_utf8_lossy(&k[RECORD.len()..]).into_owned(),
-                    v.to_vec(),
-                ))
+                Ok((String::from_utf8_lossy(&k[RECORD.len()..]).into_owned(), v.to_vec()))
             })
             .collect()
     }
@@ -118,10 +106,7 @@ impl AddonStore {
             .scan_prefix(KV)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((
-                    String::from_utf8_lossy(&k[KV.len()..]).into_owned(),
-                    v.to_vec(),
-                ))
+                Ok((String::from_utf8_lossy(&k[KV.len()..]).into_owned(), v.to_vec()))
             })
             .collect()
     }
@@ -207,8 +192,7 @@ impl KvTxn {
 
     /// Keys with `prefix`, merging the tree with this call's pending writes.
     pub fn list_keys(&mut self, prefix: &str) -> Result<Vec<String>> {
-        let mut keys: std::collections::BTreeSet<String> =
-            self.store.kv_keys(prefix)?.into_iter().collect();
+        let mut keys: std::collections::BTreeSet<String> = self.store.kv_keys(prefix)?.into_iter().collect();
         for (k, v) in self
             .writes
             .range(prefix.to_owned()..)
@@ -222,12 +206,7 @@ impl KvTxn {
         Ok(keys.into_iter().collect())
     }
 
-    pub fn compare_and_swap(
-        &mut self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool> {
+    pub fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {
         if self.get(key)?.as_deref() != expected {
             return Ok(false);
         }

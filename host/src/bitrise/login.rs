@@ -58,12 +58,7 @@ pub async fn login(
     let record = addon
         .record(&form.app_slug)?
         .filter(Record::is_active)
-        .ok_or_else(|| {
-            ServiceError::NotFound(format!(
-                "app `{}` has not provisioned `{addon_id}`",
-                form.app_slug
-            ))
-        })?;
+        .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{addon_id}`", form.app_slug)))?;
     let docs = addon.config.config.get("docs_url").map(String::as_str);
     let page = dashboard(&addon_id, &record, &query, docs);
     let mut response = (StatusCode::OK, page).into_response();

@@ -60,34 +60,22 @@ struct EnvsReply<'a> {
 impl<'a> EnvsReply<'a> {
     fn of(record: &'a Record) -> Self {
         EnvsReply {
-            envs: record
-                .config
-                .iter()
-                .map(|(key, value)| Env { key, value })
-                .collect(),
+            envs: record.config.iter().map(|(key, value)| Env { key, value }).collect(),
         }
     }
 }
 
 /// The add-on named in the path, offered on Bitrise, with the caller's shared token checked.
-fn authenticated(
-    service: &Service,
-    addon_id: &str,
-    headers: &HeaderMap,
-) -> Result<Arc<Addon>, ServiceError> {
+fn authenticated(service: &Service, addon_id: &str, headers: &HeaderMap) -> Result<Arc<Addon>, ServiceError> {
     let addon = service.addon(addon_id)?;
     let expected = &addon.bitrise()?.shared_token;
     let given = headers
         .get("authentication")
         .ok_or_else(|| {
-            ServiceError::Unauthorized(
-                "missing `Authentication` header with the add-on's shared token".into(),
-            )
+            ServiceError::Unauthorized("missing `Authentication` header with the add-on's shared token".into())
         })?
         .to_str()
-        .map_err(|_| {
-            ServiceError::Unauthorized("the `Authentication` header is not valid text".into())
-        })?;
+        .map_err(|_| ServiceError::Unauthorized("the `Authentication` header is not valid text".into()))?;
     if !auth::secret_matches(given.trim(), expected) {
         return Err(ServiceError::Unauthorized(
             "the `Authentication` token is not valid for this add-on".into(),
@@ -107,9 +95,7 @@ async fn provision(
     let body: ProvisionBody = json_body(&headers, &body_bytes(&addon, body)?)?;
     check_resource_id("app_slug", &body.app_slug)?;
     if body.api_token.is_empty() {
-        return Err(ServiceError::BadRequest(
-            "`api_token` must not be empty".into(),
-        ));
+        return Err(ServiceError::BadRequest("`api_token` must not be empty".into()));
     }
     let request = ProvisionRequest {
         resource_id: body.app_slug.clone(),
@@ -162,9 +148,5 @@ async fn deprovision(
     } else {
         "nothing to deprovision"
     };
-    Ok((
-        StatusCode::OK,
-        Json(serde_json::json!({ "message": message })),
-    )
-        .into_response())
+    Ok((StatusCode::OK, Json(serde_json::json!({ "message": message }))).into_response())
 }

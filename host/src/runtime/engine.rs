@@ -44,8 +44,7 @@ fn pooling(slots: u32, max_memory_bytes: u64) -> anyhow::Result<Engine> {
 pub fn build(server: &ServerConfig, max_memory_bytes: u64) -> anyhow::Result<(Engine, EngineInfo)> {
     let slots = server.max_concurrent_calls;
     let on_demand = |pooling_error| -> anyhow::Result<(Engine, EngineInfo)> {
-        let engine = Engine::new(&base_config())
-            .map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
+        let engine = Engine::new(&base_config()).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
         Ok((
             engine,
             EngineInfo {
@@ -58,8 +57,7 @@ pub fn build(server: &ServerConfig, max_memory_bytes: u64) -> anyhow::Result<(En
     match server.allocator {
         Allocator::OnDemand => on_demand(None),
         Allocator::Pooling => {
-            let engine =
-                pooling(slots, max_memory_bytes).context("creating the pooling allocator")?;
+            let engine = pooling(slots, max_memory_bytes).context("creating the pooling allocator")?;
             Ok((
                 engine,
                 EngineInfo {

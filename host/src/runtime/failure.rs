@@ -47,12 +47,7 @@ impl CallFailure {
 }
 
 /// Turn wasmtime's error for a failed call into a [`CallFailure`].
-pub(super) fn classify(
-    error: wasmtime::Error,
-    state: &CallState,
-    limits: &Limits,
-    elapsed: Duration,
-) -> CallFailure {
+pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limits, elapsed: Duration) -> CallFailure {
     let trap = error.downcast_ref::<Trap>().copied();
     tracing::warn!(addon = %state.env.id, call = state.call, elapsed_ms = elapsed.as_millis() as u64, "plugin call failed: {error:?}");
     if trap == Some(Trap::Interrupt) {
@@ -75,23 +70,31 @@ pub(super) fn classify(
     // Rust guests print their panic message on stderr before aborting; it says far more
     // than "unreachable instruction executed".
     let stderr = state.stderr.contents();
-    let panic_line = String::from_utf8_lossy(&stderr)
-        .lines()
-        .find(|l| l.contains("panicked at") || l.contains("memory allocation"))
-        .map(|l| l.chars().take(300).collect::<String>());
+    let panic_line = panic_message(&String::from_utf8_lossy(&stderr));
     CallFailure::Trap(match panic_line {
         Some(line) => format!("{trap}: {line}"),
         None => trap.to_string(),
     })
 }
 
+/// The panic report a Rust guest printed: `thread '..' panicked at FILE:LINE:COL:` and the
+/// message on the next line (or an allocator failure), shortened.
+fn panic_message(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("panicked at") || l.contains("memory allocation"))?;
+    let mut text = lines[at].trim().to_owned();
+    if let Some(next) = lines.get(at + 1).filter(|_| text.ends_with(':')) {
+        text.push(' ');
+        text.push_str(next.trim());
+    }
+    Some(text.chars().take(400).collect())
+}
+
 /// Enforce the output limits on a successful answer.
 pub(super) fn check_answer(answer: Answer, limits: &Limits) -> Result<Answer, CallFailure> {
-    let size: usize = answer
-        .config
-        .iter()
-        .map(|(k, v)| k.len() + v.len())
-        .sum::<usize>()
+    let size: usize = answer.config.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         + answer.message.as_ref().map_or(0, String::len);
     if size > limits.max_reply_bytes {
         return Err(CallFailure::ReplyTooLarge {
@@ -119,9 +122,7 @@ pub(super) fn check_answer(answer: Answer, limits: &Limits) -> Result<Answer, Ca
             )));
         }
         if !seen.insert(key.as_str()) {
-            return Err(CallFailure::InvalidReply(format!(
-                "variable `{key}` appears twice"
-            )));
+            return Err(CallFailure::InvalidReply(format!("variable `{key}` appears twice")));
         }
     }
     Ok(answer)
@@ -129,6 +130,5 @@ pub(super) fn check_answer(answer: Answer, limits: &Limits) -> Result<Answer, Ca
 
 fn valid_var_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_'))
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_')) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

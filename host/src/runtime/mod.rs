@@ -10,6 +10,8 @@ mod engine;
 mod failure;
 mod state;
 
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,8 +36,8 @@ pub mod bindings {
 }
 
 pub use bindings::addon::provider::types::{
-    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, EnvVar, Platform, ProviderError,
-    ProvisionReply, ProvisionRequest, Unavailable,
+    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, EnvVar, Platform, ProviderError, ProvisionReply,
+    ProvisionRequest, Unavailable,
 };
 
 /// How often the epoch advances; deadlines are rounded up to this granularity.
@@ -45,6 +47,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,
     slots: Arc<Semaphore>,
+    cache_dir: Option<PathBuf>,
     info: EngineInfo,
     _ticker: engine::EpochTicker,
 }
@@ -55,6 +58,8 @@ pub struct Plugin {
     /// sha256 of the component's bytes, the plugin's version identity.
     pub sha256: String,
     pub size: usize,
+    /// Whether the compiled artefact came from the on-disk cache.
+    pub from_cache: bool,
 }
 
 impl Plugin {
@@ -108,6 +113,7 @@ impl Runtime {
             engine,
             linker,
             slots: Arc::new(Semaphore::new(server.max_concurrent_calls as usize)),
+            cache_dir: server.cache_dir(),
             info,
             _ticker: ticker,
         })
@@ -120,19 +126,45 @@ impl Runtime {
     /// Compile and link a plugin. Fails with a message naming what is wrong when the bytes
     /// are not a component or do not implement the `plugin` world.
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Plugin> {
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| anyhow::anyhow!("not a valid component: {e:#}"))?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}")
-        })?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| {
-            anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}")
-        })?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let (component, from_cache) = self.compile(bytes, &sha256)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}"))?;
+        let pre = bindings::PluginPre::new(instance_pre)
+            .map_err(|e| anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}"))?;
         Ok(Plugin {
             pre,
-            sha256: hex::encode(Sha256::digest(bytes)),
+            sha256,
             size: bytes.len(),
+            from_cache,
         })
+    }
+
+    /// Compile, or load the artefact an earlier compilation left in the cache directory. The
+    /// cache key is the content's sha256 plus the engine's compatibility hash, so a different
+    /// wasmtime or engine configuration never loads a stale artefact.
+    fn compile(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, bool)> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok((new_component(&self.engine, bytes)?, false));
+        };
+        let mut h = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let path = dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
+        if path.exists() {
+            // SAFETY: the file was written by `serialize` below, into the host's own cache
+            // directory, for this exact engine configuration (it is in the file name).
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled artefact: {e:#}"),
+            }
+        }
+        let component = new_component(&self.engine, bytes)?;
+        if let Err(e) = write_artefact(&component, dir, &path) {
+            tracing::warn!(path = %path.display(), "could not cache the compiled plugin: {e:#}");
+        }
+        Ok((component, false))
     }
 
     /// Run one export of `plugin` in a fresh instance.
@@ -154,6 +186,22 @@ impl Runtime {
             .await
             .map_err(|e| CallFailure::Host(format!("call task failed: {e}")))?
     }
+}
+
+fn new_component(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
+    Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("not a valid component: {e:#}"))
+}
+
+/// Write atomically (temporary file, then rename) so concurrent hosts never read half a file.
+fn write_artefact(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tmp = dir.join(format!(".{}-{}.tmp", std::process::id(), hex::encode(suffix)));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 fn run(
@@ -190,10 +238,7 @@ fn run(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    let ticks = limits
-        .deadline_ms
-        .div_ceil(EPOCH_TICK.as_millis() as u64)
-        .max(1);
+    let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
     store.set_epoch_deadline(ticks);
     store.epoch_deadline_trap();
 
@@ -210,6 +255,10 @@ fn run(
     };
     if let Some(msg) = state.storage_failure {
         return Err(CallFailure::Host(msg));
+    }
+    // A plugin that hit a key-value limit and then gave up failed because of the limit.
+    if let (Err(_), Some(quota)) = (&result, &state.quota_violation) {
+        return Err(CallFailure::Quota(quota.clone()));
     }
     let result = match result {
         Ok(answer) => Ok(failure::check_answer(answer, &limits)?),
@@ -232,12 +281,10 @@ fn call_export(
             config: r.config.into_iter().map(|v| (v.key, v.value)).collect(),
             message: r.message,
         }),
-        Export::ChangePlan(req) => instance
-            .call_change_plan(&mut *store, &req)?
-            .map(|r| Answer {
-                config: r.config.into_iter().map(|v| (v.key, v.value)).collect(),
-                message: r.message,
-            }),
+        Export::ChangePlan(req) => instance.call_change_plan(&mut *store, &req)?.map(|r| Answer {
+            config: r.config.into_iter().map(|v| (v.key, v.value)).collect(),
+            message: r.message,
+        }),
         Export::Deprovision(req) => instance
             .call_deprovision(&mut *store, &req)?
             .map(|()| Answer::default()),

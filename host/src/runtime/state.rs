@@ -48,12 +48,7 @@ pub struct CallLimiter {
 }
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
             self.memory_denied = true;
             return Ok(false);
@@ -61,12 +56,7 @@ impl ResourceLimiter for CallLimiter {
         Ok(maximum.is_none_or(|m| desired <= m))
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
     }
 
@@ -128,10 +118,7 @@ impl CallState {
             return Err(self.quota(msg));
         }
         if !self.kv.is_pending(key) && self.kv.write_count() >= limits.max_writes_per_call {
-            let msg = format!(
-                "more than {} key-value writes in one call",
-                limits.max_writes_per_call
-            );
+            let msg = format!("more than {} key-value writes in one call", limits.max_writes_per_call);
             return Err(self.quota(msg));
         }
         Ok(())

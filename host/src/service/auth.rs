@@ -28,20 +28,17 @@ pub fn verify_sso_token(
     token: &str,
     now: i64,
 ) -> Result<i64, ServiceError> {
-    let ts: i64 = timestamp.trim().parse().map_err(|_| {
-        ServiceError::Forbidden(format!(
-            "timestamp {timestamp:?} is not a unix time in seconds"
-        ))
-    })?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| ServiceError::Forbidden(format!("timestamp {timestamp:?} is not a unix time in seconds")))?;
     let material = format!("{subject}:{secret}:{}", timestamp.trim());
     let (given, expected) = match token.strip_prefix("sha256-") {
         Some(hex) => (hex, hex::encode(Sha256::digest(material.as_bytes()))),
         None => (token, hex::encode(Sha1::digest(material.as_bytes()))),
     };
     if !secret_matches(&given.to_ascii_lowercase(), &expected) {
-        return Err(ServiceError::Forbidden(
-            "the SSO token does not match".into(),
-        ));
+        return Err(ServiceError::Forbidden("the SSO token does not match".into()));
     }
     if (now - ts).abs() > SSO_WINDOW_SECS {
         return Err(ServiceError::Forbidden(format!(
@@ -68,35 +65,10 @@ mod tests {
         // The worked example of Bitrise's kit: slug 0123456789abcdef, secret cba321.
         let token = "9a9f0c852674fbfb29fe66121397e8377496dcf0";
         assert_eq!(
-            verify_sso_token(
-                "0123456789abcdef",
-                "cba321",
-                "1700000000",
-                token,
-                1_700_000_010
-            )
-            .unwrap(),
+            verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_010).unwrap(),
             1_700_000_000
         );
-        assert!(
-            verify_sso_token(
-                "0123456789abcdef",
-                "cba320",
-                "1700000000",
-                token,
-                1_700_000_010
-            )
-            .is_err()
-        );
-        assert!(
-            verify_sso_token(
-                "0123456789abcdef",
-                "cba321",
-                "1700000000",
-                token,
-                1_700_000_400
-            )
-            .is_err()
-        );
+        assert!(verify_sso_token("0123456789abcdef", "cba320", "1700000000", token, 1_700_000_010).is_err());
+        assert!(verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_400).is_err());
     }
 }

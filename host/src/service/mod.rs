@@ -19,14 +19,14 @@ use anyhow::Context;
 use crate::config::{AddonConfig, BitriseConfig, HostConfig};
 use crate::error::ServiceError;
 use crate::runtime::{
-    AddonEnv, Answer, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin,
-    ProviderError, ProvisionRequest, Runtime,
+    AddonEnv, Answer, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError, ProvisionRequest,
+    Runtime,
 };
 use crate::storage::{AddonStore, Storage, StorageError};
 pub use record::{Record, Status};
 
 /// How many times a call is re-run when another call changed what it read.
-const MAX_CONFLICT_RETRIES: usize = 8;
+const MAX_CONFLICT_RETRIES: usize = 16;
 const LOCK_SHARDS: usize = 1024;
 
 pub struct Service {
@@ -42,6 +42,9 @@ pub struct Addon {
     env: Arc<AddonEnv>,
     plugin: RwLock<Arc<Plugin>>,
     store: AddonStore,
+    /// Held by calls re-run after a key-value conflict, so that retries make progress one at
+    /// a time instead of colliding again.
+    retry_lock: tokio::sync::Mutex<()>,
 }
 
 impl Addon {
@@ -75,9 +78,9 @@ impl Addon {
     pub fn record(&self, resource_id: &str) -> Result<Option<Record>, ServiceError> {
         match self.store.record(resource_id)? {
             None => Ok(None),
-            Some(bytes) => Record::from_bytes(&bytes).map(Some).map_err(|e| {
-                ServiceError::Storage(format!("record `{resource_id}` is unreadable: {e}"))
-            }),
+            Some(bytes) => Record::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| ServiceError::Storage(format!("record `{resource_id}` is unreadable: {e}"))),
         }
     }
 
@@ -113,17 +116,12 @@ impl Service {
         let runtime = Runtime::new(&cfg.server, cfg.max_memory_bytes())?;
         let mut addons = BTreeMap::new();
         for addon in &cfg.addons {
-            let bytes = std::fs::read(&addon.plugin).with_context(|| {
-                format!(
-                    "add-on `{}`: reading plugin {}",
-                    addon.id,
-                    addon.plugin.display()
-                )
-            })?;
+            let bytes = std::fs::read(&addon.plugin)
+                .with_context(|| format!("add-on `{}`: reading plugin {}", addon.id, addon.plugin.display()))?;
             let started = std::time::Instant::now();
-            let plugin = runtime.load(&bytes).with_context(|| {
-                format!("add-on `{}`: plugin {}", addon.id, addon.plugin.display())
-            })?;
+            let plugin = runtime
+                .load(&bytes)
+                .with_context(|| format!("add-on `{}`: plugin {}", addon.id, addon.plugin.display()))?;
             tracing::info!(
                 addon = %addon.id,
                 version = plugin.version(),
@@ -143,6 +141,7 @@ impl Service {
                 env: Arc::new(env),
                 plugin: RwLock::new(Arc::new(plugin)),
                 store,
+                retry_lock: tokio::sync::Mutex::new(()),
             };
             addons.insert(addon.id.clone(), Arc::new(entry));
         }
@@ -150,9 +149,7 @@ impl Service {
             addons,
             storage,
             runtime,
-            locks: (0..LOCK_SHARDS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            locks: (0..LOCK_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
     }
 
@@ -184,11 +181,7 @@ impl Service {
     /// Provision a resource. An identical repeat replays the stored reply without calling the
     /// plugin; a different request for an active resource re-provisions it (the plugin is
     /// called again and its new reply stored), as Bitrise's "create or update" asks.
-    pub async fn provision(
-        &self,
-        addon: &Addon,
-        req: ProvisionRequest,
-    ) -> Result<Provisioned, ServiceError> {
+    pub async fn provision(&self, addon: &Addon, req: ProvisionRequest) -> Result<Provisioned, ServiceError> {
         addon.check_plan(&req.plan)?;
         let _guard = self.lock(addon, &req.resource_id).await;
         let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
@@ -222,27 +215,19 @@ impl Service {
                 })
             })
             .await?;
-        let record =
-            record.ok_or_else(|| ServiceError::Storage("provision produced no record".into()))?;
+        let record = record.ok_or_else(|| ServiceError::Storage("provision produced no record".into()))?;
         tracing::info!(addon = addon.id(), resource = %record.resource_id, plan = %record.plan, created, "provisioned");
         Ok(Provisioned { record, created })
     }
 
     /// Move an active resource to another plan. The same plan again is a no-op success.
-    pub async fn change_plan(
-        &self,
-        addon: &Addon,
-        resource_id: &str,
-        plan: &str,
-    ) -> Result<Record, ServiceError> {
+    pub async fn change_plan(&self, addon: &Addon, resource_id: &str, plan: &str) -> Result<Record, ServiceError> {
         addon.check_plan(plan)?;
         let _guard = self.lock(addon, resource_id).await;
         let current = addon
             .record(resource_id)?
             .filter(Record::is_active)
-            .ok_or_else(|| {
-                ServiceError::NotFound(format!("no provisioned resource `{resource_id}`"))
-            })?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
         if current.plan == plan {
             return Ok(current);
         }
@@ -266,24 +251,14 @@ impl Service {
                 Some(next)
             })
             .await?;
-        let record =
-            record.ok_or_else(|| ServiceError::Storage("plan change produced no record".into()))?;
-        tracing::info!(
-            addon = addon.id(),
-            resource = resource_id,
-            plan,
-            "plan changed"
-        );
+        let record = record.ok_or_else(|| ServiceError::Storage("plan change produced no record".into()))?;
+        tracing::info!(addon = addon.id(), resource = resource_id, plan, "plan changed");
         Ok(record)
     }
 
     /// Deprovision a resource. Unknown or already deprovisioned resources succeed without a
     /// plugin call, so the operation is idempotent. Returns the record as it was, if any.
-    pub async fn deprovision(
-        &self,
-        addon: &Addon,
-        resource_id: &str,
-    ) -> Result<Option<Record>, ServiceError> {
+    pub async fn deprovision(&self, addon: &Addon, resource_id: &str) -> Result<Option<Record>, ServiceError> {
         let _guard = self.lock(addon, resource_id).await;
         let Some(current) = addon.record(resource_id)?.filter(Record::is_active) else {
             return Ok(None);
@@ -323,9 +298,7 @@ impl Service {
             .storage
             .claim_sso_token(scope, ts, token, now - 2 * auth::SSO_WINDOW_SECS)?
         {
-            return Err(ServiceError::Forbidden(
-                "this SSO token was already used".into(),
-            ));
+            return Err(ServiceError::Forbidden("this SSO token was already used".into()));
         }
         Ok(())
     }
@@ -340,15 +313,11 @@ impl Service {
         make_record: impl Fn(&Answer) -> Option<Record>,
     ) -> Result<Option<Record>, ServiceError> {
         let call = export.name();
+        let mut serial: Option<tokio::sync::MutexGuard<'_, ()>> = None;
         for _ in 0..MAX_CONFLICT_RETRIES {
             let completed = self
                 .runtime
-                .call(
-                    plugin.clone(),
-                    addon.env.clone(),
-                    addon.store.begin(),
-                    export.clone(),
-                )
+                .call(plugin.clone(), addon.env.clone(), addon.store.begin(), export.clone())
                 .await
                 .map_err(|failure| ServiceError::CallFailed {
                     addon: addon.id().to_owned(),
@@ -356,17 +325,13 @@ impl Service {
                     version: plugin.version().to_owned(),
                     failure,
                 })?;
-            let answer = completed
-                .result
-                .map_err(|e| refusal(addon, call, &plugin, e))?;
+            let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
             let record = make_record(&answer);
-            let bytes = record
-                .as_ref()
-                .map(|r| (r.resource_id.clone(), r.to_bytes()));
-            match addon.store.commit(
-                &completed.kv,
-                bytes.as_ref().map(|(id, b)| (id.as_str(), b.as_slice())),
-            ) {
+            let bytes = record.as_ref().map(|r| (r.resource_id.clone(), r.to_bytes()));
+            match addon
+                .store
+                .commit(&completed.kv, bytes.as_ref().map(|(id, b)| (id.as_str(), b.as_slice())))
+            {
                 Ok(()) => {
                     self.storage.flush().await?;
                     return Ok(record);
@@ -378,6 +343,9 @@ impl Service {
                         key,
                         "key-value conflict; running the call again"
                     );
+                    if serial.is_none() {
+                        serial = Some(addon.retry_lock.lock().await);
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -389,11 +357,7 @@ impl Service {
 fn refusal(addon: &Addon, call: &'static str, plugin: &Plugin, e: ProviderError) -> ServiceError {
     let addon = addon.id().to_owned();
     match e {
-        ProviderError::InvalidRequest(message) => ServiceError::Refused {
-            addon,
-            call,
-            message,
-        },
+        ProviderError::InvalidRequest(message) => ServiceError::Refused { addon, call, message },
         ProviderError::Unavailable(u) => ServiceError::Unavailable {
             addon,
             call,

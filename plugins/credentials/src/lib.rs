@@ -9,8 +9,8 @@
 //! Config: `host_url` (required) — the service's public base URL.
 
 use addon_sdk::{
-    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply,
-    ProvisionRequest, Result, export_provider, kv,
+    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
+    export_provider, kv,
 };
 
 struct Credentials;
@@ -24,8 +24,7 @@ fn secret_key(resource_id: &str) -> String {
 }
 
 fn host_url(resource_id: &str) -> Result<String> {
-    let base = addon_sdk::config("host_url")
-        .ok_or_else(|| Error::internal("config `host_url` is not set"))?;
+    let base = addon_sdk::config("host_url").ok_or_else(|| Error::internal("config `host_url` is not set"))?;
     Ok(format!("{}/apps/{resource_id}", base.trim_end_matches('/')))
 }
 
@@ -45,11 +44,7 @@ impl Provider for Credentials {
                 }
             }
         };
-        addon_sdk::info!(
-            "issued credentials for {} ({:?})",
-            req.resource_id,
-            req.platform
-        );
+        addon_sdk::info!("issued credentials for {} ({:?})", req.resource_id, req.platform);
         let prefix = prefix();
         Ok(ProvisionReply::new()
             .var(format!("{prefix}_HOST_URL"), host_url(&req.resource_id)?)
@@ -58,21 +53,13 @@ impl Provider for Credentials {
     }
 
     fn change_plan(req: ChangePlanRequest) -> Result<ChangePlanReply> {
-        addon_sdk::info!(
-            "{} moves from {} to {}",
-            req.resource_id,
-            req.previous_plan,
-            req.plan
-        );
+        addon_sdk::info!("{} moves from {} to {}", req.resource_id, req.previous_plan, req.plan);
         Ok(ChangePlanReply::new().message(format!("Now on {}.", req.plan)))
     }
 
     fn deprovision(req: DeprovisionRequest) -> Result<()> {
         let existed = kv().delete(&secret_key(&req.resource_id))?;
-        addon_sdk::info!(
-            "revoked credentials for {} (existed: {existed})",
-            req.resource_id
-        );
+        addon_sdk::info!("revoked credentials for {} (existed: {existed})", req.resource_id);
         Ok(())
     }
 }

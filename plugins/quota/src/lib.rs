@@ -12,8 +12,8 @@
 //! Secrets: `signing_key` (required).
 
 use addon_sdk::{
-    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply,
-    ProvisionRequest, Result, export_provider, kv,
+    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
+    export_provider, kv,
 };
 
 struct Quota;
@@ -25,11 +25,7 @@ fn quota_mb(plan: &str) -> Result<u64> {
         .iter()
         .find(|(name, _)| *name == plan)
         .map(|(_, mb)| *mb)
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "unknown plan `{plan}`; plans are free, pro, enterprise"
-            ))
-        })
+        .ok_or_else(|| Error::invalid(format!("unknown plan `{plan}`; plans are free, pro, enterprise")))
 }
 
 fn prefix() -> String {
@@ -39,8 +35,7 @@ fn prefix() -> String {
 /// A stable, unguessable bucket name: a keyed digest of the resource id. (FNV-style mixing
 /// keeps the example dependency-free; a real add-on would use HMAC-SHA256.)
 fn bucket_name(resource_id: &str) -> Result<String> {
-    let key = addon_sdk::secret("signing_key")
-        .ok_or_else(|| Error::internal("secret `signing_key` is not set"))?;
+    let key = addon_sdk::secret("signing_key").ok_or_else(|| Error::internal("secret `signing_key` is not set"))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes().chain([b':']).chain(resource_id.bytes()) {
         h ^= u64::from(b);
@@ -65,17 +60,12 @@ fn usage_mb(resource_id: &str) -> Result<u64> {
 }
 
 fn vars(resource_id: &str, plan: &str) -> Result<Vec<(String, String)>> {
-    let base = addon_sdk::config("bucket_url")
-        .ok_or_else(|| Error::internal("config `bucket_url` is not set"))?;
+    let base = addon_sdk::config("bucket_url").ok_or_else(|| Error::internal("config `bucket_url` is not set"))?;
     let p = prefix();
     Ok(vec![
         (
             format!("{p}_URL"),
-            format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                bucket_name(resource_id)?
-            ),
+            format!("{}/{}", base.trim_end_matches('/'), bucket_name(resource_id)?),
         ),
         (format!("{p}_QUOTA_MB"), quota_mb(plan)?.to_string()),
     ])
@@ -89,8 +79,7 @@ fn take_free_slot() -> Result<()> {
     let used = kv().increment("tier/free/used", 1)?;
     if used > capacity {
         // The refusal discards this increment along with every other write of the call.
-        let docs = addon_sdk::config("docs_url")
-            .unwrap_or_else(|| "https://example.com/docs/free-tier".into());
+        let docs = addon_sdk::config("docs_url").unwrap_or_else(|| "https://example.com/docs/free-tier".into());
         return Err(Error::unavailable_with_docs(
             "The free tier is full right now; try again later or choose pro.",
             docs,
@@ -125,8 +114,7 @@ impl Provider for Quota {
             &addon_sdk::now_ms().to_string(),
         )?;
         addon_sdk::info!("allocated {quota} MB for {}", req.resource_id);
-        let mut reply =
-            ProvisionReply::new().message(format!("{quota} MB ready on the {} plan.", req.plan));
+        let mut reply = ProvisionReply::new().message(format!("{quota} MB ready on the {} plan.", req.plan));
         for (k, v) in vars(&req.resource_id, &req.plan)? {
             reply = reply.var(k, v);
         }
@@ -136,8 +124,7 @@ impl Provider for Quota {
     fn change_plan(req: ChangePlanRequest) -> Result<ChangePlanReply> {
         let new_quota = quota_mb(&req.plan)?;
         if req.plan == "enterprise" && req.previous_plan != "enterprise" {
-            let docs = addon_sdk::config("docs_url")
-                .unwrap_or_else(|| "https://example.com/docs/enterprise".into());
+            let docs = addon_sdk::config("docs_url").unwrap_or_else(|| "https://example.com/docs/enterprise".into());
             return Err(Error::unavailable_with_docs(
                 "Moving to enterprise is not instant: our team will contact you to set it up.",
                 docs,

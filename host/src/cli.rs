@@ -1,0 +1,124 @@
+//! The `addon-host` command line: `serve` and `check`. Lives in the library so the end-to-end
+//! tests can build and spawn exactly this entry point.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::HostConfig;
+use crate::service::Service;
+
+#[derive(Parser)]
+#[command(
+    name = "addon-host",
+    version,
+    about = "Serve add-on provisioning APIs from sandboxed Wasm plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every add-on of the config file.
+    Serve {
+        /// The host's TOML configuration.
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        config: PathBuf,
+        /// Listen address (overrides `server.listen`).
+        #[arg(long, env = "ADDON_HOST_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory (overrides `server.data_dir`).
+        #[arg(long, env = "ADDON_HOST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate the config file and compile every plugin, then exit.
+    Check {
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> anyhow::Result<()> {
+    // wasmtime errors capture a host backtrace when RUST_BACKTRACE is set, on every trap;
+    // plugin failures are expected events here, so keep them cheap unless asked otherwise.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve {
+                config,
+                listen,
+                data_dir,
+            } => serve(config, listen, data_dir).await,
+            Command::Check { config } => {
+                let cfg = HostConfig::load(&config)?;
+                let service = Service::start(&cfg)?;
+                println!(
+                    "ok: {} add-on(s), engine {:?}",
+                    service.addons().count(),
+                    service.runtime().info()
+                );
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut cfg = HostConfig::load(&config)?;
+    if let Some(addr) = listen {
+        cfg.server.listen = addr;
+    }
+    if let Some(dir) = data_dir {
+        cfg.server.data_dir = dir;
+    }
+    let service = Arc::new(Service::start(&cfg)?);
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(engine = ?service.runtime().info(), "engine ready");
+    for addon in service.addons() {
+        tracing::info!("serving {} at http://{addr}/addons/{}", addon.id(), addon.id());
+    }
+    // A line tests and scripts can wait for.
+    println!("addon-host listening on http://{addr}");
+    crate::serve(listener, service, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,98 @@
+//! Concurrent requests: identical provisions collapse into one plugin call, and calls for
+//! different apps that touch the same key are serialised by optimistic retries.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_concurrent_provisions_make_one_call() {
+    let host = Arc::new(TestHost::start());
+    let replies = join_all((0..32).map(|_| {
+        let host = host.clone();
+        tokio::spawn(async move { host.provision("misbehave", MISBEHAVE_TOKEN, "same-app", "count").await })
+    }))
+    .await;
+    let replies: Vec<Reply> = replies.into_iter().map(|r| r.unwrap()).collect();
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created, 1, "exactly one creation");
+    assert!(replies.iter().all(|r| r.status == 201 || r.status == 200));
+    assert!(replies.iter().all(|r| r.text == replies[0].text), "identical replies");
+    assert_eq!(replies[0].env("MISBEHAVE_CALLS"), "1");
+    assert_eq!(host.kv("misbehave")["calls"], "1", "the plugin ran once");
+    assert_eq!(
+        host.service
+            .addon("misbehave")
+            .unwrap()
+            .store()
+            .records()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_apps_sharing_a_counter_lose_no_update() {
+    let host = Arc::new(TestHost::start());
+    let n = 24;
+    let replies = join_all((0..n).map(|i| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            host.provision("misbehave", MISBEHAVE_TOKEN, &format!("app{i}"), "count")
+                .await
+        })
+    }))
+    .await;
+    let mut seen: Vec<u64> = replies
+        .into_iter()
+        .map(|r| {
+            let r = r.unwrap();
+            assert_eq!(r.status, 201, "{}", r.text);
+            r.env("MISBEHAVE_CALLS").parse().unwrap()
+        })
+        .collect();
+    seen.sort();
+    // Each committed call saw a distinct counter value: 1..=n, as if run one after another.
+    assert_eq!(seen, (1..=n as u64).collect::<Vec<_>>());
+    assert_eq!(host.kv("misbehave")["calls"], n.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_provision_change_and_deprovision_stay_consistent() {
+    let host = Arc::new(TestHost::start());
+    assert_eq!(host.provision("myaddon", TOKEN, "race", "free").await.status, 201);
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 3 {
+                0 => host.provision("myaddon", TOKEN, "race", "free").await.status.as_u16(),
+                1 => host
+                    .change_plan("myaddon", TOKEN, "race", if i % 2 == 0 { "pro" } else { "free" })
+                    .await
+                    .status
+                    .as_u16(),
+                _ => host.deprovision("myaddon", TOKEN, "race").await.status.as_u16(),
+            }
+        }));
+    }
+    for status in join_all(tasks).await {
+        let status = status.unwrap();
+        assert!(matches!(status, 200 | 201 | 404), "unexpected {status}");
+    }
+    // Whatever the order, the record and the plugin's KV agree.
+    let record = host.record("myaddon", "race").unwrap();
+    assert_eq!(record.is_active(), host.kv("myaddon").contains_key("secret/race"));
+    if record.is_active() {
+        let secret = &record
+            .config
+            .iter()
+            .find(|(k, _)| k == "MYADDON_AUTH_SECRET")
+            .unwrap()
+            .1;
+        assert_eq!(&host.kv("myaddon")["secret/race"], secret);
+    }
+}

@@ -1,0 +1,162 @@
+//! Partner code that fails: refusals, deadline overruns, traps, memory bombs and bad replies
+//! are answered with a clear JSON error naming the add-on and call, commit nothing, and leave
+//! the host serving everyone else.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+async fn misbehave(host: &TestHost, slug: &str, plan: &str) -> Reply {
+    host.provision("misbehave", MISBEHAVE_TOKEN, slug, plan).await
+}
+
+/// The host still serves a healthy add-on and the misbehaving one's good path.
+async fn still_serving(host: &TestHost, n: usize) {
+    let ok = host.provision("myaddon", TOKEN, &format!("healthy{n}"), "free").await;
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    let fine = misbehave(host, &format!("fine{n}"), "normal").await;
+    assert_eq!(fine.status, 201, "{}", fine.text);
+    assert_eq!(
+        fine.env("MISBEHAVE_MARKER"),
+        "none",
+        "no failed call may leave a write behind"
+    );
+}
+
+#[track_caller]
+fn assert_plugin_failure(reply: &Reply, status: u16, kind: &str, needle: &str) {
+    assert_error(reply, status, kind, needle);
+    let body = reply.json();
+    assert_eq!(body["addon"], "misbehave");
+    assert_eq!(body["call"], "provision");
+    assert_eq!(body["plugin_version"].as_str().unwrap().len(), 12);
+}
+
+#[tokio::test]
+async fn deadline_overrun_is_cut_off_and_reported() {
+    let host = TestHost::start();
+    let started = Instant::now();
+    let reply = misbehave(&host, "l1", "loop").await;
+    let elapsed = started.elapsed();
+    assert_plugin_failure(&reply, 504, "deadline_exceeded", "500 ms deadline");
+    // Generous bound, only to prove the loop was interrupted rather than left running.
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert!(host.record("misbehave", "l1").is_none());
+    still_serving(&host, 1).await;
+}
+
+#[tokio::test]
+async fn slow_but_within_deadline_succeeds() {
+    let host = TestHost::start();
+    let body = serde_json::json!({"app_slug": "slow1", "app_title": "200", "api_token": "t", "plan": "slow"});
+    let reply = host
+        .send(
+            axum::http::Method::POST,
+            "/addons/misbehave/provision",
+            &[
+                ("authentication", MISBEHAVE_TOKEN),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.env("MISBEHAVE_SLOW"), "done");
+}
+
+#[tokio::test]
+async fn traps_carry_the_panic_message() {
+    let host = TestHost::start();
+    let reply = misbehave(&host, "p1", "panic").await;
+    assert_plugin_failure(&reply, 500, "plugin_trap", "misbehave panicked on purpose");
+    let reply = misbehave(&host, "r1", "recursion").await;
+    assert_plugin_failure(&reply, 500, "plugin_trap", "stack");
+    still_serving(&host, 2).await;
+}
+
+#[tokio::test]
+async fn memory_bomb_hits_the_cap() {
+    let host = TestHost::start();
+    let reply = misbehave(&host, "m1", "memory").await;
+    assert_plugin_failure(&reply, 500, "memory_limit", "32 MiB");
+    still_serving(&host, 3).await;
+}
+
+#[tokio::test]
+async fn failed_calls_commit_nothing() {
+    let host = TestHost::start();
+    let refused = misbehave(&host, "w1", "write-then-refuse").await;
+    assert_error(&refused, 422, "refused", "refused after writing");
+    let failed = misbehave(&host, "w2", "write-then-fail").await;
+    assert_plugin_failure(&failed, 500, "plugin_error", "failed after writing");
+    let trapped = misbehave(&host, "w3", "write-then-trap").await;
+    assert_plugin_failure(&trapped, 500, "plugin_trap", "trapped after writing");
+    let unavailable = misbehave(&host, "w4", "unavailable").await;
+    assert_error(&unavailable, 503, "unavailable", "busy right now");
+    assert_eq!(unavailable.json()["url"], "https://example.com/why");
+    for slug in ["w1", "w2", "w3", "w4"] {
+        assert!(host.record("misbehave", slug).is_none(), "{slug} left a record");
+    }
+    assert!(
+        host.kv("misbehave").is_empty(),
+        "KV changed: {:?}",
+        host.kv("misbehave")
+    );
+    still_serving(&host, 4).await;
+
+    // The same write in a successful call is committed.
+    let ok = misbehave(&host, "w5", "write").await;
+    assert_eq!(ok.status, 201);
+    assert_eq!(host.kv("misbehave").get("marker").map(String::as_str), Some("w5"));
+}
+
+#[tokio::test]
+async fn refused_plan_change_keeps_the_old_state() {
+    let host = TestHost::start();
+    assert_eq!(misbehave(&host, "c1", "basic").await.status, 201);
+    let refused = host.change_plan("misbehave", MISBEHAVE_TOKEN, "c1", "refuse").await;
+    assert_error(&refused, 422, "refused", "cannot leave basic");
+    let looping = host.change_plan("misbehave", MISBEHAVE_TOKEN, "c1", "loop").await;
+    assert_error(&looping, 504, "deadline_exceeded", "deadline");
+    assert_eq!(looping.json()["call"], "change-plan");
+    assert_eq!(host.record("misbehave", "c1").unwrap().plan, "basic");
+    let moved = host.change_plan("misbehave", MISBEHAVE_TOKEN, "c1", "gold").await;
+    assert_eq!(moved.status, 200);
+    let record = host.record("misbehave", "c1").unwrap();
+    assert_eq!(record.plan, "gold");
+    assert!(
+        record.config.contains(&("MISBEHAVE_PLAN".into(), "gold".into())),
+        "plan-change vars are merged"
+    );
+}
+
+#[tokio::test]
+async fn bad_replies_are_rejected() {
+    let host = TestHost::start();
+    assert_plugin_failure(
+        &misbehave(&host, "b1", "big-reply").await,
+        500,
+        "reply_too_large",
+        "limit",
+    );
+    assert_plugin_failure(
+        &misbehave(&host, "b2", "empty-value").await,
+        500,
+        "invalid_reply",
+        "empty value",
+    );
+    assert_plugin_failure(
+        &misbehave(&host, "b3", "bad-name").await,
+        500,
+        "invalid_reply",
+        "not a name",
+    );
+    assert_plugin_failure(
+        &misbehave(&host, "b4", "kv-flood").await,
+        500,
+        "quota_exceeded",
+        "writes",
+    );
+    assert!(host.kv("misbehave").is_empty());
+    still_serving(&host, 5).await;
+}

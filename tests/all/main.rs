@@ -1,0 +1,13 @@
+//! End-to-end tests of addon-host: the real router (driven with `oneshot`) or the real binary
+//! on 127.0.0.1, real sled in temporary folders, and plugins compiled from `plugins/` and
+//! `tests/guests/` by this crate's build script.
+
+mod support;
+
+mod bitrise;
+mod concurrency;
+mod durability;
+mod kit;
+mod limits;
+mod plans;
+mod sso;

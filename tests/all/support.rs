@@ -1,0 +1,227 @@
+//! A test host: a config with the example add-ons and the misbehaving test plugin, a fresh
+//! data folder, and helpers to send requests through the router.
+
+use std::sync::Arc;
+
+use addon_host::config::{AddonConfig, BitriseConfig, HostConfig, Limits, ServerConfig};
+use addon_host::service::Service;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+pub const TOKEN: &str = "test-shared-token-myaddon";
+pub const SSO: &str = "test-sso-secret-myaddon";
+pub const STORAGE_TOKEN: &str = "test-shared-token-storage";
+pub const MISBEHAVE_TOKEN: &str = "test-shared-token-misbehave";
+
+pub struct TestHost {
+    pub dir: tempfile::TempDir,
+    pub service: Arc<Service>,
+    pub router: Router,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// The Bitrise envs of a provision reply as (key, value) pairs.
+    pub fn envs(&self) -> Vec<(String, String)> {
+        self.json()["envs"]
+            .as_array()
+            .expect("envs array")
+            .iter()
+            .map(|e| {
+                (
+                    e["key"].as_str().unwrap().to_owned(),
+                    e["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn env(&self, key: &str) -> String {
+        self.envs()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("no {key} in {}", self.text))
+            .1
+    }
+}
+
+fn addon(id: &str, plugin: &str, token: &str, plans: &[&str]) -> AddonConfig {
+    AddonConfig {
+        id: id.into(),
+        plugin: plugin.into(),
+        plans: plans.iter().map(|p| p.to_string()).collect(),
+        bitrise: Some(BitriseConfig {
+            shared_token: token.into(),
+            sso_secret: format!("sso-of-{id}"),
+        }),
+        limits: Limits::default(),
+        config: Default::default(),
+        secrets: Default::default(),
+    }
+}
+
+/// The add-ons every test host serves.
+pub fn config(data_dir: &std::path::Path) -> HostConfig {
+    let mut myaddon = addon("myaddon", addon_host_tests::PLUGIN_CREDENTIALS, TOKEN, &["free", "pro"]);
+    myaddon.bitrise.as_mut().unwrap().sso_secret = SSO.into();
+    myaddon
+        .config
+        .insert("host_url".into(), "https://myaddon.example.com".into());
+
+    let mut storage = addon(
+        "storage",
+        addon_host_tests::PLUGIN_QUOTA,
+        STORAGE_TOKEN,
+        &["free", "pro", "enterprise"],
+    );
+    storage
+        .config
+        .insert("bucket_url".into(), "https://storage.example.com/b".into());
+    storage.config.insert("free_capacity".into(), "2".into());
+    storage
+        .config
+        .insert("docs_url".into(), "https://storage.example.com/docs".into());
+    storage.secrets.insert("signing_key".into(), "k3y".into());
+
+    let mut misbehave = addon("misbehave", addon_host_tests::PLUGIN_MISBEHAVE, MISBEHAVE_TOKEN, &[]);
+    misbehave.limits.deadline_ms = 500;
+    misbehave.limits.memory_mib = 32;
+
+    HostConfig {
+        server: ServerConfig {
+            data_dir: data_dir.to_path_buf(),
+            // Shared by every test host: each plugin is compiled once per test run.
+            compile_cache: Some(std::env::temp_dir().join("addon-host-tests-compiled")),
+            ..ServerConfig::default()
+        },
+        addons: vec![myaddon, storage, misbehave],
+    }
+}
+
+impl TestHost {
+    pub fn start() -> TestHost {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> TestHost {
+        let cfg = config(dir.path());
+        cfg.validate().expect("valid test config");
+        let service = Arc::new(Service::start(&cfg).expect("service starts"));
+        let router = addon_host::app(service.clone());
+        TestHost { dir, service, router }
+    }
+
+    /// Stop and start again on the same data folder.
+    pub fn restart(self) -> TestHost {
+        let TestHost { dir, service, router } = self;
+        drop(router);
+        drop(service);
+        Self::start_in(dir)
+    }
+
+    pub async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(req.body(body.into()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// Bitrise provision as the kit sends it.
+    pub async fn provision(&self, addon: &str, token: &str, slug: &str, plan: &str) -> Reply {
+        let body = serde_json::json!({
+            "app_slug": slug, "app_title": format!("Title of app #{slug}"), "api_token": "43ebf21edc9e4525", "plan": plan,
+        });
+        self.send(
+            Method::POST,
+            &format!("/addons/{addon}/provision"),
+            &[("authentication", token), ("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn change_plan(&self, addon: &str, token: &str, slug: &str, plan: &str) -> Reply {
+        self.send(
+            Method::PUT,
+            &format!("/addons/{addon}/provision/{slug}"),
+            &[("authentication", token), ("content-type", "application/json")],
+            serde_json::json!({ "plan": plan }).to_string(),
+        )
+        .await
+    }
+
+    pub async fn deprovision(&self, addon: &str, token: &str, slug: &str) -> Reply {
+        self.send(
+            Method::DELETE,
+            &format!("/addons/{addon}/provision/{slug}"),
+            &[("authentication", token), ("content-type", "application/json")],
+            "null",
+        )
+        .await
+    }
+
+    /// The add-on's key-value data as text.
+    pub fn kv(&self, addon: &str) -> std::collections::BTreeMap<String, String> {
+        let addon = self.service.addon(addon).unwrap();
+        addon
+            .store()
+            .kv_dump()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect()
+    }
+
+    pub fn record(&self, addon: &str, id: &str) -> Option<addon_host::service::Record> {
+        self.service.addon(addon).unwrap().record(id).unwrap()
+    }
+}
+
+/// Assert a JSON error reply: status, `error` kind, and a message containing `needle`.
+#[track_caller]
+pub fn assert_error(reply: &Reply, status: u16, kind: &str, needle: &str) {
+    assert_eq!(reply.status.as_u16(), status, "status of {}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["error"], kind, "kind in {}", reply.text);
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "message {message:?} lacks {needle:?}");
+}
+
+pub fn sso_token(slug: &str, secret: &str, ts: i64) -> String {
+    use sha1::Digest;
+    hex::encode(sha1::Sha1::digest(format!("{slug}:{secret}:{ts}").as_bytes()))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

@@ -1,0 +1,109 @@
+//! A plugin for tests only. The plan picks what it does, so one component exercises every
+//! way a partner's code can behave: well, slowly, wrongly, or hostilely.
+//!
+//! Every call first reads the key `marker` and reports it as `MISBEHAVE_MARKER`, so a test can
+//! see whether an earlier, failed call left a write behind.
+
+use addon_sdk::{
+    ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
+    export_provider, kv,
+};
+
+struct Misbehave;
+
+fn marker() -> Result<String> {
+    Ok(kv().get_string("marker")?.unwrap_or_else(|| "none".into()))
+}
+
+/// Spin for `ms` milliseconds of wall-clock time (there is no sleep in the sandbox).
+fn spin(ms: u64) {
+    let start = addon_sdk::now_ms();
+    let mut x: u64 = 0;
+    while addon_sdk::now_ms() < start + ms {
+        x = x.wrapping_add(1);
+        std::hint::black_box(x);
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    std::hint::black_box(recurse(n + 1)) + 1
+}
+
+impl Provider for Misbehave {
+    fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
+        let title = req.app_title.clone().unwrap_or_default();
+        match req.plan.as_str() {
+            "loop" => loop {
+                std::hint::black_box(&req);
+            },
+            "panic" => panic!("misbehave panicked on purpose"),
+            "memory" => {
+                let big = vec![7u8; 1 << 30];
+                Ok(ProvisionReply::new().var("MISBEHAVE_LEN", big.len().to_string()))
+            }
+            "recursion" => Ok(ProvisionReply::new().var("MISBEHAVE_DEPTH", recurse(0).to_string())),
+            "slow" => {
+                spin(title.parse().unwrap_or(100));
+                Ok(ProvisionReply::new().var("MISBEHAVE_SLOW", "done"))
+            }
+            "write-then-refuse" => {
+                kv().set_string("marker", &req.resource_id)?;
+                Err(Error::invalid("refused after writing"))
+            }
+            "write-then-fail" => {
+                kv().set_string("marker", &req.resource_id)?;
+                Err(Error::internal("failed after writing"))
+            }
+            "write-then-trap" => {
+                kv().set_string("marker", &req.resource_id)?;
+                panic!("trapped after writing")
+            }
+            "write" => {
+                kv().set_string("marker", &req.resource_id)?;
+                Ok(ProvisionReply::new().var("MISBEHAVE_MARKER", req.resource_id.clone()))
+            }
+            "unavailable" => Err(Error::unavailable_with_docs(
+                "busy right now",
+                "https://example.com/why",
+            )),
+            "count" => {
+                let n = kv().increment("calls", 1)?;
+                Ok(ProvisionReply::new()
+                    .var("MISBEHAVE_CALLS", n.to_string())
+                    .var("MISBEHAVE_MARKER", marker()?))
+            }
+            "big-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(1 << 20))),
+            "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
+            "bad-name" => Ok(ProvisionReply::new().var("not a name", "v")),
+            "kv-flood" => {
+                for i in 0..100_000 {
+                    kv().set_string(&format!("flood/{i}"), "x")?;
+                }
+                Ok(ProvisionReply::new().var("MISBEHAVE_FLOOD", "done"))
+            }
+            _ => Ok(ProvisionReply::new()
+                .var("MISBEHAVE_MARKER", marker()?)
+                .var("MISBEHAVE_PLAN", req.plan.clone())),
+        }
+    }
+
+    fn change_plan(req: ChangePlanRequest) -> Result<ChangePlanReply> {
+        match req.plan.as_str() {
+            "loop" => loop {
+                std::hint::black_box(&req);
+            },
+            "refuse" => Err(Error::invalid(format!("cannot leave {}", req.previous_plan))),
+            _ => Ok(ChangePlanReply::new().var("MISBEHAVE_PLAN", req.plan.clone())),
+        }
+    }
+
+    fn deprovision(req: DeprovisionRequest) -> Result<()> {
+        if req.plan == "sticky" {
+            return Err(Error::unavailable("cannot deprovision right now"));
+        }
+        Ok(())
+    }
+}
+
+export_provider!(Misbehave);

@@ -1,0 +1,3 @@
+//! Paths of the plugins built from source for these tests (see `build.rs`).
+
+include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
