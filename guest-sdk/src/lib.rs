@@ -43,6 +43,7 @@
 //! committed only if the call succeeds.
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",

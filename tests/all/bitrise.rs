@@ -147,15 +147,19 @@ async fn shared_token_is_required_and_checked_per_addon() {
     assert!(host.record("myaddon", "a1").is_none(), "nothing was provisioned");
 }
 
+/// name, headers, body, expected status, error kind, text the message must contain.
+type BadCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, u16, &'a str, &'a str);
+
 #[tokio::test]
 async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let host = TestHost::start();
-    let auth = ("authentication", TOKEN);
-    let json = ("content-type", "application/json");
-    let cases: &[(&str, &[(&str, &str)], &str, u16, &str, &str)] = &[
+    const AUTH: (&str, &str) = ("authentication", TOKEN);
+    const JSON: (&str, &str) = ("content-type", "application/json");
+    let (auth, json) = (AUTH, JSON);
+    let cases: &[BadCase] = &[
         (
             "malformed",
-            &[auth, json],
+            &[AUTH, JSON],
             r#"{"app_slug":"#,
             400,
             "bad_request",
@@ -163,7 +167,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "missing plan",
-            &[auth, json],
+            &[AUTH, JSON],
             r#"{"app_slug":"a","api_token":"t"}"#,
             400,
             "bad_request",
@@ -171,7 +175,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "wrong type",
-            &[auth, json],
+            &[AUTH, JSON],
             r#"{"app_slug":5,"api_token":"t","plan":"free"}"#,
             400,
             "bad_request",
@@ -179,7 +183,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "not an object",
-            &[auth, json],
+            &[AUTH, JSON],
             "[1,2]",
             400,
             "bad_request",
@@ -187,7 +191,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "form body",
-            &[auth, ("content-type", "text/plain")],
+            &[AUTH, ("content-type", "text/plain")],
             "x",
             415,
             "unsupported_media_type",
@@ -195,7 +199,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "unknown plan",
-            &[auth, json],
+            &[AUTH, JSON],
             r#"{"app_slug":"a","api_token":"t","plan":"gold"}"#,
             422,
             "unknown_plan",
@@ -203,7 +207,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "slug traversal",
-            &[auth, json],
+            &[AUTH, JSON],
             r#"{"app_slug":"../etc","api_token":"t","plan":"free"}"#,
             400,
             "bad_request",
@@ -211,7 +215,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "empty slug",
-            &[auth, json],
+            &[AUTH, JSON],
             r#"{"app_slug":"","api_token":"t","plan":"free"}"#,
             400,
             "bad_request",
@@ -219,7 +223,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (
             "empty token",
-            &[auth, json],
+            &[AUTH, JSON],
             r#"{"app_slug":"a","api_token":"","plan":"free"}"#,
             400,
             "bad_request",
