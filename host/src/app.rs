@@ -17,6 +17,7 @@ pub fn app(service: Arc<Service>) -> Router {
         .unwrap_or(64 * 1024);
     Router::new()
         .merge(crate::bitrise::routes())
+        .merge(crate::xervo::routes())
         .route("/healthz", routing::get(health))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::HostConfig;
 use crate::service::Service;
+use crate::xervo::manifest::XervoSettings;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,19 @@ enum Command {
         /// Data directory (overrides `server.data_dir`).
         #[arg(long, env = "ADDON_HOST_DATA_DIR")]
         data_dir: Option<PathBuf>,
+    },
+    /// Print the Xervo `addon-manifest.json` of a hosted add-on, pointing at this host.
+    Manifest {
+        /// The add-on's id.
+        addon: String,
+        /// Public base URL of this host (production URLs), e.g. https://addons.example.com
+        #[arg(long)]
+        base_url: String,
+        /// Base URL for the manifest's `test` block (default: --base-url).
+        #[arg(long)]
+        test_base_url: Option<String>,
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        config: PathBuf,
     },
     /// Validate the config file and compile every plugin, then exit.
     Check {
@@ -64,6 +78,32 @@ pub fn main() -> anyhow::Result<()> {
                 listen,
                 data_dir,
             } => serve(config, listen, data_dir).await,
+            Command::Manifest {
+                addon,
+                base_url,
+                test_base_url,
+                config,
+            } => {
+                let cfg = HostConfig::load(&config)?;
+                let entry = cfg
+                    .addons
+                    .iter()
+                    .find(|a| a.id == addon)
+                    .ok_or_else(|| anyhow::anyhow!("no add-on `{addon}` in {}", config.display()))?;
+                let xervo = entry
+                    .xervo
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("add-on `{addon}` has no [addon.xervo] settings"))?;
+                let settings = XervoSettings::resolve(&addon, xervo).with_context(|| format!("add-on `{addon}`"))?;
+                for url in [Some(&base_url), test_base_url.as_ref()].into_iter().flatten() {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        anyhow::bail!("base URL {url:?} must start with http:// or https://");
+                    }
+                }
+                let manifest = settings.manifest(&base_url, test_base_url.as_deref().unwrap_or(&base_url));
+                println!("{}", serde_json::to_string_pretty(&manifest)?);
+                Ok(())
+            }
             Command::Check { config } => {
                 let cfg = HostConfig::load(&config)?;
                 let service = Service::start(&cfg)?;

@@ -78,6 +78,8 @@ pub struct AddonConfig {
     #[serde(default)]
     pub plans: Vec<String>,
     pub bitrise: Option<BitriseConfig>,
+    /// Xervo (Heroku v1-style) settings; see [`crate::xervo::manifest`].
+    pub xervo: Option<XervoConfig>,
     #[serde(default)]
     pub limits: Limits,
     /// Plain settings the plugin reads with `config::get`.
@@ -101,6 +103,34 @@ pub struct BitriseConfig {
 impl std::fmt::Debug for BitriseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BitriseConfig { .. }")
+    }
+}
+
+/// Xervo's settings for one add-on: either the path of its `addon-manifest.json` or the same
+/// fields inline. Never both, so every secret has exactly one home.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XervoConfig {
+    /// An `addon-manifest.json` to read `password`, `sso_salt`, `config_vars` and `regions` from.
+    pub manifest: Option<PathBuf>,
+    /// HTTP Basic password (user is the add-on id).
+    pub password: Option<String>,
+    /// Signs SSO logins: `token = sha1(id:sso_salt:timestamp)`.
+    pub sso_salt: Option<String>,
+    /// Variables every provision must return.
+    #[serde(default)]
+    pub config_vars: Vec<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+impl std::fmt::Debug for XervoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XervoConfig")
+            .field("manifest", &self.manifest)
+            .field("config_vars", &self.config_vars)
+            .field("regions", &self.regions)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,6 +202,11 @@ impl HostConfig {
         for addon in &mut self.addons {
             if addon.plugin.is_relative() {
                 addon.plugin = base.join(&addon.plugin);
+            }
+            if let Some(manifest) = addon.xervo.as_mut().and_then(|x| x.manifest.as_mut())
+                && manifest.is_relative()
+            {
+                *manifest = base.join(&*manifest);
             }
         }
     }

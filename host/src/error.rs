@@ -22,6 +22,8 @@ pub enum ServiceError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -35,7 +37,7 @@ pub enum ServiceError {
         call: &'static str,
         message: String,
     },
-    #[error("{message}")]
+    #[error("{message}{}", docs_url.as_ref().map(|u| format!(" See {u}")).unwrap_or_default())]
     Unavailable {
         addon: String,
         call: &'static str,
@@ -73,6 +75,7 @@ impl ServiceError {
         use ServiceError::*;
         match self {
             UnknownAddon(_) | ProtocolNotEnabled { .. } | NotFound(_) => StatusCode::NOT_FOUND,
+            Gone(_) => StatusCode::GONE,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -100,6 +103,7 @@ impl ServiceError {
             Unauthorized(_) => "unauthorized",
             Forbidden(_) => "forbidden",
             NotFound(_) => "not_found",
+            Gone(_) => "gone",
             BadRequest(_) => "bad_request",
             PayloadTooLarge(_) => "payload_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",

@@ -1,6 +1,6 @@
 //! addon-host: serves partners' add-on provisioning APIs from sandboxed WebAssembly plugins.
 //!
-//! The request path reads top-down: a protocol adapter ([`bitrise`]) parses the wire format
+//! The request path reads top-down: a protocol adapter ([`bitrise`], [`xervo`]) parses the wire format
 //! and calls the [`service`], which authenticates, deduplicates, enforces deadlines and
 //! stores state ([`storage`]), and hands the add-on's own logic to its plugin through the
 //! [`runtime`].
@@ -11,8 +11,10 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod pages;
 pub mod runtime;
 pub mod service;
 pub mod storage;
+pub mod xervo;
 
 pub use app::{app, serve};

@@ -15,6 +15,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";
+/// Platform app identities → resource ids (`a/{platform}/{app_id}`).
+const ALIAS: &[u8] = b"a/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -96,6 +98,14 @@ impl AddonStore {
             .collect()
     }
 
+    /// The resource an app identity maps to.
+    pub fn alias(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .tree
+            .get(prefixed(ALIAS, key))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.tree.get(prefixed(KV, key))?.map(|v| v.to_vec()))
     }
@@ -128,9 +138,9 @@ impl AddonStore {
         }
     }
 
-    /// Atomically apply a call's writes and (optionally) write a record, provided every key
-    /// the call read still holds the value it saw.
-    pub fn commit(&self, txn: &KvTxn, record: Option<(&str, &[u8])>) -> Result<()> {
+    /// Atomically apply a call's writes and (optionally) write a record and an alias,
+    /// provided every key the call read still holds the value it saw.
+    pub fn commit(&self, txn: &KvTxn, record: Option<(&str, &[u8])>, alias: Option<(&str, &str)>) -> Result<()> {
         let outcome = (&self.tree,).transaction(|(tree,)| {
             for (key, seen) in &txn.reads {
                 let now = tree.get(prefixed(KV, key))?;
@@ -146,6 +156,9 @@ impl AddonStore {
             }
             if let Some((id, bytes)) = record {
                 tree.insert(prefixed(RECORD, id), bytes)?;
+            }
+            if let Some((key, id)) = alias {
+                tree.insert(prefixed(ALIAS, key), id.as_bytes())?;
             }
             Ok(())
         });

@@ -3,33 +3,15 @@
 //! the same checks, run the way the kit must be run for 1.0.2 — `provision -r`,
 //! `change-plan --plan pro`, `login`, `deprovision -r`, all with one app slug.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-
+use crate::process::{exchange, spawn};
 use crate::support::{now, sso_token};
 
 const TOKEN: &str = "kit-shared-token";
 const SSO: &str = "kit-sso-secret";
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-async fn spawn(dir: &std::path::Path) -> Server {
-    let config = dir.join("addon-host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-data_dir = "data"
-
+fn config() -> String {
+    format!(
+        r#"
 [[addon]]
 id = "myaddon"
 plugin = {plugin:?}
@@ -40,51 +22,8 @@ sso_secret = "{SSO}"
 [addon.config]
 host_url = "https://myaddon.example.com"
 "#,
-            plugin = addon_host_tests::PLUGIN_CREDENTIALS
-        ),
+        plugin = addon_host_tests::PLUGIN_CREDENTIALS
     )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn addon-host");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.strip_prefix("addon-host listening on http://") {
-                return url.to_owned();
-            }
-        }
-        panic!("addon-host exited before listening");
-    })
-    .await
-    .expect("addon-host did not start in time");
-    Server { child, addr }
-}
-
-/// One HTTP/1.1 exchange with the headers Go's client sends.
-async fn exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("Accept-Encoding: gzip\r\nConnection: close\r\n\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
 }
 
 /// The kit's provision check: 2xx, the expected status, and `{"envs":[{key,value}]}` with
@@ -110,7 +49,7 @@ fn check_provision_reply(status: u16, body: &str, expected: u16) {
 #[tokio::test]
 async fn bitrise_kit_sequence_passes_against_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn(dir.path()).await;
+    let mut server = spawn(dir.path(), &config()).await;
     let addr = server.addr.clone();
     let slug = "db8dedca8eda8f1d";
     let base = "/addons/myaddon";
@@ -207,7 +146,7 @@ async fn bitrise_kit_sequence_passes_against_the_binary() {
 #[tokio::test]
 async fn acknowledged_provisions_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn(dir.path()).await;
+    let mut server = spawn(dir.path(), &config()).await;
     let mut answered = Vec::new();
     for i in 0..5 {
         let body = format!(r#"{{"app_slug":"kill{i}","api_token":"t{i}","plan":"free"}}"#);
@@ -224,7 +163,7 @@ async fn acknowledged_provisions_survive_sigkill() {
     }
     // SIGKILL: no graceful shutdown, no final flush.
     server.child.kill().await.unwrap();
-    let server = spawn(dir.path()).await;
+    let server = spawn(dir.path(), &config()).await;
     for (body, reply) in answered {
         let (status, again) = exchange(
             &server.addr,

@@ -2,12 +2,15 @@
 //! on 127.0.0.1, real sled in temporary folders, and plugins compiled from `plugins/` and
 //! `tests/guests/` by this crate's build script.
 
+mod process;
 mod support;
 
 mod bitrise;
 mod concurrency;
+mod dia;
 mod durability;
 mod kit;
 mod limits;
 mod plans;
 mod sso;
+mod xervo;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use addon_host::config::{AddonConfig, BitriseConfig, HostConfig, Limits, ServerConfig};
+use addon_host::config::{AddonConfig, BitriseConfig, HostConfig, Limits, ServerConfig, XervoConfig};
 use addon_host::service::Service;
 use axum::Router;
 use axum::body::Body;
@@ -15,6 +15,8 @@ pub const TOKEN: &str = "test-shared-token-myaddon";
 pub const SSO: &str = "test-sso-secret-myaddon";
 pub const STORAGE_TOKEN: &str = "test-shared-token-storage";
 pub const MISBEHAVE_TOKEN: &str = "test-shared-token-misbehave";
+pub const XERVO_PASSWORD: &str = "xervo-password-myaddon";
+pub const XERVO_SALT: &str = "xervo-salt-myaddon";
 
 pub struct TestHost {
     pub dir: tempfile::TempDir,
@@ -66,15 +68,35 @@ fn addon(id: &str, plugin: &str, token: &str, plans: &[&str]) -> AddonConfig {
             shared_token: token.into(),
             sso_secret: format!("sso-of-{id}"),
         }),
+        xervo: None,
         limits: Limits::default(),
         config: Default::default(),
         secrets: Default::default(),
     }
 }
 
+pub fn xervo(password: &str, salt: &str, vars: &[&str]) -> XervoConfig {
+    XervoConfig {
+        password: Some(password.into()),
+        sso_salt: Some(salt.into()),
+        config_vars: vars.iter().map(|v| v.to_string()).collect(),
+        ..XervoConfig::default()
+    }
+}
+
 /// The add-ons every test host serves.
 pub fn config(data_dir: &std::path::Path) -> HostConfig {
-    let mut myaddon = addon("myaddon", addon_host_tests::PLUGIN_CREDENTIALS, TOKEN, &["free", "pro"]);
+    let mut myaddon = addon(
+        "myaddon",
+        addon_host_tests::PLUGIN_CREDENTIALS,
+        TOKEN,
+        &["free", "pro", "test"],
+    );
+    myaddon.xervo = Some(xervo(
+        XERVO_PASSWORD,
+        XERVO_SALT,
+        &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"],
+    ));
     myaddon.bitrise.as_mut().unwrap().sso_secret = SSO.into();
     myaddon
         .config
@@ -94,10 +116,16 @@ pub fn config(data_dir: &std::path::Path) -> HostConfig {
         .config
         .insert("docs_url".into(), "https://storage.example.com/docs".into());
     storage.secrets.insert("signing_key".into(), "k3y".into());
+    storage.xervo = Some(xervo("xervo-password-storage", "xervo-salt-storage", &["STORAGE_URL"]));
 
     let mut misbehave = addon("misbehave", addon_host_tests::PLUGIN_MISBEHAVE, MISBEHAVE_TOKEN, &[]);
     misbehave.limits.deadline_ms = 500;
     misbehave.limits.memory_mib = 32;
+    misbehave.xervo = Some(xervo(
+        "xervo-password-misbehave",
+        "xervo-salt-misbehave",
+        &["MISBEHAVE_URL"],
+    ));
 
     HostConfig {
         server: ServerConfig {
@@ -212,6 +240,15 @@ pub fn assert_error(reply: &Reply, status: u16, kind: &str, needle: &str) {
     assert_eq!(body["error"], kind, "kind in {}", reply.text);
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains(needle), "message {message:?} lacks {needle:?}");
+}
+
+/// `Authorization: Basic` for Xervo calls.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 pub fn sso_token(slug: &str, secret: &str, ts: i64) -> String {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ServiceError;
 use crate::http::{body_bytes, check_resource_id, json_body, path_params};
 use crate::runtime::{Platform, ProvisionRequest};
-use crate::service::{Addon, Record, Service, auth};
+use crate::service::{Addon, Deprovisioned, Record, Service, auth};
 
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
@@ -142,11 +142,10 @@ async fn deprovision(
     let (addon_id, app_slug) = path_params(path)?;
     let addon = authenticated(&service, &addon_id, &headers)?;
     check_resource_id("app_slug", &app_slug)?;
-    let was = service.deprovision(&addon, &app_slug).await?;
-    let message = if was.is_some() {
-        "deprovisioned"
-    } else {
-        "nothing to deprovision"
+    let message = match service.deprovision(&addon, &app_slug).await? {
+        Deprovisioned::Released(_) => "deprovisioned",
+        Deprovisioned::AlreadyGone(_) => "already deprovisioned",
+        Deprovisioned::Unknown => "nothing to deprovision",
     };
     Ok((StatusCode::OK, Json(serde_json::json!({ "message": message }))).into_response())
 }

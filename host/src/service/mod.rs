@@ -7,7 +7,9 @@
 //! call); calls for different resources run in parallel, and their key-value writes are
 //! committed optimistically: a call whose reads were changed by another is run again.
 
+mod addon;
 pub mod auth;
+mod policy;
 pub mod record;
 
 use std::collections::BTreeMap;
@@ -16,13 +18,15 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 
-use crate::config::{AddonConfig, BitriseConfig, HostConfig};
+use crate::config::HostConfig;
 use crate::error::ServiceError;
 use crate::runtime::{
     AddonEnv, Answer, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError, ProvisionRequest,
     Runtime,
 };
-use crate::storage::{AddonStore, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
+use crate::xervo::manifest::XervoSettings;
+pub use addon::Addon;
 pub use record::{Record, Status};
 
 /// How many times a call is re-run when another call changed what it read.
@@ -33,70 +37,22 @@ pub struct Service {
     addons: BTreeMap<String, Arc<Addon>>,
     storage: Storage,
     runtime: Runtime,
-    locks: Vec<tokio::sync::Mutex<()>>,
+    /// Serialise calls per resource.
+    resource_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Serialise the resolution of a platform app identity to a resource (taken before, and
+    /// never while holding, a resource lock).
+    app_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
-/// One hosted add-on: its configuration, its current plugin and its data.
-pub struct Addon {
-    pub config: AddonConfig,
-    env: Arc<AddonEnv>,
-    plugin: RwLock<Arc<Plugin>>,
-    store: AddonStore,
-    /// Held by calls re-run after a key-value conflict, so that retries make progress one at
-    /// a time instead of colliding again.
-    retry_lock: tokio::sync::Mutex<()>,
-}
-
-impl Addon {
-    pub fn id(&self) -> &str {
-        &self.config.id
-    }
-
-    /// The plugin serving new calls.
-    pub fn plugin(&self) -> Arc<Plugin> {
-        match self.plugin.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn store(&self) -> &AddonStore {
-        &self.store
-    }
-
-    /// Bitrise settings, or a 404 when the add-on is not offered on Bitrise.
-    pub fn bitrise(&self) -> Result<&BitriseConfig, ServiceError> {
-        self.config
-            .bitrise
-            .as_ref()
-            .ok_or_else(|| ServiceError::ProtocolNotEnabled {
-                addon: self.config.id.clone(),
-                protocol: "Bitrise",
-            })
-    }
-
-    pub fn record(&self, resource_id: &str) -> Result<Option<Record>, ServiceError> {
-        match self.store.record(resource_id)? {
-            None => Ok(None),
-            Some(bytes) => Record::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|e| ServiceError::Storage(format!("record `{resource_id}` is unreadable: {e}"))),
-        }
-    }
-
-    fn check_plan(&self, plan: &str) -> Result<(), ServiceError> {
-        let plans = &self.config.plans;
-        if plan.trim().is_empty() {
-            return Err(ServiceError::BadRequest("`plan` must not be empty".into()));
-        }
-        if !plans.is_empty() && !plans.iter().any(|p| p == plan) {
-            return Err(ServiceError::UnknownPlan {
-                plan: plan.to_owned(),
-                allowed: plans.clone(),
-            });
-        }
-        Ok(())
-    }
+/// What a deprovision found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deprovisioned {
+    /// The resource was active and is now released.
+    Released(Record),
+    /// It had been deprovisioned before.
+    AlreadyGone(Record),
+    /// No such resource was ever provisioned.
+    Unknown,
 }
 
 /// The result of a provision: the record as stored, and whether this call created it.
@@ -135,9 +91,16 @@ impl Service {
                 secrets: addon.secrets.clone(),
                 limits: addon.limits.clone(),
             };
+            let xervo = match &addon.xervo {
+                Some(x) => {
+                    Some(XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?)
+                }
+                None => None,
+            };
             let store = storage.addon(&addon.id)?;
             let entry = Addon {
                 config: addon.clone(),
+                xervo,
                 env: Arc::new(env),
                 plugin: RwLock::new(Arc::new(plugin)),
                 store,
@@ -149,7 +112,8 @@ impl Service {
             addons,
             storage,
             runtime,
-            locks: (0..LOCK_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            resource_locks: shards(),
+            app_locks: shards(),
         })
     }
 
@@ -173,16 +137,34 @@ impl Service {
     }
 
     async fn lock(&self, addon: &Addon, resource_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut h = DefaultHasher::new();
-        (addon.id(), resource_id).hash(&mut h);
-        self.locks[(h.finish() as usize) % LOCK_SHARDS].lock().await
+        self.resource_locks[shard(&(addon.id(), resource_id))].lock().await
     }
 
     /// Provision a resource. An identical repeat replays the stored reply without calling the
     /// plugin; a different request for an active resource re-provisions it (the plugin is
     /// called again and its new reply stored), as Bitrise's "create or update" asks.
-    pub async fn provision(&self, addon: &Addon, req: ProvisionRequest) -> Result<Provisioned, ServiceError> {
+    ///
+    /// An empty `req.resource_id` asks the host to choose: the active resource already
+    /// provisioned for the same platform app identity, or a fresh id.
+    pub async fn provision(&self, addon: &Addon, mut req: ProvisionRequest) -> Result<Provisioned, ServiceError> {
         addon.check_plan(&req.plan)?;
+        let platform = record::platform_name(req.platform);
+        let alias_key = format!("{platform}/{}", req.app_id);
+        let mut alias = None;
+        let _app_guard = if req.resource_id.is_empty() {
+            let guard = self.app_locks[shard(&(addon.id(), &alias_key))].lock().await;
+            req.resource_id = match addon.store.alias(&alias_key)? {
+                Some(id) if addon.record(&id)?.is_some_and(|r| r.is_active()) => id,
+                _ => {
+                    let id = new_resource_id(addon.id())?;
+                    alias = Some((alias_key.as_str(), id.clone()));
+                    id
+                }
+            };
+            Some(guard)
+        } else {
+            None
+        };
         let _guard = self.lock(addon, &req.resource_id).await;
         let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
         let digest = record::request_digest(&req);
@@ -197,11 +179,13 @@ impl Service {
         let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
         let plugin = addon.plugin();
         let version = plugin.sha256.clone();
+        let alias = alias.as_ref().map(|(k, id)| (*k, id.as_str()));
         let record = self
-            .run(addon, plugin, Export::Provision(req.clone()), |answer| {
-                Some(Record {
+            .run(addon, plugin, Export::Provision(req.clone()), alias, |answer| {
+                policy::check_config(addon, req.platform, "provision", &version, &answer.config)?;
+                Ok(Record {
                     resource_id: req.resource_id.clone(),
-                    platform: record::platform_name(req.platform).to_owned(),
+                    platform: platform.to_owned(),
                     app_id: req.app_id.clone(),
                     plan: req.plan.clone(),
                     app_title: req.app_title.clone(),
@@ -215,7 +199,6 @@ impl Service {
                 })
             })
             .await?;
-        let record = record.ok_or_else(|| ServiceError::Storage("provision produced no record".into()))?;
         tracing::info!(addon = addon.id(), resource = %record.resource_id, plan = %record.plan, created, "provisioned");
         Ok(Provisioned { record, created })
     }
@@ -231,9 +214,10 @@ impl Service {
         if current.plan == plan {
             return Ok(current);
         }
+        let platform = platform_of(&current);
         let request = ChangePlanRequest {
             resource_id: resource_id.to_owned(),
-            platform: platform_of(&current),
+            platform,
             app_id: current.app_id.clone(),
             previous_plan: current.plan.clone(),
             plan: plan.to_owned(),
@@ -241,27 +225,30 @@ impl Service {
         let plugin = addon.plugin();
         let version = plugin.sha256.clone();
         let record = self
-            .run(addon, plugin, Export::ChangePlan(request), |answer| {
+            .run(addon, plugin, Export::ChangePlan(request), None, |answer| {
                 let mut next = current.clone();
                 next.plan = plan.to_owned();
                 merge_config(&mut next.config, &answer.config);
+                policy::check_config(addon, platform, "change-plan", &version, &next.config)?;
                 next.message = answer.message.clone().or(next.message);
                 next.plugin_version = version.clone();
                 next.updated_ms = record::now_ms();
-                Some(next)
+                Ok(next)
             })
             .await?;
-        let record = record.ok_or_else(|| ServiceError::Storage("plan change produced no record".into()))?;
         tracing::info!(addon = addon.id(), resource = resource_id, plan, "plan changed");
         Ok(record)
     }
 
-    /// Deprovision a resource. Unknown or already deprovisioned resources succeed without a
-    /// plugin call, so the operation is idempotent. Returns the record as it was, if any.
-    pub async fn deprovision(&self, addon: &Addon, resource_id: &str) -> Result<Option<Record>, ServiceError> {
+    /// Deprovision a resource. Only an active resource calls the plugin; repeats succeed
+    /// without a call, so the operation is idempotent. The record is kept, marked
+    /// deprovisioned, so the platform's later SSO or repeats can be told what happened.
+    pub async fn deprovision(&self, addon: &Addon, resource_id: &str) -> Result<Deprovisioned, ServiceError> {
         let _guard = self.lock(addon, resource_id).await;
-        let Some(current) = addon.record(resource_id)?.filter(Record::is_active) else {
-            return Ok(None);
+        let current = match addon.record(resource_id)? {
+            None => return Ok(Deprovisioned::Unknown),
+            Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
+            Some(r) => r,
         };
         let request = DeprovisionRequest {
             resource_id: resource_id.to_owned(),
@@ -271,16 +258,17 @@ impl Service {
         };
         let plugin = addon.plugin();
         let version = plugin.sha256.clone();
-        self.run(addon, plugin, Export::Deprovision(request), |_| {
-            let mut gone = current.clone();
-            gone.status = Status::Deprovisioned;
-            gone.plugin_version = version.clone();
-            gone.updated_ms = record::now_ms();
-            Some(gone)
-        })
-        .await?;
+        let gone = self
+            .run(addon, plugin, Export::Deprovision(request), None, |_| {
+                let mut gone = current.clone();
+                gone.status = Status::Deprovisioned;
+                gone.plugin_version = version.clone();
+                gone.updated_ms = record::now_ms();
+                Ok(gone)
+            })
+            .await?;
         tracing::info!(addon = addon.id(), resource = resource_id, "deprovisioned");
-        Ok(Some(current))
+        Ok(Deprovisioned::Released(gone))
     }
 
     /// Check and consume an SSO token: valid signature, fresh, and never used before.
@@ -303,15 +291,17 @@ impl Service {
         Ok(())
     }
 
-    /// Run one plugin call and, if the plugin succeeds, commit its key-value writes together
-    /// with the record built from its answer, then flush. Refusals and failures commit nothing.
+    /// Run one plugin call and, if the plugin succeeds and `make_record` accepts its answer,
+    /// commit its key-value writes together with that record (and alias), then flush.
+    /// Refusals and failures commit nothing.
     async fn run(
         &self,
         addon: &Addon,
         plugin: Arc<Plugin>,
         export: Export,
-        make_record: impl Fn(&Answer) -> Option<Record>,
-    ) -> Result<Option<Record>, ServiceError> {
+        alias: Option<(&str, &str)>,
+        make_record: impl Fn(&Answer) -> Result<Record, ServiceError>,
+    ) -> Result<Record, ServiceError> {
         let call = export.name();
         let mut serial: Option<tokio::sync::MutexGuard<'_, ()>> = None;
         for _ in 0..MAX_CONFLICT_RETRIES {
@@ -326,11 +316,11 @@ impl Service {
                     failure,
                 })?;
             let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
-            let record = make_record(&answer);
-            let bytes = record.as_ref().map(|r| (r.resource_id.clone(), r.to_bytes()));
+            let record = make_record(&answer)?;
+            let bytes = record.to_bytes();
             match addon
                 .store
-                .commit(&completed.kv, bytes.as_ref().map(|(id, b)| (id.as_str(), b.as_slice())))
+                .commit(&completed.kv, Some((&record.resource_id, &bytes)), alias)
             {
                 Ok(()) => {
                     self.storage.flush().await?;
@@ -352,6 +342,23 @@ impl Service {
         }
         Err(ServiceError::Busy(addon.id().to_owned()))
     }
+}
+
+fn shards() -> Vec<tokio::sync::Mutex<()>> {
+    (0..LOCK_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect()
+}
+
+fn shard(key: &impl Hash) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % LOCK_SHARDS
+}
+
+/// A fresh resource id: URL-safe, starting with a letter, unguessable.
+fn new_resource_id(addon_id: &str) -> Result<String, ServiceError> {
+    let mut bytes = [0u8; 10];
+    getrandom::fill(&mut bytes).map_err(|e| ServiceError::Storage(format!("no randomness for an id: {e}")))?;
+    Ok(format!("{addon_id}-{}", hex::encode(bytes)))
 }
 
 fn refusal(addon: &Addon, call: &'static str, plugin: &Plugin, e: ProviderError) -> ServiceError {

@@ -79,6 +79,11 @@ impl Provider for Misbehave {
             "big-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(1 << 20))),
             "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
             "bad-name" => Ok(ProvisionReply::new().var("not a name", "v")),
+            "xervo-good" => Ok(ProvisionReply::new().var("MISBEHAVE_URL", "https://misbehave.example.com/r")),
+            "bad-url" => Ok(ProvisionReply::new().var("MISBEHAVE_URL", "not a url")),
+            "foreign-var" => Ok(ProvisionReply::new()
+                .var("MISBEHAVE_URL", "https://misbehave.example.com/r")
+                .var("OTHER_TOKEN", "v")),
             "kv-flood" => {
                 for i in 0..100_000 {
                     kv().set_string(&format!("flood/{i}"), "x")?;

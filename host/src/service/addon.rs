@@ -1,0 +1,81 @@
+//! One hosted add-on as the service sees it: its configuration, its platform settings, the
+//! plugin serving it now, and its data.
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::{AddonConfig, BitriseConfig};
+use crate::error::ServiceError;
+use crate::runtime::{AddonEnv, Plugin};
+use crate::storage::AddonStore;
+use crate::xervo::manifest::XervoSettings;
+
+use super::Record;
+
+pub struct Addon {
+    pub config: AddonConfig,
+    pub(super) xervo: Option<XervoSettings>,
+    pub(super) env: Arc<AddonEnv>,
+    pub(super) plugin: RwLock<Arc<Plugin>>,
+    pub(super) store: AddonStore,
+    /// Held by calls re-run after a key-value conflict, so that retries make progress one at
+    /// a time instead of colliding again.
+    pub(super) retry_lock: tokio::sync::Mutex<()>,
+}
+
+impl Addon {
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The plugin serving new calls.
+    pub fn plugin(&self) -> Arc<Plugin> {
+        match self.plugin.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn store(&self) -> &AddonStore {
+        &self.store
+    }
+
+    /// Bitrise settings, or a 404 when the add-on is not offered on Bitrise.
+    pub fn bitrise(&self) -> Result<&BitriseConfig, ServiceError> {
+        self.config.bitrise.as_ref().ok_or_else(|| self.not_offered("Bitrise"))
+    }
+
+    /// Xervo settings, or a 404 when the add-on is not offered on Xervo.
+    pub fn xervo(&self) -> Result<&XervoSettings, ServiceError> {
+        self.xervo.as_ref().ok_or_else(|| self.not_offered("Xervo"))
+    }
+
+    fn not_offered(&self, protocol: &'static str) -> ServiceError {
+        ServiceError::ProtocolNotEnabled {
+            addon: self.config.id.clone(),
+            protocol,
+        }
+    }
+
+    pub fn record(&self, resource_id: &str) -> Result<Option<Record>, ServiceError> {
+        match self.store.record(resource_id)? {
+            None => Ok(None),
+            Some(bytes) => Record::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| ServiceError::Storage(format!("record `{resource_id}` is unreadable: {e}"))),
+        }
+    }
+
+    pub(super) fn check_plan(&self, plan: &str) -> Result<(), ServiceError> {
+        let plans = &self.config.plans;
+        if plan.trim().is_empty() {
+            return Err(ServiceError::BadRequest("`plan` must not be empty".into()));
+        }
+        if !plans.is_empty() && !plans.iter().any(|p| p == plan) {
+            return Err(ServiceError::UnknownPlan {
+                plan: plan.to_owned(),
+                allowed: plans.clone(),
+            });
+        }
+        Ok(())
+    }
+}

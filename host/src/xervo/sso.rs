@@ -1,0 +1,161 @@
+//! Xervo SSO. The platform (or the user's browser) POSTs `{id, timestamp, token, email,
+//! nav-data}` as JSON or a form, with `token = hex(sha1(id:sso_salt:timestamp))`; Heroku v3's
+//! `resource_id` / `resource_token` are accepted too. A valid, fresh, unused token gets a 302
+//! to the dashboard with a short-lived signed ticket in the URL, because the platform's
+//! client follows the redirect without cookies. The dashboard also answers for a resource
+//! that was just deprovisioned, saying so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{Scalar, XervoResult};
+use crate::error::ServiceError;
+use crate::http::{body_bytes, check_resource_id, path_params};
+use crate::pages::{Dashboard, html, xml_escape};
+use crate::service::{Service, auth};
+
+/// How long a dashboard ticket stays valid.
+const TICKET_SECS: i64 = 300;
+
+#[derive(Debug, Default, Deserialize)]
+struct SsoBody {
+    id: Option<Scalar>,
+    resource_id: Option<Scalar>,
+    timestamp: Option<Scalar>,
+    token: Option<String>,
+    resource_token: Option<String>,
+    email: Option<String>,
+}
+
+/// Read the SSO fields from a JSON or form body.
+fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<SsoBody, ServiceError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ct.starts_with("application/x-www-form-urlencoded") {
+        let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(bytes)
+            .map_err(|e| ServiceError::BadRequest(format!("invalid form body: {e}")))?;
+        let get = |k: &str| form.get(k).cloned();
+        return Ok(SsoBody {
+            id: get("id").map(Scalar::Text),
+            resource_id: get("resource_id").map(Scalar::Text),
+            timestamp: get("timestamp").map(Scalar::Text),
+            token: get("token"),
+            resource_token: get("resource_token"),
+            email: get("email"),
+        });
+    }
+    crate::http::json_body(headers, bytes)
+}
+
+fn ticket_key(addon_id: &str, salt: &str) -> Vec<u8> {
+    Sha256::digest(format!("addon-host dashboard ticket:{addon_id}:{salt}").as_bytes()).to_vec()
+}
+
+fn sign(key: &[u8], message: &str) -> String {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
+    let mut mac = <Hmac<Sha256>>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+pub(super) async fn login(
+    State(service): State<Arc<Service>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> XervoResult {
+    let addon_id = path_params(path)?;
+    let addon = service.addon(&addon_id)?;
+    let xervo = addon.xervo()?;
+    let body = parse(&headers, &body_bytes(&addon, body)?)?;
+    let id = body
+        .id
+        .or(body.resource_id)
+        .map(Scalar::into_string)
+        .ok_or_else(|| ServiceError::BadRequest("missing `id` (or `resource_id`)".into()))?;
+    let timestamp = body
+        .timestamp
+        .map(Scalar::into_string)
+        .ok_or_else(|| ServiceError::BadRequest("missing `timestamp`".into()))?;
+    let token = body
+        .token
+        .or(body.resource_token)
+        .ok_or_else(|| ServiceError::BadRequest("missing `token` (or `resource_token`)".into()))?;
+    check_resource_id("id", &id)?;
+    service.verify_sso(&format!("{addon_id}/xervo"), &id, &xervo.sso_salt, &timestamp, &token)?;
+    if addon.record(&id)?.is_none() {
+        return Err(ServiceError::NotFound(format!("no resource `{id}`")).into());
+    }
+    let expires = auth::unix_now() + TICKET_SECS;
+    let signature = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"));
+    tracing::info!(addon = %addon_id, resource = %id, email = body.email.as_deref().unwrap_or(""), "SSO login");
+    let location = format!("/addons/{addon_id}/sso/dashboard?ticket={id}.{expires}.{signature}");
+    let mut response = StatusCode::FOUND.into_response();
+    let value =
+        HeaderValue::from_str(&location).map_err(|_| ServiceError::BadRequest("unusable resource id".into()))?;
+    response.headers_mut().insert(header::LOCATION, value);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct TicketQuery {
+    ticket: String,
+}
+
+pub(super) async fn dashboard(
+    State(service): State<Arc<Service>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<TicketQuery>, QueryRejection>,
+) -> XervoResult {
+    let addon_id = path_params(path)?;
+    let addon = service.addon(&addon_id)?;
+    let xervo = addon.xervo()?;
+    let ticket = query
+        .map_err(|_| ServiceError::Forbidden("missing `ticket`; log in through the platform".into()))?
+        .0
+        .ticket;
+    let mut parts = ticket.rsplitn(3, '.');
+    let (signature, expires, id) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(s), Some(e), Some(i)) => (s, e, i),
+        _ => return Err(ServiceError::Forbidden("malformed ticket".into()).into()),
+    };
+    let expected = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"));
+    if !auth::secret_matches(signature, &expected) {
+        return Err(ServiceError::Forbidden("invalid ticket".into()).into());
+    }
+    if expires.parse::<i64>().map_or(true, |e| e < auth::unix_now()) {
+        return Err(
+            ServiceError::Forbidden("this ticket has expired; log in again through the platform".into()).into(),
+        );
+    }
+    let record = addon
+        .record(id)?
+        .ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
+    let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
+    let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
+    Ok(html(
+        Dashboard {
+            addon_id: &addon_id,
+            title: &title,
+            record: &record,
+            head: String::new(),
+            note,
+        }
+        .render(),
+    ))
+}

@@ -1,0 +1,67 @@
+//! The real `addon-host` binary as a child process, and a raw HTTP/1.1 client that sends
+//! exactly the bytes a platform's tool sends.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub config: std::path::PathBuf,
+}
+
+/// Start the real binary on 127.0.0.1 (any port) with `addons` as its add-on config, data
+/// under `dir`, and wait until it listens.
+pub async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
+    let config = dir.join("addon-host.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{addons}"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn addon-host");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("addon-host listening on http://") {
+                return url.to_owned();
+            }
+        }
+        panic!("addon-host exited before listening");
+    })
+    .await
+    .expect("addon-host did not start in time");
+    Server { child, addr, config }
+}
+
+/// One HTTP/1.1 exchange with the headers Go's client sends.
+pub async fn exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Accept-Encoding: gzip\r\nConnection: close\r\n\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
