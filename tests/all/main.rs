@@ -7,6 +7,7 @@ mod support;
 
 mod bitrise;
 mod concurrency;
+mod config;
 mod dia;
 mod durability;
 mod kit;

@@ -1,0 +1,153 @@
+//! Start-up validation: a bad config or manifest is refused with a message naming the field,
+//! and the manifest the host prints is one it accepts back.
+
+use addon_host::config::{HostConfig, XervoConfig};
+use addon_host::service::Service;
+use addon_host::xervo::manifest::XervoSettings;
+use serde_json::json;
+
+use crate::support::config;
+
+fn start_error(mutate: impl FnOnce(&mut HostConfig)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    mutate(&mut cfg);
+    let result = cfg.validate().and_then(|()| Service::start(&cfg).map(|_| ()));
+    format!("{:#}", result.expect_err("the config must be refused"))
+}
+
+fn with_manifest(doc: serde_json::Value) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("addon-manifest.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    start_error(|cfg| {
+        cfg.addons[0].xervo = Some(XervoConfig {
+            manifest: Some(path),
+            ..XervoConfig::default()
+        })
+    })
+}
+
+fn good_manifest() -> serde_json::Value {
+    json!({"id": "myaddon", "api": {
+        "config_vars": ["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"], "regions": ["us"],
+        "password": "p4ss", "sso_salt": "s4lt",
+        "production": {"base_url": "https://h/addons/myaddon/resources", "sso_url": "https://h/addons/myaddon/sso/login"},
+        "test": {"base_url": "http://127.0.0.1:1/addons/myaddon/resources", "sso_url": "http://127.0.0.1:1/addons/myaddon/sso/login"}}})
+}
+
+#[test]
+fn bad_manifests_name_the_field() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        ("`id` is `other`", Box::new(|m| m["id"] = json!("other"))),
+        ("`id` must be a string", Box::new(|m| m["id"] = json!(5))),
+        (
+            "`api.password` is missing",
+            Box::new(|m| {
+                m["api"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("password")
+                    .map(drop)
+                    .unwrap_or(())
+            }),
+        ),
+        (
+            "`api.sso_salt` must not be empty",
+            Box::new(|m| m["api"]["sso_salt"] = json!("")),
+        ),
+        (
+            "`api.config_vars` must be an array",
+            Box::new(|m| m["api"]["config_vars"] = json!("MYADDON_URL")),
+        ),
+        (
+            "`api.config_vars[1]` must be a string",
+            Box::new(|m| m["api"]["config_vars"] = json!(["MYADDON_URL", 3])),
+        ),
+        (
+            "config_vars[0]` (OTHER_URL) must start with MYADDON",
+            Box::new(|m| m["api"]["config_vars"] = json!(["OTHER_URL"])),
+        ),
+        (
+            "`api.test.sso_url` is missing",
+            Box::new(|m| m["api"]["test"] = json!({"base_url": "http://x"})),
+        ),
+        (
+            "`api.production.base_url` must be an http(s) URL",
+            Box::new(|m| m["api"]["production"]["base_url"] = json!("ftp://x")),
+        ),
+    ];
+    for (needle, mutate) in cases {
+        let mut doc = good_manifest();
+        mutate(&mut doc);
+        let error = with_manifest(doc);
+        assert!(error.contains(needle), "expected {needle:?} in: {error}");
+        assert!(error.contains("myaddon"), "the add-on is named: {error}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, "{not json").unwrap();
+    let error = start_error(|cfg| {
+        cfg.addons[0].xervo = Some(XervoConfig {
+            manifest: Some(path),
+            ..XervoConfig::default()
+        })
+    });
+    assert!(error.contains("invalid JSON"), "{error}");
+}
+
+#[test]
+fn bad_config_names_the_field() {
+    assert!(start_error(|c| c.addons[1].id = "myaddon".into()).contains("is used by another add-on"));
+    assert!(start_error(|c| c.addons[0].id = "My Addon".into()).contains("`id` must be"));
+    assert!(start_error(|c| c.addons[0].limits.deadline_ms = 0).contains("limits.deadline_ms"));
+    assert!(
+        start_error(|c| c.addons[0].bitrise.as_mut().unwrap().shared_token = " ".into())
+            .contains("bitrise.shared_token")
+    );
+    assert!(start_error(|c| c.addons[0].plugin = "/nonexistent.wasm".into()).contains("/nonexistent.wasm"));
+    let both = start_error(|c| c.addons[0].xervo.as_mut().unwrap().manifest = Some("m.json".into()));
+    assert!(both.contains("not both"), "{both}");
+    let no_salt = start_error(|c| c.addons[0].xervo.as_mut().unwrap().sso_salt = None);
+    assert!(no_salt.contains("xervo.sso_salt"), "{no_salt}");
+}
+
+#[test]
+fn not_a_component_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").unwrap();
+    let error = start_error(|c| c.addons[0].plugin = junk.clone());
+    assert!(error.contains("not a valid component"), "{error}");
+}
+
+#[test]
+fn printed_manifest_is_accepted_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let xervo = cfg.addons[0].xervo.as_ref().unwrap();
+    let settings = XervoSettings::resolve("myaddon", xervo).unwrap();
+    let manifest = settings.manifest("https://addons.example.com/", "http://127.0.0.1:9");
+    assert_eq!(
+        manifest["api"]["production"]["base_url"],
+        "https://addons.example.com/addons/myaddon/resources"
+    );
+    assert_eq!(
+        manifest["api"]["test"]["sso_url"],
+        "http://127.0.0.1:9/addons/myaddon/sso/login"
+    );
+    let path = dir.path().join("addon-manifest.json");
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let back = XervoSettings::resolve(
+        "myaddon",
+        &XervoConfig {
+            manifest: Some(path),
+            ..XervoConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (back.password, back.sso_salt, back.config_vars),
+        (settings.password, settings.sso_salt, settings.config_vars)
+    );
+}
