@@ -36,9 +36,12 @@ fn good_manifest() -> serde_json::Value {
         "test": {"base_url": "http://127.0.0.1:1/addons/myaddon/resources", "sso_url": "http://127.0.0.1:1/addons/myaddon/sso/login"}}})
 }
 
+/// A change that breaks the good manifest.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[test]
 fn bad_manifests_name_the_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         ("`id` is `other`", Box::new(|m| m["id"] = json!("other"))),
         ("`id` must be a string", Box::new(|m| m["id"] = json!(5))),
         (
