@@ -158,6 +158,13 @@ pub struct Limits {
     pub max_writes_per_call: usize,
     /// Largest request body accepted from a platform.
     pub max_body_bytes: usize,
+    /// Optional instruction budget per call (wasmtime fuel). Off by default: the deadline
+    /// already bounds CPU, and metering costs every add-on some speed once any add-on uses it.
+    pub fuel: Option<u64>,
+    /// Total bytes (keys + values) the add-on may keep in its key-value store.
+    pub max_kv_bytes: u64,
+    /// Total keys the add-on may keep in its key-value store.
+    pub max_kv_keys: u64,
 }
 
 impl Default for Limits {
@@ -172,6 +179,9 @@ impl Default for Limits {
             max_value_bytes: 256 * 1024,
             max_writes_per_call: 1_000,
             max_body_bytes: 64 * 1024,
+            fuel: None,
+            max_kv_bytes: 64 << 20,
+            max_kv_keys: 100_000,
         }
     }
 }
@@ -244,6 +254,9 @@ impl HostConfig {
                 ("max_key_bytes", l.max_key_bytes as u64),
                 ("max_value_bytes", l.max_value_bytes as u64),
                 ("max_body_bytes", l.max_body_bytes as u64),
+                ("fuel", l.fuel.unwrap_or(1)),
+                ("max_kv_bytes", l.max_kv_bytes),
+                ("max_kv_keys", l.max_kv_keys),
             ] {
                 if value == 0 {
                     bail!("{at}: `limits.{name}` must be greater than 0");
@@ -254,6 +267,11 @@ impl HostConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether any add-on meters instructions, which the engine must then support.
+    pub fn uses_fuel(&self) -> bool {
+        self.addons.iter().any(|a| a.limits.fuel.is_some())
     }
 
     /// The largest memory cap of any add-on, which sizes the engine's memory slots.

@@ -91,6 +91,10 @@ impl ServiceError {
                 failure: CallFailure::ShuttingDown,
                 ..
             } => StatusCode::SERVICE_UNAVAILABLE,
+            CallFailed {
+                failure: CallFailure::Quota(_),
+                ..
+            } => StatusCode::INSUFFICIENT_STORAGE,
             PluginError { .. } | CallFailed { .. } | Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -17,6 +17,33 @@ const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";
 /// Platform app identities → resource ids (`a/{platform}/{app_id}`).
 const ALIAS: &[u8] = b"a/";
+/// Running totals of the key-value data, kept in the same transactions that change it.
+const KV_BYTES: &[u8] = b"m/kv_bytes";
+const KV_KEYS: &[u8] = b"m/kv_keys";
+
+/// How much key-value data an add-on may keep.
+#[derive(Debug, Clone, Copy)]
+pub struct KvQuota {
+    pub max_bytes: u64,
+    pub max_keys: u64,
+}
+
+/// Current key-value usage of an add-on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    pub bytes: u64,
+    pub keys: u64,
+}
+
+enum Abort {
+    Conflict(String),
+    Quota(String),
+}
+
+fn counter(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -24,6 +51,8 @@ pub enum StorageError {
     Sled(#[from] sled::Error),
     #[error("another call changed key `{0}` that this call read")]
     Conflict(String),
+    #[error("{0}")]
+    Quota(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -98,6 +127,13 @@ impl AddonStore {
             .collect()
     }
 
+    pub fn kv_usage(&self) -> Result<KvUsage> {
+        Ok(KvUsage {
+            bytes: counter(self.tree.get(KV_BYTES)?),
+            keys: counter(self.tree.get(KV_KEYS)?),
+        })
+    }
+
     /// The resource an app identity maps to.
     pub fn alias(&self, key: &str) -> Result<Option<String>> {
         Ok(self
@@ -139,21 +175,57 @@ impl AddonStore {
     }
 
     /// Atomically apply a call's writes and (optionally) write a record and an alias,
-    /// provided every key the call read still holds the value it saw.
-    pub fn commit(&self, txn: &KvTxn, record: Option<(&str, &[u8])>, alias: Option<(&str, &str)>) -> Result<()> {
+    /// provided every key the call read still holds the value it saw and the add-on stays
+    /// within its key-value quota (writes that only shrink the data are always allowed).
+    pub fn commit(
+        &self,
+        txn: &KvTxn,
+        quota: KvQuota,
+        record: Option<(&str, &[u8])>,
+        alias: Option<(&str, &str)>,
+    ) -> Result<()> {
         let outcome = (&self.tree,).transaction(|(tree,)| {
             for (key, seen) in &txn.reads {
                 let now = tree.get(prefixed(KV, key))?;
                 if now.as_deref() != seen.as_deref() {
-                    return Err(ConflictableTransactionError::Abort(key.clone()));
+                    return Err(ConflictableTransactionError::Abort(Abort::Conflict(key.clone())));
                 }
             }
+            let (mut bytes, mut keys) = (
+                counter(tree.get(KV_BYTES)?) as i128,
+                counter(tree.get(KV_KEYS)?) as i128,
+            );
+            let (mut grew_bytes, mut grew_keys) = (false, false);
             for (key, value) in &txn.writes {
-                match value {
-                    Some(v) => tree.insert(prefixed(KV, key), v.as_slice())?,
-                    None => tree.remove(prefixed(KV, key))?,
+                let k = prefixed(KV, key);
+                let old = match value {
+                    Some(v) => tree.insert(k, v.as_slice())?,
+                    None => tree.remove(k)?,
                 };
+                let old_size = old.as_ref().map_or(0, |o| (key.len() + o.len()) as i128);
+                let new_size = value.as_ref().map_or(0, |v| (key.len() + v.len()) as i128);
+                let key_delta = i128::from(value.is_some()) - i128::from(old.is_some());
+                grew_bytes |= new_size > old_size;
+                grew_keys |= key_delta > 0;
+                bytes += new_size - old_size;
+                keys += key_delta;
             }
+            if grew_bytes && bytes > i128::from(quota.max_bytes) {
+                let msg = format!(
+                    "the add-on's key-value data would reach {bytes} bytes, over its {}-byte quota",
+                    quota.max_bytes
+                );
+                return Err(ConflictableTransactionError::Abort(Abort::Quota(msg)));
+            }
+            if grew_keys && keys > i128::from(quota.max_keys) {
+                let msg = format!(
+                    "the add-on would keep {keys} keys, over its quota of {}",
+                    quota.max_keys
+                );
+                return Err(ConflictableTransactionError::Abort(Abort::Quota(msg)));
+            }
+            tree.insert(KV_BYTES, &(bytes.max(0) as u64).to_be_bytes())?;
+            tree.insert(KV_KEYS, &(keys.max(0) as u64).to_be_bytes())?;
             if let Some((id, bytes)) = record {
                 tree.insert(prefixed(RECORD, id), bytes)?;
             }
@@ -164,7 +236,8 @@ impl AddonStore {
         });
         match outcome {
             Ok(()) => Ok(()),
-            Err(TransactionError::Abort(key)) => Err(StorageError::Conflict(key)),
+            Err(TransactionError::Abort(Abort::Conflict(key))) => Err(StorageError::Conflict(key)),
+            Err(TransactionError::Abort(Abort::Quota(msg))) => Err(StorageError::Quota(msg)),
             Err(TransactionError::Storage(e)) => Err(StorageError::Sled(e)),
         }
     }

@@ -10,7 +10,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identical_concurrent_provisions_make_one_call() {
     let host = Arc::new(TestHost::start());
-    let replies = join_all((0..32).map(|_| {
+    let replies = join_all((0..64).map(|_| {
         let host = host.clone();
         tokio::spawn(async move { host.provision("misbehave", MISBEHAVE_TOKEN, "same-app", "count").await })
     }))

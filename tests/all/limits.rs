@@ -153,10 +153,59 @@ async fn bad_replies_are_rejected() {
     );
     assert_plugin_failure(
         &misbehave(&host, "b4", "kv-flood").await,
-        500,
+        507,
         "quota_exceeded",
         "writes",
     );
     assert!(host.kv("misbehave").is_empty());
     still_serving(&host, 5).await;
+}
+
+#[tokio::test]
+async fn fuel_budget_stops_a_loop() {
+    let host = TestHost::start();
+    let reply = host.provision("metered", METERED_TOKEN, "f1", "loop").await;
+    assert_error(&reply, 500, "fuel_exhausted", "20000000 fuel");
+    assert_eq!(reply.json()["addon"], "metered");
+    // Ordinary work fits the budget.
+    assert_eq!(
+        host.provision("metered", METERED_TOKEN, "f2", "normal").await.status,
+        201
+    );
+    assert!(host.service.runtime().info().fuel);
+}
+
+#[tokio::test]
+async fn kv_quota_is_enforced_across_calls() {
+    let host = TestHost::start();
+    let first = host.provision("metered", METERED_TOKEN, "q1", "fill").await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let usage = host.service.addon("metered").unwrap().store().kv_usage().unwrap();
+    assert_eq!(usage.keys, 8);
+    assert_eq!(usage.bytes, 8 * (200 + "fill/q1/0".len() as u64));
+    // Eight more keys would make 16, over the quota of 10.
+    let second = host.provision("metered", METERED_TOKEN, "q2", "fill").await;
+    assert_error(&second, 507, "quota_exceeded", "quota of 10");
+    assert_eq!(
+        host.service.addon("metered").unwrap().store().kv_usage().unwrap(),
+        usage,
+        "nothing was written"
+    );
+    assert!(host.record("metered", "q2").is_none());
+}
+
+#[tokio::test]
+async fn hundred_megabyte_reply_and_log_flood() {
+    let host = TestHost::start();
+    // Building a 100 MB reply needs more memory than the add-on's 32 MiB cap.
+    assert_plugin_failure(
+        &misbehave(&host, "h1", "huge-reply").await,
+        500,
+        "memory_limit",
+        "32 MiB",
+    );
+    // A log flood is cut to the per-call budget; the call itself succeeds.
+    let flood = misbehave(&host, "h2", "log-flood").await;
+    assert_eq!(flood.status, 201, "{}", flood.text);
+    still_serving(&host, 6).await;
 }

@@ -9,7 +9,9 @@ mod bitrise;
 mod concurrency;
 mod config;
 mod dia;
+
 mod durability;
+mod isolation;
 mod kit;
 mod limits;
 mod plans;

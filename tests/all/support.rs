@@ -15,6 +15,7 @@ pub const TOKEN: &str = "test-shared-token-myaddon";
 pub const SSO: &str = "test-sso-secret-myaddon";
 pub const STORAGE_TOKEN: &str = "test-shared-token-storage";
 pub const MISBEHAVE_TOKEN: &str = "test-shared-token-misbehave";
+pub const METERED_TOKEN: &str = "test-shared-token-metered";
 pub const XERVO_PASSWORD: &str = "xervo-password-myaddon";
 pub const XERVO_SALT: &str = "xervo-salt-myaddon";
 
@@ -127,6 +128,13 @@ pub fn config(data_dir: &std::path::Path) -> HostConfig {
         &["MISBEHAVE_URL"],
     ));
 
+    // The same test plugin with an instruction budget and a small key-value quota.
+    let mut metered = addon("metered", addon_host_tests::PLUGIN_MISBEHAVE, METERED_TOKEN, &[]);
+    metered.limits.deadline_ms = 5_000;
+    metered.limits.fuel = Some(20_000_000);
+    metered.limits.max_kv_keys = 10;
+    metered.limits.max_kv_bytes = 4096;
+
     HostConfig {
         server: ServerConfig {
             data_dir: data_dir.to_path_buf(),
@@ -134,7 +142,7 @@ pub fn config(data_dir: &std::path::Path) -> HostConfig {
             compile_cache: Some(std::env::temp_dir().join("addon-host-tests-compiled")),
             ..ServerConfig::default()
         },
-        addons: vec![myaddon, storage, misbehave],
+        addons: vec![myaddon, storage, misbehave, metered],
     }
 }
 

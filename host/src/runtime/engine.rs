@@ -15,20 +15,23 @@ use crate::config::{Allocator, ServerConfig};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EngineInfo {
     pub allocator: &'static str,
+    /// Whether instructions are metered (some add-on sets `limits.fuel`).
+    pub fuel: bool,
     pub slots: u32,
     /// Why pooling was not used, when it was wanted.
     pub pooling_error: Option<String>,
 }
 
-fn base_config() -> Config {
+fn base_config(fuel: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config.consume_fuel(fuel);
     // Traps report a bounded backtrace: enough to find the function, never megabytes.
     config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
     config
 }
 
-fn pooling(slots: u32, max_memory_bytes: u64) -> anyhow::Result<Engine> {
+fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
         .total_core_instances(slots * 8)
@@ -36,19 +39,20 @@ fn pooling(slots: u32, max_memory_bytes: u64) -> anyhow::Result<Engine> {
         .total_tables(slots * 4)
         .max_memory_size(max_memory_bytes as usize)
         .linear_memory_keep_resident(1 << 20);
-    let mut config = base_config();
+    let mut config = base_config(fuel);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(Engine::new(&config)?)
 }
 
-pub fn build(server: &ServerConfig, max_memory_bytes: u64) -> anyhow::Result<(Engine, EngineInfo)> {
+pub fn build(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<(Engine, EngineInfo)> {
     let slots = server.max_concurrent_calls;
     let on_demand = |pooling_error| -> anyhow::Result<(Engine, EngineInfo)> {
-        let engine = Engine::new(&base_config()).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
+        let engine = Engine::new(&base_config(fuel)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
         Ok((
             engine,
             EngineInfo {
                 allocator: "on-demand",
+                fuel,
                 slots,
                 pooling_error,
             },
@@ -57,21 +61,23 @@ pub fn build(server: &ServerConfig, max_memory_bytes: u64) -> anyhow::Result<(En
     match server.allocator {
         Allocator::OnDemand => on_demand(None),
         Allocator::Pooling => {
-            let engine = pooling(slots, max_memory_bytes).context("creating the pooling allocator")?;
+            let engine = pooling(slots, max_memory_bytes, fuel).context("creating the pooling allocator")?;
             Ok((
                 engine,
                 EngineInfo {
                     allocator: "pooling",
+                    fuel,
                     slots,
                     pooling_error: None,
                 },
             ))
         }
-        Allocator::Auto => match pooling(slots, max_memory_bytes) {
+        Allocator::Auto => match pooling(slots, max_memory_bytes, fuel) {
             Ok(engine) => Ok((
                 engine,
                 EngineInfo {
                     allocator: "pooling",
+                    fuel,
                     slots,
                     pooling_error: None,
                 },

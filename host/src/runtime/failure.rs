@@ -16,6 +16,8 @@ pub enum CallFailure {
     Deadline { deadline_ms: u64 },
     #[error("exceeded its {memory_mib} MiB memory limit")]
     Memory { memory_mib: u64 },
+    #[error("ran out of its {fuel} fuel budget")]
+    Fuel { fuel: u64 },
     #[error("trapped: {0}")]
     Trap(String),
     #[error("exceeded a key-value limit: {0}")]
@@ -36,6 +38,7 @@ impl CallFailure {
         match self {
             CallFailure::Deadline { .. } => "deadline_exceeded",
             CallFailure::Memory { .. } => "memory_limit",
+            CallFailure::Fuel { .. } => "fuel_exhausted",
             CallFailure::Trap(_) => "plugin_trap",
             CallFailure::Quota(_) => "quota_exceeded",
             CallFailure::InvalidReply(_) => "invalid_reply",
@@ -55,6 +58,11 @@ pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limit
             deadline_ms: limits.deadline_ms,
         };
     }
+    if trap == Some(Trap::OutOfFuel) {
+        return CallFailure::Fuel {
+            fuel: limits.fuel.unwrap_or(u64::MAX),
+        };
+    }
     if state.limiter.memory_denied {
         return CallFailure::Memory {
             memory_mib: limits.memory_mib,
@@ -69,7 +77,7 @@ pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limit
     };
     // Rust guests print their panic message on stderr before aborting; it says far more
     // than "unreachable instruction executed".
-    let stderr = state.stderr.contents();
+    let (stderr, _) = state.stderr.contents();
     let panic_line = panic_message(&String::from_utf8_lossy(&stderr));
     CallFailure::Trap(match panic_line {
         Some(line) => format!("{trap}: {line}"),

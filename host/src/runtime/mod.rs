@@ -8,6 +8,7 @@
 
 mod engine;
 mod failure;
+mod output;
 mod state;
 
 use std::hash::{Hash, Hasher};
@@ -20,7 +21,6 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 pub use engine::EngineInfo;
 pub use failure::CallFailure;
@@ -103,8 +103,8 @@ pub struct Completed {
 }
 
 impl Runtime {
-    pub fn new(server: &ServerConfig, max_memory_bytes: u64) -> anyhow::Result<Runtime> {
-        let (engine, info) = engine::build(server, max_memory_bytes)?;
+    pub fn new(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Runtime> {
+        let (engine, info) = engine::build(server, max_memory_bytes, fuel)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
@@ -182,7 +182,8 @@ impl Runtime {
             .await
             .map_err(|_| CallFailure::ShuttingDown)?;
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || run(&engine, &plugin, env, kv, export))
+        let metered = self.info.fuel;
+        tokio::task::spawn_blocking(move || run(&engine, metered, &plugin, env, kv, export))
             .await
             .map_err(|e| CallFailure::Host(format!("call task failed: {e}")))?
     }
@@ -206,6 +207,7 @@ fn write_artefact(component: &Component, dir: &Path, path: &Path) -> anyhow::Res
 
 fn run(
     engine: &Engine,
+    metered: bool,
     plugin: &Plugin,
     env: Arc<AddonEnv>,
     kv: KvTxn,
@@ -213,8 +215,8 @@ fn run(
 ) -> Result<Completed, CallFailure> {
     let started = Instant::now();
     let limits = env.limits.clone();
-    let stdout = MemoryOutputPipe::new(limits.max_log_bytes);
-    let stderr = MemoryOutputPipe::new(limits.max_log_bytes);
+    let stdout = output::CappedOutput::new(limits.max_log_bytes);
+    let stderr = output::CappedOutput::new(limits.max_log_bytes);
     let wasi = WasiCtxBuilder::new()
         .stdout(stdout.clone())
         .stderr(stderr.clone())
@@ -241,6 +243,12 @@ fn run(
     let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
     store.set_epoch_deadline(ticks);
     store.epoch_deadline_trap();
+    if metered {
+        // Unmetered add-ons on a metering engine get a budget they cannot exhaust in time.
+        if let Err(e) = store.set_fuel(limits.fuel.unwrap_or(u64::MAX)) {
+            return Err(CallFailure::Host(format!("setting fuel: {e:#}")));
+        }
+    }
 
     let outcome = plugin
         .pre
@@ -293,13 +301,14 @@ fn call_export(
 
 /// Forward what the guest printed on stdout/stderr (a panic message, typically) to the log.
 fn flush_guest_output(state: &mut CallState) {
-    for pipe in [state.stdout.contents(), state.stderr.contents()] {
-        let text = String::from_utf8_lossy(&pipe);
+    for (kept, dropped) in [state.stdout.contents(), state.stderr.contents()] {
+        state.log_dropped += dropped;
+        let text = String::from_utf8_lossy(&kept).into_owned();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             state.guest_log(bindings::addon::provider::log::Level::Warn, line);
         }
     }
     if state.log_dropped > 0 {
-        tracing::warn!(addon = %state.env.id, call = state.call, dropped = state.log_dropped, "plugin log over its per-call budget");
+        tracing::warn!(addon = %state.env.id, call = state.call, dropped = state.log_dropped, "plugin output over its per-call log budget was dropped");
     }
 }

@@ -7,7 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::addon::provider::{config, env, kv, log, types};
@@ -36,8 +35,8 @@ pub struct CallState {
     pub(super) storage_failure: Option<String>,
     pub(super) log_bytes: usize,
     pub(super) log_dropped: usize,
-    pub(super) stdout: MemoryOutputPipe,
-    pub(super) stderr: MemoryOutputPipe,
+    pub(super) stdout: super::output::CappedOutput,
+    pub(super) stderr: super::output::CappedOutput,
 }
 
 /// Caps one call's linear memory and remembers whether the cap was hit, so a failure that

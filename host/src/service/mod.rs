@@ -21,10 +21,10 @@ use anyhow::Context;
 use crate::config::HostConfig;
 use crate::error::ServiceError;
 use crate::runtime::{
-    AddonEnv, Answer, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError, ProvisionRequest,
-    Runtime,
+    AddonEnv, Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError,
+    ProvisionRequest, Runtime,
 };
-use crate::storage::{Storage, StorageError};
+use crate::storage::{KvQuota, Storage, StorageError};
 use crate::xervo::manifest::XervoSettings;
 pub use addon::Addon;
 pub use record::{Record, Status};
@@ -69,7 +69,7 @@ impl Service {
             .with_context(|| format!("creating data dir {}", cfg.server.data_dir.display()))?;
         let storage = Storage::open(&cfg.server.data_dir)
             .with_context(|| format!("opening data dir {}", cfg.server.data_dir.display()))?;
-        let runtime = Runtime::new(&cfg.server, cfg.max_memory_bytes())?;
+        let runtime = Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel())?;
         let mut addons = BTreeMap::new();
         for addon in &cfg.addons {
             let bytes = std::fs::read(&addon.plugin)
@@ -318,9 +318,14 @@ impl Service {
             let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
             let record = make_record(&answer)?;
             let bytes = record.to_bytes();
+            let limits = &addon.config.limits;
+            let quota = KvQuota {
+                max_bytes: limits.max_kv_bytes,
+                max_keys: limits.max_kv_keys,
+            };
             match addon
                 .store
-                .commit(&completed.kv, Some((&record.resource_id, &bytes)), alias)
+                .commit(&completed.kv, quota, Some((&record.resource_id, &bytes)), alias)
             {
                 Ok(()) => {
                     self.storage.flush().await?;
@@ -336,6 +341,14 @@ impl Service {
                     if serial.is_none() {
                         serial = Some(addon.retry_lock.lock().await);
                     }
+                }
+                Err(StorageError::Quota(message)) => {
+                    return Err(ServiceError::CallFailed {
+                        addon: addon.id().to_owned(),
+                        call,
+                        version: plugin.version().to_owned(),
+                        failure: CallFailure::Quota(message),
+                    });
                 }
                 Err(e) => return Err(e.into()),
             }

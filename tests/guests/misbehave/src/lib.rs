@@ -77,6 +77,22 @@ impl Provider for Misbehave {
                     .var("MISBEHAVE_MARKER", marker()?))
             }
             "big-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(1 << 20))),
+            "huge-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(100 << 20))),
+            "log-flood" => {
+                for i in 0..20_000 {
+                    addon_sdk::info!("flooding the log, line {i}: {}", "y".repeat(100));
+                    if i % 10 == 0 {
+                        eprintln!("stderr flood line {i}");
+                    }
+                }
+                Ok(ProvisionReply::new().var("MISBEHAVE_LOGGED", "20000"))
+            }
+            "fill" => {
+                for i in 0..8 {
+                    kv().set_string(&format!("fill/{}/{i}", req.resource_id), &"z".repeat(200))?;
+                }
+                Ok(ProvisionReply::new().var("MISBEHAVE_FILLED", "8"))
+            }
             "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
             "bad-name" => Ok(ProvisionReply::new().var("not a name", "v")),
             "xervo-good" => Ok(ProvisionReply::new().var("MISBEHAVE_URL", "https://misbehave.example.com/r")),

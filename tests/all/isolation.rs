@@ -1,0 +1,92 @@
+//! One host, many add-ons: while misbehaving plugins loop, panic, bomb memory and flood, a
+//! healthy add-on served by the same host answers every request, and each misbehaving call
+//! is answered within its deadline plus a margin, with the right failure kind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Slack over the deadline for scheduling, compilation-free instantiation and the epoch tick
+/// on a loaded 2-core machine running a debug build. A bound, not a speed measurement.
+const MARGIN: Duration = Duration::from_millis(2_500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misbehaving_plugins_do_not_disturb_a_healthy_addon() {
+    let host = Arc::new(TestHost::start());
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut healthy = Vec::new();
+    for worker in 0..3 {
+        let (host, stop, served) = (host.clone(), stop.clone(), served.clone());
+        healthy.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let slug = format!("healthy-{worker}-{i}");
+                let reply = host.provision("myaddon", TOKEN, &slug, "free").await;
+                assert_eq!(reply.status, 201, "healthy provision failed: {}", reply.text);
+                let again = host.provision("myaddon", TOKEN, &slug, "free").await;
+                assert_eq!((again.status.as_u16(), &again.text), (200, &reply.text));
+                served.fetch_add(2, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+
+    // (add-on, plan, deadline of that add-on, expected status, expected kind)
+    let cases = [
+        ("misbehave", "loop", 500, 504, "deadline_exceeded"),
+        ("misbehave", "panic", 500, 500, "plugin_trap"),
+        ("misbehave", "memory", 500, 500, "memory_limit"),
+        ("misbehave", "recursion", 500, 500, "plugin_trap"),
+        ("misbehave", "huge-reply", 500, 500, "memory_limit"),
+        ("misbehave", "big-reply", 500, 500, "reply_too_large"),
+        ("misbehave", "kv-flood", 500, 507, "quota_exceeded"),
+        ("metered", "loop", 5_000, 500, "fuel_exhausted"),
+    ];
+    for round in 0..2 {
+        for (addon, plan, deadline_ms, status, kind) in cases {
+            let token = if addon == "metered" {
+                METERED_TOKEN
+            } else {
+                MISBEHAVE_TOKEN
+            };
+            let started = Instant::now();
+            let reply = host.provision(addon, token, &format!("{plan}-{round}"), plan).await;
+            let elapsed = started.elapsed();
+            assert_eq!(reply.status.as_u16(), status, "{addon}/{plan}: {}", reply.text);
+            assert_eq!(reply.json()["error"], kind, "{addon}/{plan}");
+            let bound = Duration::from_millis(deadline_ms) + MARGIN;
+            assert!(
+                elapsed < bound,
+                "{addon}/{plan} answered after {elapsed:?} (bound {bound:?})"
+            );
+        }
+        // The slow-but-legitimate plugin finishes just inside its 500 ms deadline.
+        let body = serde_json::json!({"app_slug": format!("slow-{round}"), "app_title": "350", "api_token": "t", "plan": "slow"});
+        let slow = host
+            .send(
+                axum::http::Method::POST,
+                "/addons/misbehave/provision",
+                &[
+                    ("authentication", MISBEHAVE_TOKEN),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string(),
+            )
+            .await;
+        assert_eq!(slow.status, 201, "slow plugin: {}", slow.text);
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for task in healthy {
+        task.await.expect("a healthy request failed");
+    }
+    assert!(served.load(Ordering::Relaxed) > 0);
+    assert!(
+        host.kv("misbehave").is_empty(),
+        "failed calls left writes: {:?}",
+        host.kv("misbehave")
+    );
+}
