@@ -8,7 +8,10 @@ mod support;
 mod bitrise;
 mod concurrency;
 mod config;
+mod crash;
 mod dia;
+mod fuzz;
+mod hostile;
 
 mod durability;
 mod isolation;
