@@ -10,6 +10,11 @@ const PLUGINS: &[(&str, &str)] = &[
     ("CREDENTIALS", "credentials"),
     ("QUOTA", "quota"),
     ("MISBEHAVE", "misbehave"),
+    ("VERSIONED_A", "versioned-a"),
+    ("VERSIONED_B", "versioned-b"),
+    ("NOT_A_PLUGIN", "not-a-plugin"),
+    ("FUTURE_WIT", "future-wit"),
+    ("BULKY", "bulky"),
 ];
 
 fn main() {
@@ -65,7 +70,13 @@ fn main() {
 
     let mut consts = String::new();
     for (name, package) in PLUGINS {
-        let path = target_dir.join("wasm32-wasip2/plugin").join(format!("{package}.wasm"));
+        // cdylibs are named with underscores, binaries keep their dashes.
+        let dir = target_dir.join("wasm32-wasip2/plugin");
+        let path = [package.replace('-', "_"), package.to_string()]
+            .into_iter()
+            .map(|name| dir.join(format!("{name}.wasm")))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| dir.join(format!("{package}.wasm")));
         assert!(Path::new(&path).exists(), "missing plugin artefact {}", path.display());
         consts.push_str(&format!(
             "/// `{package}` built for wasm32-wasip2.\npub const PLUGIN_{name}: &str = {:?};\n",

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::service::Service;
 
 pub fn app(service: Arc<Service>) -> Router {
+    let max_plugin = service.max_plugin_bytes();
     let max_body = service
         .addons()
         .map(|a| a.config.limits.max_body_bytes)
@@ -18,6 +19,7 @@ pub fn app(service: Arc<Service>) -> Router {
     Router::new()
         .merge(crate::bitrise::routes())
         .merge(crate::xervo::routes())
+        .merge(crate::admin::routes(max_plugin))
         .route("/healthz", routing::get(health))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)

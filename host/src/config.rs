@@ -32,6 +32,11 @@ pub struct ServerConfig {
     pub allocator: Allocator,
     /// Plugin calls that may run at once across all add-ons; further calls wait.
     pub max_concurrent_calls: u32,
+    /// Admin API credentials. When empty, a token is generated at first start, printed once,
+    /// and only its hash is kept.
+    pub admins: Vec<AdminConfig>,
+    /// Largest plugin upload the admin API accepts.
+    pub max_plugin_bytes: usize,
     /// Where compiled plugins are cached (default: `compiled` inside the data directory);
     /// set to an empty string to disable the cache.
     pub compile_cache: Option<PathBuf>,
@@ -55,7 +60,24 @@ impl Default for ServerConfig {
             allocator: Allocator::Auto,
             max_concurrent_calls: 64,
             compile_cache: None,
+            admins: Vec::new(),
+            max_plugin_bytes: 64 << 20,
         }
+    }
+}
+
+/// One admin identity and its bearer token.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Recorded as the uploader of the versions this admin pushes.
+    pub name: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminConfig {{ name: {:?}, .. }}", self.name)
     }
 }
 
@@ -224,6 +246,31 @@ impl HostConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");
+        }
+        for (i, admin) in self.server.admins.iter().enumerate() {
+            if admin.name.trim().is_empty() {
+                bail!("server.admins[{i}]: `name` is empty");
+            }
+            if admin.token.len() < 16 {
+                bail!(
+                    "server.admins[{i}] (`{}`): `token` must be at least 16 characters",
+                    admin.name
+                );
+            }
+            let reused = self.addons.iter().any(|a| {
+                a.bitrise
+                    .as_ref()
+                    .is_some_and(|b| b.shared_token == admin.token || b.sso_secret == admin.token)
+                    || a.xervo
+                        .as_ref()
+                        .is_some_and(|x| x.password.as_deref() == Some(admin.token.as_str()))
+            });
+            if reused {
+                bail!(
+                    "server.admins[{i}] (`{}`): `token` must not be a partner's credential",
+                    admin.name
+                );
+            }
         }
         let mut seen = HashSet::new();
         for (i, addon) in self.addons.iter().enumerate() {

@@ -23,6 +23,8 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Gone(String),
+    #[error("invalid plugin: {0}")]
+    InvalidPlugin(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -81,7 +83,7 @@ impl ServiceError {
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UnknownPlan { .. } | Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            UnknownPlan { .. } | Refused { .. } | InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Unavailable { .. } | Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             CallFailed {
                 failure: CallFailure::Deadline { .. },
@@ -108,6 +110,7 @@ impl ServiceError {
             Forbidden(_) => "forbidden",
             NotFound(_) => "not_found",
             Gone(_) => "gone",
+            InvalidPlugin(_) => "invalid_plugin",
             BadRequest(_) => "bad_request",
             PayloadTooLarge(_) => "payload_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",

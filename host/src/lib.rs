@@ -5,6 +5,7 @@
 //! stores state ([`storage`]), and hands the add-on's own logic to its plugin through the
 //! [`runtime`].
 
+pub mod admin;
 pub mod app;
 pub mod bitrise;
 pub mod cli;
@@ -15,6 +16,8 @@ pub mod pages;
 pub mod runtime;
 pub mod service;
 pub mod storage;
+pub mod versions;
+pub mod watch;
 pub mod xervo;
 
 pub use app::{app, serve};

@@ -70,6 +70,17 @@ impl Storage {
         Ok(Storage { db, sso_tokens })
     }
 
+    /// Flush from a synchronous context (start-up).
+    pub fn flush_sync(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A named tree for host-wide data (plugin versions, admin credentials).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     pub fn addon(&self, id: &str) -> Result<AddonStore> {
         Ok(AddonStore {
             tree: self.db.open_tree(format!("addon/{id}"))?,

@@ -19,4 +19,5 @@ mod kit;
 mod limits;
 mod plans;
 mod sso;
+mod upgrade;
 mod xervo;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use addon_host::config::{AddonConfig, BitriseConfig, HostConfig, Limits, ServerConfig, XervoConfig};
+use addon_host::config::{AddonConfig, AdminConfig, BitriseConfig, HostConfig, Limits, ServerConfig, XervoConfig};
 use addon_host::service::Service;
 use axum::Router;
 use axum::body::Body;
@@ -16,6 +16,8 @@ pub const SSO: &str = "test-sso-secret-myaddon";
 pub const STORAGE_TOKEN: &str = "test-shared-token-storage";
 pub const MISBEHAVE_TOKEN: &str = "test-shared-token-misbehave";
 pub const METERED_TOKEN: &str = "test-shared-token-metered";
+pub const VERSIONED_TOKEN: &str = "test-shared-token-versioned";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const XERVO_PASSWORD: &str = "xervo-password-myaddon";
 pub const XERVO_SALT: &str = "xervo-salt-myaddon";
 
@@ -135,14 +137,21 @@ pub fn config(data_dir: &std::path::Path) -> HostConfig {
     metered.limits.max_kv_keys = 10;
     metered.limits.max_kv_bytes = 4096;
 
+    // Two versions of this plugin exist (versioned-a / versioned-b) for hot-swap tests.
+    let versioned = addon("versioned", addon_host_tests::PLUGIN_VERSIONED_A, VERSIONED_TOKEN, &[]);
+
     HostConfig {
         server: ServerConfig {
             data_dir: data_dir.to_path_buf(),
             // Shared by every test host: each plugin is compiled once per test run.
             compile_cache: Some(std::env::temp_dir().join("addon-host-tests-compiled")),
+            admins: vec![AdminConfig {
+                name: "ops".into(),
+                token: ADMIN_TOKEN.into(),
+            }],
             ..ServerConfig::default()
         },
-        addons: vec![myaddon, storage, misbehave, metered],
+        addons: vec![myaddon, storage, misbehave, metered, versioned],
     }
 }
 
@@ -153,7 +162,13 @@ impl TestHost {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> TestHost {
-        let cfg = config(dir.path());
+        Self::start_with(dir, |_| {})
+    }
+
+    /// Start with a changed test config.
+    pub fn start_with(dir: tempfile::TempDir, change: impl FnOnce(&mut HostConfig)) -> TestHost {
+        let mut cfg = config(dir.path());
+        change(&mut cfg);
         cfg.validate().expect("valid test config");
         let service = Arc::new(Service::start(&cfg).expect("service starts"));
         let router = addon_host::app(service.clone());
@@ -162,10 +177,27 @@ impl TestHost {
 
     /// Stop and start again on the same data folder.
     pub fn restart(self) -> TestHost {
+        self.restart_with(|_| {})
+    }
+
+    /// Stop and start again on the same data folder, with a changed test config.
+    pub fn restart_with(self, change: impl FnOnce(&mut HostConfig)) -> TestHost {
         let TestHost { dir, service, router } = self;
         drop(router);
         drop(service);
-        Self::start_in(dir)
+        Self::start_with(dir, change)
+    }
+
+    /// A call to the admin API with the test admin token.
+    pub async fn admin(&self, method: Method, path: &str, body: impl Into<Body>) -> Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.send(
+            method,
+            path,
+            &[("authorization", auth.as_str()), ("content-type", "application/wasm")],
+            body,
+        )
+        .await
     }
 
     pub async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {

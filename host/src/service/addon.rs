@@ -1,7 +1,8 @@
 //! One hosted add-on as the service sees it: its configuration, its platform settings, the
 //! plugin serving it now, and its data.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::{AddonConfig, BitriseConfig};
 use crate::error::ServiceError;
@@ -20,6 +21,10 @@ pub struct Addon {
     /// Held by calls re-run after a key-value conflict, so that retries make progress one at
     /// a time instead of colliding again.
     pub(super) retry_lock: tokio::sync::Mutex<()>,
+    /// Versions compiled in this process, by sha256, so a rollback is a pointer swap.
+    pub(super) loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Serialises activations, so the recorded and the serving version never disagree.
+    pub(super) swap_lock: tokio::sync::Mutex<()>,
 }
 
 impl Addon {
@@ -32,6 +37,25 @@ impl Addon {
         match self.plugin.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Install `plugin` for new calls; returns the one it replaces.
+    pub(super) fn replace_plugin(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
+        let mut slot = match self.plugin.write() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::mem::replace(&mut *slot, plugin)
+    }
+
+    pub(super) fn loaded(&self, sha256: &str) -> Option<Arc<Plugin>> {
+        self.loaded.lock().ok()?.get(sha256).cloned()
+    }
+
+    pub(super) fn remember(&self, plugin: Arc<Plugin>) {
+        if let Ok(mut map) = self.loaded.lock() {
+            map.insert(plugin.sha256.clone(), plugin);
         }
     }
 

@@ -72,3 +72,61 @@ mod tests {
         assert!(verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_400).is_err());
     }
 }
+
+/// The admin API's credentials: named bearer tokens, kept only as SHA-256 hashes. They come
+/// from `[[server.admins]]`, or, when none are configured, from a token generated at first
+/// start, printed once, and stored hashed.
+pub struct AdminKeys {
+    keys: Vec<(String, [u8; 32])>,
+}
+
+impl AdminKeys {
+    pub fn load(
+        configured: &[crate::config::AdminConfig],
+        storage: &crate::storage::Storage,
+    ) -> anyhow::Result<AdminKeys> {
+        if !configured.is_empty() {
+            return Ok(AdminKeys {
+                keys: configured
+                    .iter()
+                    .map(|a| (a.name.clone(), Sha256::digest(a.token.as_bytes()).into()))
+                    .collect(),
+            });
+        }
+        let tree = storage.tree("admin")?;
+        if let Some(stored) = tree.get("generated")? {
+            let hash: [u8; 32] = stored
+                .as_ref()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the stored admin credential is corrupt"))?;
+            return Ok(AdminKeys {
+                keys: vec![("admin".into(), hash)],
+            });
+        }
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+        let token = format!("aht_{}", hex::encode(secret));
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        tree.insert("generated", &hash[..])?;
+        tree.flush()?;
+        println!("addon-host admin token (shown once; only its hash is stored): {token}");
+        tracing::warn!(
+            "generated an admin token for identity `admin`; it was printed on stdout and will not be shown again"
+        );
+        Ok(AdminKeys {
+            keys: vec![("admin".into(), hash)],
+        })
+    }
+
+    /// The identity a presented token belongs to. Every key is compared, in constant time.
+    pub fn identify(&self, token: &str) -> Option<&str> {
+        let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (name, hash) in &self.keys {
+            if bool::from(given.ct_eq(hash)) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}

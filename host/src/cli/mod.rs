@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::HostConfig;
 use crate::service::Service;
+
+mod plugin;
 use crate::xervo::manifest::XervoSettings;
 
 #[derive(Parser)]
@@ -35,7 +37,12 @@ enum Command {
         /// Data directory (overrides `server.data_dir`).
         #[arg(long, env = "ADDON_HOST_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Development mode: reload an add-on's plugin when its .wasm file changes on disk.
+        #[arg(long)]
+        watch: bool,
     },
+    /// Manage plugin versions on a running host (admin API client).
+    Plugin(plugin::PluginArgs),
     /// Print the Xervo `addon-manifest.json` of a hosted add-on, pointing at this host.
     Manifest {
         /// The add-on's id.
@@ -77,7 +84,9 @@ pub fn main() -> anyhow::Result<()> {
                 config,
                 listen,
                 data_dir,
-            } => serve(config, listen, data_dir).await,
+                watch,
+            } => serve(config, listen, data_dir, watch).await,
+            Command::Plugin(args) => tokio::task::spawn_blocking(move || plugin::run(args)).await?,
             Command::Manifest {
                 addon,
                 base_url,
@@ -118,7 +127,12 @@ pub fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    config: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    data_dir: Option<PathBuf>,
+    watch: bool,
+) -> anyhow::Result<()> {
     let mut cfg = HostConfig::load(&config)?;
     if let Some(addr) = listen {
         cfg.server.listen = addr;
@@ -134,6 +148,9 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>, data_dir: 
     tracing::info!(engine = ?service.runtime().info(), "engine ready");
     for addon in service.addons() {
         tracing::info!("serving {} at http://{addr}/addons/{}", addon.id(), addon.id());
+    }
+    if watch {
+        crate::watch::spawn(service.clone(), &cfg);
     }
     // A line tests and scripts can wait for.
     println!("addon-host listening on http://{addr}");

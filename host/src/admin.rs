@@ -1,0 +1,154 @@
+//! The admin API, for operators only: upload, list, activate and roll back plugin versions,
+//! and see what every add-on is serving. Authenticated with an admin bearer token — never a
+//! partner's credential. `addon-host plugin ...` is its command-line client.
+//!
+//! - `GET  /admin/status`
+//! - `GET  /admin/addons/{addon}/plugins`
+//! - `POST /admin/addons/{addon}/plugins[?activate=false]` (body: the component)
+//! - `POST /admin/addons/{addon}/plugins/{version}/activate`
+//! - `POST /admin/addons/{addon}/rollback[?version=V]`
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router, routing};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ServiceError;
+use crate::http::path_params;
+use crate::service::Service;
+
+pub fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
+    Router::new()
+        .route("/admin/status", routing::get(status))
+        .route("/admin/addons/{addon_id}/plugins", routing::get(list).post(upload))
+        .route(
+            "/admin/addons/{addon_id}/plugins/{version}/activate",
+            routing::post(activate),
+        )
+        .route("/admin/addons/{addon_id}/rollback", routing::post(rollback))
+        .layer(DefaultBodyLimit::max(max_plugin_bytes))
+}
+
+/// The admin identity behind the request's bearer token.
+fn admin(service: &Service, headers: &HeaderMap) -> Result<String, ServiceError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ServiceError::Unauthorized("missing `Authorization: Bearer <admin token>`".into()))?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+        ServiceError::Unauthorized("the admin API takes `Authorization: Bearer <admin token>`".into())
+    })?;
+    service
+        .admins()
+        .identify(token.trim())
+        .map(str::to_owned)
+        .ok_or_else(|| ServiceError::Unauthorized("not an admin token".into()))
+}
+
+async fn status(State(service): State<Arc<Service>>, headers: HeaderMap) -> Result<Response, ServiceError> {
+    admin(&service, &headers)?;
+    let mut addons = Vec::new();
+    for addon in service.addons() {
+        let plugin = addon.plugin();
+        let versions = service.versions(addon)?;
+        let active = versions.iter().find(|v| v.active).map(|v| v.meta.clone());
+        addons.push(json!({
+            "id": addon.id(),
+            "active": active,
+            "loaded_from_cache": plugin.from_cache,
+            "versions": versions.len(),
+        }));
+    }
+    Ok(Json(json!({ "engine": service.runtime().info(), "addons": addons })).into_response())
+}
+
+async fn list(
+    State(service): State<Arc<Service>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    admin(&service, &headers)?;
+    let addon = service.addon(&path_params(path)?)?;
+    Ok(Json(json!({ "addon": addon.id(), "versions": service.versions(&addon)? })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    #[serde(default = "yes")]
+    activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn upload(
+    State(service): State<Arc<Service>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let who = admin(&service, &headers)?;
+    let addon = service.addon(&path_params(path)?)?;
+    let bytes = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => {
+            ServiceError::PayloadTooLarge("the plugin exceeds the upload limit".into())
+        }
+        other => ServiceError::BadRequest(format!("unreadable body: {other}")),
+    })?;
+    if bytes.is_empty() {
+        return Err(ServiceError::InvalidPlugin(
+            "the body is empty; send the component's bytes".into(),
+        ));
+    }
+    let activate = query
+        .map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?
+        .activate;
+    let done = service.upload(&addon, bytes.to_vec(), &who, activate).await?;
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(done)).into_response())
+}
+
+async fn activate(
+    State(service): State<Arc<Service>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    admin(&service, &headers)?;
+    let (addon_id, version) = path_params(path)?;
+    let addon = service.addon(&addon_id)?;
+    let meta = service.activate(&addon, &version).await?;
+    Ok(Json(json!({ "active": meta })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct RollbackQuery {
+    version: Option<String>,
+}
+
+async fn rollback(
+    State(service): State<Arc<Service>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RollbackQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    admin(&service, &headers)?;
+    let addon = service.addon(&path_params(path)?)?;
+    let version = query
+        .map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?
+        .0
+        .version;
+    let meta = service.rollback(&addon, version.as_deref()).await?;
+    Ok(Json(json!({ "active": meta })).into_response())
+}

@@ -1,0 +1,94 @@
+//! `addon-host plugin ...`: a client of the admin API, for pushing and rolling back plugin
+//! versions on a running host.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct PluginArgs {
+    /// Base URL of the running host.
+    #[arg(long, env = "ADDON_HOST_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// Admin token (printed once at the host's first start, or from `[[server.admins]]`).
+    #[arg(long, env = "ADDON_HOST_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Upload a new version of an add-on's plugin (validated, then activated).
+    Push {
+        addon: String,
+        file: PathBuf,
+        /// Store and validate only; keep the current version serving.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// List an add-on's versions.
+    List { addon: String },
+    /// Activate an earlier version: the previous one, or VERSION (number or sha256 prefix).
+    Rollback { addon: String, version: Option<String> },
+    /// Activate a stored version (number or sha256 prefix).
+    Activate { addon: String, version: String },
+    /// What every add-on is serving.
+    Status,
+}
+
+pub fn run(args: PluginArgs) -> anyhow::Result<()> {
+    let token = args
+        .token
+        .context("an admin token is needed: --token or ADDON_HOST_ADMIN_TOKEN")?;
+    let base = args.url.trim_end_matches('/');
+    let auth = format!("Bearer {token}");
+    let (method, path, body) = match &args.command {
+        PluginCommand::Push {
+            addon,
+            file,
+            no_activate,
+        } => {
+            let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            (
+                "POST",
+                format!("/admin/addons/{addon}/plugins?activate={}", !no_activate),
+                Some(bytes),
+            )
+        }
+        PluginCommand::List { addon } => ("GET", format!("/admin/addons/{addon}/plugins"), None),
+        PluginCommand::Rollback {
+            addon,
+            version: Some(v),
+        } => ("POST", format!("/admin/addons/{addon}/rollback?version={v}"), None),
+        PluginCommand::Rollback { addon, version: None } => ("POST", format!("/admin/addons/{addon}/rollback"), None),
+        PluginCommand::Activate { addon, version } => (
+            "POST",
+            format!("/admin/addons/{addon}/plugins/{version}/activate"),
+            None,
+        ),
+        PluginCommand::Status => ("GET", "/admin/status".to_owned(), None),
+    };
+    let request = ureq::request(method, &format!("{base}{path}")).set("Authorization", &auth);
+    let result = match body {
+        Some(bytes) => request.set("Content-Type", "application/wasm").send_bytes(&bytes),
+        None => request.call(),
+    };
+    let (status, text) = match result {
+        Ok(response) => (response.status(), response.into_string()?),
+        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap_or_default()),
+        Err(e) => bail!("cannot reach {base}: {e}"),
+    };
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if (200..300).contains(&status) {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        bail!("{method} {path} failed with {status}: {pretty}")
+    }
+}

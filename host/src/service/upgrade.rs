@@ -1,0 +1,153 @@
+//! Hot upgrades: upload, activate and roll back plugin versions while the add-on serves.
+//!
+//! A new version is validated and compiled on the blocking pool (never on a platform
+//! request's path), stored with its history, and then swapped in with one pointer write:
+//! calls that already took the old `Arc<Plugin>` finish on it, new calls get the new one.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Addon, Service, record};
+use crate::error::ServiceError;
+use crate::runtime::Plugin;
+use crate::versions::VersionMeta;
+
+/// A version as the admin API reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    #[serde(flatten)]
+    pub meta: VersionMeta,
+    pub active: bool,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    pub version: VersionMeta,
+    /// False when these exact bytes were uploaded before.
+    pub created: bool,
+    pub activated: bool,
+    pub compile_ms: u64,
+}
+
+impl Service {
+    /// Compile (or fetch from the cache) a plugin on the blocking pool.
+    async fn compile(&self, addon: &Addon, bytes: Arc<Vec<u8>>) -> Result<(Arc<Plugin>, u64), ServiceError> {
+        let sha = hex::encode(Sha256::digest(bytes.as_slice()));
+        if let Some(plugin) = addon.loaded(&sha) {
+            return Ok((plugin, 0));
+        }
+        let runtime = self.runtime.clone();
+        let started = Instant::now();
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+            .await
+            .map_err(|e| ServiceError::Storage(format!("compilation task failed: {e}")))?
+            .map_err(|e| ServiceError::InvalidPlugin(format!("{e:#}")))?;
+        let plugin = Arc::new(plugin);
+        addon.remember(plugin.clone());
+        Ok((plugin, started.elapsed().as_millis() as u64))
+    }
+
+    /// Validate and store a new version; activate it unless asked not to.
+    pub async fn upload(
+        &self,
+        addon: &Addon,
+        bytes: Vec<u8>,
+        by: &str,
+        activate: bool,
+    ) -> Result<Uploaded, ServiceError> {
+        let bytes = Arc::new(bytes);
+        let (plugin, compile_ms) = self.compile(addon, bytes.clone()).await?;
+        let existing = self.registry.get(addon.id(), &plugin.sha256)?;
+        let version = self
+            .registry
+            .put(addon.id(), &plugin.sha256, &bytes, by, record::now_ms())?;
+        self.storage.flush().await?;
+        tracing::info!(addon = addon.id(), version = version.seq, sha256 = %version.sha256, by, compile_ms, "plugin uploaded");
+        if activate {
+            self.swap(addon, plugin, &version, compile_ms).await?;
+        }
+        Ok(Uploaded {
+            version,
+            created: existing.is_none(),
+            activated: activate,
+            compile_ms,
+        })
+    }
+
+    /// Make a stored version (by sequence number or sha256 prefix) the active one.
+    pub async fn activate(&self, addon: &Addon, version: &str) -> Result<VersionMeta, ServiceError> {
+        let meta = self.registry.resolve(addon.id(), version)?.ok_or_else(|| {
+            ServiceError::NotFound(format!("add-on `{}` has no plugin version `{version}`", addon.id()))
+        })?;
+        self.activate_meta(addon, meta).await
+    }
+
+    /// Go back to `version`, or to the version active before the current one.
+    pub async fn rollback(&self, addon: &Addon, version: Option<&str>) -> Result<VersionMeta, ServiceError> {
+        if let Some(v) = version {
+            return self.activate(addon, v).await;
+        }
+        let previous = self
+            .registry
+            .previous(addon.id())?
+            .and_then(|sha| self.registry.get(addon.id(), &sha).ok().flatten())
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "add-on `{}` has no earlier version to roll back to",
+                    addon.id()
+                ))
+            })?;
+        self.activate_meta(addon, previous).await
+    }
+
+    async fn activate_meta(&self, addon: &Addon, meta: VersionMeta) -> Result<VersionMeta, ServiceError> {
+        let bytes = self
+            .registry
+            .blob(addon.id(), &meta.sha256)?
+            .ok_or_else(|| ServiceError::Storage(format!("the bytes of version {} are missing", meta.seq)))?;
+        let (plugin, compile_ms) = self.compile(addon, Arc::new(bytes)).await?;
+        self.swap(addon, plugin, &meta, compile_ms).await?;
+        Ok(meta)
+    }
+
+    /// The atomic swap, recorded durably.
+    async fn swap(
+        &self,
+        addon: &Addon,
+        plugin: Arc<Plugin>,
+        meta: &VersionMeta,
+        compile_ms: u64,
+    ) -> Result<(), ServiceError> {
+        let _serial = addon.swap_lock.lock().await;
+        self.registry.set_active(addon.id(), &meta.sha256)?;
+        self.storage.flush().await?;
+        let from = addon.replace_plugin(plugin);
+        tracing::info!(
+            addon = addon.id(),
+            from = &from.sha256[..12],
+            to = &meta.sha256[..12],
+            version = meta.seq,
+            compile_ms,
+            "plugin swapped"
+        );
+        Ok(())
+    }
+
+    /// Every stored version of an add-on, oldest first.
+    pub fn versions(&self, addon: &Addon) -> Result<Vec<VersionInfo>, ServiceError> {
+        let active = addon.plugin().sha256.clone();
+        Ok(self
+            .registry
+            .versions(addon.id())?
+            .into_iter()
+            .map(|meta| VersionInfo {
+                active: meta.sha256 == active,
+                meta,
+            })
+            .collect())
+    }
+}

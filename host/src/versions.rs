@@ -1,0 +1,146 @@
+//! The plugin versions of every add-on, in sled: each uploaded component's bytes, its
+//! history (sha256, size, upload time, uploader) and which version is active. This is what
+//! lets an upgrade, a rollback or a restart pick a version without the original file.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Result, Storage};
+
+/// How many activations are remembered for `rollback` without a version.
+const MAX_ACTIVATIONS: usize = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionMeta {
+    /// 1, 2, 3... per add-on, in upload order.
+    pub seq: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_ms: u64,
+    /// The admin identity that uploaded it (`config` for the file named in the config,
+    /// `watch` for development reloads).
+    pub uploaded_by: String,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    tree: sled::Tree,
+}
+
+fn key(addon: &str, rest: &str) -> String {
+    format!("{addon}\0{rest}")
+}
+
+impl Registry {
+    pub fn open(storage: &Storage) -> Result<Registry> {
+        Ok(Registry {
+            tree: storage.tree("plugins")?,
+        })
+    }
+
+    pub fn versions(&self, addon: &str) -> Result<Vec<VersionMeta>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(key(addon, "meta/")) {
+            let (_, v) = item?;
+            if let Ok(meta) = serde_json::from_slice(&v) {
+                out.push(meta);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, addon: &str, sha256: &str) -> Result<Option<VersionMeta>> {
+        Ok(self.versions(addon)?.into_iter().find(|m| m.sha256 == sha256))
+    }
+
+    pub fn blob(&self, addon: &str, sha256: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(key(addon, &format!("blob/{sha256}")))?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn active(&self, addon: &str) -> Result<Option<String>> {
+        Ok(self
+            .tree
+            .get(key(addon, "active"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Store a version (idempotent: the same bytes return the existing entry).
+    pub fn put(&self, addon: &str, sha256: &str, bytes: &[u8], uploaded_by: &str, now_ms: u64) -> Result<VersionMeta> {
+        let versions = self.versions(addon)?;
+        if let Some(existing) = versions.iter().find(|m| m.sha256 == sha256) {
+            return Ok(existing.clone());
+        }
+        let seq = versions.iter().map(|m| m.seq).max().unwrap_or(0) + 1;
+        let meta = VersionMeta {
+            seq,
+            sha256: sha256.to_owned(),
+            size: bytes.len() as u64,
+            uploaded_ms: now_ms,
+            uploaded_by: uploaded_by.to_owned(),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key(addon, &format!("blob/{sha256}")).as_bytes(), bytes);
+        batch.insert(
+            key(addon, &format!("meta/{seq:010}")).as_bytes(),
+            serde_json::to_vec(&meta).unwrap_or_default(),
+        );
+        self.tree.apply_batch(batch)?;
+        Ok(meta)
+    }
+
+    /// Record `sha256` as the active version, remembering the one it replaces.
+    pub fn set_active(&self, addon: &str, sha256: &str) -> Result<()> {
+        let mut history = self.activations(addon)?;
+        history.push(sha256.to_owned());
+        if history.len() > MAX_ACTIVATIONS {
+            history.drain(..history.len() - MAX_ACTIVATIONS);
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(key(addon, "active").as_bytes(), sha256.as_bytes());
+        batch.insert(
+            key(addon, "activations").as_bytes(),
+            serde_json::to_vec(&history).unwrap_or_default(),
+        );
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn activations(&self, addon: &str) -> Result<Vec<String>> {
+        Ok(self
+            .tree
+            .get(key(addon, "activations"))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+
+    /// The version that was active before the current one.
+    pub fn previous(&self, addon: &str) -> Result<Option<String>> {
+        let active = self.active(addon)?;
+        Ok(self
+            .activations(addon)?
+            .into_iter()
+            .rev()
+            .find(|sha| Some(sha) != active.as_ref()))
+    }
+
+    /// Find a version by sequence number or by a sha256 prefix of at least 6 characters.
+    pub fn resolve(&self, addon: &str, version: &str) -> Result<Option<VersionMeta>> {
+        let versions = self.versions(addon)?;
+        let version = version.trim().trim_start_matches('v');
+        if let Ok(seq) = version.parse::<u64>()
+            && version.len() < 6
+        {
+            return Ok(versions.into_iter().find(|m| m.seq == seq));
+        }
+        if version.len() < 6 {
+            return Ok(None);
+        }
+        let mut matches = versions
+            .into_iter()
+            .filter(|m| m.sha256.starts_with(&version.to_ascii_lowercase()));
+        let first = matches.next();
+        Ok(if matches.next().is_some() { None } else { first })
+    }
+}

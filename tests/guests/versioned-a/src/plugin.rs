@@ -1,0 +1,21 @@
+// Shared by versioned-a and versioned-b, which differ only in `VERSION`.
+
+use addon_sdk::{
+    ChangePlanReply, ChangePlanRequest, Provider, ProvisionReply, ProvisionRequest, Result, export_provider, kv,
+};
+
+struct Versioned;
+
+impl Provider for Versioned {
+    fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
+        kv().set_string(&format!("served-by/{}", req.resource_id), VERSION)?;
+        Ok(ProvisionReply::new().var("VERSIONED_VERSION", VERSION).var("VERSIONED_PLAN", req.plan))
+    }
+
+    fn change_plan(req: ChangePlanRequest) -> Result<ChangePlanReply> {
+        kv().set_string(&format!("plan-by/{}", req.resource_id), VERSION)?;
+        Ok(ChangePlanReply::new().var("VERSIONED_VERSION", VERSION).message(format!("version {VERSION}")))
+    }
+}
+
+export_provider!(Versioned);
