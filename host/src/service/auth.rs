@@ -56,23 +56,6 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kit_example_token_verifies() {
-        // The worked example of Bitrise's kit: slug 0123456789abcdef, secret cba321.
-        let token = "9a9f0c852674fbfb29fe66121397e8377496dcf0";
-        assert_eq!(
-            verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_010).unwrap(),
-            1_700_000_000
-        );
-        assert!(verify_sso_token("0123456789abcdef", "cba320", "1700000000", token, 1_700_000_010).is_err());
-        assert!(verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_400).is_err());
-    }
-}
-
 /// The admin API's credentials: named bearer tokens, kept only as SHA-256 hashes. They come
 /// from `[[server.admins]]`, or, when none are configured, from a token generated at first
 /// start, printed once, and stored hashed.
@@ -128,5 +111,22 @@ impl AdminKeys {
             }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kit_example_token_verifies() {
+        // The worked example of Bitrise's kit: slug 0123456789abcdef, secret cba321.
+        let token = "9a9f0c852674fbfb29fe66121397e8377496dcf0";
+        assert_eq!(
+            verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_010).unwrap(),
+            1_700_000_000
+        );
+        assert!(verify_sso_token("0123456789abcdef", "cba320", "1700000000", token, 1_700_000_010).is_err());
+        assert!(verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_400).is_err());
     }
 }
