@@ -6,6 +6,7 @@ mod process;
 mod support;
 
 mod bitrise;
+mod cli;
 mod concurrency;
 mod config;
 mod crash;

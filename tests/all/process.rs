@@ -12,11 +12,18 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub config: std::path::PathBuf,
+    /// What the binary printed on stdout before it listened.
+    pub banner: Vec<String>,
 }
 
 /// Start the real binary on 127.0.0.1 (any port) with `addons` as its add-on config, data
 /// under `dir`, and wait until it listens.
 pub async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
+    spawn_with(dir, addons, &[]).await
+}
+
+/// [`spawn`] with extra `serve` arguments (e.g. `--watch`).
+pub async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&str]) -> Server {
     let config = dir.join("addon-host.toml");
     std::fs::write(
         &config,
@@ -26,23 +33,31 @@ pub async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
         .args(["serve", "--config"])
         .arg(&config)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn addon-host");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+    let (addr, banner) = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut banner = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(url) = line.strip_prefix("addon-host listening on http://") {
-                return url.to_owned();
+                return (url.to_owned(), banner);
             }
+            banner.push(line);
         }
         panic!("addon-host exited before listening");
     })
     .await
     .expect("addon-host did not start in time");
-    Server { child, addr, config }
+    Server {
+        child,
+        addr,
+        config,
+        banner,
+    }
 }
 
 /// One HTTP/1.1 exchange with the headers Go's client sends.

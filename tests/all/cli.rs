@@ -1,0 +1,149 @@
+//! The operator's side of hot upgrades, through the real binary: the admin token generated
+//! at first start and shown once, the `plugin` CLI verbs, and `serve --watch`.
+
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use crate::process::{Server, exchange, spawn, spawn_with};
+
+const TOKEN: &str = "cli-shared-token";
+
+fn config(plugin: &str) -> String {
+    format!(
+        r#"
+[[addon]]
+id = "versioned"
+plugin = {plugin:?}
+[addon.bitrise]
+shared_token = "{TOKEN}"
+sso_secret = "cli-sso"
+"#
+    )
+}
+
+/// Run `addon-host plugin ARGS` against `server`; returns (success, stdout + stderr).
+async fn plugin_cli(server: &Server, token: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+        .arg("plugin")
+        .args(args)
+        .args(["--url", &format!("http://{}", server.addr), "--token", token])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn version_served(server: &Server, slug: &str) -> String {
+    let body = format!(r#"{{"app_slug":"{slug}","api_token":"t","plan":"free"}}"#);
+    let headers = [("Authentication", TOKEN), ("Content-Type", "application/json")];
+    let (status, reply) = exchange(&server.addr, "POST", "/addons/versioned/provision", &headers, &body).await;
+    assert!(status == 201 || status == 200, "{status} {reply}");
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    v["envs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "VERSIONED_VERSION")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn plugin_cli_pushes_lists_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn(dir.path(), &config(addon_host_tests::PLUGIN_VERSIONED_A)).await;
+    let line = server
+        .banner
+        .iter()
+        .find(|l| l.starts_with("addon-host admin token"))
+        .expect("token shown at first start");
+    let token = line.rsplit(' ').next().unwrap().to_owned();
+
+    let (ok, out) = plugin_cli(
+        &server,
+        &token,
+        &["push", "versioned", addon_host_tests::PLUGIN_VERSIONED_B],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"seq\": 2") && out.contains("\"uploaded_by\": \"admin\""),
+        "{out}"
+    );
+    assert_eq!(version_served(&server, "p1").await, "b");
+    let (ok, out) = plugin_cli(&server, &token, &["list", "versioned"]).await;
+    assert!(ok && out.matches("\"sha256\"").count() == 2, "{out}");
+    let (ok, out) = plugin_cli(&server, &token, &["rollback", "versioned"]).await;
+    assert!(ok && out.contains("\"seq\": 1"), "{out}");
+    assert_eq!(version_served(&server, "p2").await, "a");
+    let (ok, out) = plugin_cli(&server, &token, &["activate", "versioned", "2"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(version_served(&server, "p3").await, "b");
+    let (ok, out) = plugin_cli(&server, &token, &["status"]).await;
+    assert!(ok && out.contains("\"versioned\""), "{out}");
+
+    // Refusals reach the operator with their reason and a failing exit code.
+    let (ok, out) = plugin_cli(
+        &server,
+        &token,
+        &["push", "versioned", addon_host_tests::PLUGIN_FUTURE_WIT],
+    )
+    .await;
+    assert!(
+        !ok && out.contains("422") && out.contains("addon:provider/kv@0.2.0"),
+        "{out}"
+    );
+    let (ok, out) = plugin_cli(&server, "not-the-token", &["status"]).await;
+    assert!(!ok && out.contains("401"), "{out}");
+    assert_eq!(version_served(&server, "p4").await, "b");
+
+    // The token is shown once: a restart does not print it again, and it still works.
+    server.child.kill().await.unwrap();
+    let server = spawn(dir.path(), &config(addon_host_tests::PLUGIN_VERSIONED_A)).await;
+    assert!(
+        !server.banner.iter().any(|l| l.contains("admin token")),
+        "{:?}",
+        server.banner
+    );
+    let (ok, out) = plugin_cli(&server, &token, &["status"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        version_served(&server, "p5").await,
+        "b",
+        "the pushed version survived the restart"
+    );
+}
+
+#[tokio::test]
+async fn watch_mode_reloads_a_rebuilt_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("versioned.wasm");
+    std::fs::copy(addon_host_tests::PLUGIN_VERSIONED_A, &plugin).unwrap();
+    let server = spawn_with(dir.path(), &config(plugin.to_str().unwrap()), &["--watch"]).await;
+    assert_eq!(version_served(&server, "w0").await, "a");
+
+    // "Rebuild": the new version lands on disk; it serves once the watcher has seen it.
+    std::fs::copy(addon_host_tests::PLUGIN_VERSIONED_B, &plugin).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while version_served(&server, &format!("w{n}")).await != "b" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the rebuilt plugin was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n += 1;
+    }
+    // A broken build is refused; the running version keeps serving.
+    std::fs::write(&plugin, b"half-written garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(version_served(&server, "after-garbage").await, "b");
+}
