@@ -11,25 +11,20 @@ mod addon;
 pub mod auth;
 mod policy;
 pub mod record;
+mod startup;
 mod upgrade;
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 
-use sha2::Digest;
-use std::sync::{Arc, RwLock};
-
-use anyhow::Context;
-
-use crate::config::HostConfig;
 use crate::error::ServiceError;
 use crate::runtime::{
-    AddonEnv, Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError,
+    Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError,
     ProvisionRequest, Runtime,
 };
 use crate::storage::{KvQuota, Storage, StorageError};
 use crate::versions::Registry;
-use crate::xervo::manifest::XervoSettings;
 pub use addon::Addon;
 pub use record::{Record, Status};
 pub use upgrade::{Uploaded, VersionInfo};
@@ -71,66 +66,6 @@ pub struct Provisioned {
 }
 
 impl Service {
-    /// Open the data directory, build the engine and compile every add-on's plugin.
-    pub fn start(cfg: &HostConfig) -> anyhow::Result<Service> {
-        std::fs::create_dir_all(&cfg.server.data_dir)
-            .with_context(|| format!("creating data dir {}", cfg.server.data_dir.display()))?;
-        let storage = Storage::open(&cfg.server.data_dir)
-            .with_context(|| format!("opening data dir {}", cfg.server.data_dir.display()))?;
-        let runtime = Arc::new(Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel())?);
-        let registry = Registry::open(&storage)?;
-        let admins = auth::AdminKeys::load(&cfg.server.admins, &storage)?;
-        let mut addons = BTreeMap::new();
-        for addon in &cfg.addons {
-            let started = std::time::Instant::now();
-            let plugin =
-                Arc::new(startup_plugin(&runtime, &registry, addon).with_context(|| format!("add-on `{}`", addon.id))?);
-            tracing::info!(
-                addon = %addon.id,
-                version = plugin.version(),
-                bytes = plugin.size,
-                from_cache = plugin.from_cache,
-                load_ms = started.elapsed().as_millis() as u64,
-                "plugin loaded"
-            );
-            let env = AddonEnv {
-                id: addon.id.clone(),
-                config: addon.config.clone(),
-                secrets: addon.secrets.clone(),
-                limits: addon.limits.clone(),
-            };
-            let xervo = match &addon.xervo {
-                Some(x) => {
-                    Some(XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?)
-                }
-                None => None,
-            };
-            let store = storage.addon(&addon.id)?;
-            let entry = Addon {
-                config: addon.clone(),
-                xervo,
-                env: Arc::new(env),
-                plugin: RwLock::new(plugin.clone()),
-                store,
-                retry_lock: tokio::sync::Mutex::new(()),
-                loaded: std::sync::Mutex::new([(plugin.sha256.clone(), plugin)].into_iter().collect()),
-                swap_lock: tokio::sync::Mutex::new(()),
-            };
-            addons.insert(addon.id.clone(), Arc::new(entry));
-        }
-        storage.flush_sync()?;
-        Ok(Service {
-            addons,
-            storage,
-            runtime,
-            registry,
-            admins,
-            max_plugin_bytes: cfg.server.max_plugin_bytes,
-            resource_locks: shards(),
-            app_locks: shards(),
-        })
-    }
-
     pub fn addon(&self, id: &str) -> Result<Arc<Addon>, ServiceError> {
         self.addons
             .get(id)
@@ -377,45 +312,6 @@ impl Service {
         }
         Err(ServiceError::Busy(addon.id().to_owned()))
     }
-}
-
-/// The version to serve at start-up. The config's file is recorded as a version the first
-/// time its content is seen, and activated (the operator changed the config). Otherwise the
-/// version activated last — possibly through the admin API — keeps serving, loaded from the
-/// stored bytes and the compile cache.
-fn startup_plugin(
-    runtime: &Runtime,
-    registry: &Registry,
-    addon: &crate::config::AddonConfig,
-) -> anyhow::Result<Plugin> {
-    let read = || std::fs::read(&addon.plugin).with_context(|| format!("reading plugin {}", addon.plugin.display()));
-    let file = read();
-    if let Ok(bytes) = &file {
-        let sha = hex::encode(sha2::Sha256::digest(bytes));
-        if registry.get(&addon.id, &sha)?.is_none() {
-            let plugin = runtime
-                .load(bytes)
-                .with_context(|| format!("plugin {}", addon.plugin.display()))?;
-            registry.put(&addon.id, &sha, bytes, "config", record::now_ms())?;
-            registry.set_active(&addon.id, &sha)?;
-            return Ok(plugin);
-        }
-    }
-    let active = registry.active(&addon.id)?;
-    let bytes = match active
-        .as_ref()
-        .map(|sha| registry.blob(&addon.id, sha))
-        .transpose()?
-        .flatten()
-    {
-        Some(bytes) => bytes,
-        None => {
-            let bytes = file.or_else(|_| read())?;
-            registry.set_active(&addon.id, &hex::encode(sha2::Sha256::digest(&bytes)))?;
-            bytes
-        }
-    };
-    runtime.load(&bytes).context("loading the active plugin version")
 }
 
 fn shards() -> Vec<tokio::sync::Mutex<()>> {
