@@ -22,11 +22,7 @@ fn main() {
     let root = manifest.parent().expect("workspace root").to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out; share one wasm target dir per <target>.
-    let target_dir = out
-        .ancestors()
-        .nth(4)
-        .map(|t| t.join("wasm-plugins"))
-        .unwrap_or_else(|| out.join("wasm"));
+    let target_dir = out.ancestors().nth(4).map(|t| t.join("wasm-plugins")).unwrap_or_else(|| out.join("wasm"));
 
     for dir in ["wit", "guest-sdk", "plugins", "tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
@@ -36,14 +32,7 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args([
-            "build",
-            "--target",
-            "wasm32-wasip2",
-            "--profile",
-            "plugin",
-            "--target-dir",
-        ])
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "plugin", "--target-dir"])
         .arg(&target_dir);
     for (_, package) in PLUGINS {
         cmd.args(["-p", package]);

@@ -25,17 +25,11 @@ impl Error {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Error::Unavailable {
-            message: message.into(),
-            docs_url: None,
-        }
+        Error::Unavailable { message: message.into(), docs_url: None }
     }
 
     pub fn unavailable_with_docs(message: impl Into<String>, docs_url: impl Into<String>) -> Self {
-        Error::Unavailable {
-            message: message.into(),
-            docs_url: Some(docs_url.into()),
-        }
+        Error::Unavailable { message: message.into(), docs_url: Some(docs_url.into()) }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -27,10 +27,7 @@ pub fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
     Router::new()
         .route("/admin/status", routing::get(status))
         .route("/admin/addons/{addon_id}/plugins", routing::get(list).post(upload))
-        .route(
-            "/admin/addons/{addon_id}/plugins/{version}/activate",
-            routing::post(activate),
-        )
+        .route("/admin/addons/{addon_id}/plugins/{version}/activate", routing::post(activate))
         .route("/admin/addons/{addon_id}/rollback", routing::post(rollback))
         .layer(DefaultBodyLimit::max(max_plugin_bytes))
 }
@@ -104,19 +101,11 @@ async fn upload(
         other => ServiceError::BadRequest(format!("unreadable body: {other}")),
     })?;
     if bytes.is_empty() {
-        return Err(ServiceError::InvalidPlugin(
-            "the body is empty; send the component's bytes".into(),
-        ));
+        return Err(ServiceError::InvalidPlugin("the body is empty; send the component's bytes".into()));
     }
-    let activate = query
-        .map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?
-        .activate;
+    let activate = query.map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?.activate;
     let done = service.upload(&addon, bytes.to_vec(), &who, activate).await?;
-    let status = if done.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(done)).into_response())
 }
 
@@ -145,10 +134,7 @@ async fn rollback(
 ) -> Result<Response, ServiceError> {
     admin(&service, &headers)?;
     let addon = service.addon(&path_params(path)?)?;
-    let version = query
-        .map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?
-        .0
-        .version;
+    let version = query.map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?.0.version;
     let meta = service.rollback(&addon, version.as_deref()).await?;
     Ok(Json(json!({ "active": meta })).into_response())
 }

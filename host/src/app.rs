@@ -11,11 +11,7 @@ use crate::service::Service;
 
 pub fn app(service: Arc<Service>) -> Router {
     let max_plugin = service.max_plugin_bytes();
-    let max_body = service
-        .addons()
-        .map(|a| a.config.limits.max_body_bytes)
-        .max()
-        .unwrap_or(64 * 1024);
+    let max_body = service.addons().map(|a| a.config.limits.max_body_bytes).max().unwrap_or(64 * 1024);
     Router::new()
         .merge(crate::bitrise::routes())
         .merge(crate::xervo::routes())
@@ -28,10 +24,8 @@ pub fn app(service: Arc<Service>) -> Router {
 }
 
 async fn health(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
-    let addons: Vec<_> = service
-        .addons()
-        .map(|a| json!({ "id": a.id(), "plugin_version": a.plugin().sha256 }))
-        .collect();
+    let addons: Vec<_> =
+        service.addons().map(|a| json!({ "id": a.id(), "plugin_version": a.plugin().sha256 })).collect();
     Json(json!({ "status": "ok", "engine": service.runtime().info(), "addons": addons }))
 }
 
@@ -41,9 +35,7 @@ pub async fn serve(
     service: Arc<Service>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(service.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(listener, app(service.clone())).with_graceful_shutdown(shutdown).await?;
     service.storage().flush().await?;
     Ok(())
 }

@@ -216,8 +216,7 @@ impl HostConfig {
             toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        cfg.validate()
-            .with_context(|| format!("invalid config {}", path.display()))?;
+        cfg.validate().with_context(|| format!("invalid config {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -252,24 +251,14 @@ impl HostConfig {
                 bail!("server.admins[{i}]: `name` is empty");
             }
             if admin.token.len() < 16 {
-                bail!(
-                    "server.admins[{i}] (`{}`): `token` must be at least 16 characters",
-                    admin.name
-                );
+                bail!("server.admins[{i}] (`{}`): `token` must be at least 16 characters", admin.name);
             }
             let reused = self.addons.iter().any(|a| {
-                a.bitrise
-                    .as_ref()
-                    .is_some_and(|b| b.shared_token == admin.token || b.sso_secret == admin.token)
-                    || a.xervo
-                        .as_ref()
-                        .is_some_and(|x| x.password.as_deref() == Some(admin.token.as_str()))
+                a.bitrise.as_ref().is_some_and(|b| b.shared_token == admin.token || b.sso_secret == admin.token)
+                    || a.xervo.as_ref().is_some_and(|x| x.password.as_deref() == Some(admin.token.as_str()))
             });
             if reused {
-                bail!(
-                    "server.admins[{i}] (`{}`): `token` must not be a partner's credential",
-                    admin.name
-                );
+                bail!("server.admins[{i}] (`{}`): `token` must not be a partner's credential", admin.name);
             }
         }
         let mut seen = HashSet::new();

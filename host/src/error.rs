@@ -34,32 +34,13 @@ pub enum ServiceError {
     #[error("plan `{plan}` is not offered; plans: {}", allowed.join(", "))]
     UnknownPlan { plan: String, allowed: Vec<String> },
     #[error("{message}")]
-    Refused {
-        addon: String,
-        call: &'static str,
-        message: String,
-    },
+    Refused { addon: String, call: &'static str, message: String },
     #[error("{message}{}", docs_url.as_ref().map(|u| format!(" See {u}")).unwrap_or_default())]
-    Unavailable {
-        addon: String,
-        call: &'static str,
-        message: String,
-        docs_url: Option<String>,
-    },
+    Unavailable { addon: String, call: &'static str, message: String, docs_url: Option<String> },
     #[error("add-on `{addon}` failed in {call}: {message}")]
-    PluginError {
-        addon: String,
-        call: &'static str,
-        version: String,
-        message: String,
-    },
+    PluginError { addon: String, call: &'static str, version: String, message: String },
     #[error("add-on `{addon}` plugin (version {version}) {failure} in {call}")]
-    CallFailed {
-        addon: String,
-        call: &'static str,
-        version: String,
-        failure: CallFailure,
-    },
+    CallFailed { addon: String, call: &'static str, version: String, failure: CallFailure },
     #[error("too many concurrent changes to add-on `{0}` data; retry")]
     Busy(String),
     #[error("storage failure: {0}")]
@@ -85,18 +66,9 @@ impl ServiceError {
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UnknownPlan { .. } | Refused { .. } | InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Unavailable { .. } | Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CallFailed {
-                failure: CallFailure::Deadline { .. },
-                ..
-            } => StatusCode::GATEWAY_TIMEOUT,
-            CallFailed {
-                failure: CallFailure::ShuttingDown,
-                ..
-            } => StatusCode::SERVICE_UNAVAILABLE,
-            CallFailed {
-                failure: CallFailure::Quota(_),
-                ..
-            } => StatusCode::INSUFFICIENT_STORAGE,
+            CallFailed { failure: CallFailure::Deadline { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
+            CallFailed { failure: CallFailure::ShuttingDown, .. } => StatusCode::SERVICE_UNAVAILABLE,
+            CallFailed { failure: CallFailure::Quota(_), .. } => StatusCode::INSUFFICIENT_STORAGE,
             PluginError { .. } | CallFailed { .. } | Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,21 +104,14 @@ impl ServiceError {
                 body["addon"] = json!(addon);
                 body["call"] = json!(call);
             }
-            Unavailable {
-                addon, call, docs_url, ..
-            } => {
+            Unavailable { addon, call, docs_url, .. } => {
                 body["addon"] = json!(addon);
                 body["call"] = json!(call);
                 if let Some(url) = docs_url {
                     body["url"] = json!(url);
                 }
             }
-            PluginError {
-                addon, call, version, ..
-            }
-            | CallFailed {
-                addon, call, version, ..
-            } => {
+            PluginError { addon, call, version, .. } | CallFailed { addon, call, version, .. } => {
                 body["addon"] = json!(addon);
                 body["call"] = json!(call);
                 body["plugin_version"] = json!(version);
@@ -168,9 +133,7 @@ impl IntoResponse for ServiceError {
         }
         let mut response = (status, axum::Json(self.body())).into_response();
         if let ServiceError::Unavailable { .. } | ServiceError::Busy(_) = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
         response
     }

@@ -67,21 +67,15 @@ pub fn form_body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Resu
 }
 
 pub fn path_params<T>(path: Result<axum::extract::Path<T>, PathRejection>) -> Result<T, ServiceError> {
-    path.map(|p| p.0)
-        .map_err(|e| ServiceError::BadRequest(format!("invalid path: {e}")))
+    path.map(|p| p.0).map_err(|e| ServiceError::BadRequest(format!("invalid path: {e}")))
 }
 
 /// A resource id or app slug from a URL or body: 1-128 URL-safe characters.
 pub fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
     if id.is_empty() || id.len() > 128 {
-        return Err(ServiceError::BadRequest(format!(
-            "`{field}` must be 1-128 characters long"
-        )));
+        return Err(ServiceError::BadRequest(format!("`{field}` must be 1-128 characters long")));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(ServiceError::BadRequest(format!(
             "`{field}` may contain only letters, digits, '-', '_' and '.'; found {c:?}"
         )));
@@ -93,11 +87,7 @@ pub fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
 }
 
 pub async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(json!({"error": "not_found", "message": "no such route"})),
-    )
-        .into_response()
+    (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": "no such route"}))).into_response()
 }
 
 pub async fn method_not_allowed() -> Response {

@@ -26,11 +26,7 @@ pub fn xml_escape(s: &str) -> String {
 
 /// A JavaScript string literal safe inside inline script and XML: no `<`, `>` or `&`.
 pub fn js_string(s: &str) -> String {
-    serde_json::Value::from(s)
-        .to_string()
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026")
+    serde_json::Value::from(s).to_string().replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
 }
 
 /// What a dashboard shows about one resource.
@@ -53,11 +49,8 @@ impl Dashboard<'_> {
             "has been <strong>deprovisioned</strong>; its data and credentials are gone.".to_owned()
         };
         let vars: String = if r.is_active() {
-            let items: String = r
-                .config
-                .iter()
-                .map(|(k, _)| format!("<li><code>{}</code></li>", xml_escape(k)))
-                .collect();
+            let items: String =
+                r.config.iter().map(|(k, _)| format!("<li><code>{}</code></li>", xml_escape(k))).collect();
             format!("<h2>Variables exported to your app</h2>\n<ul>{items}</ul>")
         } else {
             String::new()
@@ -94,10 +87,7 @@ impl Dashboard<'_> {
 pub fn html(page: String) -> Response {
     let mut response = (StatusCode::OK, page).into_response();
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -41,8 +41,7 @@ enum Abort {
 }
 
 fn counter(v: Option<sled::IVec>) -> u64 {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map_or(0, u64::from_be_bytes)
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +81,7 @@ impl Storage {
     }
 
     pub fn addon(&self, id: &str) -> Result<AddonStore> {
-        Ok(AddonStore {
-            tree: self.db.open_tree(format!("addon/{id}"))?,
-        })
+        Ok(AddonStore { tree: self.db.open_tree(format!("addon/{id}"))? })
     }
 
     /// Make everything committed so far durable. Called before any 2xx reply.
@@ -97,10 +94,7 @@ impl Storage {
     /// Entries older than `keep_after` (unix seconds) are pruned on the way.
     pub fn claim_sso_token(&self, scope: &str, timestamp: i64, token: &str, keep_after: i64) -> Result<bool> {
         let key = format!("{:020}/{scope}/{token}", timestamp.max(0));
-        let claimed = self
-            .sso_tokens
-            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&b""[..]))?
-            .is_ok();
+        let claimed = self.sso_tokens.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&b""[..]))?.is_ok();
         let cutoff = format!("{:020}/", keep_after.max(0));
         for old in self.sso_tokens.range(..cutoff.as_bytes()).keys().take(256) {
             self.sso_tokens.remove(old?)?;
@@ -139,18 +133,12 @@ impl AddonStore {
     }
 
     pub fn kv_usage(&self) -> Result<KvUsage> {
-        Ok(KvUsage {
-            bytes: counter(self.tree.get(KV_BYTES)?),
-            keys: counter(self.tree.get(KV_KEYS)?),
-        })
+        Ok(KvUsage { bytes: counter(self.tree.get(KV_BYTES)?), keys: counter(self.tree.get(KV_KEYS)?) })
     }
 
     /// The resource an app identity maps to.
     pub fn alias(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .tree
-            .get(prefixed(ALIAS, key))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.tree.get(prefixed(ALIAS, key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -178,11 +166,7 @@ impl AddonStore {
 
     /// Start buffering a call's key-value access.
     pub fn begin(&self) -> KvTxn {
-        KvTxn {
-            store: self.clone(),
-            reads: BTreeMap::new(),
-            writes: BTreeMap::new(),
-        }
+        KvTxn { store: self.clone(), reads: BTreeMap::new(), writes: BTreeMap::new() }
     }
 
     /// Atomically apply a call's writes and (optionally) write a record and an alias,
@@ -202,10 +186,7 @@ impl AddonStore {
                     return Err(ConflictableTransactionError::Abort(Abort::Conflict(key.clone())));
                 }
             }
-            let (mut bytes, mut keys) = (
-                counter(tree.get(KV_BYTES)?) as i128,
-                counter(tree.get(KV_KEYS)?) as i128,
-            );
+            let (mut bytes, mut keys) = (counter(tree.get(KV_BYTES)?) as i128, counter(tree.get(KV_KEYS)?) as i128);
             let (mut grew_bytes, mut grew_keys) = (false, false);
             for (key, value) in &txn.writes {
                 let k = prefixed(KV, key);
@@ -229,10 +210,7 @@ impl AddonStore {
                 return Err(ConflictableTransactionError::Abort(Abort::Quota(msg)));
             }
             if grew_keys && keys > i128::from(quota.max_keys) {
-                let msg = format!(
-                    "the add-on would keep {keys} keys, over its quota of {}",
-                    quota.max_keys
-                );
+                let msg = format!("the add-on would keep {keys} keys, over its quota of {}", quota.max_keys);
                 return Err(ConflictableTransactionError::Abort(Abort::Quota(msg)));
             }
             tree.insert(KV_BYTES, &(bytes.max(0) as u64).to_be_bytes())?;
@@ -290,11 +268,7 @@ impl KvTxn {
     /// Keys with `prefix`, merging the tree with this call's pending writes.
     pub fn list_keys(&mut self, prefix: &str) -> Result<Vec<String>> {
         let mut keys: std::collections::BTreeSet<String> = self.store.kv_keys(prefix)?.into_iter().collect();
-        for (k, v) in self
-            .writes
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-        {
+        for (k, v) in self.writes.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)) {
             match v {
                 Some(_) => keys.insert(k.clone()),
                 None => keys.remove(k),

@@ -32,9 +32,7 @@ fn key(addon: &str, rest: &str) -> String {
 
 impl Registry {
     pub fn open(storage: &Storage) -> Result<Registry> {
-        Ok(Registry {
-            tree: storage.tree("plugins")?,
-        })
+        Ok(Registry { tree: storage.tree("plugins")? })
     }
 
     pub fn versions(&self, addon: &str) -> Result<Vec<VersionMeta>> {
@@ -53,17 +51,11 @@ impl Registry {
     }
 
     pub fn blob(&self, addon: &str, sha256: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tree
-            .get(key(addon, &format!("blob/{sha256}")))?
-            .map(|v| v.to_vec()))
+        Ok(self.tree.get(key(addon, &format!("blob/{sha256}")))?.map(|v| v.to_vec()))
     }
 
     pub fn active(&self, addon: &str) -> Result<Option<String>> {
-        Ok(self
-            .tree
-            .get(key(addon, "active"))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.tree.get(key(addon, "active"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Store a version (idempotent: the same bytes return the existing entry).
@@ -82,10 +74,7 @@ impl Registry {
         };
         let mut batch = sled::Batch::default();
         batch.insert(key(addon, &format!("blob/{sha256}")).as_bytes(), bytes);
-        batch.insert(
-            key(addon, &format!("meta/{seq:010}")).as_bytes(),
-            serde_json::to_vec(&meta).unwrap_or_default(),
-        );
+        batch.insert(key(addon, &format!("meta/{seq:010}")).as_bytes(), serde_json::to_vec(&meta).unwrap_or_default());
         self.tree.apply_batch(batch)?;
         Ok(meta)
     }
@@ -99,30 +88,19 @@ impl Registry {
         }
         let mut batch = sled::Batch::default();
         batch.insert(key(addon, "active").as_bytes(), sha256.as_bytes());
-        batch.insert(
-            key(addon, "activations").as_bytes(),
-            serde_json::to_vec(&history).unwrap_or_default(),
-        );
+        batch.insert(key(addon, "activations").as_bytes(), serde_json::to_vec(&history).unwrap_or_default());
         self.tree.apply_batch(batch)?;
         Ok(())
     }
 
     fn activations(&self, addon: &str) -> Result<Vec<String>> {
-        Ok(self
-            .tree
-            .get(key(addon, "activations"))?
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default())
+        Ok(self.tree.get(key(addon, "activations"))?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
     }
 
     /// The version that was active before the current one.
     pub fn previous(&self, addon: &str) -> Result<Option<String>> {
         let active = self.active(addon)?;
-        Ok(self
-            .activations(addon)?
-            .into_iter()
-            .rev()
-            .find(|sha| Some(sha) != active.as_ref()))
+        Ok(self.activations(addon)?.into_iter().rev().find(|sha| Some(sha) != active.as_ref()))
     }
 
     /// Find a version by sequence number or by a sha256 prefix of at least 6 characters.
@@ -137,9 +115,7 @@ impl Registry {
         if version.len() < 6 {
             return Ok(None);
         }
-        let mut matches = versions
-            .into_iter()
-            .filter(|m| m.sha256.starts_with(&version.to_ascii_lowercase()));
+        let mut matches = versions.into_iter().filter(|m| m.sha256.starts_with(&version.to_ascii_lowercase()));
         let first = matches.next();
         Ok(if matches.next().is_some() { None } else { first })
     }

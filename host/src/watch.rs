@@ -22,10 +22,7 @@ struct Stamp {
 
 fn stamp(path: &PathBuf) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
+    Some(Stamp { modified: meta.modified().ok(), len: meta.len() })
 }
 
 /// Start one watcher task per add-on.
@@ -70,9 +67,6 @@ async fn reload(service: &Service, id: &str, path: &PathBuf) {
             compile_ms = done.compile_ms,
             "reloaded changed plugin"
         ),
-        Err(e) => tracing::warn!(
-            addon = id,
-            "changed plugin refused, the previous version keeps serving: {e}"
-        ),
+        Err(e) => tracing::warn!(addon = id, "changed plugin refused, the previous version keeps serving: {e}"),
     }
 }

@@ -31,11 +31,7 @@ async fn plugin_cli(server: &Server, token: &str, args: &[&str]) -> (bool, Strin
         .output()
         .await
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -45,12 +41,7 @@ async fn version_served(server: &Server, slug: &str) -> String {
     let (status, reply) = exchange(&server.addr, "POST", "/addons/versioned/provision", &headers, &body).await;
     assert!(status == 201 || status == 200, "{status} {reply}");
     let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    v["envs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["key"] == "VERSIONED_VERSION")
-        .unwrap()["value"]
+    v["envs"].as_array().unwrap().iter().find(|e| e["key"] == "VERSIONED_VERSION").unwrap()["value"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -60,24 +51,13 @@ async fn version_served(server: &Server, slug: &str) -> String {
 async fn plugin_cli_pushes_lists_and_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = spawn(dir.path(), &config(addon_host_tests::PLUGIN_VERSIONED_A)).await;
-    let line = server
-        .banner
-        .iter()
-        .find(|l| l.starts_with("addon-host admin token"))
-        .expect("token shown at first start");
+    let line =
+        server.banner.iter().find(|l| l.starts_with("addon-host admin token")).expect("token shown at first start");
     let token = line.rsplit(' ').next().unwrap().to_owned();
 
-    let (ok, out) = plugin_cli(
-        &server,
-        &token,
-        &["push", "versioned", addon_host_tests::PLUGIN_VERSIONED_B],
-    )
-    .await;
+    let (ok, out) = plugin_cli(&server, &token, &["push", "versioned", addon_host_tests::PLUGIN_VERSIONED_B]).await;
     assert!(ok, "{out}");
-    assert!(
-        out.contains("\"seq\": 2") && out.contains("\"uploaded_by\": \"admin\""),
-        "{out}"
-    );
+    assert!(out.contains("\"seq\": 2") && out.contains("\"uploaded_by\": \"admin\""), "{out}");
     assert_eq!(version_served(&server, "p1").await, "b");
     let (ok, out) = plugin_cli(&server, &token, &["list", "versioned"]).await;
     assert!(ok && out.matches("\"sha256\"").count() == 2, "{out}");
@@ -91,16 +71,8 @@ async fn plugin_cli_pushes_lists_and_rolls_back() {
     assert!(ok && out.contains("\"versioned\""), "{out}");
 
     // Refusals reach the operator with their reason and a failing exit code.
-    let (ok, out) = plugin_cli(
-        &server,
-        &token,
-        &["push", "versioned", addon_host_tests::PLUGIN_FUTURE_WIT],
-    )
-    .await;
-    assert!(
-        !ok && out.contains("422") && out.contains("addon:provider/kv@0.2.0"),
-        "{out}"
-    );
+    let (ok, out) = plugin_cli(&server, &token, &["push", "versioned", addon_host_tests::PLUGIN_FUTURE_WIT]).await;
+    assert!(!ok && out.contains("422") && out.contains("addon:provider/kv@0.2.0"), "{out}");
     let (ok, out) = plugin_cli(&server, "not-the-token", &["status"]).await;
     assert!(!ok && out.contains("401"), "{out}");
     assert_eq!(version_served(&server, "p4").await, "b");
@@ -108,18 +80,10 @@ async fn plugin_cli_pushes_lists_and_rolls_back() {
     // The token is shown once: a restart does not print it again, and it still works.
     server.child.kill().await.unwrap();
     let server = spawn(dir.path(), &config(addon_host_tests::PLUGIN_VERSIONED_A)).await;
-    assert!(
-        !server.banner.iter().any(|l| l.contains("admin token")),
-        "{:?}",
-        server.banner
-    );
+    assert!(!server.banner.iter().any(|l| l.contains("admin token")), "{:?}", server.banner);
     let (ok, out) = plugin_cli(&server, &token, &["status"]).await;
     assert!(ok, "{out}");
-    assert_eq!(
-        version_served(&server, "p5").await,
-        "b",
-        "the pushed version survived the restart"
-    );
+    assert_eq!(version_served(&server, "p5").await, "b", "the pushed version survived the restart");
 }
 
 #[tokio::test]
@@ -135,10 +99,7 @@ async fn watch_mode_reloads_a_rebuilt_plugin() {
     let started = Instant::now();
     let mut n = 0;
     while version_served(&server, &format!("w{n}")).await != "b" {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the rebuilt plugin was never loaded"
-        );
+        assert!(started.elapsed() < Duration::from_secs(30), "the rebuilt plugin was never loaded");
         tokio::time::sleep(Duration::from_millis(100)).await;
         n += 1;
     }

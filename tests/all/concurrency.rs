@@ -22,16 +22,7 @@ async fn identical_concurrent_provisions_make_one_call() {
     assert!(replies.iter().all(|r| r.text == replies[0].text), "identical replies");
     assert_eq!(replies[0].env("MISBEHAVE_CALLS"), "1");
     assert_eq!(host.kv("misbehave")["calls"], "1", "the plugin ran once");
-    assert_eq!(
-        host.service
-            .addon("misbehave")
-            .unwrap()
-            .store()
-            .records()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(host.service.addon("misbehave").unwrap().store().records().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -40,10 +31,7 @@ async fn racing_apps_sharing_a_counter_lose_no_update() {
     let n = 24;
     let replies = join_all((0..n).map(|i| {
         let host = host.clone();
-        tokio::spawn(async move {
-            host.provision("misbehave", MISBEHAVE_TOKEN, &format!("app{i}"), "count")
-                .await
-        })
+        tokio::spawn(async move { host.provision("misbehave", MISBEHAVE_TOKEN, &format!("app{i}"), "count").await })
     }))
     .await;
     let mut seen: Vec<u64> = replies
@@ -87,12 +75,7 @@ async fn racing_provision_change_and_deprovision_stay_consistent() {
     let record = host.record("myaddon", "race").unwrap();
     assert_eq!(record.is_active(), host.kv("myaddon").contains_key("secret/race"));
     if record.is_active() {
-        let secret = &record
-            .config
-            .iter()
-            .find(|(k, _)| k == "MYADDON_AUTH_SECRET")
-            .unwrap()
-            .1;
+        let secret = &record.config.iter().find(|(k, _)| k == "MYADDON_AUTH_SECRET").unwrap().1;
         assert_eq!(&host.kv("myaddon")["secret/race"], secret);
     }
 }

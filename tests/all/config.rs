@@ -20,12 +20,7 @@ fn with_manifest(doc: serde_json::Value) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("addon-manifest.json");
     std::fs::write(&path, doc.to_string()).unwrap();
-    start_error(|cfg| {
-        cfg.addons[0].xervo = Some(XervoConfig {
-            manifest: Some(path),
-            ..XervoConfig::default()
-        })
-    })
+    start_error(|cfg| cfg.addons[0].xervo = Some(XervoConfig { manifest: Some(path), ..XervoConfig::default() }))
 }
 
 fn good_manifest() -> serde_json::Value {
@@ -46,35 +41,16 @@ fn bad_manifests_name_the_field() {
         ("`id` must be a string", Box::new(|m| m["id"] = json!(5))),
         (
             "`api.password` is missing",
-            Box::new(|m| {
-                m["api"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("password")
-                    .map(drop)
-                    .unwrap_or(())
-            }),
+            Box::new(|m| m["api"].as_object_mut().unwrap().remove("password").map(drop).unwrap_or(())),
         ),
-        (
-            "`api.sso_salt` must not be empty",
-            Box::new(|m| m["api"]["sso_salt"] = json!("")),
-        ),
-        (
-            "`api.config_vars` must be an array",
-            Box::new(|m| m["api"]["config_vars"] = json!("MYADDON_URL")),
-        ),
-        (
-            "`api.config_vars[1]` must be a string",
-            Box::new(|m| m["api"]["config_vars"] = json!(["MYADDON_URL", 3])),
-        ),
+        ("`api.sso_salt` must not be empty", Box::new(|m| m["api"]["sso_salt"] = json!(""))),
+        ("`api.config_vars` must be an array", Box::new(|m| m["api"]["config_vars"] = json!("MYADDON_URL"))),
+        ("`api.config_vars[1]` must be a string", Box::new(|m| m["api"]["config_vars"] = json!(["MYADDON_URL", 3]))),
         (
             "config_vars[0]` (OTHER_URL) must start with MYADDON",
             Box::new(|m| m["api"]["config_vars"] = json!(["OTHER_URL"])),
         ),
-        (
-            "`api.test.sso_url` is missing",
-            Box::new(|m| m["api"]["test"] = json!({"base_url": "http://x"})),
-        ),
+        ("`api.test.sso_url` is missing", Box::new(|m| m["api"]["test"] = json!({"base_url": "http://x"}))),
         (
             "`api.production.base_url` must be an http(s) URL",
             Box::new(|m| m["api"]["production"]["base_url"] = json!("ftp://x")),
@@ -90,12 +66,8 @@ fn bad_manifests_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.json");
     std::fs::write(&path, "{not json").unwrap();
-    let error = start_error(|cfg| {
-        cfg.addons[0].xervo = Some(XervoConfig {
-            manifest: Some(path),
-            ..XervoConfig::default()
-        })
-    });
+    let error =
+        start_error(|cfg| cfg.addons[0].xervo = Some(XervoConfig { manifest: Some(path), ..XervoConfig::default() }));
     assert!(error.contains("invalid JSON"), "{error}");
 }
 
@@ -131,24 +103,12 @@ fn printed_manifest_is_accepted_back() {
     let xervo = cfg.addons[0].xervo.as_ref().unwrap();
     let settings = XervoSettings::resolve("myaddon", xervo).unwrap();
     let manifest = settings.manifest("https://addons.example.com/", "http://127.0.0.1:9");
-    assert_eq!(
-        manifest["api"]["production"]["base_url"],
-        "https://addons.example.com/addons/myaddon/resources"
-    );
-    assert_eq!(
-        manifest["api"]["test"]["sso_url"],
-        "http://127.0.0.1:9/addons/myaddon/sso/login"
-    );
+    assert_eq!(manifest["api"]["production"]["base_url"], "https://addons.example.com/addons/myaddon/resources");
+    assert_eq!(manifest["api"]["test"]["sso_url"], "http://127.0.0.1:9/addons/myaddon/sso/login");
     let path = dir.path().join("addon-manifest.json");
     std::fs::write(&path, manifest.to_string()).unwrap();
-    let back = XervoSettings::resolve(
-        "myaddon",
-        &XervoConfig {
-            manifest: Some(path),
-            ..XervoConfig::default()
-        },
-    )
-    .unwrap();
+    let back =
+        XervoSettings::resolve("myaddon", &XervoConfig { manifest: Some(path), ..XervoConfig::default() }).unwrap();
     assert_eq!(
         (back.password, back.sso_salt, back.config_vars),
         (settings.password, settings.sso_salt, settings.config_vars)

@@ -11,25 +11,12 @@ use std::time::Duration;
 use addon_host::service::Record;
 use addon_host::storage::Storage;
 
-use crate::process::{spawn, try_exchange};
+use crate::process::{credentials_on_bitrise, spawn, try_exchange};
 
 const TOKEN: &str = "crash-shared-token";
 
 fn config() -> String {
-    format!(
-        r#"
-[[addon]]
-id = "myaddon"
-plugin = {plugin:?}
-plans = ["free", "pro"]
-[addon.bitrise]
-shared_token = "{TOKEN}"
-sso_secret = "crash-sso"
-[addon.config]
-host_url = "https://myaddon.example.com"
-"#,
-        plugin = addon_host_tests::PLUGIN_CREDENTIALS
-    )
+    credentials_on_bitrise(TOKEN, "crash-sso")
 }
 
 /// (request body, reply body) of every provision answered 2xx.
@@ -49,22 +36,15 @@ async fn client(addr: String, prefix: String, acked: Acked) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_provisions_survive_repeated_sigkill() {
-    let cycles: usize = std::env::var("ADDON_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
+    let cycles: usize = std::env::var("ADDON_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     println!("crash test seed {seed}");
     let dir = tempfile::tempdir().unwrap();
     let acked: Acked = Arc::default();
     for cycle in 0..cycles {
         let mut server = spawn(dir.path(), &config()).await;
-        let clients: Vec<_> = (0..3)
-            .map(|c| tokio::spawn(client(server.addr.clone(), format!("c{cycle}x{c}"), acked.clone())))
-            .collect();
+        let clients: Vec<_> =
+            (0..3).map(|c| tokio::spawn(client(server.addr.clone(), format!("c{cycle}x{c}"), acked.clone()))).collect();
         // Kill at a random moment 150–750 ms into the traffic.
         let delay = 150 + (seed.wrapping_mul(2654435761).wrapping_add(cycle as u64 * 7919) % 600);
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -74,24 +54,14 @@ async fn acknowledged_provisions_survive_repeated_sigkill() {
         }
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > cycles,
-        "too little traffic to test anything: {}",
-        acked.len()
-    );
+    assert!(acked.len() > cycles, "too little traffic to test anything: {}", acked.len());
 
     // Every acknowledged provision replays its exact reply.
     let mut server = spawn(dir.path(), &config()).await;
     for (body, reply) in &acked {
         let headers = [("Authentication", TOKEN), ("Content-Type", "application/json")];
-        let again = try_exchange(&server.addr, "POST", "/addons/myaddon/provision", &headers, body)
-            .await
-            .unwrap();
-        assert_eq!(
-            again,
-            (200, reply.clone()),
-            "acknowledged provision lost or changed: {body}"
-        );
+        let again = try_exchange(&server.addr, "POST", "/addons/myaddon/provision", &headers, body).await.unwrap();
+        assert_eq!(again, (200, reply.clone()), "acknowledged provision lost or changed: {body}");
     }
     server.child.kill().await.unwrap();
 
@@ -102,23 +72,10 @@ async fn acknowledged_provisions_survive_repeated_sigkill() {
     let records = store.records().unwrap();
     for (id, bytes) in &records {
         let record = Record::from_bytes(bytes).expect("a complete record");
-        let secret = &record
-            .config
-            .iter()
-            .find(|(k, _)| k == "MYADDON_AUTH_SECRET")
-            .expect("secret var")
-            .1;
-        assert_eq!(
-            kv.get(&format!("secret/{id}")).map(|v| v.as_slice()),
-            Some(secret.as_bytes()),
-            "record {id}"
-        );
+        let secret = &record.config.iter().find(|(k, _)| k == "MYADDON_AUTH_SECRET").expect("secret var").1;
+        assert_eq!(kv.get(&format!("secret/{id}")).map(|v| v.as_slice()), Some(secret.as_bytes()), "record {id}");
     }
     let secrets = kv.keys().filter(|k| k.starts_with("secret/")).count();
     assert_eq!(secrets, records.len(), "a secret without a record, or the reverse");
-    println!(
-        "{} acknowledged, {} stored after {cycles} kills",
-        acked.len(),
-        records.len()
-    );
+    println!("{} acknowledged, {} stored after {cycles} kills", acked.len(), records.len());
 }

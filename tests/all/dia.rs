@@ -80,12 +80,7 @@ fn strip_ansi(s: &str) -> String {
 async fn run_dia(dia: &Path, dir: &Path, args: &[&str]) -> String {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        Command::new(dia)
-            .args(args)
-            .current_dir(dir)
-            .env("HOME", dir)
-            .stdin(Stdio::null())
-            .output(),
+        Command::new(dia).args(args).current_dir(dir).env("HOME", dir).stdin(Stdio::null()).output(),
     )
     .await
     .unwrap_or_else(|_| panic!("dia {args:?} hung"))
@@ -120,11 +115,7 @@ async fn dia_passes_against_the_binary() {
         .output()
         .await
         .unwrap();
-    assert!(
-        manifest.status.success(),
-        "{}",
-        String::from_utf8_lossy(&manifest.stderr)
-    );
+    assert!(manifest.status.success(), "{}", String::from_utf8_lossy(&manifest.stderr));
     std::fs::write(dir.path().join("addon-manifest.json"), &manifest.stdout).unwrap();
 
     run_dia(&dia, dir.path(), &["test", "manifest"]).await;
@@ -141,18 +132,11 @@ async fn dia_passes_against_the_binary() {
     )
     .await;
     assert_eq!(status, 200, "{reply}");
-    let id = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["id"].as_str().unwrap().to_owned();
 
     run_dia(&dia, dir.path(), &["test", "planchange", &id, "pro"]).await;
     let sso = run_dia(&dia, dir.path(), &["test", "sso", &id]).await;
-    assert_eq!(
-        sso.matches("check successful single sign on response [PASS]").count(),
-        2,
-        "{sso}"
-    );
+    assert_eq!(sso.matches("check successful single sign on response [PASS]").count(), 2, "{sso}");
     run_dia(&dia, dir.path(), &["test", "deprovision", &id]).await;
     // The whole chain: provision → planchange → deprovision → sso on the deprovisioned id.
     let chain = run_dia(&dia, dir.path(), &["test"]).await;

@@ -69,9 +69,8 @@ const TOKENS: &[&str] = &[
     "{\"a\":",
     "]",
 ];
-const VALUES: &[&str] = &[
-    "\"free\"", "\"pro\"", "\"test\"", "7", "null", "[]", "{}", "\"\"", "\"app1\"", "true", "\"..\"",
-];
+const VALUES: &[&str] =
+    &["\"free\"", "\"pro\"", "\"test\"", "7", "null", "[]", "{}", "\"\"", "\"app1\"", "true", "\"..\""];
 
 fn mutate(rng: &mut Rng, body: String) -> Vec<u8> {
     let mut bytes = body.into_bytes();
@@ -99,14 +98,8 @@ fn mutate(rng: &mut Rng, body: String) -> Vec<u8> {
 
 #[tokio::test]
 async fn generated_requests_never_break_the_decoders() {
-    let cases: usize = std::env::var("ADDON_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let seed: u64 = std::env::var("ADDON_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_1234_abcd);
+    let cases: usize = std::env::var("ADDON_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let seed: u64 = std::env::var("ADDON_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_1234_abcd);
     let mut rng = Rng(seed | 1);
     let host = TestHost::start();
     let xervo_auth = basic("myaddon", XERVO_PASSWORD);
@@ -148,11 +141,7 @@ async fn generated_requests_never_break_the_decoders() {
                 "/addons/myaddon/login".to_owned(),
                 "application/x-www-form-urlencoded",
                 "none",
-                format!(
-                    "app_slug={seg}&timestamp={}&token={}",
-                    rng.next() % 2_000_000_000,
-                    rng.pick(SEGMENTS)
-                ),
+                format!("app_slug={seg}&timestamp={}&token={}", rng.next() % 2_000_000_000, rng.pick(SEGMENTS)),
             ),
             4 => (
                 Method::POST,
@@ -175,13 +164,9 @@ async fn generated_requests_never_break_the_decoders() {
                 "xervo",
                 format!(r#"{{"plan":{}}}"#, rng.pick(VALUES)),
             ),
-            6 => (
-                Method::DELETE,
-                format!("/addons/myaddon/resources/{seg}"),
-                "application/json",
-                "xervo",
-                String::new(),
-            ),
+            6 => {
+                (Method::DELETE, format!("/addons/myaddon/resources/{seg}"), "application/json", "xervo", String::new())
+            }
             _ => (
                 Method::POST,
                 "/addons/myaddon/sso/login".to_owned(),
@@ -210,54 +195,21 @@ async fn generated_requests_never_break_the_decoders() {
         let status = reply.status.as_u16();
         *statuses.entry(status).or_default() += 1;
         let shown = String::from_utf8_lossy(&body).into_owned();
-        assert!(
-            status < 500,
-            "case {n}: {method} {path} {shown:?} → {status} {}",
-            reply.text
-        );
+        assert!(status < 500, "case {n}: {method} {path} {shown:?} → {status} {}", reply.text);
         if !(200..300).contains(&status) {
-            let json: serde_json::Value = serde_json::from_str(&reply.text).unwrap_or_else(|_| {
-                panic!(
-                    "case {n}: {method} {path} {shown:?} → non-JSON {status}: {}",
-                    reply.text
-                )
-            });
-            assert!(
-                json["error"].is_string() && json["message"].is_string(),
-                "case {n}: {}",
-                reply.text
-            );
+            let json: serde_json::Value = serde_json::from_str(&reply.text)
+                .unwrap_or_else(|_| panic!("case {n}: {method} {path} {shown:?} → non-JSON {status}: {}", reply.text));
+            assert!(json["error"].is_string() && json["message"].is_string(), "case {n}: {}", reply.text);
         } else if method == Method::POST && path.ends_with("/provision") {
-            acknowledged.insert(
-                reply.json()["envs"][0]["value"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .to_owned(),
-            );
+            acknowledged
+                .insert(reply.json()["envs"][0]["value"].as_str().unwrap().rsplit('/').next().unwrap().to_owned());
         } else if method == Method::POST && path.ends_with("/resources") {
             acknowledged.insert(reply.json()["id"].as_str().unwrap().to_owned());
         }
     }
-    let stored: BTreeSet<String> = host
-        .service
-        .addon("myaddon")
-        .unwrap()
-        .store()
-        .records()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(
-        stored, acknowledged,
-        "every stored resource was acknowledged, and only those"
-    );
+    let stored: BTreeSet<String> =
+        host.service.addon("myaddon").unwrap().store().records().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(stored, acknowledged, "every stored resource was acknowledged, and only those");
     println!("fuzz: {cases} cases, statuses {statuses:?}, {} resources", stored.len());
-    assert!(
-        statuses.keys().any(|s| *s >= 400),
-        "the generator produced no invalid input"
-    );
+    assert!(statuses.keys().any(|s| *s >= 400), "the generator produced no invalid input");
 }

@@ -28,10 +28,7 @@ fn expand(s: &str) -> String {
     while let Some(start) = rest.find("${") {
         let Some(len) = rest[start..].find('}') else { break };
         let inner = &rest[start + 2..start + len];
-        match inner
-            .rsplit_once('*')
-            .and_then(|(x, n)| Some((x, n.parse::<usize>().ok()?)))
-        {
+        match inner.rsplit_once('*').and_then(|(x, n)| Some((x, n.parse::<usize>().ok()?))) {
             Some((x, n)) => {
                 out.push_str(&rest[..start]);
                 out.push_str(&x.repeat(n));
@@ -78,18 +75,11 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         let message = json["message"].as_str().unwrap_or_default();
         assert!(!message.is_empty(), "{}: no message", case.name);
         if let Some(needle) = &case.message {
-            assert!(
-                message.contains(needle.as_str()),
-                "{}: message {message:?} lacks {needle:?}",
-                case.name
-            );
+            assert!(message.contains(needle.as_str()), "{}: message {message:?} lacks {needle:?}", case.name);
         }
     }
     for addon in ["myaddon", "storage", "misbehave", "metered"] {
-        assert!(
-            host.service.addon(addon).unwrap().store().records().unwrap().is_empty(),
-            "{addon} got a record"
-        );
+        assert!(host.service.addon(addon).unwrap().store().records().unwrap().is_empty(), "{addon} got a record");
         assert!(host.kv(addon).is_empty(), "{addon} KV changed");
     }
 }

@@ -47,35 +47,17 @@ async fn misbehaving_plugins_do_not_disturb_a_healthy_addon() {
     ];
     for round in 0..2 {
         for (addon, plan, deadline_ms, status, kind) in cases {
-            let token = if addon == "metered" {
-                METERED_TOKEN
-            } else {
-                MISBEHAVE_TOKEN
-            };
+            let token = if addon == "metered" { METERED_TOKEN } else { MISBEHAVE_TOKEN };
             let started = Instant::now();
             let reply = host.provision(addon, token, &format!("{plan}-{round}"), plan).await;
             let elapsed = started.elapsed();
             assert_eq!(reply.status.as_u16(), status, "{addon}/{plan}: {}", reply.text);
             assert_eq!(reply.json()["error"], kind, "{addon}/{plan}");
             let bound = Duration::from_millis(deadline_ms) + MARGIN;
-            assert!(
-                elapsed < bound,
-                "{addon}/{plan} answered after {elapsed:?} (bound {bound:?})"
-            );
+            assert!(elapsed < bound, "{addon}/{plan} answered after {elapsed:?} (bound {bound:?})");
         }
         // The slow-but-legitimate plugin finishes just inside its 500 ms deadline.
-        let body = serde_json::json!({"app_slug": format!("slow-{round}"), "app_title": "350", "api_token": "t", "plan": "slow"});
-        let slow = host
-            .send(
-                axum::http::Method::POST,
-                "/addons/misbehave/provision",
-                &[
-                    ("authentication", MISBEHAVE_TOKEN),
-                    ("content-type", "application/json"),
-                ],
-                body.to_string(),
-            )
-            .await;
+        let slow = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("slow-{round}"), "slow", "350").await;
         assert_eq!(slow.status, 201, "slow plugin: {}", slow.text);
     }
 
@@ -84,9 +66,5 @@ async fn misbehaving_plugins_do_not_disturb_a_healthy_addon() {
         task.await.expect("a healthy request failed");
     }
     assert!(served.load(Ordering::Relaxed) > 0);
-    assert!(
-        host.kv("misbehave").is_empty(),
-        "failed calls left writes: {:?}",
-        host.kv("misbehave")
-    );
+    assert!(host.kv("misbehave").is_empty(), "failed calls left writes: {:?}", host.kv("misbehave"));
 }

@@ -3,36 +3,20 @@
 //! the same checks, run the way the kit must be run for 1.0.2 — `provision -r`,
 //! `change-plan --plan pro`, `login`, `deprovision -r`, all with one app slug.
 
-use crate::process::{exchange, spawn};
+use crate::process::{credentials_on_bitrise, exchange, spawn};
 use crate::support::{now, sso_token};
 
 const TOKEN: &str = "kit-shared-token";
 const SSO: &str = "kit-sso-secret";
 
 fn config() -> String {
-    format!(
-        r#"
-[[addon]]
-id = "myaddon"
-plugin = {plugin:?}
-plans = ["free", "pro"]
-[addon.bitrise]
-shared_token = "{TOKEN}"
-sso_secret = "{SSO}"
-[addon.config]
-host_url = "https://myaddon.example.com"
-"#,
-        plugin = addon_host_tests::PLUGIN_CREDENTIALS
-    )
+    credentials_on_bitrise(TOKEN, SSO)
 }
 
 /// The kit's provision check: 2xx, the expected status, and `{"envs":[{key,value}]}` with
 /// non-empty keys and values (Go decoding rules: null/missing envs pass).
 fn check_provision_reply(status: u16, body: &str, expected: u16) {
-    assert!(
-        (200..300).contains(&status),
-        "Provisioning request resulted in a non-2xx response: {status}"
-    );
+    assert!((200..300).contains(&status), "Provisioning request resulted in a non-2xx response: {status}");
     assert_eq!(status, expected, "kit 1.0.2 status check");
     let v: serde_json::Value = serde_json::from_str(body).expect("JSON parsing of response failed");
     assert!(v.is_object(), "JSON parsing of response failed: not an object");
@@ -62,82 +46,36 @@ async fn bitrise_kit_sequence_passes_against_the_binary() {
     // provision -r: first 201, then 200 twice, same body each time.
     let mut bodies = Vec::new();
     for (i, expected) in [201, 200, 200].into_iter().enumerate() {
-        let (status, body) = exchange(
-            &addr,
-            "POST",
-            &format!("{base}/provision"),
-            &[auth, json],
-            &provision_body,
-        )
-        .await;
+        let (status, body) =
+            exchange(&addr, "POST", &format!("{base}/provision"), &[auth, json], &provision_body).await;
         check_provision_reply(status, &body, expected);
         bodies.push(body);
         assert_eq!(bodies[i], bodies[0], "repeats answer the same envs");
     }
 
     // change-plan --plan pro
-    let (status, _) = exchange(
-        &addr,
-        "PUT",
-        &format!("{base}/provision/{slug}"),
-        &[auth, json],
-        r#"{"plan":"pro"}"#,
-    )
-    .await;
-    assert!(
-        (200..300).contains(&status),
-        "Plan changing request resulted in a non-2xx response: {status}"
-    );
+    let (status, _) =
+        exchange(&addr, "PUT", &format!("{base}/provision/{slug}"), &[auth, json], r#"{"plan":"pro"}"#).await;
+    assert!((200..300).contains(&status), "Plan changing request resulted in a non-2xx response: {status}");
 
     // login: form body, query in sorted order; the kit also sends Authentication.
     let ts = now();
     let form = format!("app_slug={slug}&timestamp={ts}&token={}", sso_token(slug, SSO, ts));
     let path = format!("{base}/login?app_title=Title+of+app+%23{slug}&build_slug=0a1b2c3d4e5f6a7b");
-    let (status, page) = exchange(
-        &addr,
-        "POST",
-        &path,
-        &[auth, ("Content-Type", "application/x-www-form-urlencoded")],
-        &form,
-    )
-    .await;
-    assert!(
-        (200..300).contains(&status),
-        "Login request resulted in a non-2xx response: {status} {page}"
-    );
-    roxmltree::Document::parse_with_options(
-        &page,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
-    )
-    .expect("Login request responded with invalid HTML");
+    let (status, page) =
+        exchange(&addr, "POST", &path, &[auth, ("Content-Type", "application/x-www-form-urlencoded")], &form).await;
+    assert!((200..300).contains(&status), "Login request resulted in a non-2xx response: {status} {page}");
+    roxmltree::Document::parse_with_options(&page, roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() })
+        .expect("Login request responded with invalid HTML");
 
     // deprovision -r: body `null`, 2xx every time.
     for _ in 0..3 {
-        let (status, _) = exchange(
-            &addr,
-            "DELETE",
-            &format!("{base}/provision/{slug}"),
-            &[auth, json],
-            "null",
-        )
-        .await;
-        assert!(
-            (200..300).contains(&status),
-            "Deprovisioning request resulted in a non-2xx response: {status}"
-        );
+        let (status, _) = exchange(&addr, "DELETE", &format!("{base}/provision/{slug}"), &[auth, json], "null").await;
+        assert!((200..300).contains(&status), "Deprovisioning request resulted in a non-2xx response: {status}");
     }
     // A standalone `deprovision` with a never-provisioned random slug is 2xx too.
-    let (status, _) = exchange(
-        &addr,
-        "DELETE",
-        &format!("{base}/provision/5f4e3d2c1b0a9f8e"),
-        &[auth, json],
-        "null",
-    )
-    .await;
+    let (status, _) =
+        exchange(&addr, "DELETE", &format!("{base}/provision/5f4e3d2c1b0a9f8e"), &[auth, json], "null").await;
     assert_eq!(status, 200);
 
     server.child.kill().await.unwrap();

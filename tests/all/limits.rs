@@ -16,11 +16,7 @@ async fn still_serving(host: &TestHost, n: usize) {
     assert_eq!(ok.status, 201, "{}", ok.text);
     let fine = misbehave(host, &format!("fine{n}"), "normal").await;
     assert_eq!(fine.status, 201, "{}", fine.text);
-    assert_eq!(
-        fine.env("MISBEHAVE_MARKER"),
-        "none",
-        "no failed call may leave a write behind"
-    );
+    assert_eq!(fine.env("MISBEHAVE_MARKER"), "none", "no failed call may leave a write behind");
 }
 
 #[track_caller]
@@ -48,18 +44,7 @@ async fn deadline_overrun_is_cut_off_and_reported() {
 #[tokio::test]
 async fn slow_but_within_deadline_succeeds() {
     let host = TestHost::start();
-    let body = serde_json::json!({"app_slug": "slow1", "app_title": "200", "api_token": "t", "plan": "slow"});
-    let reply = host
-        .send(
-            axum::http::Method::POST,
-            "/addons/misbehave/provision",
-            &[
-                ("authentication", MISBEHAVE_TOKEN),
-                ("content-type", "application/json"),
-            ],
-            body.to_string(),
-        )
-        .await;
+    let reply = host.provision_titled("misbehave", MISBEHAVE_TOKEN, "slow1", "slow", "200").await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(reply.env("MISBEHAVE_SLOW"), "done");
 }
@@ -97,11 +82,7 @@ async fn failed_calls_commit_nothing() {
     for slug in ["w1", "w2", "w3", "w4"] {
         assert!(host.record("misbehave", slug).is_none(), "{slug} left a record");
     }
-    assert!(
-        host.kv("misbehave").is_empty(),
-        "KV changed: {:?}",
-        host.kv("misbehave")
-    );
+    assert!(host.kv("misbehave").is_empty(), "KV changed: {:?}", host.kv("misbehave"));
     still_serving(&host, 4).await;
 
     // The same write in a successful call is committed.
@@ -124,39 +105,16 @@ async fn refused_plan_change_keeps_the_old_state() {
     assert_eq!(moved.status, 200);
     let record = host.record("misbehave", "c1").unwrap();
     assert_eq!(record.plan, "gold");
-    assert!(
-        record.config.contains(&("MISBEHAVE_PLAN".into(), "gold".into())),
-        "plan-change vars are merged"
-    );
+    assert!(record.config.contains(&("MISBEHAVE_PLAN".into(), "gold".into())), "plan-change vars are merged");
 }
 
 #[tokio::test]
 async fn bad_replies_are_rejected() {
     let host = TestHost::start();
-    assert_plugin_failure(
-        &misbehave(&host, "b1", "big-reply").await,
-        500,
-        "reply_too_large",
-        "limit",
-    );
-    assert_plugin_failure(
-        &misbehave(&host, "b2", "empty-value").await,
-        500,
-        "invalid_reply",
-        "empty value",
-    );
-    assert_plugin_failure(
-        &misbehave(&host, "b3", "bad-name").await,
-        500,
-        "invalid_reply",
-        "not a name",
-    );
-    assert_plugin_failure(
-        &misbehave(&host, "b4", "kv-flood").await,
-        507,
-        "quota_exceeded",
-        "writes",
-    );
+    assert_plugin_failure(&misbehave(&host, "b1", "big-reply").await, 500, "reply_too_large", "limit");
+    assert_plugin_failure(&misbehave(&host, "b2", "empty-value").await, 500, "invalid_reply", "empty value");
+    assert_plugin_failure(&misbehave(&host, "b3", "bad-name").await, 500, "invalid_reply", "not a name");
+    assert_plugin_failure(&misbehave(&host, "b4", "kv-flood").await, 507, "quota_exceeded", "writes");
     assert!(host.kv("misbehave").is_empty());
     still_serving(&host, 5).await;
 }
@@ -168,10 +126,7 @@ async fn fuel_budget_stops_a_loop() {
     assert_error(&reply, 500, "fuel_exhausted", "20000000 fuel");
     assert_eq!(reply.json()["addon"], "metered");
     // Ordinary work fits the budget.
-    assert_eq!(
-        host.provision("metered", METERED_TOKEN, "f2", "normal").await.status,
-        201
-    );
+    assert_eq!(host.provision("metered", METERED_TOKEN, "f2", "normal").await.status, 201);
     assert!(host.service.runtime().info().fuel);
 }
 
@@ -186,11 +141,7 @@ async fn kv_quota_is_enforced_across_calls() {
     // Eight more keys would make 16, over the quota of 10.
     let second = host.provision("metered", METERED_TOKEN, "q2", "fill").await;
     assert_error(&second, 507, "quota_exceeded", "quota of 10");
-    assert_eq!(
-        host.service.addon("metered").unwrap().store().kv_usage().unwrap(),
-        usage,
-        "nothing was written"
-    );
+    assert_eq!(host.service.addon("metered").unwrap().store().kv_usage().unwrap(), usage, "nothing was written");
     assert!(host.record("metered", "q2").is_none());
 }
 
@@ -198,12 +149,7 @@ async fn kv_quota_is_enforced_across_calls() {
 async fn hundred_megabyte_reply_and_log_flood() {
     let host = TestHost::start();
     // Building a 100 MB reply needs more memory than the add-on's 32 MiB cap.
-    assert_plugin_failure(
-        &misbehave(&host, "h1", "huge-reply").await,
-        500,
-        "memory_limit",
-        "32 MiB",
-    );
+    assert_plugin_failure(&misbehave(&host, "h1", "huge-reply").await, 500, "memory_limit", "32 MiB");
     // A log flood is cut to the per-call budget; the call itself succeeds.
     let flood = misbehave(&host, "h2", "log-flood").await;
     assert_eq!(flood.status, 201, "{}", flood.text);

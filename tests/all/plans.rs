@@ -21,10 +21,7 @@ async fn quotas_follow_the_plan() {
     assert_eq!(down.status, 200, "{}", down.text);
     let record = host.record("storage", "q1").unwrap();
     assert!(record.config.contains(&("STORAGE_QUOTA_MB".into(), "512".into())));
-    assert!(
-        record.config.contains(&("STORAGE_URL".into(), url)),
-        "the bucket stays the same"
-    );
+    assert!(record.config.contains(&("STORAGE_URL".into(), url)), "the bucket stays the same");
 }
 
 #[tokio::test]
@@ -41,17 +38,10 @@ async fn enterprise_is_not_instant_and_free_tier_fills_up() {
     assert_eq!(provision_with_usage(&host, "f2", "free").await.status, 201);
     let full = provision_with_usage(&host, "f3", "free").await;
     assert_error(&full, 503, "unavailable", "free tier is full");
-    assert_eq!(
-        host.kv("storage")["tier/free/used"],
-        "2",
-        "the refused call's increment was discarded"
-    );
+    assert_eq!(host.kv("storage")["tier/free/used"], "2", "the refused call's increment was discarded");
     // Releasing a slot lets the next one in.
     assert_eq!(host.deprovision("storage", STORAGE_TOKEN, "f1").await.status, 200);
-    assert!(
-        host.kv("storage").keys().all(|k| !k.starts_with("res/f1/")),
-        "deprovision removed f1's keys"
-    );
+    assert!(host.kv("storage").keys().all(|k| !k.starts_with("res/f1/")), "deprovision removed f1's keys");
     assert_eq!(provision_with_usage(&host, "f3", "free").await.status, 201);
 }
 
@@ -64,10 +54,7 @@ async fn downgrade_from_enterprise_with_data_is_refused() {
     let addon = host.service.addon("storage").unwrap();
     let mut txn = addon.store().begin();
     txn.set("res/d1/usage", b"20480".to_vec());
-    let quota = addon_host::storage::KvQuota {
-        max_bytes: u64::MAX,
-        max_keys: u64::MAX,
-    };
+    let quota = addon_host::storage::KvQuota { max_bytes: u64::MAX, max_keys: u64::MAX };
     addon.store().commit(&txn, quota, None, None).unwrap();
 
     let down = host.change_plan("storage", STORAGE_TOKEN, "d1", "pro").await;

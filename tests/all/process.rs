@@ -16,6 +16,25 @@ pub struct Server {
     pub banner: Vec<String>,
 }
 
+/// The `credentials` example add-on as `myaddon`, on Bitrise with `token` and `sso_secret`,
+/// as the config file of a spawned host.
+pub fn credentials_on_bitrise(token: &str, sso_secret: &str) -> String {
+    format!(
+        r#"
+[[addon]]
+id = "myaddon"
+plugin = {plugin:?}
+plans = ["free", "pro"]
+[addon.bitrise]
+shared_token = "{token}"
+sso_secret = "{sso_secret}"
+[addon.config]
+host_url = "https://myaddon.example.com"
+"#,
+        plugin = addon_host_tests::PLUGIN_CREDENTIALS
+    )
+}
+
 /// Start the real binary on 127.0.0.1 (any port) with `addons` as its add-on config, data
 /// under `dir`, and wait until it listens.
 pub async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
@@ -25,11 +44,7 @@ pub async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
 /// [`spawn`] with extra `serve` arguments (e.g. `--watch`).
 pub async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&str]) -> Server {
     let config = dir.join("addon-host.toml");
-    std::fs::write(
-        &config,
-        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{addons}"),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{addons}")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -52,19 +67,12 @@ pub async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&str]) -> 
     })
     .await
     .expect("addon-host did not start in time");
-    Server {
-        child,
-        addr,
-        config,
-        banner,
-    }
+    Server { child, addr, config, banner }
 }
 
 /// One HTTP/1.1 exchange with the headers Go's client sends.
 pub async fn exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    try_exchange(addr, method, path, headers, body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    try_exchange(addr, method, path, headers, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 /// [`exchange`], reporting transport failures (a killed server) instead of panicking.
@@ -89,17 +97,8 @@ pub async fn try_exchange(
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("incomplete response: {text:?}"),
-        )
-    };
+    let bad = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("incomplete response: {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     Ok((status, body.to_owned()))
 }

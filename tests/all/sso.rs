@@ -28,26 +28,14 @@ async fn valid_login_renders_xhtml_with_beam() {
     assert!(reply.headers["content-type"].to_str().unwrap().starts_with("text/html"));
     let doc = roxmltree::Document::parse_with_options(
         &reply.text,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
+        roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() },
     )
     .expect("the login page must be well-formed XML");
     let scripts: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("script")).collect();
-    assert!(
-        scripts
-            .iter()
-            .any(|s| { s.attribute("src").is_some_and(|src| src.contains("@bitrise/beam")) })
-    );
+    assert!(scripts.iter().any(|s| { s.attribute("src").is_some_and(|src| src.contains("@bitrise/beam")) }));
     assert!(reply.text.contains("Beam.init"));
     // The title from the query, with its `&`, arrives escaped and intact.
-    let title = doc
-        .descendants()
-        .find(|n| n.has_tag_name("title"))
-        .unwrap()
-        .text()
-        .unwrap();
+    let title = doc.descendants().find(|n| n.has_tag_name("title")).unwrap().text().unwrap();
     assert!(title.contains("Title of app #s1 & co"), "{title}");
     // Variable names are shown, their secret values are not.
     assert!(reply.text.contains("MYADDON_AUTH_SECRET"));
@@ -61,10 +49,7 @@ async fn sha256_tokens_are_accepted() {
     let host = TestHost::start();
     host.provision("myaddon", TOKEN, "s2", "free").await;
     let ts = now();
-    let token = format!(
-        "sha256-{}",
-        hex::encode(sha2::Sha256::digest(format!("s2:{SSO}:{ts}").as_bytes()))
-    );
+    let token = format!("sha256-{}", hex::encode(sha2::Sha256::digest(format!("s2:{SSO}:{ts}").as_bytes())));
     assert_eq!(login(&host, "s2", ts, &token, &[]).await.status, 200);
 }
 
@@ -73,63 +58,28 @@ async fn bad_stale_and_replayed_tokens_are_forbidden() {
     let host = TestHost::start();
     host.provision("myaddon", TOKEN, "s3", "free").await;
     let ts = now();
-    assert_error(
-        &login(&host, "s3", ts, &sso_token("s3", "wrong", ts), &[]).await,
-        403,
-        "forbidden",
-        "does not match",
-    );
-    assert_error(
-        &login(&host, "s3", ts, "", &[]).await,
-        403,
-        "forbidden",
-        "does not match",
-    );
+    assert_error(&login(&host, "s3", ts, &sso_token("s3", "wrong", ts), &[]).await, 403, "forbidden", "does not match");
+    assert_error(&login(&host, "s3", ts, "", &[]).await, 403, "forbidden", "does not match");
     // Signed for another app.
-    assert_error(
-        &login(&host, "s3", ts, &sso_token("other", SSO, ts), &[]).await,
-        403,
-        "forbidden",
-        "does not match",
-    );
+    assert_error(&login(&host, "s3", ts, &sso_token("other", SSO, ts), &[]).await, 403, "forbidden", "does not match");
     let old = ts - 301;
-    assert_error(
-        &login(&host, "s3", old, &sso_token("s3", SSO, old), &[]).await,
-        403,
-        "forbidden",
-        "stale",
-    );
+    assert_error(&login(&host, "s3", old, &sso_token("s3", SSO, old), &[]).await, 403, "forbidden", "stale");
     let future = ts + 400;
-    assert_error(
-        &login(&host, "s3", future, &sso_token("s3", SSO, future), &[]).await,
-        403,
-        "forbidden",
-        "stale",
-    );
+    assert_error(&login(&host, "s3", future, &sso_token("s3", SSO, future), &[]).await, 403, "forbidden", "stale");
     // The shared provisioning token is no substitute for a signed login.
     let with_shared = login(&host, "s3", ts, "x", &[("authentication", TOKEN)]).await;
     assert_eq!(with_shared.status, 403);
 
     let good = sso_token("s3", SSO, ts);
     assert_eq!(login(&host, "s3", ts, &good, &[]).await.status, 200);
-    assert_error(
-        &login(&host, "s3", ts, &good, &[]).await,
-        403,
-        "forbidden",
-        "already used",
-    );
+    assert_error(&login(&host, "s3", ts, &good, &[]).await, 403, "forbidden", "already used");
 }
 
 #[tokio::test]
 async fn login_needs_a_provisioned_app() {
     let host = TestHost::start();
     let ts = now();
-    assert_error(
-        &login(&host, "ghost", ts, &sso_token("ghost", SSO, ts), &[]).await,
-        404,
-        "not_found",
-        "ghost",
-    );
+    assert_error(&login(&host, "ghost", ts, &sso_token("ghost", SSO, ts), &[]).await, 404, "not_found", "ghost");
     host.provision("myaddon", TOKEN, "s4", "free").await;
     host.deprovision("myaddon", TOKEN, "s4").await;
     assert_eq!(login(&host, "s4", ts, &sso_token("s4", SSO, ts), &[]).await.status, 404);
@@ -139,26 +89,10 @@ async fn login_needs_a_provisioned_app() {
 async fn malformed_login_requests_get_json_errors() {
     let host = TestHost::start();
     let form = ("content-type", "application/x-www-form-urlencoded");
-    let missing = host
-        .send(Method::POST, "/addons/myaddon/login", &[form], "app_slug=a&timestamp=1")
-        .await;
+    let missing = host.send(Method::POST, "/addons/myaddon/login", &[form], "app_slug=a&timestamp=1").await;
     assert_error(&missing, 400, "bad_request", "token");
-    let json = host
-        .send(
-            Method::POST,
-            "/addons/myaddon/login",
-            &[("content-type", "application/json")],
-            "{}",
-        )
-        .await;
+    let json = host.send(Method::POST, "/addons/myaddon/login", &[("content-type", "application/json")], "{}").await;
     assert_error(&json, 415, "unsupported_media_type", "form");
-    let ts_text = host
-        .send(
-            Method::POST,
-            "/addons/myaddon/login",
-            &[form],
-            "app_slug=a&timestamp=soon&token=x",
-        )
-        .await;
+    let ts_text = host.send(Method::POST, "/addons/myaddon/login", &[form], "app_slug=a&timestamp=soon&token=x").await;
     assert_eq!(ts_text.status, 403);
 }

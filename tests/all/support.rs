@@ -44,21 +44,12 @@ impl Reply {
             .as_array()
             .expect("envs array")
             .iter()
-            .map(|e| {
-                (
-                    e["key"].as_str().unwrap().to_owned(),
-                    e["value"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|e| (e["key"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap().to_owned()))
             .collect()
     }
 
     pub fn env(&self, key: &str) -> String {
-        self.envs()
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("no {key} in {}", self.text))
-            .1
+        self.envs().into_iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {}", self.text)).1
     }
 }
 
@@ -67,10 +58,7 @@ fn addon(id: &str, plugin: &str, token: &str, plans: &[&str]) -> AddonConfig {
         id: id.into(),
         plugin: plugin.into(),
         plans: plans.iter().map(|p| p.to_string()).collect(),
-        bitrise: Some(BitriseConfig {
-            shared_token: token.into(),
-            sso_secret: format!("sso-of-{id}"),
-        }),
+        bitrise: Some(BitriseConfig { shared_token: token.into(), sso_secret: format!("sso-of-{id}") }),
         xervo: None,
         limits: Limits::default(),
         config: Default::default(),
@@ -89,46 +77,22 @@ pub fn xervo(password: &str, salt: &str, vars: &[&str]) -> XervoConfig {
 
 /// The add-ons every test host serves.
 pub fn config(data_dir: &std::path::Path) -> HostConfig {
-    let mut myaddon = addon(
-        "myaddon",
-        addon_host_tests::PLUGIN_CREDENTIALS,
-        TOKEN,
-        &["free", "pro", "test"],
-    );
-    myaddon.xervo = Some(xervo(
-        XERVO_PASSWORD,
-        XERVO_SALT,
-        &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"],
-    ));
+    let mut myaddon = addon("myaddon", addon_host_tests::PLUGIN_CREDENTIALS, TOKEN, &["free", "pro", "test"]);
+    myaddon.xervo = Some(xervo(XERVO_PASSWORD, XERVO_SALT, &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"]));
     myaddon.bitrise.as_mut().unwrap().sso_secret = SSO.into();
-    myaddon
-        .config
-        .insert("host_url".into(), "https://myaddon.example.com".into());
+    myaddon.config.insert("host_url".into(), "https://myaddon.example.com".into());
 
-    let mut storage = addon(
-        "storage",
-        addon_host_tests::PLUGIN_QUOTA,
-        STORAGE_TOKEN,
-        &["free", "pro", "enterprise"],
-    );
-    storage
-        .config
-        .insert("bucket_url".into(), "https://storage.example.com/b".into());
+    let mut storage = addon("storage", addon_host_tests::PLUGIN_QUOTA, STORAGE_TOKEN, &["free", "pro", "enterprise"]);
+    storage.config.insert("bucket_url".into(), "https://storage.example.com/b".into());
     storage.config.insert("free_capacity".into(), "2".into());
-    storage
-        .config
-        .insert("docs_url".into(), "https://storage.example.com/docs".into());
+    storage.config.insert("docs_url".into(), "https://storage.example.com/docs".into());
     storage.secrets.insert("signing_key".into(), "k3y".into());
     storage.xervo = Some(xervo("xervo-password-storage", "xervo-salt-storage", &["STORAGE_URL"]));
 
     let mut misbehave = addon("misbehave", addon_host_tests::PLUGIN_MISBEHAVE, MISBEHAVE_TOKEN, &[]);
     misbehave.limits.deadline_ms = 500;
     misbehave.limits.memory_mib = 32;
-    misbehave.xervo = Some(xervo(
-        "xervo-password-misbehave",
-        "xervo-salt-misbehave",
-        &["MISBEHAVE_URL"],
-    ));
+    misbehave.xervo = Some(xervo("xervo-password-misbehave", "xervo-salt-misbehave", &["MISBEHAVE_URL"]));
 
     // The same test plugin with an instruction budget and a small key-value quota.
     let mut metered = addon("metered", addon_host_tests::PLUGIN_MISBEHAVE, METERED_TOKEN, &[]);
@@ -145,10 +109,7 @@ pub fn config(data_dir: &std::path::Path) -> HostConfig {
             data_dir: data_dir.to_path_buf(),
             // Shared by every test host: each plugin is compiled once per test run.
             compile_cache: Some(std::env::temp_dir().join("addon-host-tests-compiled")),
-            admins: vec![AdminConfig {
-                name: "ops".into(),
-                token: ADMIN_TOKEN.into(),
-            }],
+            admins: vec![AdminConfig { name: "ops".into(), token: ADMIN_TOKEN.into() }],
             ..ServerConfig::default()
         },
         addons: vec![myaddon, storage, misbehave, metered, versioned],
@@ -191,13 +152,7 @@ impl TestHost {
     /// A call to the admin API with the test admin token.
     pub async fn admin(&self, method: Method, path: &str, body: impl Into<Body>) -> Reply {
         let auth = format!("Bearer {ADMIN_TOKEN}");
-        self.send(
-            method,
-            path,
-            &[("authorization", auth.as_str()), ("content-type", "application/wasm")],
-            body,
-        )
-        .await
+        self.send(method, path, &[("authorization", auth.as_str()), ("content-type", "application/wasm")], body).await
     }
 
     pub async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
@@ -205,27 +160,22 @@ impl TestHost {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let response = self
-            .router
-            .clone()
-            .oneshot(req.body(body.into()).unwrap())
-            .await
-            .unwrap();
+        let response = self.router.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        Reply { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
     }
 
     /// Bitrise provision as the kit sends it.
     pub async fn provision(&self, addon: &str, token: &str, slug: &str, plan: &str) -> Reply {
-        let body = serde_json::json!({
-            "app_slug": slug, "app_title": format!("Title of app #{slug}"), "api_token": "43ebf21edc9e4525", "plan": plan,
-        });
+        self.provision_titled(addon, token, slug, plan, &format!("Title of app #{slug}")).await
+    }
+
+    /// Bitrise provision with a chosen app title (the misbehaving plugin reads parameters there).
+    pub async fn provision_titled(&self, addon: &str, token: &str, slug: &str, plan: &str, title: &str) -> Reply {
+        let body =
+            serde_json::json!({ "app_slug": slug, "app_title": title, "api_token": "43ebf21edc9e4525", "plan": plan });
         self.send(
             Method::POST,
             &format!("/addons/{addon}/provision"),
@@ -285,10 +235,7 @@ pub fn assert_error(reply: &Reply, status: u16, kind: &str, needle: &str) {
 /// `Authorization: Basic` for Xervo calls.
 pub fn basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }
 
 pub fn sso_token(slug: &str, secret: &str, ts: i64) -> String {
@@ -297,8 +244,5 @@ pub fn sso_token(slug: &str, secret: &str, ts: i64) -> String {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }

@@ -13,12 +13,7 @@ fn wasm(path: &str) -> Vec<u8> {
 }
 
 async fn push(host: &TestHost, path: &str, activate: bool) -> Reply {
-    host.admin(
-        Method::POST,
-        &format!("/admin/addons/versioned/plugins?activate={activate}"),
-        wasm(path),
-    )
-    .await
+    host.admin(Method::POST, &format!("/admin/addons/versioned/plugins?activate={activate}"), wasm(path)).await
 }
 
 async fn served_version(host: &TestHost, slug: &str) -> String {
@@ -35,11 +30,7 @@ async fn swapping_under_load_fails_no_request() {
     assert_eq!(pushed.status, 201, "{}", pushed.text);
     let b = pushed.json()["version"]["sha256"].as_str().unwrap().to_owned();
     assert_eq!(pushed.json()["version"]["uploaded_by"], "ops");
-    assert_eq!(
-        served_version(&host, "before").await,
-        "a",
-        "an upload without activation changes nothing"
-    );
+    assert_eq!(served_version(&host, "before").await, "a", "an upload without activation changes nothing");
 
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
@@ -68,13 +59,7 @@ async fn swapping_under_load_fails_no_request() {
     let mut swaps = 0;
     for round in 0..12 {
         for sha in [&b, &a] {
-            let reply = host
-                .admin(
-                    Method::POST,
-                    &format!("/admin/addons/versioned/plugins/{sha}/activate"),
-                    "",
-                )
-                .await;
+            let reply = host.admin(Method::POST, &format!("/admin/addons/versioned/plugins/{sha}/activate"), "").await;
             assert_eq!(reply.status, 200, "{}", reply.text);
             swaps += 1;
             tokio::time::sleep(std::time::Duration::from_millis(15)).await;
@@ -82,20 +67,10 @@ async fn swapping_under_load_fails_no_request() {
         if round % 4 == 3 {
             let back = host.admin(Method::POST, "/admin/addons/versioned/rollback", "").await;
             assert_eq!(back.status, 200, "{}", back.text);
-            assert_eq!(
-                back.json()["active"]["sha256"],
-                b.as_str(),
-                "rollback goes to the previous version"
-            );
+            assert_eq!(back.json()["active"]["sha256"], b.as_str(), "rollback goes to the previous version");
             swaps += 1;
-            let again = host
-                .admin(Method::POST, "/admin/addons/versioned/rollback?version=1", "")
-                .await;
-            assert_eq!(
-                again.json()["active"]["sha256"],
-                a.as_str(),
-                "rollback to a numbered version"
-            );
+            let again = host.admin(Method::POST, "/admin/addons/versioned/rollback?version=1", "").await;
+            assert_eq!(again.json()["active"]["sha256"], a.as_str(), "rollback to a numbered version");
             swaps += 1;
         }
     }
@@ -126,28 +101,13 @@ async fn swapping_under_load_fails_no_request() {
 #[tokio::test]
 async fn invalid_uploads_are_refused_and_the_old_version_keeps_serving() {
     let host = TestHost::start();
-    let before = host
-        .admin(Method::GET, "/admin/addons/versioned/plugins", "")
-        .await
-        .json();
+    let before = host.admin(Method::GET, "/admin/addons/versioned/plugins", "").await.json();
     let cases: [(&str, Vec<u8>, &str); 5] = [
-        (
-            "not wasm",
-            b"hello, I am not a component".to_vec(),
-            "not a valid component",
-        ),
+        ("not wasm", b"hello, I am not a component".to_vec(), "not a valid component"),
         ("empty", Vec::new(), "empty"),
         ("core module", b"\0asm\x01\0\0\0".to_vec(), "not a valid component"),
-        (
-            "wrong world",
-            wasm(addon_host_tests::PLUGIN_NOT_A_PLUGIN),
-            "does not export the addon:provider/plugin world",
-        ),
-        (
-            "wrong WIT version",
-            wasm(addon_host_tests::PLUGIN_FUTURE_WIT),
-            "addon:provider/kv@0.2.0",
-        ),
+        ("wrong world", wasm(addon_host_tests::PLUGIN_NOT_A_PLUGIN), "does not export the addon:provider/plugin world"),
+        ("wrong WIT version", wasm(addon_host_tests::PLUGIN_FUTURE_WIT), "addon:provider/kv@0.2.0"),
     ];
     for (name, bytes, needle) in cases {
         let reply = host.admin(Method::POST, "/admin/addons/versioned/plugins", bytes).await;
@@ -155,20 +115,11 @@ async fn invalid_uploads_are_refused_and_the_old_version_keeps_serving() {
         assert_eq!(reply.json()["error"], "invalid_plugin", "{name}");
         let message = reply.json()["message"].as_str().unwrap().to_owned();
         assert!(message.contains(needle), "{name}: {message:?} lacks {needle:?}");
-        assert_eq!(
-            served_version(&host, &format!("after-{}", name.replace(' ', "-"))).await,
-            "a",
-            "{name}"
-        );
+        assert_eq!(served_version(&host, &format!("after-{}", name.replace(' ', "-"))).await, "a", "{name}");
     }
-    let after = host
-        .admin(Method::GET, "/admin/addons/versioned/plugins", "")
-        .await
-        .json();
+    let after = host.admin(Method::GET, "/admin/addons/versioned/plugins", "").await.json();
     assert_eq!(before, after, "a refused upload is not stored");
-    let unknown = host
-        .admin(Method::POST, "/admin/addons/versioned/plugins/999/activate", "")
-        .await;
+    let unknown = host.admin(Method::POST, "/admin/addons/versioned/plugins/999/activate", "").await;
     assert_error(&unknown, 404, "not_found", "999");
     let nothing = host.admin(Method::POST, "/admin/addons/versioned/rollback", "").await;
     assert_error(&nothing, 404, "not_found", "no earlier version");
@@ -202,15 +153,11 @@ async fn admin_api_wants_an_admin_token() {
         }
     }
     // The admin token is not a partner credential either.
-    let on_bitrise = host
-        .provision("versioned", &format!("Bearer {ADMIN_TOKEN}"), "x", "free")
-        .await;
+    let on_bitrise = host.provision("versioned", &format!("Bearer {ADMIN_TOKEN}"), "x", "free").await;
     assert_eq!(on_bitrise.status, 401);
     assert_eq!(host.admin(Method::GET, "/admin/status", "").await.status, 200);
     assert_eq!(
-        host.admin(Method::GET, "/admin/addons/versioned/plugins", "")
-            .await
-            .json()["versions"]
+        host.admin(Method::GET, "/admin/addons/versioned/plugins", "").await.json()["versions"]
             .as_array()
             .unwrap()
             .len(),
@@ -224,52 +171,24 @@ async fn active_version_survives_restart_without_recompiling() {
     let own_cache = |c: &mut addon_host::config::HostConfig| c.server.compile_cache = None;
     let host = TestHost::start_with(tempfile::tempdir().unwrap(), own_cache);
     let status = host.admin(Method::GET, "/admin/status", "").await.json();
-    let versioned = status["addons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == "versioned")
-        .unwrap()
-        .clone();
+    let versioned = status["addons"].as_array().unwrap().iter().find(|a| a["id"] == "versioned").unwrap().clone();
     assert_eq!(versioned["loaded_from_cache"], false, "first start compiles");
     let pushed = push(&host, addon_host_tests::PLUGIN_VERSIONED_B, true).await;
     assert_eq!(pushed.status, 201);
     assert_eq!(served_version(&host, "s1").await, "b");
-    assert!(
-        host.dir.path().join("compiled").read_dir().unwrap().count() >= 2,
-        "compiled artefacts are cached on disk"
-    );
+    assert!(host.dir.path().join("compiled").read_dir().unwrap().count() >= 2, "compiled artefacts are cached on disk");
 
     let host = host.restart_with(own_cache);
-    assert_eq!(
-        served_version(&host, "s2").await,
-        "b",
-        "the pushed version is still active"
-    );
+    assert_eq!(served_version(&host, "s2").await, "b", "the pushed version is still active");
     let status = host.admin(Method::GET, "/admin/status", "").await.json();
-    let versioned = status["addons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == "versioned")
-        .unwrap()
-        .clone();
+    let versioned = status["addons"].as_array().unwrap().iter().find(|a| a["id"] == "versioned").unwrap().clone();
     assert_eq!(versioned["loaded_from_cache"], true, "no recompilation after restart");
     assert_eq!(versioned["active"]["seq"], 2);
-    let versions = host
-        .admin(Method::GET, "/admin/addons/versioned/plugins", "")
-        .await
-        .json();
+    let versions = host.admin(Method::GET, "/admin/addons/versioned/plugins", "").await.json();
     let list = versions["versions"].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(
-        (list[0]["uploaded_by"].as_str(), list[0]["active"].as_bool()),
-        (Some("config"), Some(false))
-    );
-    assert_eq!(
-        (list[1]["uploaded_by"].as_str(), list[1]["active"].as_bool()),
-        (Some("ops"), Some(true))
-    );
+    assert_eq!((list[0]["uploaded_by"].as_str(), list[0]["active"].as_bool()), (Some("config"), Some(false)));
+    assert_eq!((list[1]["uploaded_by"].as_str(), list[1]["active"].as_bool()), (Some("ops"), Some(true)));
     // Rolling back is immediate: version 1 is loaded from the cache, not recompiled.
     let back = host.admin(Method::POST, "/admin/addons/versioned/rollback", "").await;
     assert_eq!(back.json()["active"]["seq"], 1);

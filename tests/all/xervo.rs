@@ -14,19 +14,13 @@ fn dia_body(app: &str, plan: &str) -> String {
 
 impl TestHost {
     async fn xervo(&self, method: Method, addon: &str, path: &str, auth: &str, body: &str) -> Reply {
-        let headers = [
-            ("authorization", auth),
-            ("content-type", "application/json"),
-            ("accept", "application/json"),
-        ];
-        self.send(method, &format!("/addons/{addon}{path}"), &headers, body.to_owned())
-            .await
+        let headers = [("authorization", auth), ("content-type", "application/json"), ("accept", "application/json")];
+        self.send(method, &format!("/addons/{addon}{path}"), &headers, body.to_owned()).await
     }
 
     async fn xprovision(&self, app: &str, plan: &str) -> Reply {
         let auth = basic("myaddon", XERVO_PASSWORD);
-        self.xervo(Method::POST, "myaddon", "/resources", &auth, &dia_body(app, plan))
-            .await
+        self.xervo(Method::POST, "myaddon", "/resources", &auth, &dia_body(app, plan)).await
     }
 }
 
@@ -37,33 +31,20 @@ async fn provision_returns_a_stable_id_and_config() {
     assert_eq!(first.status, 200, "{}", first.text);
     let body = first.json();
     let id = body["id"].as_str().unwrap().to_owned();
-    assert!(
-        id.starts_with("myaddon-") && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-        "{id}"
-    );
-    assert_eq!(
-        body["config"]["MYADDON_HOST_URL"],
-        format!("https://myaddon.example.com/apps/{id}")
-    );
+    assert!(id.starts_with("myaddon-") && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'), "{id}");
+    assert_eq!(body["config"]["MYADDON_HOST_URL"], format!("https://myaddon.example.com/apps/{id}"));
     assert_eq!(body["config"]["MYADDON_AUTH_SECRET"].as_str().unwrap().len(), 48);
     assert!(body["message"].is_string());
 
     let again = host.xprovision("myaddon999", "test").await;
-    assert_eq!(
-        (again.status.as_u16(), &again.text),
-        (200, &first.text),
-        "identical repeat, same resource"
-    );
+    assert_eq!((again.status.as_u16(), &again.text), (200, &first.text), "identical repeat, same resource");
     // Same app, another plan: the same resource, re-provisioned.
     let other_plan = host.xprovision("myaddon999", "pro").await;
     assert_eq!(other_plan.json()["id"], id.as_str());
     // Another app: another resource.
     assert_ne!(host.xprovision("app-two", "test").await.json()["id"], id.as_str());
     let record = host.record("myaddon", &id).unwrap();
-    assert_eq!(
-        (record.platform.as_str(), record.app_id.as_str()),
-        ("xervo", "myaddon999")
-    );
+    assert_eq!((record.platform.as_str(), record.app_id.as_str()), ("xervo", "myaddon999"));
 }
 
 #[tokio::test]
@@ -72,18 +53,11 @@ async fn request_fields_reach_the_plugin() {
     let auth = basic("storage", "xervo-password-storage");
     let body =
         json!({"modulus_id": "m1", "plan": "pro", "region": "eu", "email": "a@b.c", "options": {"usage_mb": 20000}});
-    let too_big = host
-        .xervo(Method::POST, "storage", "/resources", &auth, &body.to_string())
-        .await;
+    let too_big = host.xervo(Method::POST, "storage", "/resources", &auth, &body.to_string()).await;
     // The plugin read `options.usage_mb` (sent as a JSON number) and refused: 20000 MB > pro's quota.
     assert_error(&too_big, 422, "refused", "20000 MB does not fit");
     let body = json!({"modulus_id": "m1", "plan": "pro", "options": {"usage_mb": "100"}});
-    assert_eq!(
-        host.xervo(Method::POST, "storage", "/resources", &auth, &body.to_string())
-            .await
-            .status,
-        200
-    );
+    assert_eq!(host.xervo(Method::POST, "storage", "/resources", &auth, &body.to_string()).await.status, 200);
 }
 
 #[tokio::test]
@@ -91,19 +65,13 @@ async fn heroku_uuid_names_the_resource_and_is_never_recreated() {
     let host = TestHost::start();
     let auth = basic("myaddon", XERVO_PASSWORD);
     let body = json!({"uuid": "01234567-89ab-cdef-0123-456789abcdef", "plan": "free", "region": "amazon-web-services::us-east-1"});
-    let first = host
-        .xervo(Method::POST, "myaddon", "/resources", &auth, &body.to_string())
-        .await;
+    let first = host.xervo(Method::POST, "myaddon", "/resources", &auth, &body.to_string()).await;
     assert_eq!(first.json()["id"], "01234567-89ab-cdef-0123-456789abcdef");
     let path = "/resources/01234567-89ab-cdef-0123-456789abcdef";
     assert_eq!(host.xervo(Method::DELETE, "myaddon", path, &auth, "").await.status, 200);
-    let again = host
-        .xervo(Method::POST, "myaddon", "/resources", &auth, &body.to_string())
-        .await;
+    let again = host.xervo(Method::POST, "myaddon", "/resources", &auth, &body.to_string()).await;
     assert_error(&again, 410, "gone", "deprovisioned");
-    let no_identity = host
-        .xervo(Method::POST, "myaddon", "/resources", &auth, r#"{"plan":"free"}"#)
-        .await;
+    let no_identity = host.xervo(Method::POST, "myaddon", "/resources", &auth, r#"{"plan":"free"}"#).await;
     assert_error(&no_identity, 400, "bad_request", "modulus_id");
 }
 
@@ -115,10 +83,7 @@ async fn credentials_are_per_addon_and_per_protocol() {
         ("missing", String::new()),
         ("wrong password", basic("myaddon", "nope")),
         ("wrong user", basic("storage", XERVO_PASSWORD)),
-        (
-            "another add-on's credentials",
-            basic("storage", "xervo-password-storage"),
-        ),
+        ("another add-on's credentials", basic("storage", "xervo-password-storage")),
         ("the Bitrise token", TOKEN.to_owned()),
         ("bearer", format!("Bearer {XERVO_PASSWORD}")),
         ("not base64", "Basic %%%".to_owned()),
@@ -126,10 +91,7 @@ async fn credentials_are_per_addon_and_per_protocol() {
     for (name, auth) in cases {
         let reply = host.xervo(Method::POST, "myaddon", "/resources", &auth, &body).await;
         assert_eq!(reply.status, 401, "{name}: {}", reply.text);
-        assert_eq!(
-            reply.headers["www-authenticate"], "Basic realm=\"addon-host\"",
-            "{name}"
-        );
+        assert_eq!(reply.headers["www-authenticate"], "Basic realm=\"addon-host\"", "{name}");
         assert_eq!(reply.json()["error"], "unauthorized");
     }
     let bitrise_token = host
@@ -146,116 +108,48 @@ async fn credentials_are_per_addon_and_per_protocol() {
         .send(
             Method::POST,
             "/addons/myaddon/provision",
-            &[
-                ("authorization", &basic("myaddon", XERVO_PASSWORD)),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &basic("myaddon", XERVO_PASSWORD)), ("content-type", "application/json")],
             r#"{"app_slug":"a","api_token":"t","plan":"free"}"#,
         )
         .await;
     assert_eq!(on_bitrise.status, 401);
-    assert!(
-        host.service
-            .addon("myaddon")
-            .unwrap()
-            .store()
-            .records()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(host.service.addon("myaddon").unwrap().store().records().unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn plan_change_deprovision_and_unknown_ids() {
     let host = TestHost::start();
     let auth = basic("myaddon", XERVO_PASSWORD);
-    let id = host.xprovision("app", "test").await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = host.xprovision("app", "test").await.json()["id"].as_str().unwrap().to_owned();
     let changed = host
-        .xervo(
-            Method::PUT,
-            "myaddon",
-            &format!("/resources/{id}"),
-            &auth,
-            r#"{"plan":"pro","modulus_id":"app"}"#,
-        )
+        .xervo(Method::PUT, "myaddon", &format!("/resources/{id}"), &auth, r#"{"plan":"pro","modulus_id":"app"}"#)
         .await;
     assert_eq!(changed.status, 200, "{}", changed.text);
     assert_eq!(changed.json()["message"], "Now on pro.");
     assert!(changed.json()["config"]["MYADDON_AUTH_SECRET"].is_string());
-    let same = host
-        .xervo(
-            Method::PUT,
-            "myaddon",
-            &format!("/resources/{id}"),
-            &auth,
-            r#"{"plan":"pro"}"#,
-        )
-        .await;
+    let same = host.xervo(Method::PUT, "myaddon", &format!("/resources/{id}"), &auth, r#"{"plan":"pro"}"#).await;
     assert_eq!(same.status, 200);
-    let unknown = host
-        .xervo(Method::PUT, "myaddon", "/resources/nope", &auth, r#"{"plan":"pro"}"#)
-        .await;
+    let unknown = host.xervo(Method::PUT, "myaddon", "/resources/nope", &auth, r#"{"plan":"pro"}"#).await;
     assert_error(&unknown, 404, "not_found", "nope");
-    let foo = host
-        .xervo(
-            Method::PUT,
-            "myaddon",
-            &format!("/resources/{id}"),
-            &auth,
-            r#"{"plan":"foo"}"#,
-        )
-        .await;
+    let foo = host.xervo(Method::PUT, "myaddon", &format!("/resources/{id}"), &auth, r#"{"plan":"foo"}"#).await;
     assert_error(&foo, 422, "unknown_plan", "foo");
 
-    assert_eq!(
-        host.xervo(Method::DELETE, "myaddon", &format!("/resources/{id}"), &auth, "")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        host.xervo(Method::DELETE, "myaddon", &format!("/resources/{id}"), &auth, "")
-            .await
-            .status,
-        200
-    );
-    assert_error(
-        &host
-            .xervo(Method::DELETE, "myaddon", "/resources/nope", &auth, "")
-            .await,
-        404,
-        "not_found",
-        "nope",
-    );
+    assert_eq!(host.xervo(Method::DELETE, "myaddon", &format!("/resources/{id}"), &auth, "").await.status, 200);
+    assert_eq!(host.xervo(Method::DELETE, "myaddon", &format!("/resources/{id}"), &auth, "").await.status, 200);
+    assert_error(&host.xervo(Method::DELETE, "myaddon", "/resources/nope", &auth, "").await, 404, "not_found", "nope");
 }
 
 #[tokio::test]
 async fn unavailable_is_a_503_with_the_docs_link() {
     let host = TestHost::start();
     let auth = basic("storage", "xervo-password-storage");
-    let created = host
-        .xervo(Method::POST, "storage", "/resources", &auth, &dia_body("s", "pro"))
-        .await;
+    let created = host.xervo(Method::POST, "storage", "/resources", &auth, &dia_body("s", "pro")).await;
     assert_eq!(created.status, 200, "{}", created.text);
     let id = created.json()["id"].as_str().unwrap().to_owned();
-    let up = host
-        .xervo(
-            Method::PUT,
-            "storage",
-            &format!("/resources/{id}"),
-            &auth,
-            r#"{"plan":"enterprise"}"#,
-        )
-        .await;
+    let up = host.xervo(Method::PUT, "storage", &format!("/resources/{id}"), &auth, r#"{"plan":"enterprise"}"#).await;
     assert_eq!(up.status, 503);
     let message = up.json()["message"].as_str().unwrap().to_owned();
-    assert!(
-        message.contains("not instant") && message.contains("https://storage.example.com/docs"),
-        "{message}"
-    );
+    assert!(message.contains("not instant") && message.contains("https://storage.example.com/docs"), "{message}");
     assert_eq!(host.record("storage", &id).unwrap().plan, "pro");
 }
 
@@ -270,57 +164,19 @@ async fn config_var_violations_are_5xx_and_record_nothing() {
         ("write", "MISBEHAVE_URL declared in the manifest is missing"),
     ];
     for (i, (plan, needle)) in cases.into_iter().enumerate() {
-        let reply = host
-            .xervo(
-                Method::POST,
-                "misbehave",
-                "/resources",
-                &auth,
-                &dia_body(&format!("a{i}"), plan),
-            )
-            .await;
+        let reply = host.xervo(Method::POST, "misbehave", "/resources", &auth, &dia_body(&format!("a{i}"), plan)).await;
         assert_error(&reply, 500, "invalid_reply", needle);
     }
-    assert!(
-        host.service
-            .addon("misbehave")
-            .unwrap()
-            .store()
-            .records()
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        host.kv("misbehave").is_empty(),
-        "the `write` plan's KV write was discarded"
-    );
-    let good = host
-        .xervo(
-            Method::POST,
-            "misbehave",
-            "/resources",
-            &auth,
-            &dia_body("ok", "xervo-good"),
-        )
-        .await;
+    assert!(host.service.addon("misbehave").unwrap().store().records().unwrap().is_empty());
+    assert!(host.kv("misbehave").is_empty(), "the `write` plan's KV write was discarded");
+    let good = host.xervo(Method::POST, "misbehave", "/resources", &auth, &dia_body("ok", "xervo-good")).await;
     assert_eq!(good.status, 200, "{}", good.text);
     // The same plugin reply is fine on Bitrise, which has no manifest.
-    assert_eq!(
-        host.provision("misbehave", MISBEHAVE_TOKEN, "bitrise-app", "normal")
-            .await
-            .status,
-        201
-    );
+    assert_eq!(host.provision("misbehave", MISBEHAVE_TOKEN, "bitrise-app", "normal").await.status, 201);
 }
 
 async fn sso(host: &TestHost, content_type: &str, body: String) -> Reply {
-    host.send(
-        Method::POST,
-        "/addons/myaddon/sso/login",
-        &[("content-type", content_type)],
-        body,
-    )
-    .await
+    host.send(Method::POST, "/addons/myaddon/sso/login", &[("content-type", content_type)], body).await
 }
 
 fn sso_json(id: &str, ts: i64, token: &str) -> String {
@@ -330,75 +186,43 @@ fn sso_json(id: &str, ts: i64, token: &str) -> String {
 #[tokio::test]
 async fn sso_redirects_to_a_ticketed_dashboard() {
     let host = TestHost::start();
-    let id = host.xprovision("app", "test").await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = host.xprovision("app", "test").await.json()["id"].as_str().unwrap().to_owned();
     let ts = now();
     let bad = sso(&host, "application/json", sso_json(&id, ts, "invalid")).await;
     assert_error(&bad, 403, "forbidden", "does not match");
 
-    let good = sso(
-        &host,
-        "application/json",
-        sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts)),
-    )
-    .await;
+    let good = sso(&host, "application/json", sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts))).await;
     assert_eq!(good.status, 302, "{}", good.text);
     let location = good.headers["location"].to_str().unwrap().to_owned();
-    assert!(
-        location.starts_with("/addons/myaddon/sso/dashboard?ticket=") && !location.contains("http"),
-        "{location}"
-    );
+    assert!(location.starts_with("/addons/myaddon/sso/dashboard?ticket=") && !location.contains("http"), "{location}");
     // The dashboard answers without cookies.
     let page = host.send(Method::GET, &location, &[], "").await;
     assert_eq!(page.status, 200, "{}", page.text);
     assert!(page.text.contains(&id) && page.text.contains("<strong>test</strong> plan"));
     roxmltree::Document::parse_with_options(
         &page.text,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
+        roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() },
     )
     .expect("well-formed page");
 
     // Replayed, stale, forged.
-    let replay = sso(
-        &host,
-        "application/json",
-        sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts)),
-    )
-    .await;
+    let replay = sso(&host, "application/json", sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts))).await;
     assert_error(&replay, 403, "forbidden", "already used");
     let old = ts - 400;
-    let stale = sso(
-        &host,
-        "application/json",
-        sso_json(&id, old, &sso_token(&id, XERVO_SALT, old)),
-    )
-    .await;
+    let stale = sso(&host, "application/json", sso_json(&id, old, &sso_token(&id, XERVO_SALT, old))).await;
     assert_error(&stale, 403, "forbidden", "stale");
     let forged = location.replace("ticket=", "ticket=x");
     assert_eq!(host.send(Method::GET, &forged, &[], "").await.status, 403);
     let tampered = format!("{}0", &location[..location.len() - 1]);
     assert_eq!(host.send(Method::GET, &tampered, &[], "").await.status, 403);
-    assert_eq!(
-        host.send(Method::GET, "/addons/myaddon/sso/dashboard", &[], "")
-            .await
-            .status,
-        403
-    );
+    assert_eq!(host.send(Method::GET, "/addons/myaddon/sso/dashboard", &[], "").await.status, 403);
 }
 
 #[tokio::test]
 async fn sso_accepts_forms_heroku_fields_and_deprovisioned_resources() {
     let host = TestHost::start();
     let auth = basic("myaddon", XERVO_PASSWORD);
-    let id = host.xprovision("app", "test").await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = host.xprovision("app", "test").await.json()["id"].as_str().unwrap().to_owned();
     let ts = now();
     let form = format!(
         "resource_id={id}&timestamp={ts}&resource_token={}&email=u%40example.com",
@@ -407,32 +231,15 @@ async fn sso_accepts_forms_heroku_fields_and_deprovisioned_resources() {
     let reply = sso(&host, "application/x-www-form-urlencoded", form).await;
     assert_eq!(reply.status, 302, "{}", reply.text);
 
-    assert_eq!(
-        host.xervo(Method::DELETE, "myaddon", &format!("/resources/{id}"), &auth, "")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(host.xervo(Method::DELETE, "myaddon", &format!("/resources/{id}"), &auth, "").await.status, 200);
     let ts = now() + 1;
-    let after = sso(
-        &host,
-        "application/json",
-        sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts)),
-    )
-    .await;
+    let after = sso(&host, "application/json", sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts))).await;
     assert_eq!(after.status, 302, "{}", after.text);
-    let page = host
-        .send(Method::GET, after.headers["location"].to_str().unwrap(), &[], "")
-        .await;
+    let page = host.send(Method::GET, after.headers["location"].to_str().unwrap(), &[], "").await;
     assert_eq!(page.status, 200);
     assert!(page.text.contains("deprovisioned"), "{}", page.text);
 
-    let unknown = sso(
-        &host,
-        "application/json",
-        sso_json("ghost", ts, &sso_token("ghost", XERVO_SALT, ts)),
-    )
-    .await;
+    let unknown = sso(&host, "application/json", sso_json("ghost", ts, &sso_token("ghost", XERVO_SALT, ts))).await;
     assert_eq!(unknown.status, 404);
     let missing = sso(&host, "application/json", r#"{"id":"x"}"#.to_owned()).await;
     assert_error(&missing, 400, "bad_request", "timestamp");
@@ -446,10 +253,7 @@ async fn one_plugin_serves_both_protocols() {
     let xervo = host.xprovision("xervo-app", "free").await;
     assert_eq!(xervo.status, 200);
     let xid = xervo.json()["id"].as_str().unwrap().to_owned();
-    assert_ne!(
-        bitrise.env("MYADDON_AUTH_SECRET"),
-        xervo.json()["config"]["MYADDON_AUTH_SECRET"].as_str().unwrap()
-    );
+    assert_ne!(bitrise.env("MYADDON_AUTH_SECRET"), xervo.json()["config"]["MYADDON_AUTH_SECRET"].as_str().unwrap());
     let addon = host.service.addon("myaddon").unwrap();
     assert_eq!(addon.record("bitrise-slug").unwrap().unwrap().platform, "bitrise");
     assert_eq!(addon.record(&xid).unwrap().unwrap().platform, "xervo");

@@ -44,20 +44,14 @@ fn main() -> anyhow::Result<()> {
     let cfg = HostConfig {
         server: ServerConfig {
             data_dir: dir.path().join("data"),
-            admins: vec![AdminConfig {
-                name: "bench".into(),
-                token: "bench-admin-token-0123".into(),
-            }],
+            admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],
             ..ServerConfig::default()
         },
         addons: vec![AddonConfig {
             id: "bulky".into(),
             plugin: addon_host_tests::PLUGIN_BULKY.into(),
             plans: vec![],
-            bitrise: Some(BitriseConfig {
-                shared_token: "t".repeat(16),
-                sso_secret: "s".repeat(16),
-            }),
+            bitrise: Some(BitriseConfig { shared_token: "t".repeat(16), sso_secret: "s".repeat(16) }),
             xervo: None,
             limits: Limits::default(),
             config: Default::default(),
@@ -132,17 +126,9 @@ fn main() -> anyhow::Result<()> {
         pointer.push(t.elapsed());
     }
 
-    let (compile, upload, cached, swap, pointer) = (
-        median(compile),
-        median(upload),
-        median(cached),
-        median(swap),
-        median(pointer),
-    );
-    println!(
-        "component: {} bytes, {rounds} rounds, {swaps} swaps (medians)",
-        base.len()
-    );
+    let (compile, upload, cached, swap, pointer) =
+        (median(compile), median(upload), median(cached), median(swap), median(pointer));
+    println!("component: {} bytes, {rounds} rounds, {swaps} swaps (medians)", base.len());
     println!("{:<44} {:>12}", "bare wasmtime Component::new (baseline)", ms(compile));
     println!(
         "{:<44} {:>12}   ratio {:.2}x",
@@ -156,11 +142,7 @@ fn main() -> anyhow::Result<()> {
         ms(cached),
         cached.as_secs_f64() / compile.as_secs_f64()
     );
-    println!(
-        "{:<44} {:>12}",
-        "bare RwLock<Arc> replace (baseline)",
-        format!("{:.3} µs", pointer.as_secs_f64() * 1e6)
-    );
+    println!("{:<44} {:>12}", "bare RwLock<Arc> replace (baseline)", format!("{:.3} µs", pointer.as_secs_f64() * 1e6));
     println!(
         "{:<44} {:>12}   ratio {:.0}x",
         "swap (record active version, flush, swap)",

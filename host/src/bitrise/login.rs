@@ -44,18 +44,10 @@ pub async fn login(
     let addon_id = path_params(path)?;
     let addon = service.addon(&addon_id)?;
     let secret = addon.bitrise()?.sso_secret.clone();
-    let query = query
-        .map(|q| q.0)
-        .map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?;
+    let query = query.map(|q| q.0).map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?;
     let form: LoginForm = form_body(&headers, &body_bytes(&addon, body)?)?;
     check_resource_id("app_slug", &form.app_slug)?;
-    service.verify_sso(
-        &format!("{addon_id}/bitrise"),
-        &form.app_slug,
-        &secret,
-        &form.timestamp,
-        &form.token,
-    )?;
+    service.verify_sso(&format!("{addon_id}/bitrise"), &form.app_slug, &secret, &form.timestamp, &form.token)?;
     let record = addon
         .record(&form.app_slug)?
         .filter(Record::is_active)
@@ -65,11 +57,8 @@ pub async fn login(
 }
 
 fn dashboard(addon_id: &str, record: &Record, query: &LoginQuery, docs: Option<&str>) -> String {
-    let title = query
-        .app_title
-        .clone()
-        .or_else(|| record.app_title.clone())
-        .unwrap_or_else(|| record.resource_id.clone());
+    let title =
+        query.app_title.clone().or_else(|| record.app_title.clone()).unwrap_or_else(|| record.resource_id.clone());
     let beam_init = format!(
         "Beam.init({{ app_slug: {}, app_name: {}, addon_documentation: {} }});",
         js_string(&record.resource_id),
@@ -85,12 +74,5 @@ fn dashboard(addon_id: &str, record: &Record, query: &LoginQuery, docs: Option<&
         .filter(|b| !b.is_empty())
         .map(|b| format!("<p>Opened from build <code>{}</code>.</p>", xml_escape(b)))
         .unwrap_or_default();
-    Dashboard {
-        addon_id,
-        title: &title,
-        record,
-        head,
-        note,
-    }
-    .render()
+    Dashboard { addon_id, title: &title, record, head, note }.render()
 }

@@ -25,10 +25,7 @@ use crate::service::{Addon, Deprovisioned, Record, Service, auth};
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/addons/{addon_id}/provision", routing::post(provision))
-        .route(
-            "/addons/{addon_id}/provision/{app_slug}",
-            routing::put(change_plan).delete(deprovision),
-        )
+        .route("/addons/{addon_id}/provision/{app_slug}", routing::put(change_plan).delete(deprovision))
         .route("/addons/{addon_id}/login", routing::post(login::login))
 }
 
@@ -59,9 +56,7 @@ struct EnvsReply<'a> {
 
 impl<'a> EnvsReply<'a> {
     fn of(record: &'a Record) -> Self {
-        EnvsReply {
-            envs: record.config.iter().map(|(key, value)| Env { key, value }).collect(),
-        }
+        EnvsReply { envs: record.config.iter().map(|(key, value)| Env { key, value }).collect() }
     }
 }
 
@@ -77,9 +72,7 @@ fn authenticated(service: &Service, addon_id: &str, headers: &HeaderMap) -> Resu
         .to_str()
         .map_err(|_| ServiceError::Unauthorized("the `Authentication` header is not valid text".into()))?;
     if !auth::secret_matches(given.trim(), expected) {
-        return Err(ServiceError::Unauthorized(
-            "the `Authentication` token is not valid for this add-on".into(),
-        ));
+        return Err(ServiceError::Unauthorized("the `Authentication` token is not valid for this add-on".into()));
     }
     Ok(addon)
 }
@@ -110,11 +103,7 @@ async fn provision(
         options: Vec::new(),
     };
     let done = service.provision(&addon, request).await?;
-    let status = if done.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(EnvsReply::of(&done.record))).into_response())
 }
 

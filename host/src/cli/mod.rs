@@ -14,11 +14,7 @@ mod plugin;
 use crate::xervo::manifest::XervoSettings;
 
 #[derive(Parser)]
-#[command(
-    name = "addon-host",
-    version,
-    about = "Serve add-on provisioning APIs from sandboxed Wasm plugins"
-)]
+#[command(name = "addon-host", version, about = "Serve add-on provisioning APIs from sandboxed Wasm plugins")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,19 +76,9 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve {
-                config,
-                listen,
-                data_dir,
-                watch,
-            } => serve(config, listen, data_dir, watch).await,
+            Command::Serve { config, listen, data_dir, watch } => serve(config, listen, data_dir, watch).await,
             Command::Plugin(args) => tokio::task::spawn_blocking(move || plugin::run(args)).await?,
-            Command::Manifest {
-                addon,
-                base_url,
-                test_base_url,
-                config,
-            } => {
+            Command::Manifest { addon, base_url, test_base_url, config } => {
                 let cfg = HostConfig::load(&config)?;
                 let entry = cfg
                     .addons
@@ -116,11 +102,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Check { config } => {
                 let cfg = HostConfig::load(&config)?;
                 let service = Service::start(&cfg)?;
-                println!(
-                    "ok: {} add-on(s), engine {:?}",
-                    service.addons().count(),
-                    service.runtime().info()
-                );
+                println!("ok: {} add-on(s), engine {:?}", service.addons().count(), service.runtime().info());
                 Ok(())
             }
         }

@@ -40,35 +40,22 @@ enum PluginCommand {
 }
 
 pub fn run(args: PluginArgs) -> anyhow::Result<()> {
-    let token = args
-        .token
-        .context("an admin token is needed: --token or ADDON_HOST_ADMIN_TOKEN")?;
+    let token = args.token.context("an admin token is needed: --token or ADDON_HOST_ADMIN_TOKEN")?;
     let base = args.url.trim_end_matches('/');
     let auth = format!("Bearer {token}");
     let (method, path, body) = match &args.command {
-        PluginCommand::Push {
-            addon,
-            file,
-            no_activate,
-        } => {
+        PluginCommand::Push { addon, file, no_activate } => {
             let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            (
-                "POST",
-                format!("/admin/addons/{addon}/plugins?activate={}", !no_activate),
-                Some(bytes),
-            )
+            ("POST", format!("/admin/addons/{addon}/plugins?activate={}", !no_activate), Some(bytes))
         }
         PluginCommand::List { addon } => ("GET", format!("/admin/addons/{addon}/plugins"), None),
-        PluginCommand::Rollback {
-            addon,
-            version: Some(v),
-        } => ("POST", format!("/admin/addons/{addon}/rollback?version={v}"), None),
+        PluginCommand::Rollback { addon, version: Some(v) } => {
+            ("POST", format!("/admin/addons/{addon}/rollback?version={v}"), None)
+        }
         PluginCommand::Rollback { addon, version: None } => ("POST", format!("/admin/addons/{addon}/rollback"), None),
-        PluginCommand::Activate { addon, version } => (
-            "POST",
-            format!("/admin/addons/{addon}/plugins/{version}/activate"),
-            None,
-        ),
+        PluginCommand::Activate { addon, version } => {
+            ("POST", format!("/admin/addons/{addon}/plugins/{version}/activate"), None)
+        }
         PluginCommand::Status => ("GET", "/admin/status".to_owned(), None),
     };
     let request = ureq::request(method, &format!("{base}{path}")).set("Authorization", &auth);
@@ -81,10 +68,8 @@ pub fn run(args: PluginArgs) -> anyhow::Result<()> {
         Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap_or_default()),
         Err(e) => bail!("cannot reach {base}: {e}"),
     };
-    let pretty = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
+    let pretty =
+        serde_json::from_str::<Value>(&text).ok().and_then(|v| serde_json::to_string_pretty(&v).ok()).unwrap_or(text);
     if (200..300).contains(&status) {
         println!("{pretty}");
         Ok(())

@@ -46,45 +46,19 @@ fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Engi
 
 pub fn build(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<(Engine, EngineInfo)> {
     let slots = server.max_concurrent_calls;
-    let on_demand = |pooling_error| -> anyhow::Result<(Engine, EngineInfo)> {
-        let engine = Engine::new(&base_config(fuel)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
-        Ok((
-            engine,
-            EngineInfo {
-                allocator: "on-demand",
-                fuel,
-                slots,
-                pooling_error,
-            },
-        ))
-    };
+    let info = |allocator, pooling_error| EngineInfo { allocator, fuel, slots, pooling_error };
+    let on_demand = || Engine::new(&base_config(fuel)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"));
     match server.allocator {
-        Allocator::OnDemand => on_demand(None),
+        Allocator::OnDemand => Ok((on_demand()?, info("on-demand", None))),
         Allocator::Pooling => {
             let engine = pooling(slots, max_memory_bytes, fuel).context("creating the pooling allocator")?;
-            Ok((
-                engine,
-                EngineInfo {
-                    allocator: "pooling",
-                    fuel,
-                    slots,
-                    pooling_error: None,
-                },
-            ))
+            Ok((engine, info("pooling", None)))
         }
         Allocator::Auto => match pooling(slots, max_memory_bytes, fuel) {
-            Ok(engine) => Ok((
-                engine,
-                EngineInfo {
-                    allocator: "pooling",
-                    fuel,
-                    slots,
-                    pooling_error: None,
-                },
-            )),
+            Ok(engine) => Ok((engine, info("pooling", None))),
             Err(e) => {
                 tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
-                on_demand(Some(format!("{e:#}")))
+                Ok((on_demand()?, info("on-demand", Some(format!("{e:#}")))))
             }
         },
     }

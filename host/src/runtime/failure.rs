@@ -54,19 +54,13 @@ pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limit
     let trap = error.downcast_ref::<Trap>().copied();
     tracing::warn!(addon = %state.env.id, call = state.call, elapsed_ms = elapsed.as_millis() as u64, "plugin call failed: {error:?}");
     if trap == Some(Trap::Interrupt) {
-        return CallFailure::Deadline {
-            deadline_ms: limits.deadline_ms,
-        };
+        return CallFailure::Deadline { deadline_ms: limits.deadline_ms };
     }
     if trap == Some(Trap::OutOfFuel) {
-        return CallFailure::Fuel {
-            fuel: limits.fuel.unwrap_or(u64::MAX),
-        };
+        return CallFailure::Fuel { fuel: limits.fuel.unwrap_or(u64::MAX) };
     }
     if state.limiter.memory_denied {
-        return CallFailure::Memory {
-            memory_mib: limits.memory_mib,
-        };
+        return CallFailure::Memory { memory_mib: limits.memory_mib };
     }
     if let Some(q) = &state.quota_violation {
         return CallFailure::Quota(q.clone());
@@ -89,9 +83,7 @@ pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limit
 /// message on the next line (or an allocator failure), shortened.
 fn panic_message(stderr: &str) -> Option<String> {
     let lines: Vec<&str> = stderr.lines().collect();
-    let at = lines
-        .iter()
-        .position(|l| l.contains("panicked at") || l.contains("memory allocation"))?;
+    let at = lines.iter().position(|l| l.contains("panicked at") || l.contains("memory allocation"))?;
     let mut text = lines[at].trim().to_owned();
     if let Some(next) = lines.get(at + 1).filter(|_| text.ends_with(':')) {
         text.push(' ');
@@ -105,10 +97,7 @@ pub(super) fn check_answer(answer: Answer, limits: &Limits) -> Result<Answer, Ca
     let size: usize = answer.config.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         + answer.message.as_ref().map_or(0, String::len);
     if size > limits.max_reply_bytes {
-        return Err(CallFailure::ReplyTooLarge {
-            size,
-            max: limits.max_reply_bytes,
-        });
+        return Err(CallFailure::ReplyTooLarge { size, max: limits.max_reply_bytes });
     }
     if answer.config.len() > limits.max_vars {
         return Err(CallFailure::InvalidReply(format!(
@@ -125,9 +114,7 @@ pub(super) fn check_answer(answer: Answer, limits: &Limits) -> Result<Answer, Ca
             )));
         }
         if value.is_empty() {
-            return Err(CallFailure::InvalidReply(format!(
-                "variable `{key}` has an empty value"
-            )));
+            return Err(CallFailure::InvalidReply(format!("variable `{key}` has an empty value")));
         }
         if !seen.insert(key.as_str()) {
             return Err(CallFailure::InvalidReply(format!("variable `{key}` appears twice")));

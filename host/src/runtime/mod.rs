@@ -134,12 +134,7 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}"))?;
         let pre = bindings::PluginPre::new(instance_pre)
             .map_err(|e| anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}"))?;
-        Ok(Plugin {
-            pre,
-            sha256,
-            size: bytes.len(),
-            from_cache,
-        })
+        Ok(Plugin { pre, sha256, size: bytes.len(), from_cache })
     }
 
     /// Compile, or load the artefact an earlier compilation left in the cache directory. The
@@ -175,12 +170,7 @@ impl Runtime {
         kv: KvTxn,
         export: Export,
     ) -> Result<Completed, CallFailure> {
-        let _slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CallFailure::ShuttingDown)?;
+        let _slot = self.slots.clone().acquire_owned().await.map_err(|_| CallFailure::ShuttingDown)?;
         let engine = self.engine.clone();
         let metered = self.info.fuel;
         tokio::task::spawn_blocking(move || run(&engine, metered, &plugin, env, kv, export))
@@ -217,17 +207,11 @@ fn run(
     let limits = env.limits.clone();
     let stdout = output::CappedOutput::new(limits.max_log_bytes);
     let stderr = output::CappedOutput::new(limits.max_log_bytes);
-    let wasi = WasiCtxBuilder::new()
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .build();
+    let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
     let state = CallState {
         wasi,
         table: ResourceTable::new(),
-        limiter: CallLimiter {
-            memory_cap: (limits.memory_mib << 20) as usize,
-            memory_denied: false,
-        },
+        limiter: CallLimiter { memory_cap: (limits.memory_mib << 20) as usize, memory_denied: false },
         env,
         call: export.name(),
         kv,
@@ -250,10 +234,7 @@ fn run(
         }
     }
 
-    let outcome = plugin
-        .pre
-        .instantiate(&mut store)
-        .and_then(|instance| call_export(&instance, &mut store, export));
+    let outcome = plugin.pre.instantiate(&mut store).and_then(|instance| call_export(&instance, &mut store, export));
     let elapsed = started.elapsed();
     flush_guest_output(store.data_mut());
     let state = store.into_data();
@@ -272,11 +253,7 @@ fn run(
         Ok(answer) => Ok(failure::check_answer(answer, &limits)?),
         Err(refusal) => Err(refusal),
     };
-    Ok(Completed {
-        result,
-        kv: state.kv,
-        elapsed,
-    })
+    Ok(Completed { result, kv: state.kv, elapsed })
 }
 
 fn call_export(
@@ -285,17 +262,13 @@ fn call_export(
     export: Export,
 ) -> wasmtime::Result<Result<Answer, ProviderError>> {
     Ok(match export {
-        Export::Provision(req) => instance.call_provision(&mut *store, &req)?.map(|r| Answer {
-            config: r.config.into_iter().map(|v| (v.key, v.value)).collect(),
-            message: r.message,
-        }),
-        Export::ChangePlan(req) => instance.call_change_plan(&mut *store, &req)?.map(|r| Answer {
-            config: r.config.into_iter().map(|v| (v.key, v.value)).collect(),
-            message: r.message,
-        }),
-        Export::Deprovision(req) => instance
-            .call_deprovision(&mut *store, &req)?
-            .map(|()| Answer::default()),
+        Export::Provision(req) => instance
+            .call_provision(&mut *store, &req)?
+            .map(|r| Answer { config: r.config.into_iter().map(|v| (v.key, v.value)).collect(), message: r.message }),
+        Export::ChangePlan(req) => instance
+            .call_change_plan(&mut *store, &req)?
+            .map(|r| Answer { config: r.config.into_iter().map(|v| (v.key, v.value)).collect(), message: r.message }),
+        Export::Deprovision(req) => instance.call_deprovision(&mut *store, &req)?.map(|()| Answer::default()),
     })
 }
 

@@ -25,10 +25,7 @@ struct Captured {
 
 impl CappedOutput {
     pub fn new(capacity: usize) -> Self {
-        CappedOutput {
-            capacity,
-            inner: Arc::new(Mutex::new(Captured::default())),
-        }
+        CappedOutput { capacity, inner: Arc::new(Mutex::new(Captured::default())) }
     }
 
     fn push(&self, bytes: &[u8]) {

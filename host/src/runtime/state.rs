@@ -74,10 +74,7 @@ impl ResourceLimiter for CallLimiter {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -95,10 +92,7 @@ impl CallState {
         }
         let max = self.env.limits.max_key_bytes;
         if key.len() > max {
-            return Err(kv::KvError::InvalidKey(format!(
-                "key of {} bytes exceeds the {max}-byte limit",
-                key.len()
-            )));
+            return Err(kv::KvError::InvalidKey(format!("key of {} bytes exceeds the {max}-byte limit", key.len())));
         }
         Ok(())
     }
@@ -109,11 +103,8 @@ impl CallState {
         if let Some(v) = value
             && v.len() > limits.max_value_bytes
         {
-            let msg = format!(
-                "value of {} bytes for `{key}` exceeds the {}-byte limit",
-                v.len(),
-                limits.max_value_bytes
-            );
+            let msg =
+                format!("value of {} bytes for `{key}` exceeds the {}-byte limit", v.len(), limits.max_value_bytes);
             return Err(self.quota(msg));
         }
         if !self.kv.is_pending(key) && self.kv.write_count() >= limits.max_writes_per_call {
@@ -210,10 +201,7 @@ impl config::Host for CallState {
 
 impl env::Host for CallState {
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
     fn random_bytes(&mut self, len: u32) -> Vec<u8> {

@@ -74,10 +74,7 @@ impl Addon {
     }
 
     fn not_offered(&self, protocol: &'static str) -> ServiceError {
-        ServiceError::ProtocolNotEnabled {
-            addon: self.config.id.clone(),
-            protocol,
-        }
+        ServiceError::ProtocolNotEnabled { addon: self.config.id.clone(), protocol }
     }
 
     pub fn record(&self, resource_id: &str) -> Result<Option<Record>, ServiceError> {
@@ -95,10 +92,7 @@ impl Addon {
             return Err(ServiceError::BadRequest("`plan` must not be empty".into()));
         }
         if !plans.is_empty() && !plans.iter().any(|p| p == plan) {
-            return Err(ServiceError::UnknownPlan {
-                plan: plan.to_owned(),
-                allowed: plans.clone(),
-            });
+            return Err(ServiceError::UnknownPlan { plan: plan.to_owned(), allowed: plans.clone() });
         }
         Ok(())
     }

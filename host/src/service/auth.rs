@@ -50,10 +50,7 @@ pub fn verify_sso_token(
 }
 
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// The admin API's credentials: named bearer tokens, kept only as SHA-256 hashes. They come
@@ -70,21 +67,14 @@ impl AdminKeys {
     ) -> anyhow::Result<AdminKeys> {
         if !configured.is_empty() {
             return Ok(AdminKeys {
-                keys: configured
-                    .iter()
-                    .map(|a| (a.name.clone(), Sha256::digest(a.token.as_bytes()).into()))
-                    .collect(),
+                keys: configured.iter().map(|a| (a.name.clone(), Sha256::digest(a.token.as_bytes()).into())).collect(),
             });
         }
         let tree = storage.tree("admin")?;
         if let Some(stored) = tree.get("generated")? {
-            let hash: [u8; 32] = stored
-                .as_ref()
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("the stored admin credential is corrupt"))?;
-            return Ok(AdminKeys {
-                keys: vec![("admin".into(), hash)],
-            });
+            let hash: [u8; 32] =
+                stored.as_ref().try_into().map_err(|_| anyhow::anyhow!("the stored admin credential is corrupt"))?;
+            return Ok(AdminKeys { keys: vec![("admin".into(), hash)] });
         }
         let mut secret = [0u8; 24];
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
@@ -96,9 +86,7 @@ impl AdminKeys {
         tracing::warn!(
             "generated an admin token for identity `admin`; it was printed on stdout and will not be shown again"
         );
-        Ok(AdminKeys {
-            keys: vec![("admin".into(), hash)],
-        })
+        Ok(AdminKeys { keys: vec![("admin".into(), hash)] })
     }
 
     /// The identity a presented token belongs to. Every key is compared, in constant time.

@@ -67,10 +67,7 @@ pub struct Provisioned {
 
 impl Service {
     pub fn addon(&self, id: &str) -> Result<Arc<Addon>, ServiceError> {
-        self.addons
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ServiceError::UnknownAddon(id.to_owned()))
+        self.addons.get(id).cloned().ok_or_else(|| ServiceError::UnknownAddon(id.to_owned()))
     }
 
     pub fn addons(&self) -> impl Iterator<Item = &Arc<Addon>> {
@@ -126,10 +123,7 @@ impl Service {
         let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
         let digest = record::request_digest(&req);
         if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
-            return Ok(Provisioned {
-                record: record.clone(),
-                created: false,
-            });
+            return Ok(Provisioned { record: record.clone(), created: false });
         }
         let now = record::now_ms();
         let created = existing.is_none();
@@ -239,10 +233,7 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let now = auth::unix_now();
         let ts = auth::verify_sso_token(subject, secret, timestamp, token, now)?;
-        if !self
-            .storage
-            .claim_sso_token(scope, ts, token, now - 2 * auth::SSO_WINDOW_SECS)?
-        {
+        if !self.storage.claim_sso_token(scope, ts, token, now - 2 * auth::SSO_WINDOW_SECS)? {
             return Err(ServiceError::Forbidden("this SSO token was already used".into()));
         }
         Ok(())
@@ -276,25 +267,14 @@ impl Service {
             let record = make_record(&answer)?;
             let bytes = record.to_bytes();
             let limits = &addon.config.limits;
-            let quota = KvQuota {
-                max_bytes: limits.max_kv_bytes,
-                max_keys: limits.max_kv_keys,
-            };
-            match addon
-                .store
-                .commit(&completed.kv, quota, Some((&record.resource_id, &bytes)), alias)
-            {
+            let quota = KvQuota { max_bytes: limits.max_kv_bytes, max_keys: limits.max_kv_keys };
+            match addon.store.commit(&completed.kv, quota, Some((&record.resource_id, &bytes)), alias) {
                 Ok(()) => {
                     self.storage.flush().await?;
                     return Ok(record);
                 }
                 Err(StorageError::Conflict(key)) => {
-                    tracing::debug!(
-                        addon = addon.id(),
-                        call,
-                        key,
-                        "key-value conflict; running the call again"
-                    );
+                    tracing::debug!(addon = addon.id(), call, key, "key-value conflict; running the call again");
                     if serial.is_none() {
                         serial = Some(addon.retry_lock.lock().await);
                     }
@@ -335,18 +315,12 @@ fn refusal(addon: &Addon, call: &'static str, plugin: &Plugin, e: ProviderError)
     let addon = addon.id().to_owned();
     match e {
         ProviderError::InvalidRequest(message) => ServiceError::Refused { addon, call, message },
-        ProviderError::Unavailable(u) => ServiceError::Unavailable {
-            addon,
-            call,
-            message: u.message,
-            docs_url: u.docs_url,
-        },
-        ProviderError::Internal(message) => ServiceError::PluginError {
-            addon,
-            call,
-            version: plugin.version().to_owned(),
-            message,
-        },
+        ProviderError::Unavailable(u) => {
+            ServiceError::Unavailable { addon, call, message: u.message, docs_url: u.docs_url }
+        }
+        ProviderError::Internal(message) => {
+            ServiceError::PluginError { addon, call, version: plugin.version().to_owned(), message }
+        }
     }
 }
 

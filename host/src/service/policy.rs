@@ -54,9 +54,7 @@ fn looks_like_url(value: &str) -> bool {
         return false;
     };
     let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or("");
     scheme_ok && !host.is_empty() && !value.chars().any(char::is_whitespace)
@@ -81,10 +79,7 @@ mod tests {
         let ok = vec![("MY_URL".to_owned(), "https://x".to_owned())];
         assert_eq!(xervo_problem("MY", &declared, &ok), None);
         assert!(xervo_problem("MY", &declared, &[]).unwrap().contains("MY_URL"));
-        let bad = vec![
-            ("MY_URL".to_owned(), "https://x".to_owned()),
-            ("OTHER".to_owned(), "v".to_owned()),
-        ];
+        let bad = vec![("MY_URL".to_owned(), "https://x".to_owned()), ("OTHER".to_owned(), "v".to_owned())];
         assert!(xervo_problem("MY", &declared, &bad).unwrap().contains("OTHER"));
     }
 }

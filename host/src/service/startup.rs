@@ -86,21 +86,14 @@ fn startup_plugin(runtime: &Runtime, registry: &Registry, addon: &AddonConfig) -
     if let Ok(bytes) = &file {
         let sha = hex::encode(sha2::Sha256::digest(bytes));
         if registry.get(&addon.id, &sha)?.is_none() {
-            let plugin = runtime
-                .load(bytes)
-                .with_context(|| format!("plugin {}", addon.plugin.display()))?;
+            let plugin = runtime.load(bytes).with_context(|| format!("plugin {}", addon.plugin.display()))?;
             registry.put(&addon.id, &sha, bytes, "config", record::now_ms())?;
             registry.set_active(&addon.id, &sha)?;
             return Ok(plugin);
         }
     }
     let active = registry.active(&addon.id)?;
-    let bytes = match active
-        .as_ref()
-        .map(|sha| registry.blob(&addon.id, sha))
-        .transpose()?
-        .flatten()
-    {
+    let bytes = match active.as_ref().map(|sha| registry.blob(&addon.id, sha)).transpose()?.flatten() {
         Some(bytes) => bytes,
         None => {
             let bytes = file.or_else(|_| read())?;

@@ -62,20 +62,13 @@ impl Service {
         let bytes = Arc::new(bytes);
         let (plugin, compile_ms) = self.compile(addon, bytes.clone()).await?;
         let existing = self.registry.get(addon.id(), &plugin.sha256)?;
-        let version = self
-            .registry
-            .put(addon.id(), &plugin.sha256, &bytes, by, record::now_ms())?;
+        let version = self.registry.put(addon.id(), &plugin.sha256, &bytes, by, record::now_ms())?;
         self.storage.flush().await?;
         tracing::info!(addon = addon.id(), version = version.seq, sha256 = %version.sha256, by, compile_ms, "plugin uploaded");
         if activate {
             self.swap(addon, plugin, &version, compile_ms).await?;
         }
-        Ok(Uploaded {
-            version,
-            created: existing.is_none(),
-            activated: activate,
-            compile_ms,
-        })
+        Ok(Uploaded { version, created: existing.is_none(), activated: activate, compile_ms })
     }
 
     /// Make a stored version (by sequence number or sha256 prefix) the active one.
@@ -96,10 +89,7 @@ impl Service {
             .previous(addon.id())?
             .and_then(|sha| self.registry.get(addon.id(), &sha).ok().flatten())
             .ok_or_else(|| {
-                ServiceError::NotFound(format!(
-                    "add-on `{}` has no earlier version to roll back to",
-                    addon.id()
-                ))
+                ServiceError::NotFound(format!("add-on `{}` has no earlier version to roll back to", addon.id()))
             })?;
         self.activate_meta(addon, previous).await
     }
@@ -144,10 +134,7 @@ impl Service {
             .registry
             .versions(addon.id())?
             .into_iter()
-            .map(|meta| VersionInfo {
-                active: meta.sha256 == active,
-                meta,
-            })
+            .map(|meta| VersionInfo { active: meta.sha256 == active, meta })
             .collect())
     }
 }

@@ -79,9 +79,7 @@ impl XervoSettings {
             if !var.starts_with(&prefix) {
                 return Err(format!("config_vars[{i}]` ({var}) must start with {prefix}"));
             }
-            let valid = var
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            let valid = var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
             if !valid {
                 return Err(format!("config_vars[{i}]` ({var}) may contain only A-Z, 0-9 and '_'"));
             }
@@ -102,11 +100,7 @@ impl XervoSettings {
                 "sso_url": format!("{base}/addons/{}/sso/login", self.id),
             })
         };
-        let regions = if self.regions.is_empty() {
-            vec!["us-east-1".to_owned()]
-        } else {
-            self.regions.clone()
-        };
+        let regions = if self.regions.is_empty() { vec!["us-east-1".to_owned()] } else { self.regions.clone() };
         json!({
             "id": self.id,
             "api": {
@@ -146,9 +140,7 @@ fn from_manifest_file(id: &str, path: &Path) -> anyhow::Result<XervoSettings> {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    v.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| at(&format!("{field}[{i}]"), "must be a string"))
+                    v.as_str().map(str::to_owned).ok_or_else(|| at(&format!("{field}[{i}]"), "must be a string"))
                 })
                 .collect(),
             Some(_) => Err(at(field, "must be an array of strings")),

@@ -27,10 +27,7 @@ use crate::service::{Addon, Deprovisioned, Record, Service, auth};
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/addons/{addon_id}/resources", routing::post(provision))
-        .route(
-            "/addons/{addon_id}/resources/{id}",
-            routing::put(change_plan).delete(deprovision),
-        )
+        .route("/addons/{addon_id}/resources/{id}", routing::put(change_plan).delete(deprovision))
         .route("/addons/{addon_id}/sso/login", routing::post(sso::login))
         .route("/addons/{addon_id}/sso/dashboard", routing::get(sso::dashboard))
 }
@@ -49,10 +46,9 @@ impl IntoResponse for XervoError {
         let challenge = matches!(self.0, ServiceError::Unauthorized(_));
         let mut response = self.0.into_response();
         if challenge {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"addon-host\""),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"addon-host\""));
         }
         response
     }
@@ -126,13 +122,7 @@ fn authenticated(service: &Service, addon_id: &str, headers: &HeaderMap) -> Resu
 }
 
 fn config_object(record: &Record) -> Value {
-    Value::Object(
-        record
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
+    Value::Object(record.config.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }
 
 fn option_text(v: Value) -> String {
@@ -172,7 +162,7 @@ async fn provision(
         }
         (None, None) => {
             return Err(
-                ServiceError::BadRequest("missing the app identity: `modulus_id` (or Heroku's `uuid`)".into()).into(),
+                ServiceError::BadRequest("missing the app identity: `modulus_id` (or Heroku's `uuid`)".into()).into()
             );
         }
     };
@@ -186,12 +176,7 @@ async fn provision(
         email: body.email,
         region: body.region,
         callback_url: body.callback_url,
-        options: body
-            .options
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, option_text(v)))
-            .collect(),
+        options: body.options.unwrap_or_default().into_iter().map(|(k, v)| (k, option_text(v))).collect(),
     };
     let done = service.provision(&addon, request).await?;
     let record = &done.record;
@@ -210,15 +195,8 @@ async fn change_plan(
     check_resource_id("id", &id)?;
     let body: ChangePlanBody = json_body(&headers, &body_bytes(&addon, body)?)?;
     let record = service.change_plan(&addon, &id, &body.plan).await?;
-    let message = record
-        .message
-        .clone()
-        .unwrap_or_else(|| format!("Now on {}.", record.plan));
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "message": message, "config": config_object(&record) })),
-    )
-        .into_response())
+    let message = record.message.clone().unwrap_or_else(|| format!("Now on {}.", record.plan));
+    Ok((StatusCode::OK, Json(json!({ "message": message, "config": config_object(&record) }))).into_response())
 }
 
 async fn deprovision(

@@ -38,11 +38,7 @@ struct SsoBody {
 
 /// Read the SSO fields from a JSON or form body.
 fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<SsoBody, ServiceError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if ct.starts_with("application/x-www-form-urlencoded") {
         let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(bytes)
             .map_err(|e| ServiceError::BadRequest(format!("invalid form body: {e}")))?;
@@ -106,9 +102,7 @@ pub(super) async fn login(
     let value =
         HeaderValue::from_str(&location).map_err(|_| ServiceError::BadRequest("unusable resource id".into()))?;
     response.headers_mut().insert(header::LOCATION, value);
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
@@ -125,10 +119,8 @@ pub(super) async fn dashboard(
     let addon_id = path_params(path)?;
     let addon = service.addon(&addon_id)?;
     let xervo = addon.xervo()?;
-    let ticket = query
-        .map_err(|_| ServiceError::Forbidden("missing `ticket`; log in through the platform".into()))?
-        .0
-        .ticket;
+    let ticket =
+        query.map_err(|_| ServiceError::Forbidden("missing `ticket`; log in through the platform".into()))?.0.ticket;
     let mut parts = ticket.rsplitn(3, '.');
     let (signature, expires, id) = match (parts.next(), parts.next(), parts.next()) {
         (Some(s), Some(e), Some(i)) => (s, e, i),
@@ -139,23 +131,10 @@ pub(super) async fn dashboard(
         return Err(ServiceError::Forbidden("invalid ticket".into()).into());
     }
     if expires.parse::<i64>().map_or(true, |e| e < auth::unix_now()) {
-        return Err(
-            ServiceError::Forbidden("this ticket has expired; log in again through the platform".into()).into(),
-        );
+        return Err(ServiceError::Forbidden("this ticket has expired; log in again through the platform".into()).into());
     }
-    let record = addon
-        .record(id)?
-        .ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
+    let record = addon.record(id)?.ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
     let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
     let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
-    Ok(html(
-        Dashboard {
-            addon_id: &addon_id,
-            title: &title,
-            record: &record,
-            head: String::new(),
-            note,
-        }
-        .render(),
-    ))
+    Ok(html(Dashboard { addon_id: &addon_id, title: &title, record: &record, head: String::new(), note }.render()))
 }

@@ -37,8 +37,7 @@ impl Provider for Credentials {
                 let fresh = addon_sdk::random_hex(24);
                 // compare-and-swap so that two racing first provisions agree on one secret.
                 if !kv().compare_and_swap(&key, None, Some(fresh.as_bytes()))? {
-                    kv().get_string(&key)?
-                        .ok_or_else(|| Error::internal("secret vanished"))?
+                    kv().get_string(&key)?.ok_or_else(|| Error::internal("secret vanished"))?
                 } else {
                     fresh
                 }

@@ -53,29 +53,21 @@ fn plan_key(resource_id: &str) -> String {
 }
 
 fn usage_mb(resource_id: &str) -> Result<u64> {
-    Ok(kv()
-        .get_string(&usage_key(resource_id))?
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0))
+    Ok(kv().get_string(&usage_key(resource_id))?.and_then(|s| s.parse().ok()).unwrap_or(0))
 }
 
 fn vars(resource_id: &str, plan: &str) -> Result<Vec<(String, String)>> {
     let base = addon_sdk::config("bucket_url").ok_or_else(|| Error::internal("config `bucket_url` is not set"))?;
     let p = prefix();
     Ok(vec![
-        (
-            format!("{p}_URL"),
-            format!("{}/{}", base.trim_end_matches('/'), bucket_name(resource_id)?),
-        ),
+        (format!("{p}_URL"), format!("{}/{}", base.trim_end_matches('/'), bucket_name(resource_id)?)),
         (format!("{p}_QUOTA_MB"), quota_mb(plan)?.to_string()),
     ])
 }
 
 /// Count the resource on the free tier, refusing when the tier is full.
 fn take_free_slot() -> Result<()> {
-    let capacity: i64 = addon_sdk::config("free_capacity")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1000);
+    let capacity: i64 = addon_sdk::config("free_capacity").and_then(|c| c.parse().ok()).unwrap_or(1000);
     let used = kv().increment("tier/free/used", 1)?;
     if used > capacity {
         // The refusal discards this increment along with every other write of the call.
@@ -92,16 +84,11 @@ impl Provider for Quota {
     fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
         let quota = quota_mb(&req.plan)?;
         let usage: u64 = match req.options.iter().find(|(k, _)| k == "usage_mb") {
-            Some((_, v)) => v
-                .parse()
-                .map_err(|_| Error::invalid(format!("option usage_mb `{v}` is not a number")))?,
+            Some((_, v)) => v.parse().map_err(|_| Error::invalid(format!("option usage_mb `{v}` is not a number")))?,
             None => 0,
         };
         if usage > quota {
-            return Err(Error::invalid(format!(
-                "{usage} MB does not fit the {} plan's {quota} MB",
-                req.plan
-            )));
+            return Err(Error::invalid(format!("{usage} MB does not fit the {} plan's {quota} MB", req.plan)));
         }
         let first_time = kv().get(&plan_key(&req.resource_id))?.is_none();
         if first_time && req.plan == "free" {
@@ -109,10 +96,7 @@ impl Provider for Quota {
         }
         kv().set_string(&plan_key(&req.resource_id), &req.plan)?;
         kv().set_string(&usage_key(&req.resource_id), &usage.to_string())?;
-        kv().set_string(
-            &format!("res/{}/since", req.resource_id),
-            &addon_sdk::now_ms().to_string(),
-        )?;
+        kv().set_string(&format!("res/{}/since", req.resource_id), &addon_sdk::now_ms().to_string())?;
         addon_sdk::info!("allocated {quota} MB for {}", req.resource_id);
         let mut reply = ProvisionReply::new().message(format!("{quota} MB ready on the {} plan.", req.plan));
         for (k, v) in vars(&req.resource_id, &req.plan)? {

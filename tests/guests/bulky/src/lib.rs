@@ -9,9 +9,7 @@ struct Bulky;
 impl Provider for Bulky {
     fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
         let i = req.resource_id.len() * 7919 % BLOB.len();
-        Ok(ProvisionReply::new()
-            .var("BULKY_BYTE", BLOB[i].to_string())
-            .var("BULKY_SIZE", BLOB.len().to_string()))
+        Ok(ProvisionReply::new().var("BULKY_BYTE", BLOB[i].to_string()).var("BULKY_SIZE", BLOB.len().to_string()))
     }
 }
 

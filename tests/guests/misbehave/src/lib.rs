@@ -66,15 +66,10 @@ impl Provider for Misbehave {
                 kv().set_string("marker", &req.resource_id)?;
                 Ok(ProvisionReply::new().var("MISBEHAVE_MARKER", req.resource_id.clone()))
             }
-            "unavailable" => Err(Error::unavailable_with_docs(
-                "busy right now",
-                "https://example.com/why",
-            )),
+            "unavailable" => Err(Error::unavailable_with_docs("busy right now", "https://example.com/why")),
             "count" => {
                 let n = kv().increment("calls", 1)?;
-                Ok(ProvisionReply::new()
-                    .var("MISBEHAVE_CALLS", n.to_string())
-                    .var("MISBEHAVE_MARKER", marker()?))
+                Ok(ProvisionReply::new().var("MISBEHAVE_CALLS", n.to_string()).var("MISBEHAVE_MARKER", marker()?))
             }
             "big-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(1 << 20))),
             "huge-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(100 << 20))),
@@ -106,9 +101,7 @@ impl Provider for Misbehave {
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_FLOOD", "done"))
             }
-            _ => Ok(ProvisionReply::new()
-                .var("MISBEHAVE_MARKER", marker()?)
-                .var("MISBEHAVE_PLAN", req.plan.clone())),
+            _ => Ok(ProvisionReply::new().var("MISBEHAVE_MARKER", marker()?).var("MISBEHAVE_PLAN", req.plan.clone())),
         }
     }
 
