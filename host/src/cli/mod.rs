@@ -96,8 +96,7 @@ pub fn main() -> anyhow::Result<()> {
                     }
                 }
                 let manifest = settings.manifest(&base_url, test_base_url.as_deref().unwrap_or(&base_url));
-                println!("{}", serde_json::to_string_pretty(&manifest)?);
-                Ok(())
+                print(&serde_json::to_string_pretty(&manifest)?)
             }
             Command::Check { config } => {
                 let cfg = HostConfig::load(&config)?;
@@ -139,6 +138,15 @@ async fn serve(
     crate::serve(listener, service, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Print a result on stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -71,8 +71,7 @@ pub fn run(args: PluginArgs) -> anyhow::Result<()> {
     let pretty =
         serde_json::from_str::<Value>(&text).ok().and_then(|v| serde_json::to_string_pretty(&v).ok()).unwrap_or(text);
     if (200..300).contains(&status) {
-        println!("{pretty}");
-        Ok(())
+        super::print(&pretty)
     } else {
         bail!("{method} {path} failed with {status}: {pretty}")
     }
