@@ -79,3 +79,27 @@ async fn racing_provision_change_and_deprovision_stay_consistent() {
         assert_eq!(&host.kv("myaddon")["secret/race"], secret);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_xervo_provisions_for_one_app_make_one_resource() {
+    let host = Arc::new(TestHost::start());
+    let auth = basic("myaddon", XERVO_PASSWORD);
+    let body = r#"{"modulus_id":"same-app","plan":"test","email":"a@b.c","options":{}}"#;
+    let replies = join_all((0..32).map(|_| {
+        let (host, auth) = (host.clone(), auth.clone());
+        tokio::spawn(async move {
+            host.send(
+                axum::http::Method::POST,
+                "/addons/myaddon/resources",
+                &[("authorization", auth.as_str()), ("content-type", "application/json")],
+                body,
+            )
+            .await
+        })
+    }))
+    .await;
+    let replies: Vec<Reply> = replies.into_iter().map(|r| r.unwrap()).collect();
+    assert!(replies.iter().all(|r| r.status == 200 && r.text == replies[0].text), "one identical answer");
+    assert_eq!(host.service.addon("myaddon").unwrap().store().records().unwrap().len(), 1, "one resource");
+    assert_eq!(host.kv("myaddon").len(), 1, "one secret, for the one resource");
+}

@@ -59,11 +59,11 @@ fn ticket_key(addon_id: &str, salt: &str) -> Vec<u8> {
     Sha256::digest(format!("addon-host dashboard ticket:{addon_id}:{salt}").as_bytes()).to_vec()
 }
 
-fn sign(key: &[u8], message: &str) -> String {
-    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
-    let mut mac = <Hmac<Sha256>>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+fn sign(key: &[u8], message: &str) -> Result<String, ServiceError> {
+    // HMAC takes keys of any length; the error case exists only in the trait's signature.
+    let mut mac = <Hmac<Sha256>>::new_from_slice(key).map_err(|e| ServiceError::Storage(format!("ticket key: {e}")))?;
     mac.update(message.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    Ok(hex::encode(mac.finalize().into_bytes()))
 }
 
 pub(super) async fn login(
@@ -95,7 +95,7 @@ pub(super) async fn login(
         return Err(ServiceError::NotFound(format!("no resource `{id}`")).into());
     }
     let expires = auth::unix_now() + TICKET_SECS;
-    let signature = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"));
+    let signature = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
     tracing::info!(addon = %addon_id, resource = %id, email = body.email.as_deref().unwrap_or(""), "SSO login");
     let location = format!("/addons/{addon_id}/sso/dashboard?ticket={id}.{expires}.{signature}");
     let mut response = StatusCode::FOUND.into_response();
@@ -126,7 +126,7 @@ pub(super) async fn dashboard(
         (Some(s), Some(e), Some(i)) => (s, e, i),
         _ => return Err(ServiceError::Forbidden("malformed ticket".into()).into()),
     };
-    let expected = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"));
+    let expected = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
     if !auth::secret_matches(signature, &expected) {
         return Err(ServiceError::Forbidden("invalid ticket".into()).into());
     }
