@@ -101,12 +101,7 @@ pub fn main() -> anyhow::Result<()> {
                 let manifest = settings.manifest(&base_url, test_base_url.as_deref().unwrap_or(&base_url));
                 print(&serde_json::to_string_pretty(&manifest)?)
             }
-            Command::Check { config } => {
-                let cfg = HostConfig::load(&config)?;
-                let service = Service::start(&cfg)?;
-                println!("ok: {} add-on(s), engine {:?}", service.addons().count(), service.runtime().info());
-                Ok(())
-            }
+            Command::Check { config } => check(&config),
         }
     })
 }
@@ -141,6 +136,25 @@ async fn serve(
     crate::serve(listener, service, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Validate everything `serve` would, without opening the data directory: the config, each
+/// add-on's Xervo settings, and each plugin compiled and linked against the contract.
+fn check(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = HostConfig::load(config)?;
+    let mut server = cfg.server.clone();
+    server.compile_cache = Some(PathBuf::new());
+    let runtime = crate::runtime::Runtime::new(&server, cfg.max_memory_bytes(), cfg.uses_fuel())?;
+    for addon in &cfg.addons {
+        let at = || format!("add-on `{}`", addon.id);
+        if let Some(x) = &addon.xervo {
+            XervoSettings::resolve(&addon.id, x).with_context(at)?;
+        }
+        let bytes = std::fs::read(&addon.plugin).with_context(|| format!("{}: reading {}", at(), addon.plugin.display()))?;
+        let plugin = runtime.load(&bytes).with_context(at)?;
+        print(&format!("ok: {} plugin {} ({} bytes)", addon.id, plugin.version(), plugin.size))?;
+    }
+    print(&format!("ok: {} add-on(s), engine {:?}", cfg.addons.len(), runtime.info()))
 }
 
 /// Print a result on stdout; a closed pipe (`| head`) is not an error worth a panic.
