@@ -155,3 +155,16 @@ async fn hundred_megabyte_reply_and_log_flood() {
     assert_eq!(flood.status, 201, "{}", flood.text);
     still_serving(&host, 6).await;
 }
+
+#[tokio::test]
+async fn plugins_cannot_reach_files_network_or_environment() {
+    let host = TestHost::start();
+    let reply = misbehave(&host, "e1", "escape").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    for var in ["ESCAPE_FS", "ESCAPE_FILE", "ESCAPE_WRITE", "ESCAPE_NET", "ESCAPE_DNS"] {
+        let outcome = reply.env(var);
+        assert!(outcome.starts_with("Err("), "{var} succeeded inside the sandbox: {outcome}");
+    }
+    assert_eq!(reply.env("ESCAPE_ENV"), "0", "no environment variables");
+    assert_eq!(reply.env("ESCAPE_ARGS"), "0", "no arguments");
+}

@@ -150,7 +150,8 @@ fn check(config: &std::path::Path) -> anyhow::Result<()> {
         if let Some(x) = &addon.xervo {
             XervoSettings::resolve(&addon.id, x).with_context(at)?;
         }
-        let bytes = std::fs::read(&addon.plugin).with_context(|| format!("{}: reading {}", at(), addon.plugin.display()))?;
+        let bytes =
+            std::fs::read(&addon.plugin).with_context(|| format!("{}: reading {}", at(), addon.plugin.display()))?;
         let plugin = runtime.load(&bytes).with_context(at)?;
         print(&format!("ok: {} plugin {} ({} bytes)", addon.id, plugin.version(), plugin.size))?;
     }

@@ -82,6 +82,25 @@ impl Provider for Misbehave {
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_LOGGED", "20000"))
             }
+            "escape" => {
+                // Everything a plugin might try to reach beyond its imports.
+                let fs = std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.kind());
+                let file = std::fs::read("/etc/passwd").map(|b| b.len()).map_err(|e| e.kind());
+                let write = std::fs::write("escape.txt", b"x").map_err(|e| e.kind());
+                let env = std::env::vars().count();
+                let args = std::env::args().count();
+                let net = std::net::TcpStream::connect("127.0.0.1:80").map(|_| ()).map_err(|e| e.kind());
+                let dns =
+                    std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| a.count()).map_err(|e| e.kind());
+                Ok(ProvisionReply::new()
+                    .var("ESCAPE_FS", format!("{fs:?}"))
+                    .var("ESCAPE_FILE", format!("{file:?}"))
+                    .var("ESCAPE_WRITE", format!("{write:?}"))
+                    .var("ESCAPE_ENV", env.to_string())
+                    .var("ESCAPE_ARGS", args.to_string())
+                    .var("ESCAPE_NET", format!("{net:?}"))
+                    .var("ESCAPE_DNS", format!("{dns:?}")))
+            }
             "fill" => {
                 for i in 0..8 {
                     kv().set_string(&format!("fill/{}/{i}", req.resource_id), &"z".repeat(200))?;
