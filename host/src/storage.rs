@@ -265,7 +265,9 @@ impl KvTxn {
         Ok(existed)
     }
 
-    /// Keys with `prefix`, merging the tree with this call's pending writes.
+    /// Keys with `prefix`, merging the tree with this call's pending writes. Listings are
+    /// not validated at commit (only point reads and compare-and-swap are), so a key another
+    /// call adds under the prefix meanwhile is not a conflict; use CAS where that matters.
     pub fn list_keys(&mut self, prefix: &str) -> Result<Vec<String>> {
         let mut keys: std::collections::BTreeSet<String> = self.store.kv_keys(prefix)?.into_iter().collect();
         for (k, v) in self.writes.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)) {
