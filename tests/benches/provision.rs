@@ -6,26 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use addon_host::config::{AddonConfig, AdminConfig, BitriseConfig, HostConfig, Limits, ServerConfig};
-use addon_host::runtime::{Platform, ProvisionRequest};
 use addon_host::service::Service;
 
-const CALLS: usize = 2_000;
+mod common;
 
-fn request(i: usize) -> ProvisionRequest {
-    ProvisionRequest {
-        resource_id: format!("app{i}"),
-        platform: Platform::Bitrise,
-        app_id: format!("app{i}"),
-        plan: "free".into(),
-        app_title: None,
-        api_token: Some("t".into()),
-        email: None,
-        region: None,
-        callback_url: None,
-        options: vec![],
-    }
-}
+const CALLS: usize = 2_000;
 
 /// The credentials plugin's logic, natively: keep or create a per-app secret, store it with
 /// the provision record in one transaction, flush.
@@ -72,23 +57,8 @@ fn per_call(total: Duration) -> f64 {
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let dir = tempfile::tempdir()?;
-    let cfg = HostConfig {
-        server: ServerConfig {
-            data_dir: dir.path().join("data"),
-            admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],
-            ..ServerConfig::default()
-        },
-        addons: vec![AddonConfig {
-            id: "myaddon".into(),
-            plugin: addon_host_tests::PLUGIN_CREDENTIALS.into(),
-            plans: vec![],
-            bitrise: Some(BitriseConfig { shared_token: "t".repeat(16), sso_secret: "s".repeat(16) }),
-            xervo: None,
-            limits: Limits::default(),
-            config: [("host_url".to_owned(), "https://myaddon.example.com".to_owned())].into_iter().collect(),
-            secrets: Default::default(),
-        }],
-    };
+    let host_url = [("host_url".to_owned(), "https://myaddon.example.com".to_owned())].into_iter().collect();
+    let cfg = common::host_config(dir.path(), "myaddon", addon_host_tests::PLUGIN_CREDENTIALS, host_url);
     let service = Service::start(&cfg)?;
     let addon = service.addon("myaddon")?;
 
@@ -102,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     rt.block_on(async {
         for i in 0..CALLS {
-            service.provision(&addon, request(i)).await?;
+            service.provision(&addon, common::request(i)).await?;
         }
         anyhow::Ok(())
     })?;
@@ -111,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     rt.block_on(async {
         for i in 0..CALLS {
-            service.provision(&addon, request(i)).await?;
+            service.provision(&addon, common::request(i)).await?;
         }
         anyhow::Ok(())
     })?;

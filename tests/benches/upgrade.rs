@@ -10,9 +10,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use addon_host::config::{AddonConfig, AdminConfig, BitriseConfig, HostConfig, Limits, ServerConfig};
-use addon_host::runtime::{Platform, ProvisionRequest};
 use addon_host::service::Service;
+
+mod common;
 
 /// Append a custom section so each variant is a distinct version with the same code.
 fn variant(base: &[u8], n: u32) -> Vec<u8> {
@@ -41,23 +41,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let base = std::fs::read(addon_host_tests::PLUGIN_BULKY)?;
     let dir = tempfile::tempdir()?;
-    let cfg = HostConfig {
-        server: ServerConfig {
-            data_dir: dir.path().join("data"),
-            admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],
-            ..ServerConfig::default()
-        },
-        addons: vec![AddonConfig {
-            id: "bulky".into(),
-            plugin: addon_host_tests::PLUGIN_BULKY.into(),
-            plans: vec![],
-            bitrise: Some(BitriseConfig { shared_token: "t".repeat(16), sso_secret: "s".repeat(16) }),
-            xervo: None,
-            limits: Limits::default(),
-            config: Default::default(),
-            secrets: Default::default(),
-        }],
-    };
+    let cfg = common::host_config(dir.path(), "bulky", addon_host_tests::PLUGIN_BULKY, Default::default());
     let service = Service::start(&cfg)?;
     let addon = service.addon("bulky")?;
     let rounds = 8;
@@ -78,18 +62,7 @@ fn main() -> anyhow::Result<()> {
         let bytes = variant(&base, i);
         let t = Instant::now();
         let done = rt.block_on(service.upload(&addon, bytes, "bench", true))?;
-        let req = ProvisionRequest {
-            resource_id: format!("r{i}"),
-            platform: Platform::Bitrise,
-            app_id: format!("r{i}"),
-            plan: "free".into(),
-            app_title: None,
-            api_token: Some("t".into()),
-            email: None,
-            region: None,
-            callback_url: None,
-            options: vec![],
-        };
+        let req = common::request(i as usize);
         let served = rt.block_on(service.provision(&addon, req))?;
         upload.push(t.elapsed());
         assert_eq!(served.record.plugin_version, done.version.sha256);
