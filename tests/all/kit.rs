@@ -81,6 +81,17 @@ async fn bitrise_kit_sequence_passes_against_the_binary() {
     server.child.kill().await.unwrap();
 }
 
+async fn provision(addr: &str, body: &str) -> (u16, String) {
+    exchange(
+        addr,
+        "POST",
+        "/addons/myaddon/provision",
+        &[("Authentication", TOKEN), ("Content-Type", "application/json")],
+        body,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn acknowledged_provisions_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,14 +99,7 @@ async fn acknowledged_provisions_survive_sigkill() {
     let mut answered = Vec::new();
     for i in 0..5 {
         let body = format!(r#"{{"app_slug":"kill{i}","api_token":"t{i}","plan":"free"}}"#);
-        let (status, reply) = exchange(
-            &server.addr,
-            "POST",
-            "/addons/myaddon/provision",
-            &[("Authentication", TOKEN), ("Content-Type", "application/json")],
-            &body,
-        )
-        .await;
+        let (status, reply) = provision(&server.addr, &body).await;
         assert_eq!(status, 201, "{reply}");
         answered.push((body, reply));
     }
@@ -103,14 +107,7 @@ async fn acknowledged_provisions_survive_sigkill() {
     server.child.kill().await.unwrap();
     let server = spawn(dir.path(), &config()).await;
     for (body, reply) in answered {
-        let (status, again) = exchange(
-            &server.addr,
-            "POST",
-            "/addons/myaddon/provision",
-            &[("Authentication", TOKEN), ("Content-Type", "application/json")],
-            &body,
-        )
-        .await;
+        let (status, again) = provision(&server.addr, &body).await;
         assert_eq!((status, again), (200, reply), "an acknowledged provision was lost");
     }
 }
