@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use serde_json::json;
 
@@ -23,10 +25,22 @@ pub fn app(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-async fn health(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
+/// Liveness for load balancers and supervisors: 503 while durable commits have stopped
+/// making progress (see [`crate::storage::Stall`]). Never touches storage itself.
+async fn health(State(service): State<Arc<Service>>) -> Response {
     let addons: Vec<_> =
         service.addons().map(|a| json!({ "id": a.id(), "plugin_version": a.plugin().sha256 })).collect();
-    Json(json!({ "status": "ok", "engine": service.runtime().info(), "addons": addons }))
+    let engine = service.runtime().info();
+    let commits = service.storage().commit_stats();
+    match service.storage().stall() {
+        None => Json(json!({ "status": "ok", "engine": engine, "commits": commits, "addons": addons })).into_response(),
+        Some(stall) => {
+            let message = format!("no durable commit for {} ms (limit {} ms)", stall.for_ms, stall.limit_ms);
+            let body = json!({ "status": "stalled", "error": "storage_stalled", "message": message, "stall": stall,
+                "commits": commits, "engine": engine, "addons": addons });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then flush storage.
@@ -36,6 +50,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     axum::serve(listener, app(service.clone())).with_graceful_shutdown(shutdown).await?;
-    service.storage().flush().await?;
+    let storage = service.storage().clone();
+    tokio::task::spawn_blocking(move || storage.flush()).await??;
     Ok(())
 }

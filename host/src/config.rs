@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// Where compiled plugins are cached (default: `compiled` inside the data directory);
     /// set to an empty string to disable the cache.
     pub compile_cache: Option<PathBuf>,
+    /// `/healthz` answers 503 when no durable commit has completed for this long (the
+    /// storage watchdog commits a heartbeat every second).
+    pub stall_after_ms: u64,
 }
 
 impl ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             compile_cache: None,
             admins: Vec::new(),
             max_plugin_bytes: 64 << 20,
+            stall_after_ms: 5_000,
         }
     }
 }
@@ -243,6 +247,9 @@ impl HostConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.server.stall_after_ms < 1_000 {
+            bail!("server.stall_after_ms must be at least 1000 (the heartbeat runs every second)");
+        }
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");
         }

@@ -18,6 +18,8 @@ mod durability;
 mod isolation;
 mod kit;
 mod limits;
+mod liveness;
+mod load;
 mod plans;
 mod sso;
 mod upgrade;

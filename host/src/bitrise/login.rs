@@ -47,11 +47,11 @@ pub async fn login(
     let query = query.map(|q| q.0).map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?;
     let form: LoginForm = form_body(&headers, &body_bytes(&addon, body)?)?;
     check_resource_id("app_slug", &form.app_slug)?;
-    service.verify_sso(&format!("{addon_id}/bitrise"), &form.app_slug, &secret, &form.timestamp, &form.token)?;
-    let record = addon
-        .record(&form.app_slug)?
-        .filter(Record::is_active)
-        .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{addon_id}`", form.app_slug)))?;
+    service.verify_sso(&format!("{addon_id}/bitrise"), &form.app_slug, &secret, &form.timestamp, &form.token).await?;
+    let record =
+        service.record(&addon, &form.app_slug).await?.filter(Record::is_active).ok_or_else(|| {
+            ServiceError::NotFound(format!("app `{}` has not provisioned `{addon_id}`", form.app_slug))
+        })?;
     let docs = addon.config.config.get("docs_url").map(String::as_str);
     Ok(html(dashboard(&addon_id, &record, &query, docs)))
 }

@@ -2,9 +2,10 @@
 //! once into an `InstancePre`, and every call run in a fresh `Store` under a deadline
 //! (epoch interruption), a memory cap and output limits.
 //!
-//! Calls run on tokio's blocking pool: wasmtime-wasi's sync bindings must not run on a
-//! runtime worker. A semaphore bounds the calls in flight so the instance pool is never
-//! exhausted; excess calls wait for a slot.
+//! Calls run on tokio's blocking pool, on the same thread as the storage work around them:
+//! wasmtime-wasi's sync bindings and the plugin's key-value reads must not run on a runtime
+//! worker. A semaphore bounds the calls in flight so the instance pool is never exhausted;
+//! excess calls wait for a slot.
 
 mod engine;
 mod failure;
@@ -162,22 +163,36 @@ impl Runtime {
         Ok((component, false))
     }
 
-    /// Run one export of `plugin` in a fresh instance.
-    pub async fn call(
+    /// Wait for a call slot. Slots bound the instances alive at once, so the instance pool
+    /// is never exhausted; excess calls wait here, off the blocking pool.
+    pub async fn slot(&self) -> Result<Slot, CallFailure> {
+        self.slots.clone().acquire_owned().await.map(Slot).map_err(|_| CallFailure::ShuttingDown)
+    }
+
+    /// [`Runtime::slot`] from a blocking thread (a call run again after a conflict).
+    pub fn slot_blocking(&self) -> Result<Slot, CallFailure> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| CallFailure::ShuttingDown)?;
+        handle.block_on(self.slot())
+    }
+
+    /// Run one export of `plugin` in a fresh instance, on the calling (blocking) thread.
+    /// The caller holds `slot` for the duration of the call.
+    pub fn call_blocking(
         &self,
-        plugin: Arc<Plugin>,
+        _slot: &Slot,
+        plugin: &Plugin,
         env: Arc<AddonEnv>,
         kv: KvTxn,
         export: Export,
     ) -> Result<Completed, CallFailure> {
-        let _slot = self.slots.clone().acquire_owned().await.map_err(|_| CallFailure::ShuttingDown)?;
-        let engine = self.engine.clone();
-        let metered = self.info.fuel;
-        tokio::task::spawn_blocking(move || run(&engine, metered, &plugin, env, kv, export))
-            .await
-            .map_err(|e| CallFailure::Host(format!("call task failed: {e}")))?
+        run(&self.engine, self.info.fuel, plugin, env, kv, export)
     }
 }
+
+/// Permission to run one plugin call (see [`Runtime::slot`]).
+pub struct Slot(
+    #[allow(dead_code, reason = "held, never read: dropping it frees the slot")] tokio::sync::OwnedSemaphorePermit,
+);
 
 fn new_component(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("not a valid component: {e:#}"))

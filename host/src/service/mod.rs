@@ -18,10 +18,12 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
 use crate::error::ServiceError;
 use crate::runtime::{
     Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError,
-    ProvisionRequest, Runtime,
+    ProvisionRequest, Runtime, Slot,
 };
 use crate::storage::{KvQuota, Storage, StorageError};
 use crate::versions::Registry;
@@ -40,11 +42,12 @@ pub struct Service {
     registry: Registry,
     admins: auth::AdminKeys,
     max_plugin_bytes: usize,
-    /// Serialise calls per resource.
-    resource_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Serialise calls per resource. Owned guards: the blocking task doing the work holds
+    /// its lock until it is done, even when the HTTP request that started it is dropped.
+    resource_locks: Vec<Arc<Mutex<()>>>,
     /// Serialise the resolution of a platform app identity to a resource (taken before, and
     /// never while holding, a resource lock).
-    app_locks: Vec<tokio::sync::Mutex<()>>,
+    app_locks: Vec<Arc<Mutex<()>>>,
 }
 
 /// What a deprovision found.
@@ -90,8 +93,19 @@ impl Service {
         &self.storage
     }
 
-    async fn lock(&self, addon: &Addon, resource_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        self.resource_locks[shard(&(addon.id(), resource_id))].lock().await
+    async fn lock(&self, addon: &Addon, resource_id: &str) -> OwnedMutexGuard<()> {
+        self.resource_locks[shard(&(addon.id(), resource_id))].clone().lock_owned().await
+    }
+
+    /// A call slot (the runtime only refuses one when shutting down: 503, retry).
+    async fn slot(&self, addon: &Addon) -> Result<Slot, ServiceError> {
+        self.runtime.slot().await.map_err(|_| ServiceError::Busy(addon.id().to_owned()))
+    }
+
+    /// A record, read on the blocking pool.
+    pub async fn record(&self, addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>, ServiceError> {
+        let (addon, id) = (addon.clone(), resource_id.to_owned());
+        blocking(move || addon.record(&id)).await
     }
 
     /// Provision a resource. An identical repeat replays the stored reply without calling the
@@ -100,40 +114,46 @@ impl Service {
     ///
     /// An empty `req.resource_id` asks the host to choose: the active resource already
     /// provisioned for the same platform app identity, or a fresh id.
-    pub async fn provision(&self, addon: &Addon, mut req: ProvisionRequest) -> Result<Provisioned, ServiceError> {
+    pub async fn provision(&self, addon: &Arc<Addon>, mut req: ProvisionRequest) -> Result<Provisioned, ServiceError> {
         addon.check_plan(&req.plan)?;
         let platform = record::platform_name(req.platform);
         let alias_key = format!("{platform}/{}", req.app_id);
-        let mut alias = None;
-        let _app_guard = if req.resource_id.is_empty() {
-            let guard = self.app_locks[shard(&(addon.id(), &alias_key))].lock().await;
-            req.resource_id = match addon.store.alias(&alias_key)? {
-                Some(id) if addon.record(&id)?.is_some_and(|r| r.is_active()) => id,
-                _ => {
-                    let id = new_resource_id(addon.id())?;
-                    alias = Some((alias_key.as_str(), id.clone()));
-                    id
-                }
-            };
-            Some(guard)
-        } else {
-            None
-        };
-        let _guard = self.lock(addon, &req.resource_id).await;
-        let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
-        let digest = record::request_digest(&req);
-        if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
-            return Ok(Provisioned { record: record.clone(), created: false });
+        let (mut alias, mut app_guard) = (None, None);
+        if req.resource_id.is_empty() {
+            let guard = self.app_locks[shard(&(addon.id(), &alias_key))].clone().lock_owned().await;
+            let (a, key) = (addon.clone(), alias_key.clone());
+            let (id, fresh) = blocking(move || {
+                Ok(match a.store.alias(&key)? {
+                    Some(id) if a.record(&id)?.is_some_and(|r| r.is_active()) => (id, false),
+                    _ => (new_resource_id(a.id())?, true),
+                })
+            })
+            .await?;
+            if fresh {
+                alias = Some((alias_key, id.clone()));
+            }
+            req.resource_id = id;
+            app_guard = Some(guard);
         }
-        let now = record::now_ms();
-        let created = existing.is_none();
-        let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
-        let plugin = addon.plugin();
-        let version = plugin.sha256.clone();
-        let alias = alias.as_ref().map(|(k, id)| (*k, id.as_str()));
-        let record = self
-            .run(addon, plugin, Export::Provision(req.clone()), alias, |answer| {
-                policy::check_config(addon, req.platform, "provision", &version, &answer.config)?;
+        let guard = self.lock(addon, &req.resource_id).await;
+        let slot = self.slot(addon).await?;
+        let (addon, runtime) = (addon.clone(), self.runtime.clone());
+        blocking(move || {
+            let _locks = (app_guard, guard);
+            let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
+            let digest = record::request_digest(&req);
+            if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
+                return Ok(Provisioned { record: record.clone(), created: false });
+            }
+            let now = record::now_ms();
+            let created = existing.is_none();
+            let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
+            let plugin = addon.plugin();
+            let version = plugin.sha256.clone();
+            let alias = alias.as_ref().map(|(k, id)| (k.as_str(), id.as_str()));
+            let call = Call { runtime: &runtime, addon: &addon, plugin, slot: Some(slot) };
+            let record = call.run(Export::Provision(req.clone()), alias, |answer| {
+                policy::check_config(&addon, req.platform, "provision", &version, &answer.config)?;
                 Ok(Record {
                     resource_id: req.resource_id.clone(),
                     platform: platform.to_owned(),
@@ -148,82 +168,95 @@ impl Service {
                     created_ms,
                     updated_ms: now,
                 })
-            })
-            .await?;
-        tracing::info!(addon = addon.id(), resource = %record.resource_id, plan = %record.plan, created, "provisioned");
-        Ok(Provisioned { record, created })
+            })?;
+            tracing::info!(addon = addon.id(), resource = %record.resource_id, plan = %record.plan, created, "provisioned");
+            Ok(Provisioned { record, created })
+        })
+        .await
     }
 
     /// Move an active resource to another plan. The same plan again is a no-op success.
-    pub async fn change_plan(&self, addon: &Addon, resource_id: &str, plan: &str) -> Result<Record, ServiceError> {
+    pub async fn change_plan(&self, addon: &Arc<Addon>, resource_id: &str, plan: &str) -> Result<Record, ServiceError> {
         addon.check_plan(plan)?;
-        let _guard = self.lock(addon, resource_id).await;
-        let current = addon
-            .record(resource_id)?
-            .filter(Record::is_active)
-            .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
-        if current.plan == plan {
-            return Ok(current);
-        }
-        let platform = platform_of(&current);
-        let request = ChangePlanRequest {
-            resource_id: resource_id.to_owned(),
-            platform,
-            app_id: current.app_id.clone(),
-            previous_plan: current.plan.clone(),
-            plan: plan.to_owned(),
-        };
-        let plugin = addon.plugin();
-        let version = plugin.sha256.clone();
-        let record = self
-            .run(addon, plugin, Export::ChangePlan(request), None, |answer| {
+        let guard = self.lock(addon, resource_id).await;
+        let slot = self.slot(addon).await?;
+        let (addon, runtime) = (addon.clone(), self.runtime.clone());
+        let (resource_id, plan) = (resource_id.to_owned(), plan.to_owned());
+        blocking(move || {
+            let _lock = guard;
+            let current = addon
+                .record(&resource_id)?
+                .filter(Record::is_active)
+                .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
+            if current.plan == plan {
+                return Ok(current);
+            }
+            let platform = platform_of(&current);
+            let request = ChangePlanRequest {
+                resource_id: resource_id.clone(),
+                platform,
+                app_id: current.app_id.clone(),
+                previous_plan: current.plan.clone(),
+                plan: plan.clone(),
+            };
+            let plugin = addon.plugin();
+            let version = plugin.sha256.clone();
+            let call = Call { runtime: &runtime, addon: &addon, plugin, slot: Some(slot) };
+            let record = call.run(Export::ChangePlan(request), None, |answer| {
                 let mut next = current.clone();
-                next.plan = plan.to_owned();
+                next.plan = plan.clone();
                 merge_config(&mut next.config, &answer.config);
-                policy::check_config(addon, platform, "change-plan", &version, &next.config)?;
+                policy::check_config(&addon, platform, "change-plan", &version, &next.config)?;
                 next.message = answer.message.clone().or(next.message);
                 next.plugin_version = version.clone();
                 next.updated_ms = record::now_ms();
                 Ok(next)
-            })
-            .await?;
-        tracing::info!(addon = addon.id(), resource = resource_id, plan, "plan changed");
-        Ok(record)
+            })?;
+            tracing::info!(addon = addon.id(), resource = resource_id, plan, "plan changed");
+            Ok(record)
+        })
+        .await
     }
 
     /// Deprovision a resource. Only an active resource calls the plugin; repeats succeed
     /// without a call, so the operation is idempotent. The record is kept, marked
     /// deprovisioned, so the platform's later SSO or repeats can be told what happened.
-    pub async fn deprovision(&self, addon: &Addon, resource_id: &str) -> Result<Deprovisioned, ServiceError> {
-        let _guard = self.lock(addon, resource_id).await;
-        let current = match addon.record(resource_id)? {
-            None => return Ok(Deprovisioned::Unknown),
-            Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
-            Some(r) => r,
-        };
-        let request = DeprovisionRequest {
-            resource_id: resource_id.to_owned(),
-            platform: platform_of(&current),
-            app_id: current.app_id.clone(),
-            plan: current.plan.clone(),
-        };
-        let plugin = addon.plugin();
-        let version = plugin.sha256.clone();
-        let gone = self
-            .run(addon, plugin, Export::Deprovision(request), None, |_| {
+    pub async fn deprovision(&self, addon: &Arc<Addon>, resource_id: &str) -> Result<Deprovisioned, ServiceError> {
+        let guard = self.lock(addon, resource_id).await;
+        let slot = self.slot(addon).await?;
+        let (addon, runtime, resource_id) = (addon.clone(), self.runtime.clone(), resource_id.to_owned());
+        blocking(move || {
+            let _lock = guard;
+            let current = match addon.record(&resource_id)? {
+                None => return Ok(Deprovisioned::Unknown),
+                Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
+                Some(r) => r,
+            };
+            let request = DeprovisionRequest {
+                resource_id: resource_id.clone(),
+                platform: platform_of(&current),
+                app_id: current.app_id.clone(),
+                plan: current.plan.clone(),
+            };
+            let plugin = addon.plugin();
+            let version = plugin.sha256.clone();
+            let call = Call { runtime: &runtime, addon: &addon, plugin, slot: Some(slot) };
+            let gone = call.run(Export::Deprovision(request), None, |_| {
                 let mut gone = current.clone();
                 gone.status = Status::Deprovisioned;
                 gone.plugin_version = version.clone();
                 gone.updated_ms = record::now_ms();
                 Ok(gone)
-            })
-            .await?;
-        tracing::info!(addon = addon.id(), resource = resource_id, "deprovisioned");
-        Ok(Deprovisioned::Released(gone))
+            })?;
+            tracing::info!(addon = addon.id(), resource = resource_id, "deprovisioned");
+            Ok(Deprovisioned::Released(gone))
+        })
+        .await
     }
 
-    /// Check and consume an SSO token: valid signature, fresh, and never used before.
-    pub fn verify_sso(
+    /// Check and consume an SSO token: valid signature, fresh, and never used before. The
+    /// token is marked used durably before this returns.
+    pub async fn verify_sso(
         &self,
         scope: &str,
         subject: &str,
@@ -233,60 +266,75 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let now = auth::unix_now();
         let ts = auth::verify_sso_token(subject, secret, timestamp, token, now)?;
-        if !self.storage.claim_sso_token(scope, ts, token, now - 2 * auth::SSO_WINDOW_SECS)? {
+        let (storage, scope, token) = (self.storage.clone(), scope.to_owned(), token.to_owned());
+        let claimed =
+            blocking(move || Ok(storage.claim_sso_token(&scope, ts, &token, now - 2 * auth::SSO_WINDOW_SECS)?)).await?;
+        if !claimed {
             return Err(ServiceError::Forbidden("this SSO token was already used".into()));
         }
         Ok(())
     }
+}
 
-    /// Run one plugin call and, if the plugin succeeds and `make_record` accepts its answer,
-    /// commit its key-value writes together with that record (and alias), then flush.
-    /// Refusals and failures commit nothing.
-    async fn run(
-        &self,
-        addon: &Addon,
-        plugin: Arc<Plugin>,
+/// Run storage work (and the plugin calls that read storage) on the blocking pool: sled can
+/// block, and a runtime worker must never wait on it.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::Storage(format!("storage task failed: {e}")))?
+}
+
+/// One plugin call and its commit, on a blocking thread.
+struct Call<'a> {
+    runtime: &'a Runtime,
+    addon: &'a Addon,
+    plugin: Arc<Plugin>,
+    /// The call slot taken by the request; a conflict retry takes a new one.
+    slot: Option<Slot>,
+}
+
+impl Call<'_> {
+    /// Run the call and, if the plugin succeeds and `make_record` accepts its answer, commit
+    /// its key-value writes together with that record (and alias), durably. Refusals and
+    /// failures commit nothing. A call whose reads another call changed is run again.
+    fn run(
+        mut self,
         export: Export,
         alias: Option<(&str, &str)>,
         make_record: impl Fn(&Answer) -> Result<Record, ServiceError>,
     ) -> Result<Record, ServiceError> {
+        let (addon, plugin) = (self.addon, self.plugin.clone());
         let call = export.name();
-        let mut serial: Option<tokio::sync::MutexGuard<'_, ()>> = None;
+        let failed = |failure| ServiceError::CallFailed {
+            addon: addon.id().to_owned(),
+            call,
+            version: plugin.version().to_owned(),
+            failure,
+        };
+        let mut serial = None;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let completed = self
-                .runtime
-                .call(plugin.clone(), addon.env.clone(), addon.store.begin(), export.clone())
-                .await
-                .map_err(|failure| ServiceError::CallFailed {
-                    addon: addon.id().to_owned(),
-                    call,
-                    version: plugin.version().to_owned(),
-                    failure,
-                })?;
+            let slot = match self.slot.take() {
+                Some(slot) => slot,
+                None => self.runtime.slot_blocking().map_err(failed)?,
+            };
+            let completed =
+                self.runtime.call_blocking(&slot, &plugin, addon.env.clone(), addon.store.begin(), export.clone());
+            drop(slot);
+            let completed = completed.map_err(failed)?;
             let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
             let record = make_record(&answer)?;
             let bytes = record.to_bytes();
             let limits = &addon.config.limits;
             let quota = KvQuota { max_bytes: limits.max_kv_bytes, max_keys: limits.max_kv_keys };
             match addon.store.commit(&completed.kv, quota, Some((&record.resource_id, &bytes)), alias) {
-                Ok(()) => {
-                    self.storage.flush().await?;
-                    return Ok(record);
-                }
+                Ok(()) => return Ok(record),
                 Err(StorageError::Conflict(key)) => {
                     tracing::debug!(addon = addon.id(), call, key, "key-value conflict; running the call again");
                     if serial.is_none() {
-                        serial = Some(addon.retry_lock.lock().await);
+                        serial = Some(addon.retry_lock.blocking_lock());
                     }
                 }
-                Err(StorageError::Quota(message)) => {
-                    return Err(ServiceError::CallFailed {
-                        addon: addon.id().to_owned(),
-                        call,
-                        version: plugin.version().to_owned(),
-                        failure: CallFailure::Quota(message),
-                    });
-                }
+                Err(StorageError::Quota(message)) => return Err(failed(CallFailure::Quota(message))),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -294,8 +342,8 @@ impl Service {
     }
 }
 
-fn shards() -> Vec<tokio::sync::Mutex<()>> {
-    (0..LOCK_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect()
+fn shards() -> Vec<Arc<Mutex<()>>> {
+    (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect()
 }
 
 fn shard(key: &impl Hash) -> usize {

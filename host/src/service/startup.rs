@@ -19,7 +19,8 @@ impl Service {
     pub fn start(cfg: &HostConfig) -> anyhow::Result<Service> {
         std::fs::create_dir_all(&cfg.server.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.server.data_dir.display()))?;
-        let storage = Storage::open(&cfg.server.data_dir)
+        let stall_limit = std::time::Duration::from_millis(cfg.server.stall_after_ms);
+        let storage = Storage::open_with(&cfg.server.data_dir, stall_limit)
             .with_context(|| format!("opening data dir {}", cfg.server.data_dir.display()))?;
         let runtime = Arc::new(Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel())?);
         let registry = Registry::open(&storage)?;
@@ -62,7 +63,7 @@ impl Service {
             };
             addons.insert(addon.id.clone(), Arc::new(entry));
         }
-        storage.flush_sync()?;
+        storage.flush()?;
         Ok(Service {
             addons,
             storage,

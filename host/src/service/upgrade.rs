@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Addon, Service, record};
+use super::{Addon, Service, blocking, record};
 use crate::error::ServiceError;
 use crate::runtime::Plugin;
 use crate::versions::VersionMeta;
@@ -61,9 +61,15 @@ impl Service {
     ) -> Result<Uploaded, ServiceError> {
         let bytes = Arc::new(bytes);
         let (plugin, compile_ms) = self.compile(addon, bytes.clone()).await?;
-        let existing = self.registry.get(addon.id(), &plugin.sha256)?;
-        let version = self.registry.put(addon.id(), &plugin.sha256, &bytes, by, record::now_ms())?;
-        self.storage.flush().await?;
+        let (registry, storage, id, sha, by_owned) =
+            (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), plugin.sha256.clone(), by.to_owned());
+        let (existing, version) = blocking(move || {
+            let existing = registry.get(&id, &sha)?;
+            let version = registry.put(&id, &sha, &bytes, &by_owned, record::now_ms())?;
+            storage.flush()?;
+            Ok((existing, version))
+        })
+        .await?;
         tracing::info!(addon = addon.id(), version = version.seq, sha256 = %version.sha256, by, compile_ms, "plugin uploaded");
         if activate {
             self.swap(addon, plugin, &version, compile_ms).await?;
@@ -113,8 +119,13 @@ impl Service {
         compile_ms: u64,
     ) -> Result<(), ServiceError> {
         let _serial = addon.swap_lock.lock().await;
-        self.registry.set_active(addon.id(), &meta.sha256)?;
-        self.storage.flush().await?;
+        let (registry, storage, id, sha) =
+            (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), meta.sha256.clone());
+        blocking(move || {
+            registry.set_active(&id, &sha)?;
+            Ok(storage.flush()?)
+        })
+        .await?;
         let from = addon.replace_plugin(plugin);
         tracing::info!(
             addon = addon.id(),

@@ -145,7 +145,7 @@ async fn provision(
     let (resource_id, app_id) = match (body.uuid, body.modulus_id.or(body.heroku_id)) {
         (Some(uuid), _) => {
             check_resource_id("uuid", &uuid)?;
-            if addon.record(&uuid)?.is_some_and(|r| !r.is_active()) {
+            if service.record(&addon, &uuid).await?.is_some_and(|r| !r.is_active()) {
                 return Err(ServiceError::Gone(format!(
                     "resource `{uuid}` was deprovisioned and cannot be re-created"
                 ))

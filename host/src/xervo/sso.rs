@@ -90,8 +90,8 @@ pub(super) async fn login(
         .or(body.resource_token)
         .ok_or_else(|| ServiceError::BadRequest("missing `token` (or `resource_token`)".into()))?;
     check_resource_id("id", &id)?;
-    service.verify_sso(&format!("{addon_id}/xervo"), &id, &xervo.sso_salt, &timestamp, &token)?;
-    if addon.record(&id)?.is_none() {
+    service.verify_sso(&format!("{addon_id}/xervo"), &id, &xervo.sso_salt, &timestamp, &token).await?;
+    if service.record(&addon, &id).await?.is_none() {
         return Err(ServiceError::NotFound(format!("no resource `{id}`")).into());
     }
     let expires = auth::unix_now() + TICKET_SECS;
@@ -133,7 +133,8 @@ pub(super) async fn dashboard(
     if expires.parse::<i64>().map_or(true, |e| e < auth::unix_now()) {
         return Err(ServiceError::Forbidden("this ticket has expired; log in again through the platform".into()).into());
     }
-    let record = addon.record(id)?.ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
+    let record =
+        service.record(&addon, id).await?.ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
     let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
     let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
     Ok(html(Dashboard { addon_id: &addon_id, title: &title, record: &record, head: String::new(), note }.render()))

@@ -6,12 +6,23 @@
 //! those writes together with the provision record in one sled transaction, after checking
 //! that nothing the call read has changed since (optimistic concurrency). A call that fails
 //! is simply dropped, leaving the tree untouched.
+//!
+//! Every write this module offers returns only once it is durable ([`durable`] group-commits
+//! them), and every call blocks: callers in async code run it on the blocking pool, never on
+//! a runtime worker, because sled can block (its transactions take a global lock).
+
+mod durable;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+pub use durable::{CommitStats, Stall};
+use durable::{Durability, Watchdog};
 
 const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";
@@ -52,27 +63,51 @@ pub enum StorageError {
     Conflict(String),
     #[error("{0}")]
     Quota(String),
+    #[error("storage flush failed: {0}")]
+    Flush(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// How long commits may make no progress before the host reports itself unhealthy.
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
     sso_tokens: sled::Tree,
+    durable: Arc<Durability>,
+    watchdog: Arc<Watchdog>,
 }
 
 impl Storage {
     pub fn open(dir: &Path) -> Result<Storage> {
-        let db = sled::Config::new().path(dir).open()?;
-        let sso_tokens = db.open_tree("sso-tokens")?;
-        Ok(Storage { db, sso_tokens })
+        Self::open_with(dir, DEFAULT_STALL_LIMIT)
     }
 
-    /// Flush from a synchronous context (start-up).
-    pub fn flush_sync(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+    /// Open with a chosen stall limit (see [`Storage::stall`]).
+    pub fn open_with(dir: &Path, stall_limit: Duration) -> Result<Storage> {
+        let db = sled::Config::new().path(dir).open()?;
+        let sso_tokens = db.open_tree("sso-tokens")?;
+        let durable = Arc::new(Durability::new(db.clone()));
+        let watchdog = Arc::new(Watchdog::start(durable.clone(), db.open_tree("heartbeat")?, stall_limit));
+        Ok(Storage { db, sso_tokens, durable, watchdog })
+    }
+
+    /// Make everything written so far durable (blocking; shares the flush with concurrent
+    /// commits).
+    pub fn flush(&self) -> Result<()> {
+        self.durable.flush()
+    }
+
+    /// `Some` when durable commits have made no progress for longer than the stall limit.
+    pub fn stall(&self) -> Option<Stall> {
+        self.watchdog.stall()
+    }
+
+    /// Writes made durable so far, and the flushes that did it.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.durable.stats()
     }
 
     /// A named tree for host-wide data (plugin versions, admin credentials).
@@ -81,16 +116,10 @@ impl Storage {
     }
 
     pub fn addon(&self, id: &str) -> Result<AddonStore> {
-        Ok(AddonStore { tree: self.db.open_tree(format!("addon/{id}"))? })
+        Ok(AddonStore { tree: self.db.open_tree(format!("addon/{id}"))?, durable: self.durable.clone() })
     }
 
-    /// Make everything committed so far durable. Called before any 2xx reply.
-    pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    /// Mark an SSO token as used. Returns false when it was used before (a replay).
+    /// Mark an SSO token as used, durably. Returns false when it was used before (a replay).
     /// Entries older than `keep_after` (unix seconds) are pruned on the way.
     pub fn claim_sso_token(&self, scope: &str, timestamp: i64, token: &str, keep_after: i64) -> Result<bool> {
         let key = format!("{:020}/{scope}/{token}", timestamp.max(0));
@@ -98,6 +127,9 @@ impl Storage {
         let cutoff = format!("{:020}/", keep_after.max(0));
         for old in self.sso_tokens.range(..cutoff.as_bytes()).keys().take(256) {
             self.sso_tokens.remove(old?)?;
+        }
+        if claimed {
+            self.durable.flush()?;
         }
         Ok(claimed)
     }
@@ -107,6 +139,7 @@ impl Storage {
 #[derive(Clone)]
 pub struct AddonStore {
     tree: sled::Tree,
+    durable: Arc<Durability>,
 }
 
 fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
@@ -172,6 +205,7 @@ impl AddonStore {
     /// Atomically apply a call's writes and (optionally) write a record and an alias,
     /// provided every key the call read still holds the value it saw and the add-on stays
     /// within its key-value quota (writes that only shrink the data are always allowed).
+    /// Returns once the commit is durable.
     pub fn commit(
         &self,
         txn: &KvTxn,
@@ -224,7 +258,7 @@ impl AddonStore {
             Ok(())
         });
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(()) => self.durable.wait(self.durable.ticket()),
             Err(TransactionError::Abort(Abort::Conflict(key))) => Err(StorageError::Conflict(key)),
             Err(TransactionError::Abort(Abort::Quota(msg))) => Err(StorageError::Quota(msg)),
             Err(TransactionError::Storage(e)) => Err(StorageError::Sled(e)),
