@@ -187,7 +187,11 @@ pub struct Limits {
     /// Optional instruction budget per call (wasmtime fuel). Off by default: the deadline
     /// already bounds CPU, and metering costs every add-on some speed once any add-on uses it.
     pub fuel: Option<u64>,
-    /// Total bytes (keys + values) the add-on may keep in its key-value store.
+    /// Net bytes (keys + values) one call may add to the add-on's key-value data: what one
+    /// provision or plan change can store for its resource.
+    pub max_call_kv_bytes: u64,
+    /// Total bytes (keys + values) the add-on may keep in its key-value store: a backstop
+    /// against a runaway plugin filling the disk, sized for a million resources.
     pub max_kv_bytes: u64,
     /// Total keys the add-on may keep in its key-value store.
     pub max_kv_keys: u64,
@@ -206,8 +210,12 @@ impl Default for Limits {
             max_writes_per_call: 1_000,
             max_body_bytes: 64 * 1024,
             fuel: None,
-            max_kv_bytes: 64 << 20,
-            max_kv_keys: 100_000,
+            // A popular add-on serves a million apps: 16 KiB and 50 keys each still fit, while
+            // one call can add at most 1 MiB, so a runaway plugin fills the store only as fast
+            // as its platform provisions.
+            max_call_kv_bytes: 1 << 20,
+            max_kv_bytes: 16 << 30,
+            max_kv_keys: 50_000_000,
         }
     }
 }
@@ -298,6 +306,7 @@ impl HostConfig {
                 ("max_value_bytes", l.max_value_bytes as u64),
                 ("max_body_bytes", l.max_body_bytes as u64),
                 ("fuel", l.fuel.unwrap_or(1)),
+                ("max_call_kv_bytes", l.max_call_kv_bytes),
                 ("max_kv_bytes", l.max_kv_bytes),
                 ("max_kv_keys", l.max_kv_keys),
             ] {

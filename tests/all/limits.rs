@@ -146,6 +146,24 @@ async fn kv_quota_is_enforced_across_calls() {
 }
 
 #[tokio::test]
+async fn one_call_may_add_only_so_much_key_value_data() {
+    let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.limits.max_call_kv_bytes = 1_000;
+    });
+    // "fill" writes eight 200-byte values: about 1.7 KB, over this add-on's 1,000 per call.
+    let reply = misbehave(&host, "g1", "fill").await;
+    assert_plugin_failure(&reply, 507, "quota_exceeded", "one call may add at most 1000");
+    assert!(host.kv("misbehave").is_empty(), "nothing was written");
+    assert!(host.record("misbehave", "g1").is_none());
+    // The default quotas leave room for a million resources with 16 KiB and 50 keys each.
+    let defaults = addon_host::config::Limits::default();
+    assert!(defaults.max_kv_bytes >= 1_000_000 * 16 * 1024);
+    assert!(defaults.max_kv_keys >= 1_000_000 * 50);
+    assert!(host.provision("misbehave", MISBEHAVE_TOKEN, "g2", "ok").await.status == 201);
+}
+
+#[tokio::test]
 async fn hundred_megabyte_reply_and_log_flood() {
     let host = TestHost::start();
     // Building a 100 MB reply needs more memory than the add-on's 32 MiB cap.

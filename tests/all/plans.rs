@@ -54,8 +54,7 @@ async fn downgrade_from_enterprise_with_data_is_refused() {
     let addon = host.service.addon("storage").unwrap();
     let mut txn = addon.store().begin();
     txn.set("res/d1/usage", b"20480".to_vec());
-    let quota = addon_host::storage::KvQuota { max_bytes: u64::MAX, max_keys: u64::MAX };
-    addon.store().commit(&txn, quota, None, None).unwrap();
+    addon.store().commit(&txn, addon_host::storage::KvQuota::UNLIMITED, None, None).unwrap();
 
     let down = host.change_plan("storage", STORAGE_TOKEN, "d1", "pro").await;
     assert_error(&down, 422, "refused", "20480 MB stored exceeds");

@@ -325,7 +325,11 @@ impl Call<'_> {
             let record = make_record(&answer)?;
             let bytes = record.to_bytes();
             let limits = &addon.config.limits;
-            let quota = KvQuota { max_bytes: limits.max_kv_bytes, max_keys: limits.max_kv_keys };
+            let quota = KvQuota {
+                max_bytes: limits.max_kv_bytes,
+                max_keys: limits.max_kv_keys,
+                max_call_bytes: limits.max_call_kv_bytes,
+            };
             match addon.store.commit(&completed.kv, quota, Some((&record.resource_id, &bytes)), alias) {
                 Ok(()) => return Ok(record),
                 Err(StorageError::Conflict(key)) => {

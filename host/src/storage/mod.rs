@@ -32,11 +32,18 @@ const ALIAS: &[u8] = b"a/";
 const KV_BYTES: &[u8] = b"m/kv_bytes";
 const KV_KEYS: &[u8] = b"m/kv_keys";
 
-/// How much key-value data an add-on may keep.
+/// How much key-value data an add-on may keep, and how much one call may add to it.
 #[derive(Debug, Clone, Copy)]
 pub struct KvQuota {
     pub max_bytes: u64,
     pub max_keys: u64,
+    /// Net bytes (keys + values) one committed call may add.
+    pub max_call_bytes: u64,
+}
+
+impl KvQuota {
+    /// No limit at all (administration and tests).
+    pub const UNLIMITED: KvQuota = KvQuota { max_bytes: u64::MAX, max_keys: u64::MAX, max_call_bytes: u64::MAX };
 }
 
 /// Current key-value usage of an add-on.
@@ -222,6 +229,7 @@ impl AddonStore {
             }
             let (mut bytes, mut keys) = (counter(tree.get(KV_BYTES)?) as i128, counter(tree.get(KV_KEYS)?) as i128);
             let (mut grew_bytes, mut grew_keys) = (false, false);
+            let mut call_growth: i128 = 0;
             for (key, value) in &txn.writes {
                 let k = prefixed(KV, key);
                 let old = match value {
@@ -235,6 +243,14 @@ impl AddonStore {
                 grew_keys |= key_delta > 0;
                 bytes += new_size - old_size;
                 keys += key_delta;
+                call_growth += new_size - old_size;
+            }
+            if call_growth > i128::from(quota.max_call_bytes) {
+                let msg = format!(
+                    "this call would add {call_growth} bytes of key-value data; one call may add at most {}",
+                    quota.max_call_bytes
+                );
+                return Err(ConflictableTransactionError::Abort(Abort::Quota(msg)));
             }
             if grew_bytes && bytes > i128::from(quota.max_bytes) {
                 let msg = format!(
