@@ -6,6 +6,8 @@
 //! Run with `cargo bench -p addon-host-tests --bench http`. `BENCH_SECS` (default 4) is the
 //! measured time per run and `BENCH_ROUNDS` (default 3) the runs per side and concurrency;
 //! the table shows the median run. Prints a table with req/s, p50, p99 and hosted/native.
+//! `BENCH_LEVELS` (e.g. `1,64`) picks the concurrencies; `BENCH_SIDE=hosted` (or `native`)
+//! drives one side only, for profiling it (`perf record -p PID`; the PIDs are printed).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,16 +175,25 @@ fn main() -> anyhow::Result<()> {
             "{:>5} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>8} {:>9}",
             "conns", "native/s", "p50 µs", "p99 µs", "hosted/s", "p50 µs", "p99 µs", "ratio", "p99 ratio"
         );
-        for conns in LEVELS {
+        let levels: Vec<usize> = std::env::var("BENCH_LEVELS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_else(|| LEVELS.to_vec());
+        let side = std::env::var("BENCH_SIDE").unwrap_or_default();
+        let (do_native, do_hosted) = (side != "hosted", side != "native");
+        eprintln!("pids: hosted {:?}, native {:?}", hosted_server.child.id(), native_server.child.id());
+        let skipped = || Run { rps: 0.0, p50: 0, p99: 0 };
+        for conns in levels {
             let (mut n, mut h) = (Vec::new(), Vec::new());
             for round in 0..rounds {
                 // Alternate which side goes first so drift in the machine hits both.
-                if round % 2 == 0 {
-                    n.push(drive(&native_server.addr, conns, secs, "n").await?);
-                    h.push(drive(&hosted_server.addr, conns, secs, "h").await?);
-                } else {
-                    h.push(drive(&hosted_server.addr, conns, secs, "h").await?);
-                    n.push(drive(&native_server.addr, conns, secs, "n").await?);
+                for first in [round % 2 == 0, round % 2 == 1] {
+                    match (first, do_native, do_hosted) {
+                        (true, true, _) => n.push(drive(&native_server.addr, conns, secs, "n").await?),
+                        (false, _, true) => h.push(drive(&hosted_server.addr, conns, secs, "h").await?),
+                        (true, false, _) => n.push(skipped()),
+                        (false, _, false) => h.push(skipped()),
+                    }
                 }
             }
             let (n, h) = (median(n), median(h));

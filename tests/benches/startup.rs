@@ -15,6 +15,7 @@ use addon_host::config::{AddonConfig, BitriseConfig, Limits, ServerConfig};
 use addon_host::runtime::Runtime;
 use addon_host::service::Service;
 
+#[allow(dead_code, reason = "shared with the other benchmarks")]
 mod common;
 
 /// The plugin's bytes with a custom section naming add-on `i`: a distinct component (and

@@ -2,9 +2,12 @@
 //! plugin version it should serve.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use anyhow::Context;
+use rayon::prelude::*;
 use sha2::Digest;
 
 use super::{Addon, Service, auth, record, shards};
@@ -25,19 +28,9 @@ impl Service {
         let runtime = Arc::new(Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel())?);
         let registry = Registry::open(&storage)?;
         let admins = auth::AdminKeys::load(&cfg.server.admins, &storage)?;
+        let plugins = load_plugins(&runtime, &registry, &cfg.addons)?;
         let mut addons = BTreeMap::new();
-        for addon in &cfg.addons {
-            let started = std::time::Instant::now();
-            let plugin =
-                Arc::new(startup_plugin(&runtime, &registry, addon).with_context(|| format!("add-on `{}`", addon.id))?);
-            tracing::info!(
-                addon = %addon.id,
-                version = plugin.version(),
-                bytes = plugin.size,
-                from_cache = plugin.from_cache,
-                load_ms = started.elapsed().as_millis() as u64,
-                "plugin loaded"
-            );
+        for (addon, plugin) in cfg.addons.iter().zip(plugins) {
             let env = AddonEnv {
                 id: addon.id.clone(),
                 config: addon.config.clone(),
@@ -75,6 +68,45 @@ impl Service {
             app_locks: shards(),
         })
     }
+}
+
+/// Load every add-on's plugin, in parallel on all cores (compiling, or from the compile
+/// cache), logging progress. The first failure stops start-up, naming its add-on.
+fn load_plugins(runtime: &Runtime, registry: &Registry, addons: &[AddonConfig]) -> anyhow::Result<Vec<Arc<Plugin>>> {
+    let started = Instant::now();
+    let total = addons.len();
+    let done = AtomicUsize::new(0);
+    let step = (total / 10).max(1);
+    let plugins = addons
+        .par_iter()
+        .map(|addon| {
+            let t = Instant::now();
+            let plugin =
+                Arc::new(startup_plugin(runtime, registry, addon).with_context(|| format!("add-on `{}`", addon.id))?);
+            tracing::debug!(
+                addon = %addon.id,
+                version = plugin.version(),
+                bytes = plugin.size,
+                from_cache = plugin.from_cache,
+                load_ms = t.elapsed().as_millis() as u64,
+                "plugin loaded"
+            );
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(step) || n == total {
+                tracing::info!("plugins loaded: {n} of {total} ({} ms)", started.elapsed().as_millis());
+            }
+            Ok(plugin)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cached = plugins.iter().filter(|p| p.from_cache).count();
+    tracing::info!(
+        total,
+        from_cache = cached,
+        ms = started.elapsed().as_millis() as u64,
+        threads = rayon::current_num_threads(),
+        "all plugins loaded"
+    );
+    Ok(plugins)
 }
 
 /// The version to serve at start-up. The config's file is recorded as a version the first
