@@ -6,6 +6,10 @@
 //! Calls for one resource are serialised (so concurrent identical provisions make one plugin
 //! call); calls for different resources run in parallel, and their key-value writes are
 //! committed optimistically: a call whose reads were changed by another is run again.
+//!
+//! A request's storage work (lookups, the plugin call with its key-value reads, the commit
+//! and the wait for its flush) runs in one [`blocking`] section that owns the request's
+//! resource lock and call slot, so a dropped connection cannot release them half-way.
 
 mod addon;
 pub mod auth;
