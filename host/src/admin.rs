@@ -53,7 +53,7 @@ async fn status(State(service): State<Arc<Service>>, headers: HeaderMap) -> Resu
     let mut addons = Vec::new();
     for addon in service.addons() {
         let plugin = addon.plugin();
-        let versions = service.versions(addon)?;
+        let versions = service.versions(addon).await?;
         let active = versions.iter().find(|v| v.active).map(|v| v.meta.clone());
         addons.push(json!({
             "id": addon.id(),
@@ -72,7 +72,7 @@ async fn list(
 ) -> Result<Response, ServiceError> {
     admin(&service, &headers)?;
     let addon = service.addon(&path_params(path)?)?;
-    Ok(Json(json!({ "addon": addon.id(), "versions": service.versions(&addon)? })).into_response())
+    Ok(Json(json!({ "addon": addon.id(), "versions": service.versions(&addon).await? })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Swap between two loaded versions.
-    let versions = rt.block_on(async { service.versions(&addon) })?;
+    let versions = rt.block_on(service.versions(&addon))?;
     let (a, b) = (versions[1].meta.sha256.clone(), versions[2].meta.sha256.clone());
     let swaps = 200;
     let mut swap = Vec::new();

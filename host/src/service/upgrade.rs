@@ -79,7 +79,8 @@ impl Service {
 
     /// Make a stored version (by sequence number or sha256 prefix) the active one.
     pub async fn activate(&self, addon: &Addon, version: &str) -> Result<VersionMeta, ServiceError> {
-        let meta = self.registry.resolve(addon.id(), version)?.ok_or_else(|| {
+        let (registry, id, wanted) = (self.registry.clone(), addon.id().to_owned(), version.to_owned());
+        let meta = blocking(move || Ok(registry.resolve(&id, &wanted)?)).await?.ok_or_else(|| {
             ServiceError::NotFound(format!("add-on `{}` has no plugin version `{version}`", addon.id()))
         })?;
         self.activate_meta(addon, meta).await
@@ -90,20 +91,20 @@ impl Service {
         if let Some(v) = version {
             return self.activate(addon, v).await;
         }
-        let previous = self
-            .registry
-            .previous(addon.id())?
-            .and_then(|sha| self.registry.get(addon.id(), &sha).ok().flatten())
-            .ok_or_else(|| {
-                ServiceError::NotFound(format!("add-on `{}` has no earlier version to roll back to", addon.id()))
-            })?;
+        let (registry, id) = (self.registry.clone(), addon.id().to_owned());
+        let previous =
+            blocking(move || Ok(registry.previous(&id)?.and_then(|sha| registry.get(&id, &sha).ok().flatten())))
+                .await?
+                .ok_or_else(|| {
+                    ServiceError::NotFound(format!("add-on `{}` has no earlier version to roll back to", addon.id()))
+                })?;
         self.activate_meta(addon, previous).await
     }
 
     async fn activate_meta(&self, addon: &Addon, meta: VersionMeta) -> Result<VersionMeta, ServiceError> {
-        let bytes = self
-            .registry
-            .blob(addon.id(), &meta.sha256)?
+        let (registry, id, sha) = (self.registry.clone(), addon.id().to_owned(), meta.sha256.clone());
+        let bytes = blocking(move || Ok(registry.blob(&id, &sha)?))
+            .await?
             .ok_or_else(|| ServiceError::Storage(format!("the bytes of version {} are missing", meta.seq)))?;
         let (plugin, compile_ms) = self.compile(addon, Arc::new(bytes)).await?;
         self.swap(addon, plugin, &meta, compile_ms).await?;
@@ -139,11 +140,11 @@ impl Service {
     }
 
     /// Every stored version of an add-on, oldest first.
-    pub fn versions(&self, addon: &Addon) -> Result<Vec<VersionInfo>, ServiceError> {
+    pub async fn versions(&self, addon: &Addon) -> Result<Vec<VersionInfo>, ServiceError> {
         let active = addon.plugin().sha256.clone();
-        Ok(self
-            .registry
-            .versions(addon.id())?
+        let (registry, id) = (self.registry.clone(), addon.id().to_owned());
+        Ok(blocking(move || Ok(registry.versions(&id)?))
+            .await?
             .into_iter()
             .map(|meta| VersionInfo { active: meta.sha256 == active, meta })
             .collect())
