@@ -126,7 +126,10 @@ impl ServiceError {
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if let ServiceError::Unavailable { .. } | ServiceError::Busy(_) = self {
+            // A plugin's own "not now" or a full host: expected under load, retried by the platform.
+            tracing::warn!(status = status.as_u16(), "{self}");
+        } else if status.is_server_error() {
             tracing::error!(status = status.as_u16(), "{self}");
         } else {
             tracing::info!(status = status.as_u16(), "{self}");

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use addon_host_tests::AddonToml;
 use tokio::process::Command;
 
 use crate::process::{Server, exchange, spawn, spawn_with};
@@ -10,16 +11,7 @@ use crate::process::{Server, exchange, spawn, spawn_with};
 const TOKEN: &str = "cli-shared-token";
 
 fn config(plugin: &str) -> String {
-    format!(
-        r#"
-[[addon]]
-id = "versioned"
-plugin = {plugin:?}
-[addon.bitrise]
-shared_token = "{TOKEN}"
-sso_secret = "cli-sso"
-"#
-    )
+    AddonToml::new("versioned", plugin).bitrise(TOKEN, "cli-sso").to_toml()
 }
 
 /// Run `addon-host plugin ARGS` against `server`; returns (success, stdout + stderr).

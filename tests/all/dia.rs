@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use addon_host_tests::AddonToml;
 use tokio::process::Command;
 
 use crate::process::{exchange, spawn};
@@ -18,22 +19,12 @@ const PASSWORD: &str = "dia-password-0123456789abcdef";
 const SALT: &str = "dia-salt-0123456789abcdef";
 
 fn config() -> String {
-    format!(
-        r#"
-[[addon]]
-id = "myaddon"
-plugin = {plugin:?}
-plans = ["test", "free", "pro"]
-[addon.xervo]
-password = "{PASSWORD}"
-sso_salt = "{SALT}"
-config_vars = ["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"]
-regions = ["us-east-1"]
-[addon.config]
-host_url = "https://myaddon.example.com"
-"#,
-        plugin = addon_host_tests::PLUGIN_CREDENTIALS
-    )
+    AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .plans(&["test", "free", "pro"])
+        .xervo(PASSWORD, SALT, &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"])
+        .regions(&["us-east-1"])
+        .config("host_url", "https://myaddon.example.com")
+        .to_toml()
 }
 
 /// The dia executable, installing it with npm if needed; `None` when npm is missing.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use addon_host_tests::{AddonToml, addons_toml};
 use tokio::sync::Mutex;
 
 use crate::process::{spawn, try_exchange};
@@ -32,43 +33,21 @@ const QUOTA_SSO: &str = "load-sso-quota";
 const QUOTA_PASSWORD: &str = "load-xervo-quota";
 const QUOTA_SALT: &str = "load-salt-quota";
 
+/// The credentials and quota examples, each on both protocols with its own secrets.
 fn config() -> String {
-    format!(
-        r#"
-[[addon]]
-id = "creds"
-plugin = {creds:?}
-plans = ["free", "pro"]
-[addon.bitrise]
-shared_token = "{CRED_TOKEN}"
-sso_secret = "{CRED_SSO}"
-[addon.xervo]
-password = "{CRED_PASSWORD}"
-sso_salt = "{CRED_SALT}"
-config_vars = ["CREDS_HOST_URL", "CREDS_AUTH_SECRET"]
-[addon.config]
-host_url = "https://creds.example.com"
-
-[[addon]]
-id = "quota"
-plugin = {quota:?}
-plans = ["free", "pro", "enterprise"]
-[addon.bitrise]
-shared_token = "{QUOTA_TOKEN}"
-sso_secret = "{QUOTA_SSO}"
-[addon.xervo]
-password = "{QUOTA_PASSWORD}"
-sso_salt = "{QUOTA_SALT}"
-config_vars = ["QUOTA_URL", "QUOTA_QUOTA_MB"]
-[addon.config]
-bucket_url = "https://quota.example.com/b"
-docs_url = "https://quota.example.com/docs"
-[addon.secrets]
-signing_key = "load-signing-key"
-"#,
-        creds = addon_host_tests::PLUGIN_CREDENTIALS,
-        quota = addon_host_tests::PLUGIN_QUOTA,
-    )
+    let creds = AddonToml::new("creds", addon_host_tests::PLUGIN_CREDENTIALS)
+        .plans(&["free", "pro"])
+        .bitrise(CRED_TOKEN, CRED_SSO)
+        .xervo(CRED_PASSWORD, CRED_SALT, &["CREDS_HOST_URL", "CREDS_AUTH_SECRET"])
+        .config("host_url", "https://creds.example.com");
+    let quota = AddonToml::new("quota", addon_host_tests::PLUGIN_QUOTA)
+        .plans(&["free", "pro", "enterprise"])
+        .bitrise(QUOTA_TOKEN, QUOTA_SSO)
+        .xervo(QUOTA_PASSWORD, QUOTA_SALT, &["QUOTA_URL", "QUOTA_QUOTA_MB"])
+        .config("bucket_url", "https://quota.example.com/b")
+        .config("docs_url", "https://quota.example.com/docs")
+        .secret("signing_key", "load-signing-key");
+    addons_toml(&[creds, quota])
 }
 
 #[derive(Clone, Copy, Debug)]

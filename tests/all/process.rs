@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use addon_host_tests::AddonToml;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -19,20 +20,11 @@ pub struct Server {
 /// The `credentials` example add-on as `myaddon`, on Bitrise with `token` and `sso_secret`,
 /// as the config file of a spawned host.
 pub fn credentials_on_bitrise(token: &str, sso_secret: &str) -> String {
-    format!(
-        r#"
-[[addon]]
-id = "myaddon"
-plugin = {plugin:?}
-plans = ["free", "pro"]
-[addon.bitrise]
-shared_token = "{token}"
-sso_secret = "{sso_secret}"
-[addon.config]
-host_url = "https://myaddon.example.com"
-"#,
-        plugin = addon_host_tests::PLUGIN_CREDENTIALS
-    )
+    AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .plans(&["free", "pro"])
+        .bitrise(token, sso_secret)
+        .config("host_url", "https://myaddon.example.com")
+        .to_toml()
 }
 
 /// Start the real binary on 127.0.0.1 (any port) with `addons` as its add-on config, data

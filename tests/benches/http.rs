@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use addon_host_tests::AddonToml;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -42,27 +43,12 @@ async fn start(mut cmd: Command) -> anyhow::Result<Server> {
 
 async fn hosted(dir: &std::path::Path) -> anyhow::Result<Server> {
     let config = dir.join("addon-host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-data_dir = "data"
-[[server.admins]]
-name = "bench"
-token = "bench-admin-token-0123456"
-[[addon]]
-id = "myaddon"
-plugin = {plugin:?}
-[addon.bitrise]
-shared_token = "{TOKEN}"
-sso_secret = "bench-sso-secret"
-[addon.config]
-host_url = "https://myaddon.example.com"
-"#,
-            plugin = addon_host_tests::PLUGIN_CREDENTIALS
-        ),
-    )?;
+    let addon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .bitrise(TOKEN, "bench-sso-secret")
+        .config("host_url", "https://myaddon.example.com");
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+                  [[server.admins]]\nname = \"bench\"\ntoken = \"bench-admin-token-0123456\"\n";
+    std::fs::write(&config, format!("{server}{}", addon.to_toml()))?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
     cmd.args(["serve", "--config"]).arg(&config).env("RUST_LOG", "warn");
     start(cmd).await

@@ -1,3 +1,7 @@
-//! Paths of the plugins built from source for these tests (see `build.rs`).
+//! Paths of the plugins built from source for these tests (see `build.rs`), and the config
+//! files the tests and benchmarks hand to the real binary.
 
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+
+mod addon_toml;
+pub use addon_toml::{AddonToml, addons_toml};

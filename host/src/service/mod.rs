@@ -106,6 +106,26 @@ impl Service {
         self.runtime.slot().await.map_err(|_| ServiceError::Busy(addon.id().to_owned()))
     }
 
+    /// Lock `resource_id`, take a call slot, and run `work` in one [`blocking`] section that
+    /// holds both (and `app_guard`, when the resource was resolved from an app identity)
+    /// until it is done, with the add-on's current plugin.
+    async fn exclusive<T: Send + 'static>(
+        &self,
+        addon: &Arc<Addon>,
+        resource_id: &str,
+        app_guard: Option<OwnedMutexGuard<()>>,
+        work: impl FnOnce(Call<'_>) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let guard = self.lock(addon, resource_id).await;
+        let slot = self.slot(addon).await?;
+        let (addon, runtime) = (addon.clone(), self.runtime.clone());
+        blocking(move || {
+            let _locks = (app_guard, guard);
+            work(Call { runtime: &runtime, addon: &addon, plugin: addon.plugin(), slot: Some(slot) })
+        })
+        .await
+    }
+
     /// A record, read on the blocking pool.
     pub async fn record(&self, addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>, ServiceError> {
         let (addon, id) = (addon.clone(), resource_id.to_owned());
@@ -139,11 +159,9 @@ impl Service {
             req.resource_id = id;
             app_guard = Some(guard);
         }
-        let guard = self.lock(addon, &req.resource_id).await;
-        let slot = self.slot(addon).await?;
-        let (addon, runtime) = (addon.clone(), self.runtime.clone());
-        blocking(move || {
-            let _locks = (app_guard, guard);
+        let resource_id = req.resource_id.clone();
+        self.exclusive(addon, &resource_id, app_guard, move |call| {
+            let addon = call.addon;
             let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
             let digest = record::request_digest(&req);
             if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
@@ -152,12 +170,10 @@ impl Service {
             let now = record::now_ms();
             let created = existing.is_none();
             let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
-            let plugin = addon.plugin();
-            let version = plugin.sha256.clone();
+            let version = call.plugin.sha256.clone();
             let alias = alias.as_ref().map(|(k, id)| (k.as_str(), id.as_str()));
-            let call = Call { runtime: &runtime, addon: &addon, plugin, slot: Some(slot) };
             let record = call.run(Export::Provision(req.clone()), alias, |answer| {
-                policy::check_config(&addon, req.platform, "provision", &version, &answer.config)?;
+                policy::check_config(addon, req.platform, "provision", &version, &answer.config)?;
                 Ok(Record {
                     resource_id: req.resource_id.clone(),
                     platform: platform.to_owned(),
@@ -182,12 +198,9 @@ impl Service {
     /// Move an active resource to another plan. The same plan again is a no-op success.
     pub async fn change_plan(&self, addon: &Arc<Addon>, resource_id: &str, plan: &str) -> Result<Record, ServiceError> {
         addon.check_plan(plan)?;
-        let guard = self.lock(addon, resource_id).await;
-        let slot = self.slot(addon).await?;
-        let (addon, runtime) = (addon.clone(), self.runtime.clone());
-        let (resource_id, plan) = (resource_id.to_owned(), plan.to_owned());
-        blocking(move || {
-            let _lock = guard;
+        let (id, plan) = (resource_id.to_owned(), plan.to_owned());
+        self.exclusive(addon, resource_id, None, move |call| {
+            let (addon, resource_id) = (call.addon, id);
             let current = addon
                 .record(&resource_id)?
                 .filter(Record::is_active)
@@ -203,14 +216,12 @@ impl Service {
                 previous_plan: current.plan.clone(),
                 plan: plan.clone(),
             };
-            let plugin = addon.plugin();
-            let version = plugin.sha256.clone();
-            let call = Call { runtime: &runtime, addon: &addon, plugin, slot: Some(slot) };
+            let version = call.plugin.sha256.clone();
             let record = call.run(Export::ChangePlan(request), None, |answer| {
                 let mut next = current.clone();
                 next.plan = plan.clone();
                 merge_config(&mut next.config, &answer.config);
-                policy::check_config(&addon, platform, "change-plan", &version, &next.config)?;
+                policy::check_config(addon, platform, "change-plan", &version, &next.config)?;
                 next.message = answer.message.clone().or(next.message);
                 next.plugin_version = version.clone();
                 next.updated_ms = record::now_ms();
@@ -226,11 +237,9 @@ impl Service {
     /// without a call, so the operation is idempotent. The record is kept, marked
     /// deprovisioned, so the platform's later SSO or repeats can be told what happened.
     pub async fn deprovision(&self, addon: &Arc<Addon>, resource_id: &str) -> Result<Deprovisioned, ServiceError> {
-        let guard = self.lock(addon, resource_id).await;
-        let slot = self.slot(addon).await?;
-        let (addon, runtime, resource_id) = (addon.clone(), self.runtime.clone(), resource_id.to_owned());
-        blocking(move || {
-            let _lock = guard;
+        let id = resource_id.to_owned();
+        self.exclusive(addon, resource_id, None, move |call| {
+            let (addon, resource_id) = (call.addon, id);
             let current = match addon.record(&resource_id)? {
                 None => return Ok(Deprovisioned::Unknown),
                 Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
@@ -242,9 +251,7 @@ impl Service {
                 app_id: current.app_id.clone(),
                 plan: current.plan.clone(),
             };
-            let plugin = addon.plugin();
-            let version = plugin.sha256.clone();
-            let call = Call { runtime: &runtime, addon: &addon, plugin, slot: Some(slot) };
+            let version = call.plugin.sha256.clone();
             let gone = call.run(Export::Deprovision(request), None, |_| {
                 let mut gone = current.clone();
                 gone.status = Status::Deprovisioned;

@@ -162,13 +162,7 @@ impl AddonStore {
 
     /// Every record, for listings and consistency checks.
     pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        self.tree
-            .scan_prefix(RECORD)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k[RECORD.len()..]).into_owned(), v.to_vec()))
-            })
-            .collect()
+        self.scan(RECORD)
     }
 
     pub fn kv_usage(&self) -> Result<KvUsage> {
@@ -186,11 +180,16 @@ impl AddonStore {
 
     /// Every key-value pair of the add-on (administration and tests).
     pub fn kv_dump(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        self.scan(KV)
+    }
+
+    /// Every pair under `kind`, keyed by the name after the prefix.
+    fn scan<C: FromIterator<(String, Vec<u8>)>>(&self, kind: &[u8]) -> Result<C> {
         self.tree
-            .scan_prefix(KV)
+            .scan_prefix(kind)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k[KV.len()..]).into_owned(), v.to_vec()))
+                Ok((String::from_utf8_lossy(&k[kind.len()..]).into_owned(), v.to_vec()))
             })
             .collect()
     }
