@@ -16,7 +16,7 @@ pub fn app(service: Arc<Service>) -> Router {
     let max_body = service.addons().map(|a| a.config.limits.max_body_bytes).max().unwrap_or(64 * 1024);
     Router::new()
         .merge(crate::bitrise::routes())
-        .merge(crate::xervo::routes())
+        .merge(crate::xervo::routes(&service))
         .merge(crate::admin::routes(max_plugin))
         .route("/healthz", routing::get(health))
         .fallback(crate::http::not_found)

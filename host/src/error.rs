@@ -1,13 +1,9 @@
-//! Every way a request can fail, and how each becomes an HTTP answer.
-//!
-//! Both protocol adapters answer with the same JSON shape: `error` (a stable kind),
-//! `message` (for people), and for plugin failures the add-on, plugin version and call.
-
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+//! Every way a request can fail, in the service's terms. Each kind has a stable name
+//! ([`ServiceError::kind`]); the HTTP edge ([`crate::http`]) turns it into a status and a
+//! JSON body, so nothing below the adapters knows about HTTP.
 
 use crate::runtime::CallFailure;
+use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -44,33 +40,19 @@ pub enum ServiceError {
     #[error("too many concurrent changes to add-on `{0}` data; retry")]
     Busy(String),
     #[error("storage failure: {0}")]
-    Storage(String),
-}
-
-impl From<crate::storage::StorageError> for ServiceError {
-    fn from(e: crate::storage::StorageError) -> Self {
-        ServiceError::Storage(e.to_string())
-    }
+    Storage(#[from] StorageError),
+    /// A stored value that cannot be read back (a record written by a broken version).
+    #[error("storage failure: {what} is unreadable: {source}")]
+    Corrupt { what: String, source: serde_json::Error },
+    /// The host itself failed (no randomness, a task that panicked, a missing stored blob).
+    #[error("{what}: {source}")]
+    Host { what: &'static str, source: anyhow::Error },
 }
 
 impl ServiceError {
-    pub fn status(&self) -> StatusCode {
-        use ServiceError::*;
-        match self {
-            UnknownAddon(_) | ProtocolNotEnabled { .. } | NotFound(_) => StatusCode::NOT_FOUND,
-            Gone(_) => StatusCode::GONE,
-            Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Forbidden(_) => StatusCode::FORBIDDEN,
-            BadRequest(_) => StatusCode::BAD_REQUEST,
-            PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UnknownPlan { .. } | Refused { .. } | InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Unavailable { .. } | Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CallFailed { failure: CallFailure::Deadline { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
-            CallFailed { failure: CallFailure::ShuttingDown, .. } => StatusCode::SERVICE_UNAVAILABLE,
-            CallFailed { failure: CallFailure::Quota(_), .. } => StatusCode::INSUFFICIENT_STORAGE,
-            PluginError { .. } | CallFailed { .. } | Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+    /// A host failure: `what` failed because of `source`.
+    pub fn host(what: &'static str, source: impl Into<anyhow::Error>) -> ServiceError {
+        ServiceError::Host { what, source: source.into() }
     }
 
     pub fn kind(&self) -> &'static str {
@@ -92,52 +74,8 @@ impl ServiceError {
             PluginError { .. } => "plugin_error",
             CallFailed { failure, .. } => failure.kind(),
             Busy(_) => "busy",
-            Storage(_) => "storage_error",
+            Storage(_) | Corrupt { .. } => "storage_error",
+            Host { .. } => "host_error",
         }
-    }
-
-    pub fn body(&self) -> serde_json::Value {
-        let mut body = json!({ "error": self.kind(), "message": self.to_string() });
-        use ServiceError::*;
-        match self {
-            Refused { addon, call, .. } => {
-                body["addon"] = json!(addon);
-                body["call"] = json!(call);
-            }
-            Unavailable { addon, call, docs_url, .. } => {
-                body["addon"] = json!(addon);
-                body["call"] = json!(call);
-                if let Some(url) = docs_url {
-                    body["url"] = json!(url);
-                }
-            }
-            PluginError { addon, call, version, .. } | CallFailed { addon, call, version, .. } => {
-                body["addon"] = json!(addon);
-                body["call"] = json!(call);
-                body["plugin_version"] = json!(version);
-            }
-            UnknownPlan { allowed, .. } => body["plans"] = json!(allowed),
-            _ => {}
-        }
-        body
-    }
-}
-
-impl IntoResponse for ServiceError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        if let ServiceError::Unavailable { .. } | ServiceError::Busy(_) = self {
-            // A plugin's own "not now" or a full host: expected under load, retried by the platform.
-            tracing::warn!(status = status.as_u16(), "{self}");
-        } else if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), "{self}");
-        } else {
-            tracing::info!(status = status.as_u16(), "{self}");
-        }
-        let mut response = (status, axum::Json(self.body())).into_response();
-        if let ServiceError::Unavailable { .. } | ServiceError::Busy(_) = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        }
-        response
     }
 }

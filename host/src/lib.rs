@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod bitrise;
 pub mod cli;
+mod clock;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         rt.block_on(async {
             for i in 0..CALLS {
-                service.provision(&addon, common::request(i)).await?;
+                service.provision(&addon, &common::bitrise(), common::request(i)).await?;
             }
             anyhow::Ok(())
         })?;

@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let done = rt.block_on(service.upload(&addon, bytes, "bench", true))?;
         let req = common::request(i as usize);
-        let served = rt.block_on(service.provision(&addon, req))?;
+        let served = rt.block_on(service.provision(&addon, &common::bitrise(), req))?;
         upload.push(t.elapsed());
         assert_eq!(served.record.plugin_version, done.version.sha256);
     }

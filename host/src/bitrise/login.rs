@@ -7,53 +7,50 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
+use super::Offered;
 use crate::error::ServiceError;
-use crate::http::{body_bytes, check_resource_id, form_body, path_params};
+use crate::http::{FormBody, check_resource_id, query};
 use crate::pages::{Dashboard, html, js_string, xml_escape};
 use crate::service::{Record, Service};
 
 const BEAM_SCRIPT: &str = "https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js";
 
 #[derive(Debug, Deserialize)]
-struct LoginForm {
+pub(super) struct LoginForm {
     app_slug: String,
     timestamp: String,
     token: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct LoginQuery {
+pub(super) struct LoginQuery {
     app_title: Option<String>,
     build_slug: Option<String>,
 }
 
-pub async fn login(
+pub(super) async fn login(
     State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<LoginQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Offered(addon): Offered,
+    login_query: Result<Query<LoginQuery>, QueryRejection>,
+    FormBody(form): FormBody<LoginForm>,
 ) -> Result<Response, ServiceError> {
-    let addon_id = path_params(path)?;
-    let addon = service.addon(&addon_id)?;
     let secret = addon.bitrise()?.sso_secret.clone();
-    let query = query.map(|q| q.0).map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?;
-    let form: LoginForm = form_body(&headers, &body_bytes(&addon, body)?)?;
+    let login_query = query(login_query)?;
     check_resource_id("app_slug", &form.app_slug)?;
-    service.verify_sso(&format!("{addon_id}/bitrise"), &form.app_slug, &secret, &form.timestamp, &form.token).await?;
-    let record =
-        service.record(&addon, &form.app_slug).await?.filter(Record::is_active).ok_or_else(|| {
-            ServiceError::NotFound(format!("app `{}` has not provisioned `{addon_id}`", form.app_slug))
-        })?;
+    let id = addon.id();
+    service.verify_sso(&format!("{id}/bitrise"), &form.app_slug, &secret, &form.timestamp, &form.token).await?;
+    let record = service
+        .record(&addon, &form.app_slug)
+        .await?
+        .filter(Record::is_active)
+        .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{id}`", form.app_slug)))?;
     let docs = addon.config.config.get("docs_url").map(String::as_str);
-    Ok(html(dashboard(&addon_id, &record, &query, docs)))
+    Ok(html(dashboard(id, &record, &login_query, docs)))
 }
 
 fn dashboard(addon_id: &str, record: &Record, query: &LoginQuery, docs: Option<&str>) -> String {

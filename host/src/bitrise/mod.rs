@@ -5,28 +5,32 @@
 //! these routes accept it) and `POST /addons/{addon}/login` (SSO, see [`login`]). Everything
 //! else is the shared service's job.
 
-pub mod login;
+mod login;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
-use crate::http::{body_bytes, check_resource_id, json_body, path_params};
-use crate::runtime::{Platform, ProvisionRequest};
-use crate::service::{Addon, Deprovisioned, Record, Service, auth};
+use crate::http::{JsonBody, PathAddon, PathResource, check_resource_id};
+use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Record, Service, Target, auth};
+use login::login;
 
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/addons/{addon_id}/provision", routing::post(provision))
         .route("/addons/{addon_id}/provision/{app_slug}", routing::put(change_plan).delete(deprovision))
-        .route("/addons/{addon_id}/login", routing::post(login::login))
+        .route("/addons/{addon_id}/login", routing::post(login))
+}
+
+/// Bitrise puts no rules on the variables a plugin returns.
+fn caller() -> Caller {
+    Caller::unruled(Platform::Bitrise)
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,81 +64,81 @@ impl<'a> EnvsReply<'a> {
     }
 }
 
-/// The add-on named in the path, offered on Bitrise, with the caller's shared token checked.
-fn authenticated(service: &Service, addon_id: &str, headers: &HeaderMap) -> Result<Arc<Addon>, ServiceError> {
-    let addon = service.addon(addon_id)?;
-    let expected = &addon.bitrise()?.shared_token;
-    let given = headers
-        .get("authentication")
-        .ok_or_else(|| {
-            ServiceError::Unauthorized("missing `Authentication` header with the add-on's shared token".into())
-        })?
-        .to_str()
-        .map_err(|_| ServiceError::Unauthorized("the `Authentication` header is not valid text".into()))?;
-    if !auth::secret_matches(given.trim(), expected) {
-        return Err(ServiceError::Unauthorized("the `Authentication` token is not valid for this add-on".into()));
+/// The add-on named in the path, offered on Bitrise (404 otherwise).
+struct Offered(Arc<Addon>);
+
+impl FromRequestParts<Arc<Service>> for Offered {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Service>) -> Result<Self, Self::Rejection> {
+        let PathAddon(addon) = PathAddon::from_request_parts(parts, state).await?;
+        addon.bitrise()?;
+        Ok(Offered(addon))
     }
-    Ok(addon)
+}
+
+/// [`Offered`], with the caller's shared token (the `Authentication` header) checked in
+/// constant time.
+struct Authenticated(Arc<Addon>);
+
+impl FromRequestParts<Arc<Service>> for Authenticated {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Service>) -> Result<Self, Self::Rejection> {
+        let Offered(addon) = Offered::from_request_parts(parts, state).await?;
+        let expected = &addon.bitrise()?.shared_token;
+        let given = parts
+            .headers
+            .get("authentication")
+            .ok_or_else(|| {
+                ServiceError::Unauthorized("missing `Authentication` header with the add-on's shared token".into())
+            })?
+            .to_str()
+            .map_err(|_| ServiceError::Unauthorized("the `Authentication` header is not valid text".into()))?;
+        if !auth::secret_matches(given.trim(), expected) {
+            return Err(ServiceError::Unauthorized("the `Authentication` token is not valid for this add-on".into()));
+        }
+        Ok(Authenticated(addon))
+    }
 }
 
 async fn provision(
     State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Authenticated(addon): Authenticated,
+    JsonBody(body): JsonBody<ProvisionBody>,
 ) -> Result<Response, ServiceError> {
-    let addon_id = path_params(path)?;
-    let addon = authenticated(&service, &addon_id, &headers)?;
-    let body: ProvisionBody = json_body(&headers, &body_bytes(&addon, body)?)?;
     check_resource_id("app_slug", &body.app_slug)?;
     if body.api_token.is_empty() {
         return Err(ServiceError::BadRequest("`api_token` must not be empty".into()));
     }
-    let request = ProvisionRequest {
-        resource_id: body.app_slug.clone(),
-        platform: Platform::Bitrise,
-        app_id: body.app_slug,
-        plan: body.plan,
-        app_title: body.app_title,
-        api_token: Some(body.api_token),
-        email: None,
-        region: None,
-        callback_url: None,
-        options: Vec::new(),
-    };
-    let done = service.provision(&addon, request).await?;
+    let mut request = Provision::new(Target::Resource(body.app_slug.clone()), body.app_slug, body.plan);
+    request.app_title = body.app_title;
+    request.api_token = Some(body.api_token);
+    let done = service.provision(&addon, &caller(), request).await?;
     let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(EnvsReply::of(&done.record))).into_response())
 }
 
 async fn change_plan(
     State(service): State<Arc<Service>>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Authenticated(addon): Authenticated,
+    PathResource(app_slug): PathResource,
+    JsonBody(body): JsonBody<ChangePlanBody>,
 ) -> Result<Response, ServiceError> {
-    let (addon_id, app_slug) = path_params(path)?;
-    let addon = authenticated(&service, &addon_id, &headers)?;
-    check_resource_id("app_slug", &app_slug)?;
-    let body: ChangePlanBody = json_body(&headers, &body_bytes(&addon, body)?)?;
-    let record = service.change_plan(&addon, &app_slug, &body.plan).await?;
-    let reply = serde_json::json!({ "plan": record.plan, "message": record.message });
-    Ok((StatusCode::OK, Json(reply)).into_response())
+    let record = service.change_plan(&addon, &caller(), &app_slug, &body.plan).await?;
+    Ok(Json(serde_json::json!({ "plan": record.plan, "message": record.message })).into_response())
 }
 
 /// The body is ignored: Bitrise's kit sends the four bytes `null`.
 async fn deprovision(
     State(service): State<Arc<Service>>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Authenticated(addon): Authenticated,
+    PathResource(app_slug): PathResource,
 ) -> Result<Response, ServiceError> {
-    let (addon_id, app_slug) = path_params(path)?;
-    let addon = authenticated(&service, &addon_id, &headers)?;
-    check_resource_id("app_slug", &app_slug)?;
-    let message = match service.deprovision(&addon, &app_slug).await? {
+    let message = match service.deprovision(&addon, &caller(), &app_slug).await? {
         Deprovisioned::Released(_) => "deprovisioned",
         Deprovisioned::AlreadyGone(_) => "already deprovisioned",
         Deprovisioned::Unknown => "nothing to deprovision",
     };
-    Ok((StatusCode::OK, Json(serde_json::json!({ "message": message }))).into_response())
+    Ok(Json(serde_json::json!({ "message": message })).into_response())
 }

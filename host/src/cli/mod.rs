@@ -120,6 +120,9 @@ async fn serve(
         cfg.server.data_dir = dir;
     }
     let service = Arc::new(Service::start(&cfg)?);
+    if let Some(token) = service.admins().take_generated() {
+        println!("addon-host admin token (shown once; only its hash is stored): {token}");
+    }
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding {}", cfg.server.listen))?;

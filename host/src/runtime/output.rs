@@ -3,7 +3,7 @@
 //! plugin is truncated rather than crashed (Rust's `eprintln!` panics on a write error).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,10 +29,7 @@ impl CappedOutput {
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut c = match self.inner.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let room = self.capacity.saturating_sub(c.kept.len());
         let take = room.min(bytes.len());
         c.kept.extend_from_slice(&bytes[..take]);
@@ -41,13 +38,8 @@ impl CappedOutput {
 
     /// What was kept, and how many bytes were dropped.
     pub fn contents(&self) -> (Vec<u8>, usize) {
-        match self.inner.lock() {
-            Ok(c) => (c.kept.clone(), c.dropped),
-            Err(poisoned) => {
-                let c = poisoned.into_inner();
-                (c.kept.clone(), c.dropped)
-            }
-        }
+        let c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (c.kept.clone(), c.dropped)
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -201,7 +200,7 @@ impl config::Host for CallState {
 
 impl env::Host for CallState {
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        crate::clock::now_ms()
     }
 
     fn random_bytes(&mut self, len: u32) -> Vec<u8> {

@@ -2,19 +2,17 @@
 //! plugin serving it now, and its data.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::config::{AddonConfig, BitriseConfig};
 use crate::error::ServiceError;
 use crate::runtime::{AddonEnv, Plugin};
 use crate::storage::AddonStore;
-use crate::xervo::manifest::XervoSettings;
 
 use super::Record;
 
 pub struct Addon {
     pub config: AddonConfig,
-    pub(super) xervo: Option<XervoSettings>,
     pub(super) env: Arc<AddonEnv>,
     pub(super) plugin: RwLock<Arc<Plugin>>,
     pub(super) store: AddonStore,
@@ -34,29 +32,20 @@ impl Addon {
 
     /// The plugin serving new calls.
     pub fn plugin(&self) -> Arc<Plugin> {
-        match self.plugin.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.plugin.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Install `plugin` for new calls; returns the one it replaces.
     pub(super) fn replace_plugin(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
-        let mut slot = match self.plugin.write() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        std::mem::replace(&mut *slot, plugin)
+        std::mem::replace(&mut *self.plugin.write().unwrap_or_else(PoisonError::into_inner), plugin)
     }
 
     pub(super) fn loaded(&self, sha256: &str) -> Option<Arc<Plugin>> {
-        self.loaded.lock().ok()?.get(sha256).cloned()
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).get(sha256).cloned()
     }
 
     pub(super) fn remember(&self, plugin: Arc<Plugin>) {
-        if let Ok(mut map) = self.loaded.lock() {
-            map.insert(plugin.sha256.clone(), plugin);
-        }
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).insert(plugin.sha256.clone(), plugin);
     }
 
     pub fn store(&self) -> &AddonStore {
@@ -68,12 +57,8 @@ impl Addon {
         self.config.bitrise.as_ref().ok_or_else(|| self.not_offered("Bitrise"))
     }
 
-    /// Xervo settings, or a 404 when the add-on is not offered on Xervo.
-    pub fn xervo(&self) -> Result<&XervoSettings, ServiceError> {
-        self.xervo.as_ref().ok_or_else(|| self.not_offered("Xervo"))
-    }
-
-    fn not_offered(&self, protocol: &'static str) -> ServiceError {
+    /// The 404 for a protocol the add-on is not offered on.
+    pub fn not_offered(&self, protocol: &'static str) -> ServiceError {
         ServiceError::ProtocolNotEnabled { addon: self.config.id.clone(), protocol }
     }
 
@@ -82,7 +67,7 @@ impl Addon {
             None => Ok(None),
             Some(bytes) => Record::from_bytes(&bytes)
                 .map(Some)
-                .map_err(|e| ServiceError::Storage(format!("record `{resource_id}` is unreadable: {e}"))),
+                .map_err(|source| ServiceError::Corrupt { what: format!("record `{resource_id}`"), source }),
         }
     }
 

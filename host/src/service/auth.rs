@@ -49,15 +49,13 @@ pub fn verify_sso_token(
     Ok(ts)
 }
 
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 /// The admin API's credentials: named bearer tokens, kept only as SHA-256 hashes. They come
 /// from `[[server.admins]]`, or, when none are configured, from a token generated at first
-/// start, printed once, and stored hashed.
+/// start, stored hashed, and handed once to whoever started the service to show.
 pub struct AdminKeys {
     keys: Vec<(String, [u8; 32])>,
+    /// The token generated at this start, until it is taken to be shown.
+    generated: std::sync::Mutex<Option<String>>,
 }
 
 impl AdminKeys {
@@ -66,15 +64,14 @@ impl AdminKeys {
         storage: &crate::storage::Storage,
     ) -> anyhow::Result<AdminKeys> {
         if !configured.is_empty() {
-            return Ok(AdminKeys {
-                keys: configured.iter().map(|a| (a.name.clone(), Sha256::digest(a.token.as_bytes()).into())).collect(),
-            });
+            let keys = configured.iter().map(|a| (a.name.clone(), Sha256::digest(a.token.as_bytes()).into()));
+            return Ok(AdminKeys::new(keys.collect(), None));
         }
         let tree = storage.tree("admin")?;
         if let Some(stored) = tree.get("generated")? {
             let hash: [u8; 32] =
                 stored.as_ref().try_into().map_err(|_| anyhow::anyhow!("the stored admin credential is corrupt"))?;
-            return Ok(AdminKeys { keys: vec![("admin".into(), hash)] });
+            return Ok(AdminKeys::new(vec![("admin".into(), hash)], None));
         }
         let mut secret = [0u8; 24];
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
@@ -82,11 +79,17 @@ impl AdminKeys {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         tree.insert("generated", &hash[..])?;
         tree.flush()?;
-        println!("addon-host admin token (shown once; only its hash is stored): {token}");
-        tracing::warn!(
-            "generated an admin token for identity `admin`; it was printed on stdout and will not be shown again"
-        );
-        Ok(AdminKeys { keys: vec![("admin".into(), hash)] })
+        tracing::warn!("generated an admin token for identity `admin`; it is shown once and never again");
+        Ok(AdminKeys::new(vec![("admin".into(), hash)], Some(token)))
+    }
+
+    fn new(keys: Vec<(String, [u8; 32])>, generated: Option<String>) -> AdminKeys {
+        AdminKeys { keys, generated: std::sync::Mutex::new(generated) }
+    }
+
+    /// The admin token generated at this start, if one was: returned once, to be shown.
+    pub fn take_generated(&self) -> Option<String> {
+        self.generated.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
     /// The identity a presented token belongs to. Every key is compared, in constant time.

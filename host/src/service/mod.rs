@@ -13,8 +13,8 @@
 
 mod addon;
 pub mod auth;
-mod policy;
 pub mod record;
+mod request;
 mod startup;
 mod upgrade;
 
@@ -24,15 +24,16 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::clock;
 use crate::error::ServiceError;
 use crate::runtime::{
-    Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Platform, Plugin, ProviderError,
-    ProvisionRequest, Runtime, Slot,
+    Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Runtime, Slot,
 };
 use crate::storage::{KvQuota, Storage, StorageError};
 use crate::versions::Registry;
 pub use addon::Addon;
 pub use record::{Record, Status};
+pub use request::{Caller, ConfigRules, NoRules, Platform, Provision, Target};
 pub use upgrade::{Uploaded, VersionInfo};
 
 /// How many times a call is re-run when another call changed what it read.
@@ -136,47 +137,53 @@ impl Service {
     /// plugin; a different request for an active resource re-provisions it (the plugin is
     /// called again and its new reply stored), as Bitrise's "create or update" asks.
     ///
-    /// An empty `req.resource_id` asks the host to choose: the active resource already
-    /// provisioned for the same platform app identity, or a fresh id.
-    pub async fn provision(&self, addon: &Arc<Addon>, mut req: ProvisionRequest) -> Result<Provisioned, ServiceError> {
+    /// [`Target::App`] asks the host to choose: the active resource already provisioned for
+    /// the same platform app identity, or a fresh id.
+    pub async fn provision(
+        &self,
+        addon: &Arc<Addon>,
+        caller: &Caller,
+        req: Provision,
+    ) -> Result<Provisioned, ServiceError> {
         addon.check_plan(&req.plan)?;
-        let platform = record::platform_name(req.platform);
-        let alias_key = format!("{platform}/{}", req.app_id);
-        let (mut alias, mut app_guard) = (None, None);
-        if req.resource_id.is_empty() {
-            let guard = self.app_locks[shard(&(addon.id(), &alias_key))].clone().lock_owned().await;
-            let (a, key) = (addon.clone(), alias_key.clone());
-            let (id, fresh) = blocking(move || {
-                Ok(match a.store.alias(&key)? {
-                    Some(id) if a.record(&id)?.is_some_and(|r| r.is_active()) => (id, false),
-                    _ => (new_resource_id(a.id())?, true),
+        let platform = caller.platform;
+        let (resource_id, alias, app_guard) = match &req.target {
+            Target::Resource(id) => (id.clone(), None, None),
+            Target::App => {
+                let alias_key = format!("{}/{}", platform.name(), req.app_id);
+                let guard = self.app_locks[shard(&(addon.id(), &alias_key))].clone().lock_owned().await;
+                let (a, key) = (addon.clone(), alias_key.clone());
+                let (id, fresh) = blocking(move || {
+                    Ok(match a.store.alias(&key)? {
+                        Some(id) if a.record(&id)?.is_some_and(|r| r.is_active()) => (id, false),
+                        _ => (new_resource_id(a.id())?, true),
+                    })
                 })
-            })
-            .await?;
-            if fresh {
-                alias = Some((alias_key, id.clone()));
+                .await?;
+                let alias = fresh.then(|| (alias_key, id.clone()));
+                (id, alias, Some(guard))
             }
-            req.resource_id = id;
-            app_guard = Some(guard);
-        }
-        let resource_id = req.resource_id.clone();
+        };
+        let rules = caller.rules.clone();
+        let id = resource_id.clone();
         self.exclusive(addon, &resource_id, app_guard, move |call| {
-            let addon = call.addon;
-            let existing = addon.record(&req.resource_id)?.filter(Record::is_active);
-            let digest = record::request_digest(&req);
+            let (addon, resource_id) = (call.addon, id);
+            let existing = addon.record(&resource_id)?.filter(Record::is_active);
+            let digest = record::request_digest(&req, platform, &resource_id);
             if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
                 return Ok(Provisioned { record: record.clone(), created: false });
             }
-            let now = record::now_ms();
+            let now = clock::now_ms();
             let created = existing.is_none();
             let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
             let version = call.plugin.sha256.clone();
             let alias = alias.as_ref().map(|(k, id)| (k.as_str(), id.as_str()));
-            let record = call.run(Export::Provision(req.clone()), alias, |answer| {
-                policy::check_config(addon, req.platform, "provision", &version, &answer.config)?;
+            let export = Export::Provision(req.to_wit(platform, &resource_id));
+            let record = call.run(export, alias, |answer| {
+                check_config(addon, rules.as_ref(), "provision", &version, &answer.config)?;
                 Ok(Record {
-                    resource_id: req.resource_id.clone(),
-                    platform: platform.to_owned(),
+                    resource_id: resource_id.clone(),
+                    platform: platform.name().to_owned(),
                     app_id: req.app_id.clone(),
                     plan: req.plan.clone(),
                     app_title: req.app_title.clone(),
@@ -196,9 +203,15 @@ impl Service {
     }
 
     /// Move an active resource to another plan. The same plan again is a no-op success.
-    pub async fn change_plan(&self, addon: &Arc<Addon>, resource_id: &str, plan: &str) -> Result<Record, ServiceError> {
+    pub async fn change_plan(
+        &self,
+        addon: &Arc<Addon>,
+        caller: &Caller,
+        resource_id: &str,
+        plan: &str,
+    ) -> Result<Record, ServiceError> {
         addon.check_plan(plan)?;
-        let (id, plan) = (resource_id.to_owned(), plan.to_owned());
+        let (id, plan, rules) = (resource_id.to_owned(), plan.to_owned(), caller.rules.clone());
         self.exclusive(addon, resource_id, None, move |call| {
             let (addon, resource_id) = (call.addon, id);
             let current = addon
@@ -208,10 +221,9 @@ impl Service {
             if current.plan == plan {
                 return Ok(current);
             }
-            let platform = platform_of(&current);
             let request = ChangePlanRequest {
                 resource_id: resource_id.clone(),
-                platform,
+                platform: Platform::from_name(&current.platform).to_wit(),
                 app_id: current.app_id.clone(),
                 previous_plan: current.plan.clone(),
                 plan: plan.clone(),
@@ -221,10 +233,10 @@ impl Service {
                 let mut next = current.clone();
                 next.plan = plan.clone();
                 merge_config(&mut next.config, &answer.config);
-                policy::check_config(addon, platform, "change-plan", &version, &next.config)?;
+                check_config(addon, rules.as_ref(), "change-plan", &version, &next.config)?;
                 next.message = answer.message.clone().or(next.message);
                 next.plugin_version = version.clone();
-                next.updated_ms = record::now_ms();
+                next.updated_ms = clock::now_ms();
                 Ok(next)
             })?;
             tracing::info!(addon = addon.id(), resource = resource_id, plan, "plan changed");
@@ -236,7 +248,12 @@ impl Service {
     /// Deprovision a resource. Only an active resource calls the plugin; repeats succeed
     /// without a call, so the operation is idempotent. The record is kept, marked
     /// deprovisioned, so the platform's later SSO or repeats can be told what happened.
-    pub async fn deprovision(&self, addon: &Arc<Addon>, resource_id: &str) -> Result<Deprovisioned, ServiceError> {
+    pub async fn deprovision(
+        &self,
+        addon: &Arc<Addon>,
+        _caller: &Caller,
+        resource_id: &str,
+    ) -> Result<Deprovisioned, ServiceError> {
         let id = resource_id.to_owned();
         self.exclusive(addon, resource_id, None, move |call| {
             let (addon, resource_id) = (call.addon, id);
@@ -247,7 +264,7 @@ impl Service {
             };
             let request = DeprovisionRequest {
                 resource_id: resource_id.clone(),
-                platform: platform_of(&current),
+                platform: Platform::from_name(&current.platform).to_wit(),
                 app_id: current.app_id.clone(),
                 plan: current.plan.clone(),
             };
@@ -256,7 +273,7 @@ impl Service {
                 let mut gone = current.clone();
                 gone.status = Status::Deprovisioned;
                 gone.plugin_version = version.clone();
-                gone.updated_ms = record::now_ms();
+                gone.updated_ms = clock::now_ms();
                 Ok(gone)
             })?;
             tracing::info!(addon = addon.id(), resource = resource_id, "deprovisioned");
@@ -275,7 +292,7 @@ impl Service {
         timestamp: &str,
         token: &str,
     ) -> Result<(), ServiceError> {
-        let now = auth::unix_now();
+        let now = clock::unix_secs();
         let ts = auth::verify_sso_token(subject, secret, timestamp, token, now)?;
         let (storage, scope, token) = (self.storage.clone(), scope.to_owned(), token.to_owned());
         let claimed =
@@ -302,7 +319,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
         return tokio::task::block_in_place(work);
     }
-    tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::Storage(format!("storage task failed: {e}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
 }
 
 /// One plugin call and its commit, on a blocking thread.
@@ -380,7 +397,8 @@ fn shard(key: &impl Hash) -> usize {
 /// A fresh resource id: URL-safe, starting with a letter, unguessable.
 fn new_resource_id(addon_id: &str) -> Result<String, ServiceError> {
     let mut bytes = [0u8; 10];
-    getrandom::fill(&mut bytes).map_err(|e| ServiceError::Storage(format!("no randomness for an id: {e}")))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ServiceError::host("no randomness for a resource id", anyhow::anyhow!("{e}")))?;
     Ok(format!("{addon_id}-{}", hex::encode(bytes)))
 }
 
@@ -397,10 +415,23 @@ fn refusal(addon: &Addon, call: &'static str, plugin: &Plugin, e: ProviderError)
     }
 }
 
-fn platform_of(record: &Record) -> Platform {
-    match record.platform.as_str() {
-        "xervo" => Platform::Xervo,
-        _ => Platform::Bitrise,
+/// Refuse a reply whose variables break the calling platform's rules: the platform gets a
+/// 5xx naming the variable, and nothing is stored.
+fn check_config(
+    addon: &Addon,
+    rules: &dyn ConfigRules,
+    call: &'static str,
+    version: &str,
+    config: &[(String, String)],
+) -> Result<(), ServiceError> {
+    match rules.problem(config) {
+        None => Ok(()),
+        Some(problem) => Err(ServiceError::CallFailed {
+            addon: addon.id().to_owned(),
+            call,
+            version: version[..12.min(version.len())].to_owned(),
+            failure: CallFailure::InvalidReply(problem),
+        }),
     }
 }
 

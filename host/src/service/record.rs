@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::{Platform, ProvisionRequest};
+use super::request::{Platform, Provision};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -47,19 +47,13 @@ impl Record {
     }
 }
 
-pub fn platform_name(p: Platform) -> &'static str {
-    match p {
-        Platform::Bitrise => "bitrise",
-        Platform::Xervo => "xervo",
-    }
-}
-
-/// A digest over every field of a provision request, so "the same request" means the same
-/// bytes in every field, whatever the wire format was.
-pub fn request_digest(req: &ProvisionRequest) -> String {
+/// A digest over every field of a provision for `resource_id`, so "the same request" means
+/// the same bytes in every field, whatever the wire format was. (The field order is the
+/// plugin contract's, so digests stored by earlier versions still match.)
+pub fn request_digest(req: &Provision, platform: Platform, resource_id: &str) -> String {
     let canonical = serde_json::json!([
-        req.resource_id,
-        platform_name(req.platform),
+        resource_id,
+        platform.name(),
         req.app_id,
         req.plan,
         req.app_title,
@@ -70,8 +64,4 @@ pub fn request_digest(req: &ProvisionRequest) -> String {
         req.options,
     ]);
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -10,12 +10,12 @@ use anyhow::Context;
 use rayon::prelude::*;
 use sha2::Digest;
 
-use super::{Addon, Service, auth, record, shards};
+use super::{Addon, Service, auth, shards};
+use crate::clock;
 use crate::config::{AddonConfig, HostConfig};
 use crate::runtime::{AddonEnv, Plugin, Runtime};
 use crate::storage::Storage;
 use crate::versions::Registry;
-use crate::xervo::manifest::XervoSettings;
 
 impl Service {
     /// Open the data directory, build the engine and compile every add-on's plugin.
@@ -37,16 +37,9 @@ impl Service {
                 secrets: addon.secrets.clone(),
                 limits: addon.limits.clone(),
             };
-            let xervo = match &addon.xervo {
-                Some(x) => {
-                    Some(XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?)
-                }
-                None => None,
-            };
             let store = storage.addon(&addon.id)?;
             let entry = Addon {
                 config: addon.clone(),
-                xervo,
                 env: Arc::new(env),
                 plugin: RwLock::new(plugin.clone()),
                 store,
@@ -120,7 +113,7 @@ fn startup_plugin(runtime: &Runtime, registry: &Registry, addon: &AddonConfig) -
         let sha = hex::encode(sha2::Sha256::digest(bytes));
         if registry.get(&addon.id, &sha)?.is_none() {
             let plugin = runtime.load(bytes).with_context(|| format!("plugin {}", addon.plugin.display()))?;
-            registry.put(&addon.id, &sha, bytes, "config", record::now_ms())?;
+            registry.put(&addon.id, &sha, bytes, "config", clock::now_ms())?;
             registry.set_active(&addon.id, &sha)?;
             return Ok(plugin);
         }

@@ -10,7 +10,8 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Addon, Service, blocking, record};
+use super::{Addon, Service, blocking};
+use crate::clock;
 use crate::error::ServiceError;
 use crate::runtime::Plugin;
 use crate::versions::VersionMeta;
@@ -44,7 +45,7 @@ impl Service {
         let started = Instant::now();
         let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
             .await
-            .map_err(|e| ServiceError::Storage(format!("compilation task failed: {e}")))?
+            .map_err(|e| ServiceError::host("compilation task failed", e))?
             .map_err(|e| ServiceError::InvalidPlugin(format!("{e:#}")))?;
         let plugin = Arc::new(plugin);
         addon.remember(plugin.clone());
@@ -65,7 +66,7 @@ impl Service {
             (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), plugin.sha256.clone(), by.to_owned());
         let (existing, version) = blocking(move || {
             let existing = registry.get(&id, &sha)?;
-            let version = registry.put(&id, &sha, &bytes, &by_owned, record::now_ms())?;
+            let version = registry.put(&id, &sha, &bytes, &by_owned, clock::now_ms())?;
             storage.flush()?;
             Ok((existing, version))
         })
@@ -103,9 +104,12 @@ impl Service {
 
     async fn activate_meta(&self, addon: &Addon, meta: VersionMeta) -> Result<VersionMeta, ServiceError> {
         let (registry, id, sha) = (self.registry.clone(), addon.id().to_owned(), meta.sha256.clone());
-        let bytes = blocking(move || Ok(registry.blob(&id, &sha)?))
-            .await?
-            .ok_or_else(|| ServiceError::Storage(format!("the bytes of version {} are missing", meta.seq)))?;
+        let bytes = blocking(move || Ok(registry.blob(&id, &sha)?)).await?.ok_or_else(|| {
+            ServiceError::host(
+                "reading a stored plugin",
+                anyhow::anyhow!("the bytes of version {} are missing", meta.seq),
+            )
+        })?;
         let (plugin, compile_ms) = self.compile(addon, Arc::new(bytes)).await?;
         self.swap(addon, plugin, &meta, compile_ms).await?;
         Ok(meta)

@@ -14,6 +14,7 @@
 //! turns 503 and the log says so, so that a supervisor can act on a host whose storage has
 //! stopped making progress instead of waiting on it forever.
 
+use crate::clock::now_ms;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -216,8 +217,4 @@ fn report(beats: &Beats) {
             _ => {}
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -4,15 +4,15 @@
 //! Everything else is the shared service's job.
 
 pub mod manifest;
-pub mod sso;
+mod rules;
+mod sso;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use base64::Engine as _;
@@ -20,16 +20,100 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ServiceError;
-use crate::http::{body_bytes, check_resource_id, json_body, path_params};
-use crate::runtime::{Platform, ProvisionRequest};
-use crate::service::{Addon, Deprovisioned, Record, Service, auth};
+use crate::http::{HasService, JsonBody, PathAddon, PathResource, check_resource_id};
+use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Record, Service, Target, auth};
+use manifest::XervoSettings;
+use rules::XervoRules;
 
-pub fn routes() -> Router<Arc<Service>> {
+/// The Xervo routes, with each add-on's Xervo settings resolved once. (The config was
+/// validated at start-up, so resolving cannot fail here unless a manifest file changed since;
+/// such an add-on is then not offered on Xervo, and the error is logged.)
+pub fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
+    let mut addons = HashMap::new();
+    for addon in service.addons() {
+        let Some(cfg) = &addon.config.xervo else { continue };
+        match XervoSettings::resolve(addon.id(), cfg) {
+            Ok(settings) => {
+                let caller = Caller { platform: Platform::Xervo, rules: Arc::new(XervoRules::of(&settings)) };
+                addons.insert(addon.id().to_owned(), Arc::new(XervoAddon { settings, caller }));
+            }
+            Err(e) => tracing::error!(addon = addon.id(), "not offered on Xervo: {e:#}"),
+        }
+    }
+    let state = Arc::new(Xervo { service: service.clone(), addons });
     Router::new()
         .route("/addons/{addon_id}/resources", routing::post(provision))
         .route("/addons/{addon_id}/resources/{id}", routing::put(change_plan).delete(deprovision))
         .route("/addons/{addon_id}/sso/login", routing::post(sso::login))
         .route("/addons/{addon_id}/sso/dashboard", routing::get(sso::dashboard))
+        .with_state(state)
+}
+
+/// The adapter's state: the service, and the add-ons offered on Xervo.
+struct Xervo {
+    service: Arc<Service>,
+    addons: HashMap<String, Arc<XervoAddon>>,
+}
+
+impl HasService for Arc<Xervo> {
+    fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+}
+
+/// One add-on's Xervo settings, and the caller its requests act as.
+struct XervoAddon {
+    settings: XervoSettings,
+    caller: Caller,
+}
+
+/// The add-on named in the path, offered on Xervo (404 otherwise).
+struct Offered {
+    addon: Arc<Addon>,
+    xervo: Arc<XervoAddon>,
+}
+
+impl FromRequestParts<Arc<Xervo>> for Offered {
+    type Rejection = XervoError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Xervo>) -> Result<Self, Self::Rejection> {
+        let PathAddon(addon) = PathAddon::from_request_parts(parts, state).await?;
+        let xervo = state.addons.get(addon.id()).cloned().ok_or_else(|| addon.not_offered("Xervo"))?;
+        Ok(Offered { addon, xervo })
+    }
+}
+
+/// [`Offered`], with the caller's HTTP Basic credentials (`manifest id : api.password`)
+/// checked in constant time.
+struct Authenticated(Offered);
+
+impl FromRequestParts<Arc<Xervo>> for Authenticated {
+    type Rejection = XervoError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Xervo>) -> Result<Self, Self::Rejection> {
+        let offered = Offered::from_request_parts(parts, state).await?;
+        let xervo = &offered.xervo.settings;
+        let unauthorized =
+            |why: &str| ServiceError::Unauthorized(format!("{why}; use HTTP Basic with the manifest id and password"));
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing Authorization header"))?
+            .to_str()
+            .map_err(|_| unauthorized("unreadable Authorization header"))?;
+        let encoded = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))
+            .ok_or_else(|| unauthorized("Authorization is not Basic"))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| unauthorized("Basic credentials are not base64"))?;
+        let given = String::from_utf8_lossy(&decoded);
+        if !auth::secret_matches(&given, &format!("{}:{}", xervo.id, xervo.password)) {
+            return Err(unauthorized("wrong credentials for this add-on").into());
+        }
+        Ok(Authenticated(offered))
+    }
 }
 
 /// A service error in Xervo's dress: 401s carry the Basic challenge.
@@ -96,31 +180,6 @@ struct ChangePlanBody {
     plan: String,
 }
 
-/// The add-on named in the path, offered on Xervo, with the caller's Basic credentials checked.
-fn authenticated(service: &Service, addon_id: &str, headers: &HeaderMap) -> Result<Arc<Addon>, ServiceError> {
-    let addon = service.addon(addon_id)?;
-    let xervo = addon.xervo()?;
-    let unauthorized =
-        |why: &str| ServiceError::Unauthorized(format!("{why}; use HTTP Basic with the manifest id and password"));
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing Authorization header"))?
-        .to_str()
-        .map_err(|_| unauthorized("unreadable Authorization header"))?;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
-        .ok_or_else(|| unauthorized("Authorization is not Basic"))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| unauthorized("Basic credentials are not base64"))?;
-    let given = String::from_utf8_lossy(&decoded);
-    if !auth::secret_matches(&given, &format!("{}:{}", xervo.id, xervo.password)) {
-        return Err(unauthorized("wrong credentials for this add-on"));
-    }
-    Ok(addon)
-}
-
 fn config_object(record: &Record) -> Value {
     Value::Object(record.config.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }
@@ -133,16 +192,13 @@ fn option_text(v: Value) -> String {
 }
 
 async fn provision(
-    State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    State(state): State<Arc<Xervo>>,
+    Authenticated(Offered { addon, xervo }): Authenticated,
+    JsonBody(body): JsonBody<ProvisionBody>,
 ) -> XervoResult {
-    let addon_id = path_params(path)?;
-    let addon = authenticated(&service, &addon_id, &headers)?;
-    let body: ProvisionBody = json_body(&headers, &body_bytes(&addon, body)?)?;
+    let service = &state.service;
     // Heroku v3 names the resource itself; Xervo and Heroku v1 name the app and let us choose.
-    let (resource_id, app_id) = match (body.uuid, body.modulus_id.or(body.heroku_id)) {
+    let (target, app_id) = match (body.uuid, body.modulus_id.or(body.heroku_id)) {
         (Some(uuid), _) => {
             check_resource_id("uuid", &uuid)?;
             if service.record(&addon, &uuid).await?.is_some_and(|r| !r.is_active()) {
@@ -151,14 +207,14 @@ async fn provision(
                 ))
                 .into());
             }
-            (uuid.clone(), uuid)
+            (Target::Resource(uuid.clone()), uuid)
         }
         (None, Some(app)) => {
             let app = app.into_string();
             if app.is_empty() || app.len() > 256 {
                 return Err(ServiceError::BadRequest("`modulus_id` must be 1-256 characters".into()).into());
             }
-            (String::new(), app)
+            (Target::App, app)
         }
         (None, None) => {
             return Err(
@@ -166,51 +222,38 @@ async fn provision(
             );
         }
     };
-    let request = ProvisionRequest {
-        resource_id,
-        platform: Platform::Xervo,
-        app_id,
-        plan: body.plan,
-        app_title: body.name,
-        api_token: None,
-        email: body.email,
-        region: body.region,
-        callback_url: body.callback_url,
-        options: body.options.unwrap_or_default().into_iter().map(|(k, v)| (k, option_text(v))).collect(),
-    };
-    let done = service.provision(&addon, request).await?;
+    let mut request = Provision::new(target, app_id, body.plan);
+    request.app_title = body.name;
+    request.email = body.email;
+    request.region = body.region;
+    request.callback_url = body.callback_url;
+    request.options = body.options.unwrap_or_default().into_iter().map(|(k, v)| (k, option_text(v))).collect();
+    let done = service.provision(&addon, &xervo.caller, request).await?;
     let record = &done.record;
     let reply = json!({ "id": record.resource_id, "config": config_object(record), "message": record.message });
-    Ok((StatusCode::OK, Json(reply)).into_response())
+    Ok(Json(reply).into_response())
 }
 
 async fn change_plan(
-    State(service): State<Arc<Service>>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    State(state): State<Arc<Xervo>>,
+    Authenticated(Offered { addon, xervo }): Authenticated,
+    PathResource(id): PathResource,
+    JsonBody(body): JsonBody<ChangePlanBody>,
 ) -> XervoResult {
-    let (addon_id, id) = path_params(path)?;
-    let addon = authenticated(&service, &addon_id, &headers)?;
-    check_resource_id("id", &id)?;
-    let body: ChangePlanBody = json_body(&headers, &body_bytes(&addon, body)?)?;
-    let record = service.change_plan(&addon, &id, &body.plan).await?;
+    let record = state.service.change_plan(&addon, &xervo.caller, &id, &body.plan).await?;
     let message = record.message.clone().unwrap_or_else(|| format!("Now on {}.", record.plan));
-    Ok((StatusCode::OK, Json(json!({ "message": message, "config": config_object(&record) }))).into_response())
+    Ok(Json(json!({ "message": message, "config": config_object(&record) })).into_response())
 }
 
 async fn deprovision(
-    State(service): State<Arc<Service>>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    State(state): State<Arc<Xervo>>,
+    Authenticated(Offered { addon, xervo }): Authenticated,
+    PathResource(id): PathResource,
 ) -> XervoResult {
-    let (addon_id, id) = path_params(path)?;
-    let addon = authenticated(&service, &addon_id, &headers)?;
-    check_resource_id("id", &id)?;
-    let message = match service.deprovision(&addon, &id).await? {
+    let message = match state.service.deprovision(&addon, &xervo.caller, &id).await? {
         Deprovisioned::Released(_) => "deprovisioned",
         Deprovisioned::AlreadyGone(_) => "already deprovisioned",
         Deprovisioned::Unknown => return Err(ServiceError::NotFound(format!("no resource `{id}`")).into()),
     };
-    Ok((StatusCode::OK, Json(json!({ "message": message }))).into_response())
+    Ok(Json(json!({ "message": message })).into_response())
 }

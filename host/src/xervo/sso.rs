@@ -8,20 +8,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{Scalar, XervoResult};
+use super::{Offered, Scalar, Xervo, XervoResult};
+use crate::clock;
 use crate::error::ServiceError;
-use crate::http::{body_bytes, check_resource_id, path_params};
+use crate::http::{RawBody, check_resource_id, content_type};
 use crate::pages::{Dashboard, html, xml_escape};
-use crate::service::{Service, auth};
+use crate::service::auth;
 
 /// How long a dashboard ticket stays valid.
 const TICKET_SECS: i64 = 300;
@@ -37,11 +37,9 @@ struct SsoBody {
 }
 
 /// Read the SSO fields from a JSON or form body.
-fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<SsoBody, ServiceError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    if ct.starts_with("application/x-www-form-urlencoded") {
-        let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(bytes)
-            .map_err(|e| ServiceError::BadRequest(format!("invalid form body: {e}")))?;
+fn parse(body: &RawBody) -> Result<SsoBody, ServiceError> {
+    if content_type(&body.headers).as_deref() == Some("application/x-www-form-urlencoded") {
+        let form: BTreeMap<String, String> = body.form()?;
         let get = |k: &str| form.get(k).cloned();
         return Ok(SsoBody {
             id: get("id").map(Scalar::Text),
@@ -52,7 +50,7 @@ fn parse(headers: &HeaderMap, bytes: &[u8]) -> Result<SsoBody, ServiceError> {
             email: get("email"),
         });
     }
-    crate::http::json_body(headers, bytes)
+    body.json()
 }
 
 fn ticket_key(addon_id: &str, salt: &str) -> Vec<u8> {
@@ -61,21 +59,19 @@ fn ticket_key(addon_id: &str, salt: &str) -> Vec<u8> {
 
 fn sign(key: &[u8], message: &str) -> Result<String, ServiceError> {
     // HMAC takes keys of any length; the error case exists only in the trait's signature.
-    let mut mac = <Hmac<Sha256>>::new_from_slice(key).map_err(|e| ServiceError::Storage(format!("ticket key: {e}")))?;
+    let mut mac =
+        <Hmac<Sha256>>::new_from_slice(key).map_err(|e| ServiceError::host("signing a dashboard ticket", e))?;
     mac.update(message.as_bytes());
     Ok(hex::encode(mac.finalize().into_bytes()))
 }
 
 pub(super) async fn login(
-    State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    State(state): State<Arc<Xervo>>,
+    Offered { addon, xervo }: Offered,
+    body: RawBody,
 ) -> XervoResult {
-    let addon_id = path_params(path)?;
-    let addon = service.addon(&addon_id)?;
-    let xervo = addon.xervo()?;
-    let body = parse(&headers, &body_bytes(&addon, body)?)?;
+    let (service, xervo, addon_id) = (&state.service, &xervo.settings, addon.id());
+    let body = parse(&body)?;
     let id = body
         .id
         .or(body.resource_id)
@@ -94,8 +90,8 @@ pub(super) async fn login(
     if service.record(&addon, &id).await?.is_none() {
         return Err(ServiceError::NotFound(format!("no resource `{id}`")).into());
     }
-    let expires = auth::unix_now() + TICKET_SECS;
-    let signature = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
+    let expires = clock::unix_secs() + TICKET_SECS;
+    let signature = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
     tracing::info!(addon = %addon_id, resource = %id, email = body.email.as_deref().unwrap_or(""), "SSO login");
     let location = format!("/addons/{addon_id}/sso/dashboard?ticket={id}.{expires}.{signature}");
     let mut response = StatusCode::FOUND.into_response();
@@ -112,13 +108,11 @@ pub(super) struct TicketQuery {
 }
 
 pub(super) async fn dashboard(
-    State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
+    State(state): State<Arc<Xervo>>,
+    Offered { addon, xervo }: Offered,
     query: Result<Query<TicketQuery>, QueryRejection>,
 ) -> XervoResult {
-    let addon_id = path_params(path)?;
-    let addon = service.addon(&addon_id)?;
-    let xervo = addon.xervo()?;
+    let (service, xervo, addon_id) = (&state.service, &xervo.settings, addon.id());
     let ticket =
         query.map_err(|_| ServiceError::Forbidden("missing `ticket`; log in through the platform".into()))?.0.ticket;
     let mut parts = ticket.rsplitn(3, '.');
@@ -126,16 +120,16 @@ pub(super) async fn dashboard(
         (Some(s), Some(e), Some(i)) => (s, e, i),
         _ => return Err(ServiceError::Forbidden("malformed ticket".into()).into()),
     };
-    let expected = sign(&ticket_key(&addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
+    let expected = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
     if !auth::secret_matches(signature, &expected) {
         return Err(ServiceError::Forbidden("invalid ticket".into()).into());
     }
-    if expires.parse::<i64>().map_or(true, |e| e < auth::unix_now()) {
+    if expires.parse::<i64>().map_or(true, |e| e < clock::unix_secs()) {
         return Err(ServiceError::Forbidden("this ticket has expired; log in again through the platform".into()).into());
     }
     let record =
         service.record(&addon, id).await?.ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
     let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
     let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
-    Ok(html(Dashboard { addon_id: &addon_id, title: &title, record: &record, head: String::new(), note }.render()))
+    Ok(html(Dashboard { addon_id, title: &title, record: &record, head: String::new(), note }.render()))
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use addon_host::config::{AddonConfig, AdminConfig, BitriseConfig, HostConfig, Limits, ServerConfig};
-use addon_host::runtime::{Platform, ProvisionRequest};
+use addon_host::service::{Caller, Platform, Provision, Target};
 
 /// A host serving `plugin` as add-on `id` on Bitrise, with data under `dir`.
 pub fn host_config(dir: &Path, id: &str, plugin: &str, config: BTreeMap<String, String>) -> HostConfig {
@@ -28,17 +28,13 @@ pub fn host_config(dir: &Path, id: &str, plugin: &str, config: BTreeMap<String, 
 }
 
 /// A Bitrise provision of app `app{i}`.
-pub fn request(i: usize) -> ProvisionRequest {
-    ProvisionRequest {
-        resource_id: format!("app{i}"),
-        platform: Platform::Bitrise,
-        app_id: format!("app{i}"),
-        plan: "free".into(),
-        app_title: None,
-        api_token: Some("t".into()),
-        email: None,
-        region: None,
-        callback_url: None,
-        options: vec![],
-    }
+pub fn request(i: usize) -> Provision {
+    let mut req = Provision::new(Target::Resource(format!("app{i}")), format!("app{i}"), "free");
+    req.api_token = Some("t".into());
+    req
+}
+
+/// The Bitrise caller.
+pub fn bitrise() -> Caller {
+    Caller::unruled(Platform::Bitrise)
 }

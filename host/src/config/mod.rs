@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+mod xervo;
+pub use xervo::{XervoConfig, XervoSettings};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
@@ -104,7 +107,7 @@ pub struct AddonConfig {
     #[serde(default)]
     pub plans: Vec<String>,
     pub bitrise: Option<BitriseConfig>,
-    /// Xervo (Heroku v1-style) settings; see [`crate::xervo::manifest`].
+    /// Xervo (Heroku v1-style) settings; see [`XervoSettings`].
     pub xervo: Option<XervoConfig>,
     #[serde(default)]
     pub limits: Limits,
@@ -129,34 +132,6 @@ pub struct BitriseConfig {
 impl std::fmt::Debug for BitriseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BitriseConfig { .. }")
-    }
-}
-
-/// Xervo's settings for one add-on: either the path of its `addon-manifest.json` or the same
-/// fields inline. Never both, so every secret has exactly one home.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct XervoConfig {
-    /// An `addon-manifest.json` to read `password`, `sso_salt`, `config_vars` and `regions` from.
-    pub manifest: Option<PathBuf>,
-    /// HTTP Basic password (user is the add-on id).
-    pub password: Option<String>,
-    /// Signs SSO logins: `token = sha1(id:sso_salt:timestamp)`.
-    pub sso_salt: Option<String>,
-    /// Variables every provision must return.
-    #[serde(default)]
-    pub config_vars: Vec<String>,
-    #[serde(default)]
-    pub regions: Vec<String>,
-}
-
-impl std::fmt::Debug for XervoConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XervoConfig")
-            .field("manifest", &self.manifest)
-            .field("config_vars", &self.config_vars)
-            .field("regions", &self.regions)
-            .finish_non_exhaustive()
     }
 }
 
@@ -292,6 +267,9 @@ impl HostConfig {
                 if b.sso_secret.trim().is_empty() {
                     bail!("{at}: `bitrise.sso_secret` is empty");
                 }
+            }
+            if let Some(x) = &addon.xervo {
+                XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?;
             }
             if let Some(p) = addon.plans.iter().find(|p| p.trim().is_empty()) {
                 bail!("{at}: `plans` contains an empty name ({p:?})");

@@ -1,31 +1,27 @@
-//! Platform rules on the variables a plugin returns, checked before anything is recorded.
-//! Xervo's manifest declares the config vars every provision must carry; a plugin that
-//! breaks the contract gets the platform a 5xx naming the variable, and nothing is stored.
+//! Xervo's rules on the variables a plugin returns, checked by the service before anything is
+//! recorded: every config var the manifest declares must be present and non-empty, every var
+//! must carry the add-on's prefix, and `*_URL` vars must be URLs. A plugin that breaks the
+//! contract gets the platform a 5xx naming the variable, and nothing is stored.
 
-use crate::error::ServiceError;
-use crate::runtime::{CallFailure, Platform};
+use crate::service::ConfigRules;
 
-use super::Addon;
+use super::manifest::XervoSettings;
 
-pub(super) fn check_config(
-    addon: &Addon,
-    platform: Platform,
-    call: &'static str,
-    version: &str,
-    config: &[(String, String)],
-) -> Result<(), ServiceError> {
-    let problem = match (platform, &addon.xervo) {
-        (Platform::Xervo, Some(xervo)) => xervo_problem(&xervo.var_prefix(), &xervo.config_vars, config),
-        _ => None,
-    };
-    match problem {
-        None => Ok(()),
-        Some(problem) => Err(ServiceError::CallFailed {
-            addon: addon.id().to_owned(),
-            call,
-            version: version[..12.min(version.len())].to_owned(),
-            failure: CallFailure::InvalidReply(problem),
-        }),
+/// The rules of one add-on's manifest.
+pub(super) struct XervoRules {
+    prefix: String,
+    declared: Vec<String>,
+}
+
+impl XervoRules {
+    pub(super) fn of(settings: &XervoSettings) -> XervoRules {
+        XervoRules { prefix: settings.var_prefix(), declared: settings.config_vars.clone() }
+    }
+}
+
+impl ConfigRules for XervoRules {
+    fn problem(&self, config: &[(String, String)]) -> Option<String> {
+        xervo_problem(&self.prefix, &self.declared, config)
     }
 }
 

@@ -1,0 +1,169 @@
+//! Request extractors for the protocol handlers. Each parses one part of the request and
+//! rejects with a [`ServiceError`] naming the problem, so a handler reads: extract, call the
+//! service, map the answer. Parts run in the order a handler lists them and the body always
+//! last, so credentials are checked before a body is read.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawPathParams, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
+
+use super::{HasService, check_resource_id};
+use crate::error::ServiceError;
+use crate::service::Addon;
+
+/// Typed path parameters, or a 400 naming what is wrong with the path.
+pub fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ServiceError> {
+    path.map(|p| p.0).map_err(|e| ServiceError::BadRequest(format!("invalid path: {e}")))
+}
+
+/// A typed query string, or a 400 naming what is wrong with it.
+pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ServiceError> {
+    query.map(|q| q.0).map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))
+}
+
+/// The media type of the request's body (lower case, without parameters), if it names one.
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?;
+    let value = value.to_str().unwrap_or("").to_ascii_lowercase();
+    Some(value.split(';').next().unwrap_or("").trim().to_owned())
+}
+
+/// The named path parameters, in route order.
+async fn raw_params(parts: &mut Parts) -> Result<Vec<(String, String)>, ServiceError> {
+    let raw = RawPathParams::from_request_parts(parts, &())
+        .await
+        .map_err(|e| ServiceError::BadRequest(format!("invalid path: {e}")))?;
+    Ok(raw.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+}
+
+async fn addon_of<S: HasService>(parts: &mut Parts, state: &S) -> Result<Arc<Addon>, ServiceError> {
+    let params = raw_params(parts).await?;
+    let id = params.iter().find(|(k, _)| k == "addon_id").map(|(_, v)| v.as_str()).unwrap_or("");
+    state.service().addon(id)
+}
+
+/// The add-on named by the path's `{addon_id}` (404 when it is not hosted here).
+pub struct PathAddon(pub Arc<Addon>);
+
+impl<S: HasService> FromRequestParts<S> for PathAddon {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        addon_of(parts, state).await.map(PathAddon)
+    }
+}
+
+/// The resource named by the path's last parameter (`{app_slug}` or `{id}`), checked to be a
+/// valid id; an error names the parameter.
+pub struct PathResource(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathResource {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let params = raw_params(parts).await?;
+        let (name, value) = params
+            .into_iter()
+            .rfind(|(k, _)| k != "addon_id")
+            .ok_or_else(|| ServiceError::BadRequest("the path names no resource".into()))?;
+        check_resource_id(&name, &value)?;
+        Ok(PathResource(value))
+    }
+}
+
+/// The raw body, within the add-on's body limit, with the request's headers.
+pub struct RawBody {
+    pub headers: HeaderMap,
+    pub bytes: Bytes,
+}
+
+impl<S: HasService> FromRequest<S> for RawBody {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let addon = addon_of(&mut parts, state).await?;
+        let max = addon.config.limits.max_body_bytes;
+        let headers = parts.headers.clone();
+        let body: Result<Bytes, BytesRejection> = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        let bytes = body.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_) => {
+                ServiceError::PayloadTooLarge(format!("request body exceeds the {max}-byte limit"))
+            }
+            other => ServiceError::BadRequest(format!("unreadable request body: {other}")),
+        })?;
+        if bytes.len() > max {
+            return Err(ServiceError::PayloadTooLarge(format!(
+                "request body of {} bytes exceeds the {max}-byte limit",
+                bytes.len()
+            )));
+        }
+        Ok(RawBody { headers, bytes })
+    }
+}
+
+impl RawBody {
+    /// Decode as JSON. A missing content type is tolerated (platforms' tools are not all
+    /// careful); a different one is refused.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
+        if let Some(essence) = content_type(&self.headers)
+            && essence != "application/json"
+            && !essence.ends_with("+json")
+        {
+            return Err(ServiceError::UnsupportedMediaType(format!(
+                "expected a JSON body (Content-Type: application/json), got `{essence}`"
+            )));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&self.bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ServiceError::BadRequest(format!("invalid JSON body: {inner}"))
+            } else {
+                ServiceError::BadRequest(format!("invalid JSON body at `{path}`: {inner}"))
+            }
+        })
+    }
+
+    /// Decode as a form (`application/x-www-form-urlencoded`); a missing content type is
+    /// tolerated, a different one refused.
+    pub fn form<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
+        if let Some(essence) = content_type(&self.headers)
+            && essence != "application/x-www-form-urlencoded"
+        {
+            return Err(ServiceError::UnsupportedMediaType(format!(
+                "expected a form body (application/x-www-form-urlencoded), got `{essence}`"
+            )));
+        }
+        serde_urlencoded::from_bytes(&self.bytes)
+            .map_err(|e| ServiceError::BadRequest(format!("invalid form body: {e}")))
+    }
+}
+
+/// A JSON body within the add-on's limit (see [`RawBody::json`]).
+pub struct JsonBody<T>(pub T);
+
+impl<S: HasService, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        RawBody::from_request(req, state).await?.json().map(JsonBody)
+    }
+}
+
+/// A form body within the add-on's limit (see [`RawBody::form`]).
+pub struct FormBody<T>(pub T);
+
+impl<S: HasService, T: DeserializeOwned> FromRequest<S> for FormBody<T> {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        RawBody::from_request(req, state).await?.form().map(FormBody)
+    }
+}

@@ -1,0 +1,57 @@
+//! The HTTP edge shared by the protocol adapters: extractors that turn a request into the
+//! add-on, resource id and body a handler needs (each refusing with a JSON error that names
+//! the problem), how a [`crate::error::ServiceError`] becomes an answer, and the JSON answers
+//! for unknown routes and methods.
+
+mod extract;
+mod response;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::ServiceError;
+use crate::service::Service;
+pub use extract::{FormBody, JsonBody, PathAddon, PathResource, RawBody, content_type, path_params, query};
+pub use response::{body as error_body, status as error_status};
+
+/// Router state that can hand out the service (the adapters' states wrap it).
+pub trait HasService: Send + Sync + 'static {
+    fn service(&self) -> &Arc<Service>;
+}
+
+impl HasService for Arc<Service> {
+    fn service(&self) -> &Arc<Service> {
+        self
+    }
+}
+
+/// A resource id or app slug from a URL or body: 1-128 URL-safe characters.
+pub fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ServiceError::BadRequest(format!("`{field}` must be 1-128 characters long")));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(ServiceError::BadRequest(format!(
+            "`{field}` may contain only letters, digits, '-', '_' and '.'; found {c:?}"
+        )));
+    }
+    if id == "." || id == ".." {
+        return Err(ServiceError::BadRequest(format!("`{field}` must not be `{id}`")));
+    }
+    Ok(())
+}
+
+pub async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": "no such route"}))).into_response()
+}
+
+pub async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(json!({"error": "method_not_allowed", "message": "this route does not accept that method"})),
+    )
+        .into_response()
+}

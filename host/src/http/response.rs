@@ -1,0 +1,79 @@
+//! How a [`ServiceError`] becomes an HTTP answer. Both protocol adapters answer with the
+//! same JSON shape: `error` (a stable kind), `message` (for people), and for plugin failures
+//! the add-on, plugin version and call.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::ServiceError;
+use crate::runtime::CallFailure;
+
+/// The status of each kind of failure.
+pub fn status(error: &ServiceError) -> StatusCode {
+    use ServiceError::*;
+    match error {
+        UnknownAddon(_) | ProtocolNotEnabled { .. } | NotFound(_) => StatusCode::NOT_FOUND,
+        Gone(_) => StatusCode::GONE,
+        Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Forbidden(_) => StatusCode::FORBIDDEN,
+        BadRequest(_) => StatusCode::BAD_REQUEST,
+        PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        UnknownPlan { .. } | Refused { .. } | InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Unavailable { .. } | Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CallFailed { failure: CallFailure::Deadline { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
+        CallFailed { failure: CallFailure::ShuttingDown, .. } => StatusCode::SERVICE_UNAVAILABLE,
+        CallFailed { failure: CallFailure::Quota(_), .. } => StatusCode::INSUFFICIENT_STORAGE,
+        PluginError { .. } | CallFailed { .. } | Storage(_) | Corrupt { .. } | Host { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// The JSON body: kind and message, plus what identifies a plugin's failure.
+pub fn body(error: &ServiceError) -> serde_json::Value {
+    let mut body = json!({ "error": error.kind(), "message": error.to_string() });
+    use ServiceError::*;
+    match error {
+        Refused { addon, call, .. } => {
+            body["addon"] = json!(addon);
+            body["call"] = json!(call);
+        }
+        Unavailable { addon, call, docs_url, .. } => {
+            body["addon"] = json!(addon);
+            body["call"] = json!(call);
+            if let Some(url) = docs_url {
+                body["url"] = json!(url);
+            }
+        }
+        PluginError { addon, call, version, .. } | CallFailed { addon, call, version, .. } => {
+            body["addon"] = json!(addon);
+            body["call"] = json!(call);
+            body["plugin_version"] = json!(version);
+        }
+        UnknownPlan { allowed, .. } => body["plans"] = json!(allowed),
+        _ => {}
+    }
+    body
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let status = status(&self);
+        let retry_later = matches!(self, ServiceError::Unavailable { .. } | ServiceError::Busy(_));
+        if retry_later {
+            // A plugin's own "not now" or a full host: expected under load, retried by the platform.
+            tracing::warn!(status = status.as_u16(), "{self}");
+        } else if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), "{self}");
+        } else {
+            tracing::info!(status = status.as_u16(), "{self}");
+        }
+        let mut response = (status, axum::Json(body(&self))).into_response();
+        if retry_later {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
+        response
+    }
+}
