@@ -14,24 +14,33 @@ pub enum Error {
     Invalid(String),
     /// Try again later, or the change is not instant (HTTP 503), optionally with a page
     /// that explains it.
-    Unavailable { message: String, docs_url: Option<String> },
+    Unavailable {
+        /// What the platform shows the user.
+        message: String,
+        /// A page that explains it, if any.
+        docs_url: Option<String>,
+    },
     /// The plugin failed (HTTP 500).
     Internal(String),
 }
 
 impl Error {
+    /// [`Error::Invalid`] with this message.
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::Invalid(message.into())
     }
 
+    /// [`Error::Unavailable`] with this message and no page.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Error::Unavailable { message: message.into(), docs_url: None }
     }
 
+    /// [`Error::Unavailable`] with this message and a page that explains it.
     pub fn unavailable_with_docs(message: impl Into<String>, docs_url: impl Into<String>) -> Self {
         Error::Unavailable { message: message.into(), docs_url: Some(docs_url.into()) }
     }
 
+    /// [`Error::Internal`] with this message.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
     }

@@ -17,6 +17,7 @@ pub fn kv() -> Kv {
 }
 
 impl Kv {
+    /// The value stored under `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         wit_kv::get(key)
     }
@@ -26,10 +27,12 @@ impl Kv {
         Ok(self.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Store `value` under `key` (committed only if the call succeeds).
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         wit_kv::set(key, value)
     }
 
+    /// Store text under `key` (committed only if the call succeeds).
     pub fn set_string(&self, key: &str, value: &str) -> Result<(), KvError> {
         wit_kv::set(key, value.as_bytes())
     }

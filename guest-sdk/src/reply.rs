@@ -9,11 +9,14 @@ macro_rules! reply {
         $(#[$doc])*
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
         pub struct $name {
+            /// The variables the platform sets on the app.
             pub config: Vec<EnvVar>,
+            /// A message the platform shows the user.
             pub message: Option<String>,
         }
 
         impl $name {
+            /// An empty reply: no variables, no message.
             pub fn new() -> Self {
                 Self::default()
             }

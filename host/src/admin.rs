@@ -12,15 +12,16 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ServiceError;
-use crate::http::path_params;
+use crate::http::{PathAddon, path_params, query};
 use crate::service::Service;
 
 pub fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
@@ -32,24 +33,28 @@ pub fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
         .layer(DefaultBodyLimit::max(max_plugin_bytes))
 }
 
-/// The admin identity behind the request's bearer token.
-fn admin(service: &Service, headers: &HeaderMap) -> Result<String, ServiceError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ServiceError::Unauthorized("missing `Authorization: Bearer <admin token>`".into()))?;
-    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-        ServiceError::Unauthorized("the admin API takes `Authorization: Bearer <admin token>`".into())
-    })?;
-    service
-        .admins()
-        .identify(token.trim())
-        .map(str::to_owned)
-        .ok_or_else(|| ServiceError::Unauthorized("not an admin token".into()))
+/// The admin identity behind the request's bearer token. Listed first in every handler, so
+/// nothing else (the add-on, a body) is looked at for a caller who is not an admin.
+struct Admin(String);
+
+impl FromRequestParts<Arc<Service>> for Admin {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ServiceError::Unauthorized("missing `Authorization: Bearer <admin token>`".into()))?;
+        let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+            ServiceError::Unauthorized("the admin API takes `Authorization: Bearer <admin token>`".into())
+        })?;
+        let who = service.admins().identify(token.trim()).map(str::to_owned);
+        who.map(Admin).ok_or_else(|| ServiceError::Unauthorized("not an admin token".into()))
+    }
 }
 
-async fn status(State(service): State<Arc<Service>>, headers: HeaderMap) -> Result<Response, ServiceError> {
-    admin(&service, &headers)?;
+async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Response, ServiceError> {
     let mut addons = Vec::new();
     for addon in service.addons() {
         let plugin = addon.plugin();
@@ -67,11 +72,9 @@ async fn status(State(service): State<Arc<Service>>, headers: HeaderMap) -> Resu
 
 async fn list(
     State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    _: Admin,
+    PathAddon(addon): PathAddon,
 ) -> Result<Response, ServiceError> {
-    admin(&service, &headers)?;
-    let addon = service.addon(&path_params(path)?)?;
     Ok(Json(json!({ "addon": addon.id(), "versions": service.versions(&addon).await? })).into_response())
 }
 
@@ -87,13 +90,11 @@ fn yes() -> bool {
 
 async fn upload(
     State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<UploadQuery>, QueryRejection>,
-    headers: HeaderMap,
+    Admin(who): Admin,
+    PathAddon(addon): PathAddon,
+    upload_query: Result<Query<UploadQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    let who = admin(&service, &headers)?;
-    let addon = service.addon(&path_params(path)?)?;
     let bytes = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) => {
             ServiceError::PayloadTooLarge("the plugin exceeds the upload limit".into())
@@ -103,7 +104,7 @@ async fn upload(
     if bytes.is_empty() {
         return Err(ServiceError::InvalidPlugin("the body is empty; send the component's bytes".into()));
     }
-    let activate = query.map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?.activate;
+    let activate = query(upload_query)?.activate;
     let done = service.upload(&addon, bytes.to_vec(), &who, activate).await?;
     let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(done)).into_response())
@@ -111,12 +112,11 @@ async fn upload(
 
 async fn activate(
     State(service): State<Arc<Service>>,
+    _: Admin,
+    PathAddon(addon): PathAddon,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
-    admin(&service, &headers)?;
-    let (addon_id, version) = path_params(path)?;
-    let addon = service.addon(&addon_id)?;
+    let (_, version) = path_params(path)?;
     let meta = service.activate(&addon, &version).await?;
     Ok(Json(json!({ "active": meta })).into_response())
 }
@@ -128,13 +128,11 @@ struct RollbackQuery {
 
 async fn rollback(
     State(service): State<Arc<Service>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<RollbackQuery>, QueryRejection>,
-    headers: HeaderMap,
+    _: Admin,
+    PathAddon(addon): PathAddon,
+    rollback_query: Result<Query<RollbackQuery>, QueryRejection>,
 ) -> Result<Response, ServiceError> {
-    admin(&service, &headers)?;
-    let addon = service.addon(&path_params(path)?)?;
-    let version = query.map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))?.0.version;
+    let version = query(rollback_query)?.version;
     let meta = service.rollback(&addon, version.as_deref()).await?;
     Ok(Json(json!({ "active": meta })).into_response())
 }

@@ -3,7 +3,8 @@
 //! output is parsed: no `[FAIL]` may appear, and every step must print `[PASS]`.
 //!
 //! dia is installed with npm into `target/dia-0.3.2` on first use (`.ci/run` does it up
-//! front). Without npm the test is skipped, loudly.
+//! front). Without npm the test is skipped, loudly, except where `ADDON_REQUIRE_DIA` is set
+//! (`.ci/run` sets it): there it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -92,6 +93,8 @@ async fn run_dia(dia: &Path, dir: &Path, args: &[&str]) -> String {
 #[tokio::test]
 async fn dia_passes_against_the_binary() {
     let Some(dia) = dia().await else {
+        // CI sets ADDON_REQUIRE_DIA: there a missing kit is a failure, not a skip.
+        assert!(std::env::var_os("ADDON_REQUIRE_DIA").is_none(), "ADDON_REQUIRE_DIA is set but npm is missing");
         eprintln!("\n!!!!!!!! SKIPPED: npm is not installed, so Xervo's dia kit was NOT run !!!!!!!!\n");
         return;
     };

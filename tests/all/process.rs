@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub addr: String,
     pub config: std::path::PathBuf,
@@ -19,7 +19,7 @@ pub struct Server {
 
 /// The `credentials` example add-on as `myaddon`, on Bitrise with `token` and `sso_secret`,
 /// as the config file of a spawned host.
-pub fn credentials_on_bitrise(token: &str, sso_secret: &str) -> String {
+pub(crate) fn credentials_on_bitrise(token: &str, sso_secret: &str) -> String {
     AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
         .plans(&["free", "pro"])
         .bitrise(token, sso_secret)
@@ -29,12 +29,12 @@ pub fn credentials_on_bitrise(token: &str, sso_secret: &str) -> String {
 
 /// Start the real binary on 127.0.0.1 (any port) with `addons` as its add-on config, data
 /// under `dir`, and wait until it listens.
-pub async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
+pub(crate) async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
     spawn_with(dir, addons, &[]).await
 }
 
 /// [`spawn`] with extra `serve` arguments (e.g. `--watch`).
-pub async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&str]) -> Server {
+pub(crate) async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&str]) -> Server {
     let config = dir.join("addon-host.toml");
     std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{addons}")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
@@ -63,12 +63,18 @@ pub async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&str]) -> 
 }
 
 /// One HTTP/1.1 exchange with the headers Go's client sends.
-pub async fn exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+pub(crate) async fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     try_exchange(addr, method, path, headers, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 /// [`exchange`], reporting transport failures (a killed server) instead of panicking.
-pub async fn try_exchange(
+pub(crate) async fn try_exchange(
     addr: &str,
     method: &str,
     path: &str,

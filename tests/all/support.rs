@@ -11,35 +11,35 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-pub const TOKEN: &str = "test-shared-token-myaddon";
-pub const SSO: &str = "test-sso-secret-myaddon";
-pub const STORAGE_TOKEN: &str = "test-shared-token-storage";
-pub const MISBEHAVE_TOKEN: &str = "test-shared-token-misbehave";
-pub const METERED_TOKEN: &str = "test-shared-token-metered";
-pub const VERSIONED_TOKEN: &str = "test-shared-token-versioned";
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-pub const XERVO_PASSWORD: &str = "xervo-password-myaddon";
-pub const XERVO_SALT: &str = "xervo-salt-myaddon";
+pub(crate) const TOKEN: &str = "test-shared-token-myaddon";
+pub(crate) const SSO: &str = "test-sso-secret-myaddon";
+pub(crate) const STORAGE_TOKEN: &str = "test-shared-token-storage";
+pub(crate) const MISBEHAVE_TOKEN: &str = "test-shared-token-misbehave";
+pub(crate) const METERED_TOKEN: &str = "test-shared-token-metered";
+pub(crate) const VERSIONED_TOKEN: &str = "test-shared-token-versioned";
+pub(crate) const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub(crate) const XERVO_PASSWORD: &str = "xervo-password-myaddon";
+pub(crate) const XERVO_SALT: &str = "xervo-salt-myaddon";
 
-pub struct TestHost {
+pub(crate) struct TestHost {
     pub dir: tempfile::TempDir,
     pub service: Arc<Service>,
     pub router: Router,
 }
 
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub text: String,
 }
 
 impl Reply {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
 
     /// The Bitrise envs of a provision reply as (key, value) pairs.
-    pub fn envs(&self) -> Vec<(String, String)> {
+    pub(crate) fn envs(&self) -> Vec<(String, String)> {
         self.json()["envs"]
             .as_array()
             .expect("envs array")
@@ -48,7 +48,7 @@ impl Reply {
             .collect()
     }
 
-    pub fn env(&self, key: &str) -> String {
+    pub(crate) fn env(&self, key: &str) -> String {
         self.envs().into_iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {}", self.text)).1
     }
 }
@@ -66,7 +66,7 @@ fn addon(id: &str, plugin: &str, token: &str, plans: &[&str]) -> AddonConfig {
     }
 }
 
-pub fn xervo(password: &str, salt: &str, vars: &[&str]) -> XervoConfig {
+pub(crate) fn xervo(password: &str, salt: &str, vars: &[&str]) -> XervoConfig {
     XervoConfig {
         password: Some(password.into()),
         sso_salt: Some(salt.into()),
@@ -76,7 +76,7 @@ pub fn xervo(password: &str, salt: &str, vars: &[&str]) -> XervoConfig {
 }
 
 /// The add-ons every test host serves.
-pub fn config(data_dir: &std::path::Path) -> HostConfig {
+pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
     let mut myaddon = addon("myaddon", addon_host_tests::PLUGIN_CREDENTIALS, TOKEN, &["free", "pro", "test"]);
     myaddon.xervo = Some(xervo(XERVO_PASSWORD, XERVO_SALT, &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"]));
     myaddon.bitrise.as_mut().unwrap().sso_secret = SSO.into();
@@ -117,17 +117,17 @@ pub fn config(data_dir: &std::path::Path) -> HostConfig {
 }
 
 impl TestHost {
-    pub fn start() -> TestHost {
+    pub(crate) fn start() -> TestHost {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(dir)
     }
 
-    pub fn start_in(dir: tempfile::TempDir) -> TestHost {
+    pub(crate) fn start_in(dir: tempfile::TempDir) -> TestHost {
         Self::start_with(dir, |_| {})
     }
 
     /// Start with a changed test config.
-    pub fn start_with(dir: tempfile::TempDir, change: impl FnOnce(&mut HostConfig)) -> TestHost {
+    pub(crate) fn start_with(dir: tempfile::TempDir, change: impl FnOnce(&mut HostConfig)) -> TestHost {
         let mut cfg = config(dir.path());
         change(&mut cfg);
         cfg.validate().expect("valid test config");
@@ -137,12 +137,12 @@ impl TestHost {
     }
 
     /// Stop and start again on the same data folder.
-    pub fn restart(self) -> TestHost {
+    pub(crate) fn restart(self) -> TestHost {
         self.restart_with(|_| {})
     }
 
     /// Stop and start again on the same data folder, with a changed test config.
-    pub fn restart_with(self, change: impl FnOnce(&mut HostConfig)) -> TestHost {
+    pub(crate) fn restart_with(self, change: impl FnOnce(&mut HostConfig)) -> TestHost {
         let TestHost { dir, service, router } = self;
         drop(router);
         drop(service);
@@ -150,12 +150,18 @@ impl TestHost {
     }
 
     /// A call to the admin API with the test admin token.
-    pub async fn admin(&self, method: Method, path: &str, body: impl Into<Body>) -> Reply {
+    pub(crate) async fn admin(&self, method: Method, path: &str, body: impl Into<Body>) -> Reply {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         self.send(method, path, &[("authorization", auth.as_str()), ("content-type", "application/wasm")], body).await
     }
 
-    pub async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -168,12 +174,19 @@ impl TestHost {
     }
 
     /// Bitrise provision as the kit sends it.
-    pub async fn provision(&self, addon: &str, token: &str, slug: &str, plan: &str) -> Reply {
+    pub(crate) async fn provision(&self, addon: &str, token: &str, slug: &str, plan: &str) -> Reply {
         self.provision_titled(addon, token, slug, plan, &format!("Title of app #{slug}")).await
     }
 
     /// Bitrise provision with a chosen app title (the misbehaving plugin reads parameters there).
-    pub async fn provision_titled(&self, addon: &str, token: &str, slug: &str, plan: &str, title: &str) -> Reply {
+    pub(crate) async fn provision_titled(
+        &self,
+        addon: &str,
+        token: &str,
+        slug: &str,
+        plan: &str,
+        title: &str,
+    ) -> Reply {
         let body =
             serde_json::json!({ "app_slug": slug, "app_title": title, "api_token": "43ebf21edc9e4525", "plan": plan });
         self.send(
@@ -185,7 +198,7 @@ impl TestHost {
         .await
     }
 
-    pub async fn change_plan(&self, addon: &str, token: &str, slug: &str, plan: &str) -> Reply {
+    pub(crate) async fn change_plan(&self, addon: &str, token: &str, slug: &str, plan: &str) -> Reply {
         self.send(
             Method::PUT,
             &format!("/addons/{addon}/provision/{slug}"),
@@ -195,7 +208,7 @@ impl TestHost {
         .await
     }
 
-    pub async fn deprovision(&self, addon: &str, token: &str, slug: &str) -> Reply {
+    pub(crate) async fn deprovision(&self, addon: &str, token: &str, slug: &str) -> Reply {
         self.send(
             Method::DELETE,
             &format!("/addons/{addon}/provision/{slug}"),
@@ -206,7 +219,7 @@ impl TestHost {
     }
 
     /// The add-on's key-value data as text.
-    pub fn kv(&self, addon: &str) -> std::collections::BTreeMap<String, String> {
+    pub(crate) fn kv(&self, addon: &str) -> std::collections::BTreeMap<String, String> {
         let addon = self.service.addon(addon).unwrap();
         addon
             .store()
@@ -217,14 +230,14 @@ impl TestHost {
             .collect()
     }
 
-    pub fn record(&self, addon: &str, id: &str) -> Option<addon_host::service::Record> {
+    pub(crate) fn record(&self, addon: &str, id: &str) -> Option<addon_host::service::Record> {
         self.service.addon(addon).unwrap().record(id).unwrap()
     }
 }
 
 /// Assert a JSON error reply: status, `error` kind, and a message containing `needle`.
 #[track_caller]
-pub fn assert_error(reply: &Reply, status: u16, kind: &str, needle: &str) {
+pub(crate) fn assert_error(reply: &Reply, status: u16, kind: &str, needle: &str) {
     assert_eq!(reply.status.as_u16(), status, "status of {}", reply.text);
     let body = reply.json();
     assert_eq!(body["error"], kind, "kind in {}", reply.text);
@@ -233,16 +246,16 @@ pub fn assert_error(reply: &Reply, status: u16, kind: &str, needle: &str) {
 }
 
 /// `Authorization: Basic` for Xervo calls.
-pub fn basic(user: &str, password: &str) -> String {
+pub(crate) fn basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }
 
-pub fn sso_token(slug: &str, secret: &str, ts: i64) -> String {
+pub(crate) fn sso_token(slug: &str, secret: &str, ts: i64) -> String {
     use sha1::Digest;
     hex::encode(sha1::Sha1::digest(format!("{slug}:{secret}:{ts}").as_bytes()))
 }
 
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }

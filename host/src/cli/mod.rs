@@ -64,7 +64,10 @@ pub fn main() -> anyhow::Result<()> {
     // plugin failures are expected events here, so keep them cheap unless asked otherwise.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+        #[allow(unsafe_code, reason = "set_var before any thread starts")]
+        unsafe {
+            std::env::set_var("RUST_LIB_BACKTRACE", "0")
+        };
     }
     // Logs go to stderr; stdout carries only what scripts read (the listen line, the admin
     // token shown once, command output).

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 #[derive(Args)]
-pub struct PluginArgs {
+pub(crate) struct PluginArgs {
     /// Base URL of the running host.
     #[arg(long, env = "ADDON_HOST_URL", default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
@@ -39,7 +39,7 @@ enum PluginCommand {
     Status,
 }
 
-pub fn run(args: PluginArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: PluginArgs) -> anyhow::Result<()> {
     let token = args.token.context("an admin token is needed: --token or ADDON_HOST_ADMIN_TOKEN")?;
     let base = args.url.trim_end_matches('/');
     let auth = format!("Bearer {token}");

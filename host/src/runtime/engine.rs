@@ -52,7 +52,7 @@ fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Engi
     Ok(Engine::new(&config)?)
 }
 
-pub fn build(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<(Engine, EngineInfo)> {
+pub(crate) fn build(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<(Engine, EngineInfo)> {
     let slots = server.max_concurrent_calls;
     let info = |allocator, pooling_error| EngineInfo { allocator, fuel, slots, pooling_error };
     let on_demand = || Engine::new(&base_config(fuel)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"));
@@ -73,12 +73,12 @@ pub fn build(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow
 }
 
 /// Advances the engine's epoch every tick until dropped.
-pub struct EpochTicker {
+pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
 }
 
 impl EpochTicker {
-    pub fn start(engine: Engine, tick: Duration) -> EpochTicker {
+    pub(crate) fn start(engine: Engine, tick: Duration) -> EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()

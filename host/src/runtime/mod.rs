@@ -151,7 +151,9 @@ impl Runtime {
         if path.exists() {
             // SAFETY: the file was written by `serialize` below, into the host's own cache
             // directory, for this exact engine configuration (it is in the file name).
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            #[allow(unsafe_code, reason = "loading the host's own compile cache")]
+            let cached = unsafe { Component::deserialize_file(&self.engine, &path) };
+            match cached {
                 Ok(component) => return Ok((component, true)),
                 Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled artefact: {e:#}"),
             }

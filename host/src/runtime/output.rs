@@ -12,7 +12,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 #[derive(Debug, Clone)]
-pub struct CappedOutput {
+pub(crate) struct CappedOutput {
     capacity: usize,
     inner: Arc<Mutex<Captured>>,
 }
@@ -24,7 +24,7 @@ struct Captured {
 }
 
 impl CappedOutput {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         CappedOutput { capacity, inner: Arc::new(Mutex::new(Captured::default())) }
     }
 
@@ -37,7 +37,7 @@ impl CappedOutput {
     }
 
     /// What was kept, and how many bytes were dropped.
-    pub fn contents(&self) -> (Vec<u8>, usize) {
+    pub(crate) fn contents(&self) -> (Vec<u8>, usize) {
         let c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         (c.kept.clone(), c.dropped)
     }

@@ -21,7 +21,7 @@ pub struct AddonEnv {
     pub limits: Limits,
 }
 
-pub struct CallState {
+pub(crate) struct CallState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limiter: CallLimiter,
@@ -40,7 +40,7 @@ pub struct CallState {
 
 /// Caps one call's linear memory and remembers whether the cap was hit, so a failure that
 /// follows (a trap or an abort in the guest's allocator) is reported as a memory limit.
-pub struct CallLimiter {
+pub(crate) struct CallLimiter {
     pub memory_cap: usize,
     pub memory_denied: bool,
 }

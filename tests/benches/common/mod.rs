@@ -7,7 +7,7 @@ use addon_host::config::{AddonConfig, AdminConfig, BitriseConfig, HostConfig, Li
 use addon_host::service::{Caller, Platform, Provision, Target};
 
 /// A host serving `plugin` as add-on `id` on Bitrise, with data under `dir`.
-pub fn host_config(dir: &Path, id: &str, plugin: &str, config: BTreeMap<String, String>) -> HostConfig {
+pub(crate) fn host_config(dir: &Path, id: &str, plugin: &str, config: BTreeMap<String, String>) -> HostConfig {
     HostConfig {
         server: ServerConfig {
             data_dir: dir.join("data"),
@@ -28,13 +28,13 @@ pub fn host_config(dir: &Path, id: &str, plugin: &str, config: BTreeMap<String, 
 }
 
 /// A Bitrise provision of app `app{i}`.
-pub fn request(i: usize) -> Provision {
+pub(crate) fn request(i: usize) -> Provision {
     let mut req = Provision::new(Target::Resource(format!("app{i}")), format!("app{i}"), "free");
     req.api_token = Some("t".into());
     req
 }
 
 /// The Bitrise caller.
-pub fn bitrise() -> Caller {
+pub(crate) fn bitrise() -> Caller {
     Caller::unruled(Platform::Bitrise)
 }
