@@ -120,3 +120,56 @@ impl Registry {
         Ok(if matches.next().is_some() { None } else { first })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        (dir, Registry::open(&storage).unwrap())
+    }
+
+    #[test]
+    fn uploads_are_numbered_per_addon_and_idempotent() {
+        let (_dir, reg) = registry();
+        let one = reg.put("a", "aaaaaa11", b"one", "ops", 1).unwrap();
+        let two = reg.put("a", "bbbbbb22", b"two", "ops", 2).unwrap();
+        let again = reg.put("a", "aaaaaa11", b"one", "someone else", 3).unwrap();
+        let other = reg.put("b", "cccccc33", b"three", "ops", 4).unwrap();
+        assert_eq!((one.seq, two.seq, other.seq), (1, 2, 1));
+        assert_eq!(again, one, "the same bytes return the existing entry");
+        assert_eq!(reg.versions("a").unwrap(), vec![one.clone(), two]);
+        assert_eq!(reg.blob("a", "aaaaaa11").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(reg.blob("b", "aaaaaa11").unwrap(), None, "add-ons never see each other's versions");
+    }
+
+    #[test]
+    fn activation_history_gives_the_rollback_target() {
+        let (_dir, reg) = registry();
+        assert_eq!(reg.previous("a").unwrap(), None);
+        reg.set_active("a", "v1").unwrap();
+        reg.set_active("a", "v2").unwrap();
+        assert_eq!(reg.active("a").unwrap().as_deref(), Some("v2"));
+        assert_eq!(reg.previous("a").unwrap().as_deref(), Some("v1"));
+        reg.set_active("a", "v1").unwrap();
+        assert_eq!(reg.previous("a").unwrap().as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn versions_resolve_by_number_or_unique_hash_prefix() {
+        let (_dir, reg) = registry();
+        reg.put("a", "abcdef0001", b"1", "ops", 1).unwrap();
+        reg.put("a", "abcdef0002", b"2", "ops", 2).unwrap();
+        reg.put("a", "99ffee0003", b"3", "ops", 3).unwrap();
+        let seq = |v: &str| reg.resolve("a", v).unwrap().map(|m| m.seq);
+        assert_eq!(seq("2"), Some(2));
+        assert_eq!(seq("v3"), Some(3));
+        assert_eq!(seq("7"), None);
+        assert_eq!(seq("99FFEE"), Some(3), "prefixes are case-insensitive");
+        assert_eq!(seq("abcdef"), None, "an ambiguous prefix resolves to nothing");
+        assert_eq!(seq("abcdef0002"), Some(2));
+        assert_eq!(seq("abcd"), None, "a hash prefix needs 6 characters");
+    }
+}

@@ -127,3 +127,47 @@ fn valid_var_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_')) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(vars: &[(&str, &str)], message: Option<&str>) -> Answer {
+        Answer {
+            config: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            message: message.map(str::to_owned),
+        }
+    }
+
+    fn problem(a: Answer, limits: &Limits) -> String {
+        match check_answer(a, limits) {
+            Err(CallFailure::InvalidReply(why)) => why,
+            other => panic!("expected an invalid reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_answer_passes_unchanged() {
+        let ok = answer(&[("MY_URL", "https://x"), ("_private2", "v")], Some("hi"));
+        assert_eq!(check_answer(ok.clone(), &Limits::default()).unwrap(), ok);
+    }
+
+    #[test]
+    fn names_values_and_duplicates_are_checked() {
+        let limits = Limits::default();
+        assert!(problem(answer(&[("1BAD", "v")], None), &limits).contains("1BAD"));
+        assert!(problem(answer(&[("HAS-DASH", "v")], None), &limits).contains("HAS-DASH"));
+        assert!(problem(answer(&[("EMPTY", "")], None), &limits).contains("empty value"));
+        assert!(problem(answer(&[("A", "1"), ("A", "2")], None), &limits).contains("twice"));
+    }
+
+    #[test]
+    fn size_and_count_limits_apply() {
+        let limits = Limits { max_reply_bytes: 10, max_vars: 2, ..Limits::default() };
+        let big = check_answer(answer(&[("A", "0123456789")], None), &limits);
+        assert!(matches!(big, Err(CallFailure::ReplyTooLarge { size: 11, max: 10 })), "{big:?}");
+        let long_message = check_answer(answer(&[], Some("01234567890")), &limits);
+        assert!(matches!(long_message, Err(CallFailure::ReplyTooLarge { .. })));
+        assert!(problem(answer(&[("A", "1"), ("B", "2"), ("C", "3")], None), &limits).contains("over the limit of 2"));
+    }
+}

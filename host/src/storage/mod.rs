@@ -362,3 +362,6 @@ impl KvTxn {
         self.writes.contains_key(key)
     }
 }
+
+#[cfg(test)]
+mod tests;
