@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use addon_host::config::{AddonConfig, AdminConfig, BitriseConfig, HostConfig, Limits, ServerConfig, XervoConfig};
+use addon_host::config::{AddonConfig, AdminConfig, HostConfig, ServerConfig, XervoConfig};
 use addon_host::service::Service;
 use axum::Router;
 use axum::body::Body;
@@ -54,16 +54,9 @@ impl Reply {
 }
 
 fn addon(id: &str, plugin: &str, token: &str, plans: &[&str]) -> AddonConfig {
-    AddonConfig {
-        id: id.into(),
-        plugin: plugin.into(),
-        plans: plans.iter().map(|p| p.to_string()).collect(),
-        bitrise: Some(BitriseConfig { shared_token: token.into(), sso_secret: format!("sso-of-{id}") }),
-        xervo: None,
-        limits: Limits::default(),
-        config: Default::default(),
-        secrets: Default::default(),
-    }
+    let mut addon = AddonConfig::on_bitrise(id, plugin, token, &format!("sso-of-{id}"));
+    addon.plans = plans.iter().map(|p| p.to_string()).collect();
+    addon
 }
 
 pub(crate) fn xervo(password: &str, salt: &str, vars: &[&str]) -> XervoConfig {

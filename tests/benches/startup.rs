@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use addon_host::config::{AddonConfig, BitriseConfig, Limits, ServerConfig};
+use addon_host::config::{AddonConfig, ServerConfig};
 use addon_host::runtime::Runtime;
 use addon_host::service::Service;
 
@@ -53,16 +53,10 @@ fn main() -> anyhow::Result<()> {
         .map(|i| {
             let path = plugins.join(format!("p{i}.wasm"));
             std::fs::write(&path, distinct(&base, i))?;
-            Ok(AddonConfig {
-                id: format!("a{i}"),
-                plugin: path,
-                plans: vec![],
-                bitrise: Some(BitriseConfig { shared_token: format!("token-{i:012}"), sso_secret: format!("s{i}") }),
-                xervo: None,
-                limits: Limits::default(),
-                config: [("host_url".to_owned(), "https://x.example.com".to_owned())].into_iter().collect(),
-                secrets: Default::default(),
-            })
+            let mut addon =
+                AddonConfig::on_bitrise(&format!("a{i}"), path, &format!("token-{i:012}"), &format!("s{i}"));
+            addon.config.insert("host_url".to_owned(), "https://x.example.com".to_owned());
+            Ok(addon)
         })
         .collect::<anyhow::Result<_>>()?;
 

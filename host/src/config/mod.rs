@@ -119,6 +119,23 @@ pub struct AddonConfig {
     pub secrets: BTreeMap<String, String>,
 }
 
+impl AddonConfig {
+    /// Add-on `id` served by `plugin` on Bitrise with these credentials: no plan list, no
+    /// settings or secrets, default limits (tools, tests and benchmarks build on it).
+    pub fn on_bitrise(id: &str, plugin: impl Into<PathBuf>, shared_token: &str, sso_secret: &str) -> AddonConfig {
+        AddonConfig {
+            id: id.to_owned(),
+            plugin: plugin.into(),
+            plans: Vec::new(),
+            bitrise: Some(BitriseConfig { shared_token: shared_token.to_owned(), sso_secret: sso_secret.to_owned() }),
+            xervo: None,
+            limits: Limits::default(),
+            config: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
 /// Bitrise's shared configuration for one add-on.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use addon_host::config::{AddonConfig, AdminConfig, BitriseConfig, HostConfig, Limits, ServerConfig};
+use addon_host::config::{AddonConfig, AdminConfig, HostConfig, ServerConfig};
 use addon_host::service::{Caller, Platform, Provision, Target};
 
 /// A host serving `plugin` as add-on `id` on Bitrise, with data under `dir`.
@@ -14,16 +14,7 @@ pub(crate) fn host_config(dir: &Path, id: &str, plugin: &str, config: BTreeMap<S
             admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],
             ..ServerConfig::default()
         },
-        addons: vec![AddonConfig {
-            id: id.into(),
-            plugin: plugin.into(),
-            plans: vec![],
-            bitrise: Some(BitriseConfig { shared_token: "t".repeat(16), sso_secret: "s".repeat(16) }),
-            xervo: None,
-            limits: Limits::default(),
-            config,
-            secrets: Default::default(),
-        }],
+        addons: vec![AddonConfig { config, ..AddonConfig::on_bitrise(id, plugin, &"t".repeat(16), &"s".repeat(16)) }],
     }
 }
 
