@@ -220,8 +220,29 @@ impl HostConfig {
             toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        cfg.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        let invalid = || format!("invalid config {}", path.display());
+        cfg.inline_manifests().with_context(invalid)?;
+        cfg.validate().with_context(invalid)?;
         Ok(cfg)
+    }
+
+    /// Read each Xervo manifest once and keep its settings inline, so nothing later (the
+    /// Xervo adapter's start) reads the file again or sees it changed.
+    pub fn inline_manifests(&mut self) -> anyhow::Result<()> {
+        for addon in &mut self.addons {
+            if let Some(x) = addon.xervo.as_mut().filter(|x| x.manifest.is_some()) {
+                let settings =
+                    XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?;
+                *x = XervoConfig {
+                    manifest: None,
+                    password: Some(settings.password),
+                    sso_salt: Some(settings.sso_salt),
+                    config_vars: settings.config_vars,
+                    regions: settings.regions,
+                };
+            }
+        }
+        Ok(())
     }
 
     pub fn resolve_paths(&mut self, base: &Path) {

@@ -25,9 +25,10 @@ use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Record, 
 use manifest::XervoSettings;
 use rules::XervoRules;
 
-/// The Xervo routes, with each add-on's Xervo settings resolved once. (The config was
-/// validated at start-up, so resolving cannot fail here unless a manifest file changed since;
-/// such an add-on is then not offered on Xervo, and the error is logged.)
+/// The Xervo routes, with each add-on's Xervo settings resolved once. A config loaded from
+/// its file already holds its manifests inline ([`crate::config::HostConfig::load`]), so
+/// this reads nothing; a config built in code and never validated may still fail here, and
+/// that add-on is then not offered on Xervo, with the error logged.
 pub fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
     let mut addons = HashMap::new();
     for addon in service.addons() {
