@@ -24,7 +24,7 @@ use crate::error::ServiceError;
 use crate::http::{PathAddon, path_params, query};
 use crate::service::Service;
 
-pub fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
+pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
     Router::new()
         .route("/admin/status", routing::get(status))
         .route("/admin/addons/{addon_id}/plugins", routing::get(list).post(upload))

@@ -5,20 +5,20 @@
 //! stores state ([`storage`]), and hands the add-on's own logic to its plugin through the
 //! [`runtime`].
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod bitrise;
+pub(crate) mod bitrise;
 pub mod cli;
 mod clock;
 pub mod config;
 pub mod error;
-pub mod http;
-pub mod pages;
+pub(crate) mod http;
+pub(crate) mod pages;
 pub mod runtime;
 pub mod service;
 pub mod storage;
-pub mod versions;
-pub mod watch;
-pub mod xervo;
+pub(crate) mod versions;
+pub(crate) mod watch;
+pub(crate) mod xervo;
 
 pub use app::{app, serve};

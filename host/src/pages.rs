@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use crate::service::Record;
 
 /// Escape text for XHTML content and attribute values.
-pub fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -25,12 +25,12 @@ pub fn xml_escape(s: &str) -> String {
 }
 
 /// A JavaScript string literal safe inside inline script and XML: no `<`, `>` or `&`.
-pub fn js_string(s: &str) -> String {
+pub(crate) fn js_string(s: &str) -> String {
     serde_json::Value::from(s).to_string().replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
 }
 
 /// What a dashboard shows about one resource.
-pub struct Dashboard<'a> {
+pub(crate) struct Dashboard<'a> {
     pub addon_id: &'a str,
     pub title: &'a str,
     pub record: &'a Record,
@@ -41,7 +41,7 @@ pub struct Dashboard<'a> {
 }
 
 impl Dashboard<'_> {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let r = self.record;
         let status = if r.is_active() {
             format!("is on the <strong>{}</strong> plan.", xml_escape(&r.plan))
@@ -84,7 +84,7 @@ impl Dashboard<'_> {
 }
 
 /// A 200 HTML answer that no cache keeps.
-pub fn html(page: String) -> Response {
+pub(crate) fn html(page: String) -> Response {
     let mut response = (StatusCode::OK, page).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

@@ -22,7 +22,7 @@ pub struct VersionMeta {
 }
 
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     tree: sled::Tree,
 }
 
@@ -31,11 +31,11 @@ fn key(addon: &str, rest: &str) -> String {
 }
 
 impl Registry {
-    pub fn open(storage: &Storage) -> Result<Registry> {
+    pub(crate) fn open(storage: &Storage) -> Result<Registry> {
         Ok(Registry { tree: storage.tree("plugins")? })
     }
 
-    pub fn versions(&self, addon: &str) -> Result<Vec<VersionMeta>> {
+    pub(crate) fn versions(&self, addon: &str) -> Result<Vec<VersionMeta>> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(key(addon, "meta/")) {
             let (_, v) = item?;
@@ -46,20 +46,27 @@ impl Registry {
         Ok(out)
     }
 
-    pub fn get(&self, addon: &str, sha256: &str) -> Result<Option<VersionMeta>> {
+    pub(crate) fn get(&self, addon: &str, sha256: &str) -> Result<Option<VersionMeta>> {
         Ok(self.versions(addon)?.into_iter().find(|m| m.sha256 == sha256))
     }
 
-    pub fn blob(&self, addon: &str, sha256: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn blob(&self, addon: &str, sha256: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.tree.get(key(addon, &format!("blob/{sha256}")))?.map(|v| v.to_vec()))
     }
 
-    pub fn active(&self, addon: &str) -> Result<Option<String>> {
+    pub(crate) fn active(&self, addon: &str) -> Result<Option<String>> {
         Ok(self.tree.get(key(addon, "active"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Store a version (idempotent: the same bytes return the existing entry).
-    pub fn put(&self, addon: &str, sha256: &str, bytes: &[u8], uploaded_by: &str, now_ms: u64) -> Result<VersionMeta> {
+    pub(crate) fn put(
+        &self,
+        addon: &str,
+        sha256: &str,
+        bytes: &[u8],
+        uploaded_by: &str,
+        now_ms: u64,
+    ) -> Result<VersionMeta> {
         let versions = self.versions(addon)?;
         if let Some(existing) = versions.iter().find(|m| m.sha256 == sha256) {
             return Ok(existing.clone());
@@ -80,7 +87,7 @@ impl Registry {
     }
 
     /// Record `sha256` as the active version, remembering the one it replaces.
-    pub fn set_active(&self, addon: &str, sha256: &str) -> Result<()> {
+    pub(crate) fn set_active(&self, addon: &str, sha256: &str) -> Result<()> {
         let mut history = self.activations(addon)?;
         history.push(sha256.to_owned());
         if history.len() > MAX_ACTIVATIONS {
@@ -98,13 +105,13 @@ impl Registry {
     }
 
     /// The version that was active before the current one.
-    pub fn previous(&self, addon: &str) -> Result<Option<String>> {
+    pub(crate) fn previous(&self, addon: &str) -> Result<Option<String>> {
         let active = self.active(addon)?;
         Ok(self.activations(addon)?.into_iter().rev().find(|sha| Some(sha) != active.as_ref()))
     }
 
     /// Find a version by sequence number or by a sha256 prefix of at least 6 characters.
-    pub fn resolve(&self, addon: &str, version: &str) -> Result<Option<VersionMeta>> {
+    pub(crate) fn resolve(&self, addon: &str, version: &str) -> Result<Option<VersionMeta>> {
         let versions = self.versions(addon)?;
         let version = version.trim().trim_start_matches('v');
         if let Ok(seq) = version.parse::<u64>()

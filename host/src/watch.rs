@@ -26,7 +26,7 @@ fn stamp(path: &PathBuf) -> Option<Stamp> {
 }
 
 /// Start one watcher task per add-on.
-pub fn spawn(service: Arc<Service>, cfg: &HostConfig) {
+pub(crate) fn spawn(service: Arc<Service>, cfg: &HostConfig) {
     for addon in &cfg.addons {
         let (service, id, path) = (service.clone(), addon.id.clone(), addon.plugin.clone());
         tracing::info!(addon = %id, path = %path.display(), "watching plugin file");

@@ -1,9 +1,9 @@
 //! Start-up validation: a bad config or manifest is refused with a message naming the field,
 //! and the manifest the host prints is one it accepts back.
 
+use addon_host::config::XervoSettings;
 use addon_host::config::{HostConfig, XervoConfig};
 use addon_host::service::Service;
-use addon_host::xervo::manifest::XervoSettings;
 use serde_json::json;
 
 use crate::support::config;

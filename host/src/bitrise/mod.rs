@@ -21,7 +21,7 @@ use crate::http::{JsonBody, PathAddon, PathResource, check_resource_id};
 use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Record, Service, Target, auth};
 use login::login;
 
-pub fn routes() -> Router<Arc<Service>> {
+pub(crate) fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/addons/{addon_id}/provision", routing::post(provision))
         .route("/addons/{addon_id}/provision/{app_slug}", routing::put(change_plan).delete(deprovision))

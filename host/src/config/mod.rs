@@ -187,6 +187,10 @@ pub struct Limits {
     pub max_kv_bytes: u64,
     /// Total keys the add-on may keep in its key-value store.
     pub max_kv_keys: u64,
+    /// Host memory one call's key-value work may make the host hold: its pending writes,
+    /// the values it read (kept to re-check at commit) and the keys it listed. Bounds what
+    /// a plugin can allocate outside its own memory cap.
+    pub max_call_host_bytes: usize,
 }
 
 impl Default for Limits {
@@ -208,6 +212,7 @@ impl Default for Limits {
             max_call_kv_bytes: 1 << 20,
             max_kv_bytes: 16 << 30,
             max_kv_keys: 50_000_000,
+            max_call_host_bytes: 8 << 20,
         }
     }
 }
@@ -325,6 +330,7 @@ impl HostConfig {
                 ("max_call_kv_bytes", l.max_call_kv_bytes),
                 ("max_kv_bytes", l.max_kv_bytes),
                 ("max_kv_keys", l.max_kv_keys),
+                ("max_call_host_bytes", l.max_call_host_bytes as u64),
             ] {
                 if value == 0 {
                     bail!("{at}: `limits.{name}` must be greater than 0");

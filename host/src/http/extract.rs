@@ -17,17 +17,17 @@ use crate::error::ServiceError;
 use crate::service::Addon;
 
 /// Typed path parameters, or a 400 naming what is wrong with the path.
-pub fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ServiceError> {
+pub(crate) fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ServiceError> {
     path.map(|p| p.0).map_err(|e| ServiceError::BadRequest(format!("invalid path: {e}")))
 }
 
 /// A typed query string, or a 400 naming what is wrong with it.
-pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ServiceError> {
+pub(crate) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ServiceError> {
     query.map(|q| q.0).map_err(|e| ServiceError::BadRequest(format!("invalid query: {e}")))
 }
 
 /// The media type of the request's body (lower case, without parameters), if it names one.
-pub fn content_type(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?;
     let value = value.to_str().unwrap_or("").to_ascii_lowercase();
     Some(value.split(';').next().unwrap_or("").trim().to_owned())
@@ -48,7 +48,7 @@ async fn addon_of<S: HasService>(parts: &mut Parts, state: &S) -> Result<Arc<Add
 }
 
 /// The add-on named by the path's `{addon_id}` (404 when it is not hosted here).
-pub struct PathAddon(pub Arc<Addon>);
+pub(crate) struct PathAddon(pub Arc<Addon>);
 
 impl<S: HasService> FromRequestParts<S> for PathAddon {
     type Rejection = ServiceError;
@@ -60,7 +60,7 @@ impl<S: HasService> FromRequestParts<S> for PathAddon {
 
 /// The resource named by the path's last parameter (`{app_slug}` or `{id}`), checked to be a
 /// valid id; an error names the parameter.
-pub struct PathResource(pub String);
+pub(crate) struct PathResource(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathResource {
     type Rejection = ServiceError;
@@ -77,7 +77,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathResource {
 }
 
 /// The raw body, within the add-on's body limit, with the request's headers.
-pub struct RawBody {
+pub(crate) struct RawBody {
     pub headers: HeaderMap,
     pub bytes: Bytes,
 }
@@ -110,7 +110,7 @@ impl<S: HasService> FromRequest<S> for RawBody {
 impl RawBody {
     /// Decode as JSON. A missing content type is tolerated (platforms' tools are not all
     /// careful); a different one is refused.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
         if let Some(essence) = content_type(&self.headers)
             && essence != "application/json"
             && !essence.ends_with("+json")
@@ -133,7 +133,7 @@ impl RawBody {
 
     /// Decode as a form (`application/x-www-form-urlencoded`); a missing content type is
     /// tolerated, a different one refused.
-    pub fn form<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
+    pub(crate) fn form<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
         if let Some(essence) = content_type(&self.headers)
             && essence != "application/x-www-form-urlencoded"
         {
@@ -147,7 +147,7 @@ impl RawBody {
 }
 
 /// A JSON body within the add-on's limit (see [`RawBody::json`]).
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S: HasService, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ServiceError;
@@ -158,7 +158,7 @@ impl<S: HasService, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 /// A form body within the add-on's limit (see [`RawBody::form`]).
-pub struct FormBody<T>(pub T);
+pub(crate) struct FormBody<T>(pub T);
 
 impl<S: HasService, T: DeserializeOwned> FromRequest<S> for FormBody<T> {
     type Rejection = ServiceError;

@@ -14,11 +14,10 @@ use serde_json::json;
 
 use crate::error::ServiceError;
 use crate::service::Service;
-pub use extract::{FormBody, JsonBody, PathAddon, PathResource, RawBody, content_type, path_params, query};
-pub use response::{body as error_body, status as error_status};
+pub(crate) use extract::{FormBody, JsonBody, PathAddon, PathResource, RawBody, content_type, path_params, query};
 
 /// Router state that can hand out the service (the adapters' states wrap it).
-pub trait HasService: Send + Sync + 'static {
+pub(crate) trait HasService: Send + Sync + 'static {
     fn service(&self) -> &Arc<Service>;
 }
 
@@ -29,7 +28,7 @@ impl HasService for Arc<Service> {
 }
 
 /// A resource id or app slug from a URL or body: 1-128 URL-safe characters.
-pub fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
+pub(crate) fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
     if id.is_empty() || id.len() > 128 {
         return Err(ServiceError::BadRequest(format!("`{field}` must be 1-128 characters long")));
     }
@@ -44,11 +43,11 @@ pub fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-pub async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": "no such route"}))).into_response()
 }
 
-pub async fn method_not_allowed() -> Response {
+pub(crate) async fn method_not_allowed() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         axum::Json(json!({"error": "method_not_allowed", "message": "this route does not accept that method"})),

@@ -10,7 +10,7 @@ use crate::error::ServiceError;
 use crate::runtime::CallFailure;
 
 /// The status of each kind of failure.
-pub fn status(error: &ServiceError) -> StatusCode {
+pub(crate) fn status(error: &ServiceError) -> StatusCode {
     use ServiceError::*;
     match error {
         UnknownAddon(_) | ProtocolNotEnabled { .. } | NotFound(_) => StatusCode::NOT_FOUND,
@@ -32,7 +32,7 @@ pub fn status(error: &ServiceError) -> StatusCode {
 }
 
 /// The JSON body: kind and message, plus what identifies a plugin's failure.
-pub fn body(error: &ServiceError) -> serde_json::Value {
+pub(crate) fn body(error: &ServiceError) -> serde_json::Value {
     let mut body = json!({ "error": error.kind(), "message": error.to_string() });
     use ServiceError::*;
     match error {

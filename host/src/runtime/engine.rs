@@ -36,10 +36,13 @@ const KEEP_RESIDENT: usize = 4 << 20;
 
 fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
+    // Each slot holds everything one call may use (see the call's limiter), so a call can
+    // never exhaust the pool for others.
+    use super::state::{INSTANCES_PER_CALL, MEMORIES_PER_CALL, TABLES_PER_CALL};
     pool.total_component_instances(slots)
-        .total_core_instances(slots * 8)
-        .total_memories(slots * 2)
-        .total_tables(slots * 4)
+        .total_core_instances(slots * INSTANCES_PER_CALL)
+        .total_memories(slots * MEMORIES_PER_CALL)
+        .total_tables(slots * TABLES_PER_CALL)
         .max_memory_size(max_memory_bytes as usize)
         // A reused slot keeps its pages mapped instead of faulting them in again, and
         // PAGEMAP_SCAN (Linux 6.7+; ignored elsewhere) resets only the pages a call dirtied

@@ -52,7 +52,7 @@ impl CallFailure {
 /// Turn wasmtime's error for a failed call into a [`CallFailure`].
 pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limits, elapsed: Duration) -> CallFailure {
     let trap = error.downcast_ref::<Trap>().copied();
-    tracing::warn!(addon = %state.env.id, call = state.call, elapsed_ms = elapsed.as_millis() as u64, "plugin call failed: {error:?}");
+    tracing::warn!(addon = %state.log.addon, call = state.log.call, elapsed_ms = elapsed.as_millis() as u64, "plugin call failed: {error:?}");
     if trap == Some(Trap::Interrupt) {
         return CallFailure::Deadline { deadline_ms: limits.deadline_ms };
     }
@@ -62,7 +62,7 @@ pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limit
     if state.limiter.memory_denied {
         return CallFailure::Memory { memory_mib: limits.memory_mib };
     }
-    if let Some(q) = &state.quota_violation {
+    if let Some(q) = &state.kv.quota_violation {
         return CallFailure::Quota(q.clone());
     }
     let root = error.root_cause().to_string();

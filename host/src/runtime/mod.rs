@@ -9,6 +9,8 @@
 
 mod engine;
 mod failure;
+mod imports;
+mod kv;
 mod output;
 mod state;
 
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -29,11 +31,18 @@ pub use state::AddonEnv;
 
 use crate::config::ServerConfig;
 use crate::storage::KvTxn;
+use imports::GuestLog;
+use kv::KvCall;
 use state::{CallLimiter, CallState};
 
 /// Host-side bindings of `wit/provider.wit`.
 pub mod bindings {
-    wasmtime::component::bindgen!({ world: "plugin", path: "../wit" });
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+        imports: { "addon:provider/kv": trappable },
+        trappable_error_type: { "addon:provider/kv.kv-error" => crate::runtime::kv::KvFailure },
+    });
 }
 
 pub use bindings::addon::provider::types::{
@@ -108,7 +117,7 @@ impl Runtime {
         let (engine, info) = engine::build(server, max_memory_bytes, fuel)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        state::add_to_linker(&mut linker)?;
         let ticker = engine::EpochTicker::start(engine.clone(), EPOCH_TICK);
         Ok(Runtime {
             engine,
@@ -228,14 +237,10 @@ fn run(
     let state = CallState {
         wasi,
         table: ResourceTable::new(),
-        limiter: CallLimiter { memory_cap: (limits.memory_mib << 20) as usize, memory_denied: false },
+        limiter: CallLimiter::new((limits.memory_mib << 20) as usize),
+        log: GuestLog::new(&env.id, export.name(), limits.max_log_bytes),
         env,
-        call: export.name(),
-        kv,
-        quota_violation: None,
-        storage_failure: None,
-        log_bytes: 0,
-        log_dropped: 0,
+        kv: KvCall::new(kv),
         stdout,
         stderr,
     };
@@ -253,24 +258,21 @@ fn run(
 
     let outcome = plugin.pre.instantiate(&mut store).and_then(|instance| call_export(&instance, &mut store, export));
     let elapsed = started.elapsed();
-    flush_guest_output(store.data_mut());
+    store.data_mut().flush_output();
     let state = store.into_data();
     let result = match outcome {
         Err(error) => return Err(failure::classify(error, &state, &limits, elapsed)),
         Ok(r) => r,
     };
-    if let Some(msg) = state.storage_failure {
-        return Err(CallFailure::Host(msg));
-    }
     // A plugin that hit a key-value limit and then gave up failed because of the limit.
-    if let (Err(_), Some(quota)) = (&result, &state.quota_violation) {
+    if let (Err(_), Some(quota)) = (&result, &state.kv.quota_violation) {
         return Err(CallFailure::Quota(quota.clone()));
     }
     let result = match result {
         Ok(answer) => Ok(failure::check_answer(answer, &limits)?),
         Err(refusal) => Err(refusal),
     };
-    Ok(Completed { result, kv: state.kv, elapsed })
+    Ok(Completed { result, kv: state.kv.txn, elapsed })
 }
 
 fn call_export(
@@ -287,18 +289,4 @@ fn call_export(
             .map(|r| Answer { config: r.config.into_iter().map(|v| (v.key, v.value)).collect(), message: r.message }),
         Export::Deprovision(req) => instance.call_deprovision(&mut *store, &req)?.map(|()| Answer::default()),
     })
-}
-
-/// Forward what the guest printed on stdout/stderr (a panic message, typically) to the log.
-fn flush_guest_output(state: &mut CallState) {
-    for (kept, dropped) in [state.stdout.contents(), state.stderr.contents()] {
-        state.log_dropped += dropped;
-        let text = String::from_utf8_lossy(&kept).into_owned();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            state.guest_log(bindings::addon::provider::log::Level::Warn, line);
-        }
-    }
-    if state.log_dropped > 0 {
-        tracing::warn!(addon = %state.env.id, call = state.call, dropped = state.log_dropped, "plugin output over its per-call log budget was dropped");
-    }
 }

@@ -1,16 +1,20 @@
-//! The per-call sandbox state: what a plugin's imports reach, and the limiter that caps its
-//! memory. One `CallState` lives in one `Store` for exactly one export call.
+//! The per-call sandbox state: one `CallState` lives in one `Store` for exactly one export
+//! call. Each import interface is linked to a borrowed view of the part of the state it
+//! needs ([`KvView`], [`GuestLog`], [`AddonView`], WASI's own view), so no import can reach
+//! another's data.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::addon::provider::{config, env, kv, log, types};
+use super::imports::{AddonView, GuestLog};
+use super::kv::{KvCall, KvView};
+use super::output::CappedOutput;
 use crate::config::Limits;
-use crate::storage::KvTxn;
 
 /// What the host knows about an add-on that its plugin may see.
 #[derive(Debug, Clone)]
@@ -26,49 +30,10 @@ pub(crate) struct CallState {
     pub(super) table: ResourceTable,
     pub(super) limiter: CallLimiter,
     pub(super) env: Arc<AddonEnv>,
-    pub(super) call: &'static str,
-    pub(super) kv: KvTxn,
-    /// The first key-value request refused for exceeding a limit.
-    pub(super) quota_violation: Option<String>,
-    /// A storage error met by an import; the call cannot be trusted after it.
-    pub(super) storage_failure: Option<String>,
-    pub(super) log_bytes: usize,
-    pub(super) log_dropped: usize,
-    pub(super) stdout: super::output::CappedOutput,
-    pub(super) stderr: super::output::CappedOutput,
-}
-
-/// Caps one call's linear memory and remembers whether the cap was hit, so a failure that
-/// follows (a trap or an abort in the guest's allocator) is reported as a memory limit.
-pub(crate) struct CallLimiter {
-    pub memory_cap: usize,
-    pub memory_denied: bool,
-}
-
-impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
-            self.memory_denied = true;
-            return Ok(false);
-        }
-        Ok(maximum.is_none_or(|m| desired <= m))
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
-    }
-
-    fn instances(&self) -> usize {
-        32
-    }
-
-    fn tables(&self) -> usize {
-        64
-    }
-
-    fn memories(&self) -> usize {
-        8
-    }
+    pub(super) kv: KvCall,
+    pub(super) log: GuestLog,
+    pub(super) stdout: CappedOutput,
+    pub(super) stderr: CappedOutput,
 }
 
 impl WasiView for CallState {
@@ -78,138 +43,95 @@ impl WasiView for CallState {
 }
 
 impl CallState {
-    fn quota(&mut self, message: String) -> kv::KvError {
-        if self.quota_violation.is_none() {
-            self.quota_violation = Some(message.clone());
+    /// Forward what the guest printed on stdout/stderr (a panic message, typically) to the
+    /// log, within the same budget as its log lines.
+    pub(super) fn flush_output(&mut self) {
+        for (kept, dropped) in [self.stdout.contents(), self.stderr.contents()] {
+            self.log.dropped += dropped;
+            let text = String::from_utf8_lossy(&kept).into_owned();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                self.log.line(log::Level::Warn, line);
+            }
         }
-        kv::KvError::QuotaExceeded(message)
-    }
-
-    fn check_key(&mut self, key: &str) -> Result<(), kv::KvError> {
-        if key.is_empty() {
-            return Err(kv::KvError::InvalidKey("keys must not be empty".into()));
-        }
-        let max = self.env.limits.max_key_bytes;
-        if key.len() > max {
-            return Err(kv::KvError::InvalidKey(format!("key of {} bytes exceeds the {max}-byte limit", key.len())));
-        }
-        Ok(())
-    }
-
-    fn check_write(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), kv::KvError> {
-        self.check_key(key)?;
-        let limits = &self.env.limits;
-        if let Some(v) = value
-            && v.len() > limits.max_value_bytes
-        {
-            let msg =
-                format!("value of {} bytes for `{key}` exceeds the {}-byte limit", v.len(), limits.max_value_bytes);
-            return Err(self.quota(msg));
-        }
-        if !self.kv.is_pending(key) && self.kv.write_count() >= limits.max_writes_per_call {
-            let msg = format!("more than {} key-value writes in one call", limits.max_writes_per_call);
-            return Err(self.quota(msg));
-        }
-        Ok(())
-    }
-
-    fn storage<T>(&mut self, r: crate::storage::Result<T>) -> Result<T, kv::KvError> {
-        r.map_err(|e| {
-            let msg = e.to_string();
-            self.storage_failure.get_or_insert_with(|| msg.clone());
-            kv::KvError::Storage(msg)
-        })
-    }
-
-    /// Log a line from the guest, within the call's log budget.
-    pub(super) fn guest_log(&mut self, level: log::Level, message: &str) {
-        let max = self.env.limits.max_log_bytes;
-        if self.log_bytes + message.len() > max {
-            self.log_dropped += message.len();
-            return;
-        }
-        self.log_bytes += message.len();
-        let (addon, call) = (self.env.id.as_str(), self.call);
-        match level {
-            log::Level::Trace => tracing::trace!(target: "plugin", addon, call, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "plugin", addon, call, "{message}"),
-            log::Level::Info => tracing::info!(target: "plugin", addon, call, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "plugin", addon, call, "{message}"),
-            log::Level::Error => tracing::error!(target: "plugin", addon, call, "{message}"),
+        if self.log.dropped > 0 {
+            tracing::warn!(addon = %self.log.addon, call = self.log.call, dropped = self.log.dropped, "plugin output over its per-call log budget was dropped");
         }
     }
 }
 
-impl types::Host for CallState {}
+struct KvData;
+impl HasData for KvData {
+    type Data<'a> = KvView<'a>;
+}
 
-impl kv::Host for CallState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
-        self.check_key(&key)?;
-        let r = self.kv.get(&key);
-        self.storage(r)
-    }
+struct LogData;
+impl HasData for LogData {
+    type Data<'a> = &'a mut GuestLog;
+}
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
-        self.check_write(&key, Some(&value))?;
-        self.kv.set(&key, value);
-        Ok(())
-    }
+struct AddonData;
+impl HasData for AddonData {
+    type Data<'a> = AddonView<'a>;
+}
 
-    fn delete(&mut self, key: String) -> Result<bool, kv::KvError> {
-        self.check_write(&key, None)?;
-        let r = self.kv.delete(&key);
-        self.storage(r)
-    }
+/// Link the `plugin` world's own imports, each to its view of the call.
+pub(super) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    types::add_to_linker::<_, AddonData>(linker, |s| AddonView(&s.env))?;
+    kv::add_to_linker::<_, KvData>(linker, |s| KvView { call: &mut s.kv, limits: &s.env.limits })?;
+    log::add_to_linker::<_, LogData>(linker, |s| &mut s.log)?;
+    config::add_to_linker::<_, AddonData>(linker, |s| AddonView(&s.env))?;
+    env::add_to_linker::<_, AddonData>(linker, |s| AddonView(&s.env))?;
+    Ok(())
+}
 
-    fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, kv::KvError> {
-        let r = self.kv.list_keys(&prefix);
-        self.storage(r)
-    }
+/// Pool resources one call may use. The pooling allocator is sized from these, slot by
+/// slot, so a call can never take another call's share of the pool.
+pub(crate) const INSTANCES_PER_CALL: u32 = 16;
+pub(crate) const MEMORIES_PER_CALL: u32 = 4;
+pub(crate) const TABLES_PER_CALL: u32 = 8;
 
-    fn compare_and_swap(
-        &mut self,
-        key: String,
-        expected: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool, kv::KvError> {
-        self.check_write(&key, new.as_deref())?;
-        let r = self.kv.compare_and_swap(&key, expected.as_deref(), new);
-        self.storage(r)
+/// Caps one call's linear memory — the total of all its memories, not each one — and
+/// remembers whether the cap was hit, so a failure that follows (a trap or an abort in the
+/// guest's allocator) is reported as a memory limit.
+pub(crate) struct CallLimiter {
+    memory_cap: usize,
+    memory_total: usize,
+    pub(super) memory_denied: bool,
+}
+
+impl CallLimiter {
+    pub(crate) fn new(memory_cap: usize) -> CallLimiter {
+        CallLimiter { memory_cap, memory_total: 0, memory_denied: false }
     }
 }
 
-impl log::Host for CallState {
-    fn log(&mut self, level: log::Level, message: String) {
-        self.guest_log(level, &message);
-    }
-}
-
-impl config::Host for CallState {
-    fn addon_id(&mut self) -> String {
-        self.env.id.clone()
-    }
-
-    fn get(&mut self, key: String) -> Option<String> {
-        self.env.config.get(&key).cloned()
-    }
-
-    fn secret(&mut self, name: String) -> Option<String> {
-        self.env.secrets.get(&name).cloned()
-    }
-}
-
-impl env::Host for CallState {
-    fn now_ms(&mut self) -> u64 {
-        crate::clock::now_ms()
-    }
-
-    fn random_bytes(&mut self, len: u32) -> Vec<u8> {
-        let mut buf = vec![0u8; len.min(4096) as usize];
-        // The OS generator only fails on broken systems; an all-zero buffer would be worse
-        // than a trap, so fall back to refusing the call through a trap-free empty reply.
-        if getrandom::fill(&mut buf).is_err() {
-            buf.clear();
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = (self.memory_total - current.min(self.memory_total)).saturating_add(desired);
+        if total > self.memory_cap {
+            self.memory_denied = true;
+            return Ok(false);
         }
-        buf
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        self.memory_total = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
+    }
+
+    fn instances(&self) -> usize {
+        INSTANCES_PER_CALL as usize
+    }
+
+    fn tables(&self) -> usize {
+        TABLES_PER_CALL as usize
+    }
+
+    fn memories(&self) -> usize {
+        MEMORIES_PER_CALL as usize
     }
 }

@@ -194,12 +194,20 @@ impl AddonStore {
             .collect()
     }
 
-    fn kv_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        self.tree
-            .scan_prefix(prefixed(KV, prefix))
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?[KV.len()..]).into_owned()))
-            .collect()
+    /// Keys under `prefix`, or `None` once their total length would pass `max_bytes` (so a
+    /// listing never makes the host hold more than the caller allows).
+    fn kv_keys(&self, prefix: &str, max_bytes: usize) -> Result<Option<Vec<String>>> {
+        let mut keys = Vec::new();
+        let mut total = 0usize;
+        for k in self.tree.scan_prefix(prefixed(KV, prefix)).keys() {
+            let key = String::from_utf8_lossy(&k?[KV.len()..]).into_owned();
+            total += key.len();
+            if total > max_bytes {
+                return Ok(None);
+            }
+            keys.push(key);
+        }
+        Ok(Some(keys))
     }
 
     /// Start buffering a call's key-value access.
@@ -334,15 +342,19 @@ impl KvTxn {
     /// Keys with `prefix`, merging the tree with this call's pending writes. Listings are
     /// not validated at commit (only point reads and compare-and-swap are), so a key another
     /// call adds under the prefix meanwhile is not a conflict; use CAS where that matters.
-    pub fn list_keys(&mut self, prefix: &str) -> Result<Vec<String>> {
-        let mut keys: std::collections::BTreeSet<String> = self.store.kv_keys(prefix)?.into_iter().collect();
+    /// `None` when the stored keys alone pass `max_bytes`.
+    pub fn list_keys(&mut self, prefix: &str, max_bytes: usize) -> Result<Option<Vec<String>>> {
+        let Some(stored) = self.store.kv_keys(prefix, max_bytes)? else {
+            return Ok(None);
+        };
+        let mut keys: std::collections::BTreeSet<String> = stored.into_iter().collect();
         for (k, v) in self.writes.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)) {
             match v {
                 Some(_) => keys.insert(k.clone()),
                 None => keys.remove(k),
             };
         }
-        Ok(keys.into_iter().collect())
+        Ok(Some(keys.into_iter().collect()))
     }
 
     pub fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {

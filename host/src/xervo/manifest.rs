@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-pub use crate::config::XervoSettings;
+pub(crate) use crate::config::XervoSettings;
 
 impl XervoSettings {
     /// The manifest for this add-on on a host reachable at `base_url` (and `test_base_url`

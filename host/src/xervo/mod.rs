@@ -3,7 +3,7 @@
 //! HTTP Basic (`manifest id : api.password`); SSO is in [`sso`], the manifest in [`manifest`].
 //! Everything else is the shared service's job.
 
-pub mod manifest;
+pub(crate) mod manifest;
 mod rules;
 mod sso;
 
@@ -29,7 +29,7 @@ use rules::XervoRules;
 /// its file already holds its manifests inline ([`crate::config::HostConfig::load`]), so
 /// this reads nothing; a config built in code and never validated may still fail here, and
 /// that add-on is then not offered on Xervo, with the error logged.
-pub fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
+pub(crate) fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
     let mut addons = HashMap::new();
     for addon in service.addons() {
         let Some(cfg) = &addon.config.xervo else { continue };
@@ -118,7 +118,7 @@ impl FromRequestParts<Arc<Xervo>> for Authenticated {
 }
 
 /// A service error in Xervo's dress: 401s carry the Basic challenge.
-pub struct XervoError(ServiceError);
+pub(crate) struct XervoError(ServiceError);
 
 impl From<ServiceError> for XervoError {
     fn from(e: ServiceError) -> Self {
@@ -144,13 +144,13 @@ type XervoResult = Result<Response, XervoError>;
 /// A JSON scalar the platform may send as a string or a number (ids, timestamps).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum Scalar {
+pub(crate) enum Scalar {
     Text(String),
     Number(serde_json::Number),
 }
 
 impl Scalar {
-    pub fn into_string(self) -> String {
+    pub(crate) fn into_string(self) -> String {
         match self {
             Scalar::Text(s) => s,
             Scalar::Number(n) => n.to_string(),
