@@ -37,8 +37,9 @@ pub enum ServiceError {
     PluginError { addon: String, call: &'static str, version: String, message: String },
     #[error("add-on `{addon}` plugin (version {version}) {failure} in {call}")]
     CallFailed { addon: String, call: &'static str, version: String, failure: CallFailure },
-    #[error("too many concurrent changes to add-on `{0}` data; retry")]
-    Busy(String),
+    /// The request could not be served now; the platform should retry shortly.
+    #[error("add-on `{addon}` is busy: {reason}; retry shortly")]
+    Busy { addon: String, reason: &'static str },
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
     /// A stored value that cannot be read back (a record written by a broken version).
@@ -73,7 +74,7 @@ impl ServiceError {
             Unavailable { .. } => "unavailable",
             PluginError { .. } => "plugin_error",
             CallFailed { failure, .. } => failure.kind(),
-            Busy(_) => "busy",
+            Busy { .. } => "busy",
             Storage(_) | Corrupt { .. } => "storage_error",
             Host { .. } => "host_error",
         }

@@ -16,7 +16,7 @@ use super::Offered;
 use crate::error::ServiceError;
 use crate::http::{FormBody, check_resource_id, query};
 use crate::pages::{Dashboard, html, js_string, xml_escape};
-use crate::service::{Record, Service};
+use crate::service::{Platform, Record, Service};
 
 const BEAM_SCRIPT: &str = "https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js";
 
@@ -45,7 +45,7 @@ pub(super) async fn login(
     let id = addon.id();
     service.verify_sso(&format!("{id}/bitrise"), &form.app_slug, &secret, &form.timestamp, &form.token).await?;
     let record = service
-        .record(&addon, &form.app_slug)
+        .record(&addon, Platform::Bitrise, &form.app_slug)
         .await?
         .filter(Record::is_active)
         .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{id}`", form.app_slug)))?;

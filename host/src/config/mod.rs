@@ -191,6 +191,12 @@ pub struct Limits {
     /// the values it read (kept to re-check at commit) and the keys it listed. Bounds what
     /// a plugin can allocate outside its own memory cap.
     pub max_call_host_bytes: usize,
+    /// Plugin calls of this add-on that may run at once: its share of the host's
+    /// `server.max_concurrent_calls` (default: a quarter of them).
+    pub max_concurrent_calls: Option<u32>,
+    /// Calls that may wait for the add-on's share; past that, requests are answered 503
+    /// with `Retry-After` at once (default: four times the share).
+    pub max_queued_calls: Option<u32>,
 }
 
 impl Default for Limits {
@@ -213,6 +219,8 @@ impl Default for Limits {
             max_kv_bytes: 16 << 30,
             max_kv_keys: 50_000_000,
             max_call_host_bytes: 8 << 20,
+            max_concurrent_calls: None,
+            max_queued_calls: None,
         }
     }
 }
@@ -331,6 +339,7 @@ impl HostConfig {
                 ("max_kv_bytes", l.max_kv_bytes),
                 ("max_kv_keys", l.max_kv_keys),
                 ("max_call_host_bytes", l.max_call_host_bytes as u64),
+                ("max_concurrent_calls", l.max_concurrent_calls.unwrap_or(1) as u64),
             ] {
                 if value == 0 {
                     bail!("{at}: `limits.{name}` must be greater than 0");

@@ -21,7 +21,7 @@ pub(crate) fn status(error: &ServiceError) -> StatusCode {
         PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         UnknownPlan { .. } | Refused { .. } | InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        Unavailable { .. } | Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Unavailable { .. } | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CallFailed { failure: CallFailure::Deadline { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
         CallFailed { failure: CallFailure::ShuttingDown, .. } => StatusCode::SERVICE_UNAVAILABLE,
         CallFailed { failure: CallFailure::Quota(_), .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -61,7 +61,13 @@ pub(crate) fn body(error: &ServiceError) -> serde_json::Value {
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = status(&self);
-        let retry_later = matches!(self, ServiceError::Unavailable { .. } | ServiceError::Busy(_));
+        // A busy host frees up within a second or so; a plugin's own "not now" may last longer.
+        let retry_after = match self {
+            ServiceError::Busy { .. } => Some("1"),
+            ServiceError::Unavailable { .. } => Some("30"),
+            _ => None,
+        };
+        let retry_later = retry_after.is_some();
         if retry_later {
             // A plugin's own "not now" or a full host: expected under load, retried by the platform.
             tracing::warn!(status = status.as_u16(), "{self}");
@@ -71,8 +77,8 @@ impl IntoResponse for ServiceError {
             tracing::info!(status = status.as_u16(), "{self}");
         }
         let mut response = (status, axum::Json(body(&self))).into_response();
-        if retry_later {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
         }
         response
     }

@@ -43,6 +43,7 @@ fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Engi
         .total_core_instances(slots * INSTANCES_PER_CALL)
         .total_memories(slots * MEMORIES_PER_CALL)
         .total_tables(slots * TABLES_PER_CALL)
+        .total_stacks(slots)
         .max_memory_size(max_memory_bytes as usize)
         // A reused slot keeps its pages mapped instead of faulting them in again, and
         // PAGEMAP_SCAN (Linux 6.7+; ignored elsewhere) resets only the pages a call dirtied

@@ -50,11 +50,12 @@ impl CallFailure {
 }
 
 /// Turn wasmtime's error for a failed call into a [`CallFailure`].
-pub(super) fn classify(error: wasmtime::Error, state: &CallState, limits: &Limits, elapsed: Duration) -> CallFailure {
+pub(super) fn classify(error: wasmtime::Error, state: &CallState, deadline_ms: u64, elapsed: Duration) -> CallFailure {
+    let limits = &state.env.limits;
     let trap = error.downcast_ref::<Trap>().copied();
     tracing::warn!(addon = %state.log.addon, call = state.log.call, elapsed_ms = elapsed.as_millis() as u64, "plugin call failed: {error:?}");
     if trap == Some(Trap::Interrupt) {
-        return CallFailure::Deadline { deadline_ms: limits.deadline_ms };
+        return CallFailure::Deadline { deadline_ms };
     }
     if trap == Some(Trap::OutOfFuel) {
         return CallFailure::Fuel { fuel: limits.fuel.unwrap_or(u64::MAX) };

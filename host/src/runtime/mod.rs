@@ -2,16 +2,18 @@
 //! once into an `InstancePre`, and every call run in a fresh `Store` under a deadline
 //! (epoch interruption), a memory cap and output limits.
 //!
-//! Calls run on tokio's blocking pool, on the same thread as the storage work around them:
-//! wasmtime-wasi's sync bindings and the plugin's key-value reads must not run on a runtime
-//! worker. A semaphore bounds the calls in flight so the instance pool is never exhausted;
-//! excess calls wait for a slot.
+//! Calls run on wasmtime's async support, as tasks of the host's tokio runtime: the guest
+//! yields to the executor at every epoch tick, and WASI's clocks and polls are async, so a
+//! call's deadline bounds its whole life — its own code and every host call it makes. At the
+//! deadline the call's future is dropped, which drops its store and instance; only then is
+//! its [`Slot`] released (see [`slots`] for how slots are shared among add-ons).
 
 mod engine;
 mod failure;
 mod imports;
 mod kv;
 mod output;
+mod slots;
 mod state;
 
 use std::hash::{Hash, Hasher};
@@ -22,11 +24,12 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use engine::EngineInfo;
 pub use failure::CallFailure;
+pub use slots::{Share, Slot, SlotRefused};
 pub use state::AddonEnv;
 
 use crate::config::ServerConfig;
@@ -41,6 +44,7 @@ pub mod bindings {
         world: "plugin",
         path: "../wit",
         imports: { "addon:provider/kv": trappable },
+        exports: { default: async },
         trappable_error_type: { "addon:provider/kv.kv-error" => crate::runtime::kv::KvFailure },
     });
 }
@@ -116,7 +120,7 @@ impl Runtime {
     pub fn new(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Runtime> {
         let (engine, info) = engine::build(server, max_memory_bytes, fuel)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         state::add_to_linker(&mut linker)?;
         let ticker = engine::EpochTicker::start(engine.clone(), EPOCH_TICK);
         Ok(Runtime {
@@ -174,36 +178,38 @@ impl Runtime {
         Ok((component, false))
     }
 
-    /// Wait for a call slot. Slots bound the instances alive at once, so the instance pool
-    /// is never exhausted; excess calls wait here, off the blocking pool.
-    pub async fn slot(&self) -> Result<Slot, CallFailure> {
-        self.slots.clone().acquire_owned().await.map(Slot).map_err(|_| CallFailure::ShuttingDown)
+    /// An add-on's share of the call slots: `limits.max_concurrent_calls` (default a quarter
+    /// of the host's slots) and a wait queue of `limits.max_queued_calls` (default four
+    /// times the share).
+    pub fn share(&self, limits: &crate::config::Limits) -> Share {
+        let host = self.info.slots as usize;
+        let size = limits.max_concurrent_calls.map_or(host / 4, |n| n as usize).clamp(1, host);
+        let queue = limits.max_queued_calls.map_or(size * 4, |n| n as usize);
+        Share::new(size, queue)
     }
 
-    /// [`Runtime::slot`] from a blocking thread (a call run again after a conflict).
-    pub fn slot_blocking(&self) -> Result<Slot, CallFailure> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| CallFailure::ShuttingDown)?;
-        handle.block_on(self.slot())
+    /// A slot for one call of the add-on owning `share`, waiting until `until` at most.
+    pub async fn slot(&self, share: &Share, until: tokio::time::Instant) -> Result<Slot, SlotRefused> {
+        slots::acquire(&self.slots, share, until).await
     }
 
-    /// Run one export of `plugin` in a fresh instance, on the calling (blocking) thread.
-    /// The caller holds `slot` for the duration of the call.
-    pub fn call_blocking(
+    /// Run one export of `plugin` in a fresh instance, within `deadline` (the add-on's
+    /// deadline, or less when the request's budget has less left). `slot` is released when
+    /// the instance is gone: when this returns, or when this future is dropped.
+    pub async fn call(
         &self,
-        _slot: &Slot,
+        slot: Slot,
         plugin: &Plugin,
         env: Arc<AddonEnv>,
         kv: KvTxn,
         export: Export,
+        deadline: Duration,
     ) -> Result<Completed, CallFailure> {
-        run(&self.engine, self.info.fuel, plugin, env, kv, export)
+        let outcome = run(&self.engine, self.info.fuel, plugin, env, kv, export, deadline).await;
+        drop(slot);
+        outcome
     }
 }
-
-/// Permission to run one plugin call (see [`Runtime::slot`]).
-pub struct Slot(
-    #[allow(dead_code, reason = "held, never read: dropping it frees the slot")] tokio::sync::OwnedSemaphorePermit,
-);
 
 fn new_component(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("not a valid component: {e:#}"))
@@ -221,13 +227,14 @@ fn write_artefact(component: &Component, dir: &Path, path: &Path) -> anyhow::Res
     Ok(())
 }
 
-fn run(
+async fn run(
     engine: &Engine,
     metered: bool,
     plugin: &Plugin,
     env: Arc<AddonEnv>,
     kv: KvTxn,
     export: Export,
+    deadline: Duration,
 ) -> Result<Completed, CallFailure> {
     let started = Instant::now();
     let limits = env.limits.clone();
@@ -246,22 +253,40 @@ fn run(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    // Yield to the executor at every epoch tick, so the deadline below can fire while the
+    // guest computes; past the deadline (should the future still be polled) trap.
+    let stop = started + deadline;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= stop { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+    });
     if metered {
         // Unmetered add-ons on a metering engine get a budget they cannot exhaust in time.
         if let Err(e) = store.set_fuel(limits.fuel.unwrap_or(u64::MAX)) {
             return Err(CallFailure::Host(format!("setting fuel: {e:#}")));
         }
     }
-
-    let outcome = plugin.pre.instantiate(&mut store).and_then(|instance| call_export(&instance, &mut store, export));
+    let deadline_ms = deadline.as_millis() as u64;
+    let call = async {
+        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        call_export(&instance, &mut store, export).await
+    };
+    let outcome = match tokio::time::timeout(deadline, call).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            // The call's future (and with it the guest's stack) is gone; the store follows
+            // when this function returns.
+            store.data_mut().flush_output();
+            let state = store.into_data();
+            tracing::warn!(addon = %state.log.addon, call = state.log.call, deadline_ms, "plugin call cancelled at its deadline");
+            return Err(CallFailure::Deadline { deadline_ms });
+        }
+    };
     let elapsed = started.elapsed();
     store.data_mut().flush_output();
     let state = store.into_data();
     let result = match outcome {
-        Err(error) => return Err(failure::classify(error, &state, &limits, elapsed)),
+        Err(error) => return Err(failure::classify(error, &state, deadline_ms, elapsed)),
         Ok(r) => r,
     };
     // A plugin that hit a key-value limit and then gave up failed because of the limit.
@@ -275,18 +300,20 @@ fn run(
     Ok(Completed { result, kv: state.kv.txn, elapsed })
 }
 
-fn call_export(
+async fn call_export(
     instance: &bindings::Plugin,
     store: &mut Store<CallState>,
     export: Export,
 ) -> wasmtime::Result<Result<Answer, ProviderError>> {
     Ok(match export {
         Export::Provision(req) => instance
-            .call_provision(&mut *store, &req)?
+            .call_provision(&mut *store, &req)
+            .await?
             .map(|r| Answer { config: r.config.into_iter().map(|v| (v.key, v.value)).collect(), message: r.message }),
         Export::ChangePlan(req) => instance
-            .call_change_plan(&mut *store, &req)?
+            .call_change_plan(&mut *store, &req)
+            .await?
             .map(|r| Answer { config: r.config.into_iter().map(|v| (v.key, v.value)).collect(), message: r.message }),
-        Export::Deprovision(req) => instance.call_deprovision(&mut *store, &req)?.map(|()| Answer::default()),
+        Export::Deprovision(req) => instance.call_deprovision(&mut *store, &req).await?.map(|()| Answer::default()),
     })
 }

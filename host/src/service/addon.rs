@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::config::{AddonConfig, BitriseConfig};
 use crate::error::ServiceError;
-use crate::runtime::{AddonEnv, Plugin};
+use crate::runtime::{AddonEnv, Plugin, Share};
 use crate::storage::AddonStore;
 
 use super::Record;
@@ -16,6 +16,8 @@ pub struct Addon {
     pub(super) env: Arc<AddonEnv>,
     pub(super) plugin: RwLock<Arc<Plugin>>,
     pub(super) store: AddonStore,
+    /// Its share of the host's plugin call slots.
+    pub(super) share: Share,
     /// Held by calls re-run after a key-value conflict, so that retries make progress one at
     /// a time instead of colliding again.
     pub(super) retry_lock: tokio::sync::Mutex<()>,

@@ -20,22 +20,24 @@ pub fn secret_matches(given: &str, expected: &str) -> bool {
 }
 
 /// Check an SSO token for `subject` signed with `secret` at `timestamp` (unix seconds, as
-/// sent). Returns the parsed timestamp.
+/// sent). Returns the parsed timestamp and the token in canonical form (lower-case hex), the
+/// form under which it is marked used: hex is case-insensitive, so `ABC` and `abc` are one
+/// token and a replay in other letter case is still a replay.
 pub fn verify_sso_token(
     subject: &str,
     secret: &str,
     timestamp: &str,
     token: &str,
     now: i64,
-) -> Result<i64, ServiceError> {
+) -> Result<(i64, String), ServiceError> {
     let ts: i64 = timestamp
         .trim()
         .parse()
         .map_err(|_| ServiceError::Forbidden(format!("timestamp {timestamp:?} is not a unix time in seconds")))?;
     let material = format!("{subject}:{secret}:{}", timestamp.trim());
-    let (given, expected) = match token.strip_prefix("sha256-") {
-        Some(hex) => (hex, hex::encode(Sha256::digest(material.as_bytes()))),
-        None => (token, hex::encode(Sha1::digest(material.as_bytes()))),
+    let (prefix, given, expected) = match token.strip_prefix("sha256-") {
+        Some(hex) => ("sha256-", hex, hex::encode(Sha256::digest(material.as_bytes()))),
+        None => ("", token, hex::encode(Sha1::digest(material.as_bytes()))),
     };
     if !secret_matches(&given.to_ascii_lowercase(), &expected) {
         return Err(ServiceError::Forbidden("the SSO token does not match".into()));
@@ -46,7 +48,7 @@ pub fn verify_sso_token(
             now - ts
         )));
     }
-    Ok(ts)
+    Ok((ts, format!("{prefix}{expected}")))
 }
 
 /// The admin API's credentials: named bearer tokens, kept only as SHA-256 hashes. They come
@@ -114,7 +116,7 @@ mod tests {
         // The worked example of Bitrise's kit: slug 0123456789abcdef, secret cba321.
         let token = "9a9f0c852674fbfb29fe66121397e8377496dcf0";
         assert_eq!(
-            verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_010).unwrap(),
+            verify_sso_token("0123456789abcdef", "cba321", "1700000000", token, 1_700_000_010).unwrap().0,
             1_700_000_000
         );
         assert!(verify_sso_token("0123456789abcdef", "cba320", "1700000000", token, 1_700_000_010).is_err());

@@ -7,9 +7,11 @@
 //! call); calls for different resources run in parallel, and their key-value writes are
 //! committed optimistically: a call whose reads were changed by another is run again.
 //!
-//! A request's storage work (lookups, the plugin call with its key-value reads, the commit
-//! and the wait for its flush) runs in one [`blocking`] section that owns the request's
-//! resource lock and call slot, so a dropped connection cannot release them half-way.
+//! Every request has a time budget fitting its platform ([`Platform::budget`]): waits for the
+//! resource's lock and a call slot, plugin calls and re-runs all come out of it, and a wait
+//! that would pass it is answered 503 with `Retry-After`. A request dropped by its client
+//! cancels its plugin call (the instance is dropped, the slot freed); a commit, once started,
+//! always finishes: it runs inside one poll ([`blocking`]).
 
 mod addon;
 pub mod auth;
@@ -19,25 +21,29 @@ mod startup;
 mod upgrade;
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::clock;
 use crate::error::ServiceError;
 use crate::runtime::{
-    Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Runtime, Slot,
+    Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Runtime, SlotRefused,
 };
 use crate::storage::{KvQuota, Storage, StorageError};
 use crate::versions::Registry;
 pub use addon::Addon;
 pub use record::{Record, Status};
-pub use request::{Caller, ConfigRules, NoRules, Platform, Provision, Target};
+pub use request::{Budget, Caller, ConfigRules, NoRules, Platform, Provision, Target};
 pub use upgrade::{Uploaded, VersionInfo};
 
-/// How many times a call is re-run when another call changed what it read.
+/// How many times a call is re-run when another call changed what it read (the request's
+/// budget usually ends the attempts first).
 const MAX_CONFLICT_RETRIES: usize = 16;
+/// A plugin call is not started with less time than this left in the request's budget.
+const MIN_CALL_TIME: Duration = Duration::from_millis(50);
 const LOCK_SHARDS: usize = 1024;
 
 pub struct Service {
@@ -53,6 +59,8 @@ pub struct Service {
     /// Serialise the resolution of a platform app identity to a resource (taken before, and
     /// never while holding, a resource lock).
     app_locks: Vec<Arc<Mutex<()>>>,
+    /// Keyed per process, so nobody can choose ids that all fall on one lock shard.
+    shard_keys: RandomState,
 }
 
 /// What a deprovision found.
@@ -98,39 +106,39 @@ impl Service {
         &self.storage
     }
 
-    async fn lock(&self, addon: &Addon, resource_id: &str) -> OwnedMutexGuard<()> {
-        self.resource_locks[shard(&(addon.id(), resource_id))].clone().lock_owned().await
+    /// Take the lock of `key` among `locks`, waiting no longer than the request's budget.
+    async fn lock(
+        &self,
+        locks: &[Arc<Mutex<()>>],
+        key: &impl Hash,
+        addon: &Addon,
+        budget: &Budget,
+    ) -> Result<OwnedMutexGuard<()>, ServiceError> {
+        let lock = locks[self.shard_keys.hash_one(key) as usize % LOCK_SHARDS].clone();
+        tokio::time::timeout_at(budget.until(), lock.lock_owned()).await.map_err(|_| ServiceError::Busy {
+            addon: addon.id().to_owned(),
+            reason: "an earlier request for the same resource is still running",
+        })
     }
 
-    /// A call slot (the runtime only refuses one when shutting down: 503, retry).
-    async fn slot(&self, addon: &Addon) -> Result<Slot, ServiceError> {
-        self.runtime.slot().await.map_err(|_| ServiceError::Busy(addon.id().to_owned()))
+    async fn lock_resource(
+        &self,
+        addon: &Addon,
+        resource_id: &str,
+        budget: &Budget,
+    ) -> Result<OwnedMutexGuard<()>, ServiceError> {
+        self.lock(&self.resource_locks, &(addon.id(), resource_id), addon, budget).await
     }
 
-    /// Lock `resource_id`, take a call slot, and run `work` in one [`blocking`] section that
-    /// holds both (and `app_guard`, when the resource was resolved from an app identity)
-    /// until it is done, with the add-on's current plugin.
-    async fn exclusive<T: Send + 'static>(
+    /// A record, as the platform `platform` may see it: resources belong to the platform
+    /// that created them, and are unknown to the others.
+    pub async fn record(
         &self,
         addon: &Arc<Addon>,
+        platform: Platform,
         resource_id: &str,
-        app_guard: Option<OwnedMutexGuard<()>>,
-        work: impl FnOnce(Call<'_>) -> Result<T, ServiceError> + Send + 'static,
-    ) -> Result<T, ServiceError> {
-        let guard = self.lock(addon, resource_id).await;
-        let slot = self.slot(addon).await?;
-        let (addon, runtime) = (addon.clone(), self.runtime.clone());
-        blocking(move || {
-            let _locks = (app_guard, guard);
-            work(Call { runtime: &runtime, addon: &addon, plugin: addon.plugin(), slot: Some(slot) })
-        })
-        .await
-    }
-
-    /// A record, read on the blocking pool.
-    pub async fn record(&self, addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>, ServiceError> {
-        let (addon, id) = (addon.clone(), resource_id.to_owned());
-        blocking(move || addon.record(&id)).await
+    ) -> Result<Option<Record>, ServiceError> {
+        Ok(addon.record(resource_id)?.filter(|r| Platform::from_name(&r.platform) == platform))
     }
 
     /// Provision a resource. An identical repeat replays the stored reply without calling the
@@ -145,42 +153,41 @@ impl Service {
         caller: &Caller,
         req: Provision,
     ) -> Result<Provisioned, ServiceError> {
+        let budget = Budget::start(caller.platform);
         addon.check_plan(&req.plan)?;
         let platform = caller.platform;
-        let (resource_id, alias, app_guard) = match &req.target {
+        let (resource_id, alias, _app_guard) = match &req.target {
             Target::Resource(id) => (id.clone(), None, None),
             Target::App => {
                 let alias_key = format!("{}/{}", platform.name(), req.app_id);
-                let guard = self.app_locks[shard(&(addon.id(), &alias_key))].clone().lock_owned().await;
-                let (a, key) = (addon.clone(), alias_key.clone());
-                let (id, fresh) = blocking(move || {
-                    Ok(match a.store.alias(&key)? {
-                        Some(id) if a.record(&id)?.is_some_and(|r| r.is_active()) => (id, false),
-                        _ => (new_resource_id(a.id())?, true),
-                    })
-                })
-                .await?;
-                let alias = fresh.then(|| (alias_key, id.clone()));
-                (id, alias, Some(guard))
+                let guard = self.lock(&self.app_locks, &(addon.id(), &alias_key), addon, &budget).await?;
+                match addon.store.alias(&alias_key)? {
+                    Some(id) if addon.record(&id)?.is_some_and(|r| r.is_active()) => (id, None, Some(guard)),
+                    _ => {
+                        let id = new_resource_id(addon.id())?;
+                        (id.clone(), Some((alias_key, id)), Some(guard))
+                    }
+                }
             }
         };
-        let rules = caller.rules.clone();
-        let id = resource_id.clone();
-        self.exclusive(addon, &resource_id, app_guard, move |call| {
-            let (addon, resource_id) = (call.addon, id);
-            let existing = addon.record(&resource_id)?.filter(Record::is_active);
-            let digest = record::request_digest(&req, platform, &resource_id);
-            if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
-                return Ok(Provisioned { record: record.clone(), created: false });
-            }
-            let now = clock::now_ms();
-            let created = existing.is_none();
-            let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
-            let version = call.plugin.sha256.clone();
-            let alias = alias.as_ref().map(|(k, id)| (k.as_str(), id.as_str()));
-            let export = Export::Provision(req.to_wit(platform, &resource_id));
-            let record = call.run(export, alias, |answer| {
-                check_config(addon, rules.as_ref(), "provision", &version, &answer.config)?;
+        let _lock = self.lock_resource(addon, &resource_id, &budget).await?;
+        let existing = addon.record(&resource_id)?.filter(Record::is_active);
+        if existing.as_ref().is_some_and(|r| Platform::from_name(&r.platform) != platform) {
+            return Err(not_yours(&resource_id));
+        }
+        let digest = record::request_digest(&req, platform, &resource_id);
+        if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
+            return Ok(Provisioned { record: record.clone(), created: false });
+        }
+        let now = clock::now_ms();
+        let created = existing.is_none();
+        let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
+        let alias = alias.as_ref().map(|(k, id)| (k.as_str(), id.as_str()));
+        let export = Export::Provision(req.to_wit(platform, &resource_id));
+        let rules = caller.rules.as_ref();
+        let record = self
+            .run(addon, &budget, export, alias, |answer, version| {
+                check_config(addon, rules, "provision", version, &answer.config)?;
                 Ok(Record {
                     resource_id: resource_id.clone(),
                     platform: platform.name().to_owned(),
@@ -191,15 +198,14 @@ impl Service {
                     config: answer.config.clone(),
                     message: answer.message.clone(),
                     status: Status::Active,
-                    plugin_version: version.clone(),
+                    plugin_version: version.to_owned(),
                     created_ms,
                     updated_ms: now,
                 })
-            })?;
-            tracing::info!(addon = addon.id(), resource = %record.resource_id, plan = %record.plan, created, "provisioned");
-            Ok(Provisioned { record, created })
-        })
-        .await
+            })
+            .await?;
+        tracing::info!(addon = addon.id(), resource = %record.resource_id, plan = %record.plan, created, "provisioned");
+        Ok(Provisioned { record, created })
     }
 
     /// Move an active resource to another plan. The same plan again is a no-op success.
@@ -210,39 +216,38 @@ impl Service {
         resource_id: &str,
         plan: &str,
     ) -> Result<Record, ServiceError> {
+        let budget = Budget::start(caller.platform);
         addon.check_plan(plan)?;
-        let (id, plan, rules) = (resource_id.to_owned(), plan.to_owned(), caller.rules.clone());
-        self.exclusive(addon, resource_id, None, move |call| {
-            let (addon, resource_id) = (call.addon, id);
-            let current = addon
-                .record(&resource_id)?
-                .filter(Record::is_active)
-                .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
-            if current.plan == plan {
-                return Ok(current);
-            }
-            let request = ChangePlanRequest {
-                resource_id: resource_id.clone(),
-                platform: Platform::from_name(&current.platform).to_wit(),
-                app_id: current.app_id.clone(),
-                previous_plan: current.plan.clone(),
-                plan: plan.clone(),
-            };
-            let version = call.plugin.sha256.clone();
-            let record = call.run(Export::ChangePlan(request), None, |answer| {
+        let _lock = self.lock_resource(addon, resource_id, &budget).await?;
+        let current = addon
+            .record(resource_id)?
+            .filter(|r| r.is_active() && Platform::from_name(&r.platform) == caller.platform)
+            .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
+        if current.plan == plan {
+            return Ok(current);
+        }
+        let request = ChangePlanRequest {
+            resource_id: resource_id.to_owned(),
+            platform: caller.platform.to_wit(),
+            app_id: current.app_id.clone(),
+            previous_plan: current.plan.clone(),
+            plan: plan.to_owned(),
+        };
+        let rules = caller.rules.as_ref();
+        let record = self
+            .run(addon, &budget, Export::ChangePlan(request), None, |answer, version| {
                 let mut next = current.clone();
-                next.plan = plan.clone();
+                next.plan = plan.to_owned();
                 merge_config(&mut next.config, &answer.config);
-                check_config(addon, rules.as_ref(), "change-plan", &version, &next.config)?;
+                check_config(addon, rules, "change-plan", version, &next.config)?;
                 next.message = answer.message.clone().or(next.message);
-                next.plugin_version = version.clone();
+                next.plugin_version = version.to_owned();
                 next.updated_ms = clock::now_ms();
                 Ok(next)
-            })?;
-            tracing::info!(addon = addon.id(), resource = resource_id, plan, "plan changed");
-            Ok(record)
-        })
-        .await
+            })
+            .await?;
+        tracing::info!(addon = addon.id(), resource = resource_id, plan, "plan changed");
+        Ok(record)
     }
 
     /// Deprovision a resource. Only an active resource calls the plugin; repeats succeed
@@ -251,35 +256,98 @@ impl Service {
     pub async fn deprovision(
         &self,
         addon: &Arc<Addon>,
-        _caller: &Caller,
+        caller: &Caller,
         resource_id: &str,
     ) -> Result<Deprovisioned, ServiceError> {
-        let id = resource_id.to_owned();
-        self.exclusive(addon, resource_id, None, move |call| {
-            let (addon, resource_id) = (call.addon, id);
-            let current = match addon.record(&resource_id)? {
-                None => return Ok(Deprovisioned::Unknown),
-                Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
-                Some(r) => r,
-            };
-            let request = DeprovisionRequest {
-                resource_id: resource_id.clone(),
-                platform: Platform::from_name(&current.platform).to_wit(),
-                app_id: current.app_id.clone(),
-                plan: current.plan.clone(),
-            };
-            let version = call.plugin.sha256.clone();
-            let gone = call.run(Export::Deprovision(request), None, |_| {
+        let budget = Budget::start(caller.platform);
+        let _lock = self.lock_resource(addon, resource_id, &budget).await?;
+        let current = match addon.record(resource_id)? {
+            None => return Ok(Deprovisioned::Unknown),
+            Some(r) if Platform::from_name(&r.platform) != caller.platform => return Err(not_yours(resource_id)),
+            Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
+            Some(r) => r,
+        };
+        let request = DeprovisionRequest {
+            resource_id: resource_id.to_owned(),
+            platform: caller.platform.to_wit(),
+            app_id: current.app_id.clone(),
+            plan: current.plan.clone(),
+        };
+        let gone = self
+            .run(addon, &budget, Export::Deprovision(request), None, |_, version| {
                 let mut gone = current.clone();
                 gone.status = Status::Deprovisioned;
-                gone.plugin_version = version.clone();
+                gone.plugin_version = version.to_owned();
                 gone.updated_ms = clock::now_ms();
                 Ok(gone)
-            })?;
-            tracing::info!(addon = addon.id(), resource = resource_id, "deprovisioned");
-            Ok(Deprovisioned::Released(gone))
-        })
-        .await
+            })
+            .await?;
+        tracing::info!(addon = addon.id(), resource = resource_id, "deprovisioned");
+        Ok(Deprovisioned::Released(gone))
+    }
+
+    /// Run a call with the add-on's current plugin and, if the plugin succeeds and
+    /// `make_record` accepts its answer (given the plugin's version), commit its key-value
+    /// writes together with that record (and alias), durably. Refusals and failures commit
+    /// nothing. A call whose reads another call changed is run again, within the budget.
+    async fn run(
+        &self,
+        addon: &Arc<Addon>,
+        budget: &Budget,
+        export: Export,
+        alias: Option<(&str, &str)>,
+        make_record: impl Fn(&Answer, &str) -> Result<Record, ServiceError>,
+    ) -> Result<Record, ServiceError> {
+        let plugin = addon.plugin();
+        let call = export.name();
+        let failed = |failure| ServiceError::CallFailed {
+            addon: addon.id().to_owned(),
+            call,
+            version: plugin.version().to_owned(),
+            failure,
+        };
+        let busy = |refused: SlotRefused| ServiceError::Busy { addon: addon.id().to_owned(), reason: refused.reason() };
+        let limits = &addon.config.limits;
+        let mut _serial = None;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let slot = self.runtime.slot(&addon.share, budget.until()).await.map_err(busy)?;
+            let deadline = Duration::from_millis(limits.deadline_ms).min(budget.remaining());
+            if deadline < MIN_CALL_TIME {
+                return Err(busy(SlotRefused::TimedOut));
+            }
+            let completed = self
+                .runtime
+                .call(slot, &plugin, addon.env.clone(), addon.store.begin(), export.clone(), deadline)
+                .await
+                .map_err(failed)?;
+            let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
+            let record = make_record(&answer, &plugin.sha256)?;
+            let quota = KvQuota {
+                max_bytes: limits.max_kv_bytes,
+                max_keys: limits.max_kv_keys,
+                max_call_bytes: limits.max_call_kv_bytes,
+            };
+            let (store, kv, bytes) = (addon.store.clone(), completed.kv, record.to_bytes());
+            let (id, alias) = (record.resource_id.clone(), alias.map(|(k, v)| (k.to_owned(), v.to_owned())));
+            let committed = blocking(move || {
+                let alias = alias.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
+                Ok(store.commit(&kv, quota, Some((&id, &bytes)), alias))
+            })
+            .await?;
+            match committed {
+                Ok(()) => return Ok(record),
+                Err(StorageError::Conflict(key)) => {
+                    tracing::debug!(addon = addon.id(), call, key, "key-value conflict; running the call again");
+                    if _serial.is_none() {
+                        let serial = tokio::time::timeout_at(budget.until(), addon.retry_lock.lock()).await;
+                        _serial = Some(serial.map_err(|_| busy(SlotRefused::TimedOut))?);
+                    }
+                }
+                Err(StorageError::Quota(message)) => return Err(failed(CallFailure::Quota(message))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Busy { addon: addon.id().to_owned(), reason: "too many concurrent changes to its data" })
     }
 
     /// Check and consume an SSO token: valid signature, fresh, and never used before. The
@@ -293,8 +361,8 @@ impl Service {
         token: &str,
     ) -> Result<(), ServiceError> {
         let now = clock::unix_secs();
-        let ts = auth::verify_sso_token(subject, secret, timestamp, token, now)?;
-        let (storage, scope, token) = (self.storage.clone(), scope.to_owned(), token.to_owned());
+        let (ts, token) = auth::verify_sso_token(subject, secret, timestamp, token, now)?;
+        let (storage, scope) = (self.storage.clone(), scope.to_owned());
         let claimed =
             blocking(move || Ok(storage.claim_sso_token(&scope, ts, &token, now - 2 * auth::SSO_WINDOW_SECS)?)).await?;
         if !claimed {
@@ -322,76 +390,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
 }
 
-/// One plugin call and its commit, on a blocking thread.
-struct Call<'a> {
-    runtime: &'a Runtime,
-    addon: &'a Addon,
-    plugin: Arc<Plugin>,
-    /// The call slot taken by the request; a conflict retry takes a new one.
-    slot: Option<Slot>,
-}
-
-impl Call<'_> {
-    /// Run the call and, if the plugin succeeds and `make_record` accepts its answer, commit
-    /// its key-value writes together with that record (and alias), durably. Refusals and
-    /// failures commit nothing. A call whose reads another call changed is run again.
-    fn run(
-        mut self,
-        export: Export,
-        alias: Option<(&str, &str)>,
-        make_record: impl Fn(&Answer) -> Result<Record, ServiceError>,
-    ) -> Result<Record, ServiceError> {
-        let (addon, plugin) = (self.addon, self.plugin.clone());
-        let call = export.name();
-        let failed = |failure| ServiceError::CallFailed {
-            addon: addon.id().to_owned(),
-            call,
-            version: plugin.version().to_owned(),
-            failure,
-        };
-        let mut serial = None;
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let slot = match self.slot.take() {
-                Some(slot) => slot,
-                None => self.runtime.slot_blocking().map_err(failed)?,
-            };
-            let completed =
-                self.runtime.call_blocking(&slot, &plugin, addon.env.clone(), addon.store.begin(), export.clone());
-            drop(slot);
-            let completed = completed.map_err(failed)?;
-            let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
-            let record = make_record(&answer)?;
-            let bytes = record.to_bytes();
-            let limits = &addon.config.limits;
-            let quota = KvQuota {
-                max_bytes: limits.max_kv_bytes,
-                max_keys: limits.max_kv_keys,
-                max_call_bytes: limits.max_call_kv_bytes,
-            };
-            match addon.store.commit(&completed.kv, quota, Some((&record.resource_id, &bytes)), alias) {
-                Ok(()) => return Ok(record),
-                Err(StorageError::Conflict(key)) => {
-                    tracing::debug!(addon = addon.id(), call, key, "key-value conflict; running the call again");
-                    if serial.is_none() {
-                        serial = Some(addon.retry_lock.blocking_lock());
-                    }
-                }
-                Err(StorageError::Quota(message)) => return Err(failed(CallFailure::Quota(message))),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Busy(addon.id().to_owned()))
-    }
-}
-
 fn shards() -> Vec<Arc<Mutex<()>>> {
     (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect()
 }
 
-fn shard(key: &impl Hash) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() as usize) % LOCK_SHARDS
+/// The answer for a resource another platform created: to this platform, it does not exist.
+fn not_yours(resource_id: &str) -> ServiceError {
+    ServiceError::NotFound(format!("no provisioned resource `{resource_id}`"))
 }
 
 /// A fresh resource id: URL-safe, starting with a letter, unguessable.

@@ -43,6 +43,7 @@ impl Service {
                 env: Arc::new(env),
                 plugin: RwLock::new(plugin.clone()),
                 store,
+                share: runtime.share(&addon.limits),
                 retry_lock: tokio::sync::Mutex::new(()),
                 loaded: std::sync::Mutex::new([(plugin.sha256.clone(), plugin)].into_iter().collect()),
                 swap_lock: tokio::sync::Mutex::new(()),
@@ -59,6 +60,7 @@ impl Service {
             max_plugin_bytes: cfg.server.max_plugin_bytes,
             resource_locks: shards(),
             app_locks: shards(),
+            shard_keys: std::hash::RandomState::new(),
         })
     }
 }

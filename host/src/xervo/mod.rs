@@ -202,7 +202,7 @@ async fn provision(
     let (target, app_id) = match (body.uuid, body.modulus_id.or(body.heroku_id)) {
         (Some(uuid), _) => {
             check_resource_id("uuid", &uuid)?;
-            if service.record(&addon, &uuid).await?.is_some_and(|r| !r.is_active()) {
+            if service.record(&addon, Platform::Xervo, &uuid).await?.is_some_and(|r| !r.is_active()) {
                 return Err(ServiceError::Gone(format!(
                     "resource `{uuid}` was deprovisioned and cannot be re-created"
                 ))

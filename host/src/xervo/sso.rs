@@ -21,7 +21,7 @@ use crate::clock;
 use crate::error::ServiceError;
 use crate::http::{RawBody, check_resource_id, content_type};
 use crate::pages::{Dashboard, html, xml_escape};
-use crate::service::auth;
+use crate::service::{Platform, auth};
 
 /// How long a dashboard ticket stays valid.
 const TICKET_SECS: i64 = 300;
@@ -87,7 +87,7 @@ pub(super) async fn login(
         .ok_or_else(|| ServiceError::BadRequest("missing `token` (or `resource_token`)".into()))?;
     check_resource_id("id", &id)?;
     service.verify_sso(&format!("{addon_id}/xervo"), &id, &xervo.sso_salt, &timestamp, &token).await?;
-    if service.record(&addon, &id).await?.is_none() {
+    if service.record(&addon, Platform::Xervo, &id).await?.is_none() {
         return Err(ServiceError::NotFound(format!("no resource `{id}`")).into());
     }
     let expires = clock::unix_secs() + TICKET_SECS;
@@ -127,8 +127,10 @@ pub(super) async fn dashboard(
     if expires.parse::<i64>().map_or(true, |e| e < clock::unix_secs()) {
         return Err(ServiceError::Forbidden("this ticket has expired; log in again through the platform".into()).into());
     }
-    let record =
-        service.record(&addon, id).await?.ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
+    let record = service
+        .record(&addon, Platform::Xervo, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
     let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
     let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
     Ok(html(Dashboard { addon_id, title: &title, record: &record, head: String::new(), note }.render()))
