@@ -58,7 +58,8 @@ impl Registry {
         Ok(self.tree.get(key(addon, "active"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Store a version (idempotent: the same bytes return the existing entry).
+    /// Store a version (idempotent: the same bytes return the existing entry). Numbers are
+    /// claimed with a compare-and-swap, so concurrent uploads never share one.
     pub(crate) fn put(
         &self,
         addon: &str,
@@ -67,23 +68,28 @@ impl Registry {
         uploaded_by: &str,
         now_ms: u64,
     ) -> Result<VersionMeta> {
-        let versions = self.versions(addon)?;
-        if let Some(existing) = versions.iter().find(|m| m.sha256 == sha256) {
-            return Ok(existing.clone());
+        // The blob is keyed by content, so writing it again is harmless.
+        self.tree.insert(key(addon, &format!("blob/{sha256}")).as_bytes(), bytes)?;
+        loop {
+            let versions = self.versions(addon)?;
+            if let Some(existing) = versions.iter().find(|m| m.sha256 == sha256) {
+                return Ok(existing.clone());
+            }
+            let seq = versions.iter().map(|m| m.seq).max().unwrap_or(0) + 1;
+            let meta = VersionMeta {
+                seq,
+                sha256: sha256.to_owned(),
+                size: bytes.len() as u64,
+                uploaded_ms: now_ms,
+                uploaded_by: uploaded_by.to_owned(),
+            };
+            let entry = serde_json::to_vec(&meta).unwrap_or_default();
+            let slot = key(addon, &format!("meta/{seq:010}"));
+            if self.tree.compare_and_swap(slot.as_bytes(), None as Option<&[u8]>, Some(entry))?.is_ok() {
+                return Ok(meta);
+            }
+            // Another upload took this number first: look again.
         }
-        let seq = versions.iter().map(|m| m.seq).max().unwrap_or(0) + 1;
-        let meta = VersionMeta {
-            seq,
-            sha256: sha256.to_owned(),
-            size: bytes.len() as u64,
-            uploaded_ms: now_ms,
-            uploaded_by: uploaded_by.to_owned(),
-        };
-        let mut batch = sled::Batch::default();
-        batch.insert(key(addon, &format!("blob/{sha256}")).as_bytes(), bytes);
-        batch.insert(key(addon, &format!("meta/{seq:010}")).as_bytes(), serde_json::to_vec(&meta).unwrap_or_default());
-        self.tree.apply_batch(batch)?;
-        Ok(meta)
     }
 
     /// Record `sha256` as the active version, remembering the one it replaces.
@@ -150,6 +156,24 @@ mod tests {
         assert_eq!(reg.versions("a").unwrap(), vec![one.clone(), two]);
         assert_eq!(reg.blob("a", "aaaaaa11").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(reg.blob("b", "aaaaaa11").unwrap(), None, "add-ons never see each other's versions");
+    }
+
+    #[test]
+    fn concurrent_uploads_get_distinct_numbers() {
+        let (_dir, reg) = registry();
+        let metas: Vec<VersionMeta> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let reg = reg.clone();
+                    s.spawn(move || reg.put("a", &format!("{i:06}abcdef"), b"bytes", "ops", i).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut seqs: Vec<u64> = metas.iter().map(|m| m.seq).collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "each upload has its own number");
+        assert_eq!(reg.versions("a").unwrap().len(), 8, "no upload's entry was overwritten");
     }
 
     #[test]

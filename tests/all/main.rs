@@ -20,6 +20,7 @@ mod kit;
 mod limits;
 mod liveness;
 mod load;
+mod noisy;
 mod plans;
 mod sso;
 mod upgrade;

@@ -73,6 +73,23 @@ async fn bad_stale_and_replayed_tokens_are_forbidden() {
     let good = sso_token("s3", SSO, ts);
     assert_eq!(login(&host, "s3", ts, &good, &[]).await.status, 200);
     assert_error(&login(&host, "s3", ts, &good, &[]).await, 403, "forbidden", "already used");
+    // Hex is case-insensitive: the same token in other letter case is the same token.
+    let shouted = good.to_ascii_uppercase();
+    assert_ne!(shouted, good);
+    assert_error(&login(&host, "s3", ts, &shouted, &[]).await, 403, "forbidden", "already used");
+    let mixed: String =
+        good.chars().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c }).collect();
+    assert_error(&login(&host, "s3", ts, &mixed, &[]).await, 403, "forbidden", "already used");
+}
+
+#[tokio::test]
+async fn a_token_first_used_in_upper_case_cannot_be_replayed_in_lower_case() {
+    let host = TestHost::start();
+    host.provision("myaddon", TOKEN, "s4", "free").await;
+    let ts = now();
+    let good = sso_token("s4", SSO, ts);
+    assert_eq!(login(&host, "s4", ts, &good.to_ascii_uppercase(), &[]).await.status, 200);
+    assert_error(&login(&host, "s4", ts, &good, &[]).await, 403, "forbidden", "already used");
 }
 
 #[tokio::test]

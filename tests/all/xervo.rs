@@ -205,9 +205,11 @@ async fn sso_redirects_to_a_ticketed_dashboard() {
     )
     .expect("well-formed page");
 
-    // Replayed, stale, forged.
+    // Replayed (also in other letter case), stale, forged.
     let replay = sso(&host, "application/json", sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts))).await;
     assert_error(&replay, 403, "forbidden", "already used");
+    let shouted = sso_token(&id, XERVO_SALT, ts).to_ascii_uppercase();
+    assert_error(&sso(&host, "application/json", sso_json(&id, ts, &shouted)).await, 403, "forbidden", "already used");
     let old = ts - 400;
     let stale = sso(&host, "application/json", sso_json(&id, old, &sso_token(&id, XERVO_SALT, old))).await;
     assert_error(&stale, 403, "forbidden", "stale");
@@ -261,4 +263,35 @@ async fn one_plugin_serves_both_protocols() {
     assert_eq!(addon.record(&xid).unwrap().unwrap().platform, "xervo");
     let kv = host.kv("myaddon");
     assert!(kv.contains_key("secret/bitrise-slug") && kv.contains_key(&format!("secret/{xid}")));
+}
+
+/// A resource belongs to the platform that created it: with the add-on's Xervo credentials a
+/// Bitrise app cannot be changed, deprovisioned or logged into, and the reverse; each is 404
+/// and changes nothing.
+#[tokio::test]
+async fn resources_are_invisible_to_the_other_protocol() {
+    let host = TestHost::start();
+    let auth = basic("myaddon", XERVO_PASSWORD);
+    assert_eq!(host.provision("myaddon", TOKEN, "bitrise-app", "free").await.status, 201);
+    let before = host.record("myaddon", "bitrise-app").unwrap();
+
+    let path = "/resources/bitrise-app";
+    assert_error(&host.xervo(Method::DELETE, "myaddon", path, &auth, "").await, 404, "not_found", "bitrise-app");
+    let plan = host.xervo(Method::PUT, "myaddon", path, &auth, r#"{"plan":"pro"}"#).await;
+    assert_error(&plan, 404, "not_found", "bitrise-app");
+    let ts = now();
+    let login = sso(&host, "application/json", sso_json("bitrise-app", ts, &sso_token("bitrise-app", XERVO_SALT, ts)));
+    assert_eq!(login.await.status, 404);
+    assert_eq!(host.record("myaddon", "bitrise-app").unwrap(), before, "the Bitrise app is untouched");
+
+    // The reverse: Bitrise cannot touch what Xervo created.
+    let id = host.xprovision("app", "test").await.json()["id"].as_str().unwrap().to_owned();
+    let xervo_record = host.record("myaddon", &id).unwrap();
+    assert_error(&host.deprovision("myaddon", TOKEN, &id).await, 404, "not_found", &id);
+    assert_error(&host.change_plan("myaddon", TOKEN, &id, "pro").await, 404, "not_found", &id);
+    assert_error(&host.provision("myaddon", TOKEN, &id, "pro").await, 404, "not_found", &id);
+    assert_eq!(host.record("myaddon", &id).unwrap(), xervo_record, "the Xervo resource is untouched");
+    // Each platform still manages its own.
+    assert_eq!(host.xervo(Method::DELETE, "myaddon", &format!("/resources/{id}"), &auth, "").await.status, 200);
+    assert_eq!(host.deprovision("myaddon", TOKEN, "bitrise-app").await.status, 200);
 }

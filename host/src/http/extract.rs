@@ -119,8 +119,8 @@ impl RawBody {
                 "expected a JSON body (Content-Type: application/json), got `{essence}`"
             )));
         }
-        let de = &mut serde_json::Deserializer::from_slice(&self.bytes);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(&self.bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if path == "." {
@@ -128,7 +128,11 @@ impl RawBody {
             } else {
                 ServiceError::BadRequest(format!("invalid JSON body at `{path}`: {inner}"))
             }
-        })
+        })?;
+        // One document and nothing after it but whitespace: `{..}xyz` and `{..}{..}` are
+        // not JSON, whatever a lenient parser makes of their first part.
+        de.end().map_err(|e| ServiceError::BadRequest(format!("invalid JSON body: {e}")))?;
+        Ok(value)
     }
 
     /// Decode as a form (`application/x-www-form-urlencoded`); a missing content type is

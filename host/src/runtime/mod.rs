@@ -54,8 +54,10 @@ pub use bindings::addon::provider::types::{
     ProvisionRequest, Unavailable,
 };
 
-/// How often the epoch advances; deadlines are rounded up to this granularity.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances, which is how long guest code runs before it yields to the
+/// executor. Short, so that a spinning guest never holds a worker thread long enough to delay
+/// other requests, or the timers (tokio checks them between polls), by more than this.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 pub struct Runtime {
     engine: Engine,

@@ -15,17 +15,17 @@
 
 mod addon;
 pub mod auth;
+mod locks;
 pub mod record;
 mod request;
 mod startup;
 mod upgrade;
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use locks::{KeyGuard, KeyedLocks};
 
 use crate::clock;
 use crate::error::ServiceError;
@@ -44,7 +44,6 @@ pub use upgrade::{Uploaded, VersionInfo};
 const MAX_CONFLICT_RETRIES: usize = 16;
 /// A plugin call is not started with less time than this left in the request's budget.
 const MIN_CALL_TIME: Duration = Duration::from_millis(50);
-const LOCK_SHARDS: usize = 1024;
 
 pub struct Service {
     addons: BTreeMap<String, Arc<Addon>>,
@@ -53,14 +52,11 @@ pub struct Service {
     registry: Registry,
     admins: auth::AdminKeys,
     max_plugin_bytes: usize,
-    /// Serialise calls per resource. Owned guards: the blocking task doing the work holds
-    /// its lock until it is done, even when the HTTP request that started it is dropped.
-    resource_locks: Vec<Arc<Mutex<()>>>,
+    /// Serialise calls per resource (concurrent identical provisions make one call).
+    resource_locks: KeyedLocks,
     /// Serialise the resolution of a platform app identity to a resource (taken before, and
     /// never while holding, a resource lock).
-    app_locks: Vec<Arc<Mutex<()>>>,
-    /// Keyed per process, so nobody can choose ids that all fall on one lock shard.
-    shard_keys: RandomState,
+    app_locks: KeyedLocks,
 }
 
 /// What a deprovision found.
@@ -107,15 +103,14 @@ impl Service {
     }
 
     /// Take the lock of `key` among `locks`, waiting no longer than the request's budget.
-    async fn lock(
+    async fn lock<'a>(
         &self,
-        locks: &[Arc<Mutex<()>>],
-        key: &impl Hash,
+        locks: &'a KeyedLocks,
+        key: String,
         addon: &Addon,
         budget: &Budget,
-    ) -> Result<OwnedMutexGuard<()>, ServiceError> {
-        let lock = locks[self.shard_keys.hash_one(key) as usize % LOCK_SHARDS].clone();
-        tokio::time::timeout_at(budget.until(), lock.lock_owned()).await.map_err(|_| ServiceError::Busy {
+    ) -> Result<KeyGuard<'a>, ServiceError> {
+        tokio::time::timeout_at(budget.until(), locks.lock(key)).await.map_err(|_| ServiceError::Busy {
             addon: addon.id().to_owned(),
             reason: "an earlier request for the same resource is still running",
         })
@@ -126,8 +121,8 @@ impl Service {
         addon: &Addon,
         resource_id: &str,
         budget: &Budget,
-    ) -> Result<OwnedMutexGuard<()>, ServiceError> {
-        self.lock(&self.resource_locks, &(addon.id(), resource_id), addon, budget).await
+    ) -> Result<KeyGuard<'_>, ServiceError> {
+        self.lock(&self.resource_locks, format!("{}/{resource_id}", addon.id()), addon, budget).await
     }
 
     /// A record, as the platform `platform` may see it: resources belong to the platform
@@ -138,7 +133,7 @@ impl Service {
         platform: Platform,
         resource_id: &str,
     ) -> Result<Option<Record>, ServiceError> {
-        Ok(addon.record(resource_id)?.filter(|r| Platform::from_name(&r.platform) == platform))
+        Ok(stored(addon, resource_id).await?.filter(|r| Platform::from_name(&r.platform) == platform))
     }
 
     /// Provision a resource. An identical repeat replays the stored reply without calling the
@@ -160,10 +155,15 @@ impl Service {
             Target::Resource(id) => (id.clone(), None, None),
             Target::App => {
                 let alias_key = format!("{}/{}", platform.name(), req.app_id);
-                let guard = self.lock(&self.app_locks, &(addon.id(), &alias_key), addon, &budget).await?;
-                match addon.store.alias(&alias_key)? {
-                    Some(id) if addon.record(&id)?.is_some_and(|r| r.is_active()) => (id, None, Some(guard)),
-                    _ => {
+                let guard = self.lock(&self.app_locks, format!("{}/{alias_key}", addon.id()), addon, &budget).await?;
+                let (a, key) = (addon.clone(), alias_key.clone());
+                let active = blocking(move || match a.store.alias(&key)? {
+                    Some(id) if a.record(&id)?.is_some_and(|r| r.is_active()) => Ok(Some(id)),
+                    _ => Ok(None),
+                });
+                match active.await? {
+                    Some(id) => (id, None, Some(guard)),
+                    None => {
                         let id = new_resource_id(addon.id())?;
                         (id.clone(), Some((alias_key, id)), Some(guard))
                     }
@@ -171,7 +171,7 @@ impl Service {
             }
         };
         let _lock = self.lock_resource(addon, &resource_id, &budget).await?;
-        let existing = addon.record(&resource_id)?.filter(Record::is_active);
+        let existing = stored(addon, &resource_id).await?.filter(Record::is_active);
         if existing.as_ref().is_some_and(|r| Platform::from_name(&r.platform) != platform) {
             return Err(not_yours(&resource_id));
         }
@@ -219,8 +219,8 @@ impl Service {
         let budget = Budget::start(caller.platform);
         addon.check_plan(plan)?;
         let _lock = self.lock_resource(addon, resource_id, &budget).await?;
-        let current = addon
-            .record(resource_id)?
+        let current = stored(addon, resource_id)
+            .await?
             .filter(|r| r.is_active() && Platform::from_name(&r.platform) == caller.platform)
             .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
         if current.plan == plan {
@@ -261,7 +261,7 @@ impl Service {
     ) -> Result<Deprovisioned, ServiceError> {
         let budget = Budget::start(caller.platform);
         let _lock = self.lock_resource(addon, resource_id, &budget).await?;
-        let current = match addon.record(resource_id)? {
+        let current = match stored(addon, resource_id).await? {
             None => return Ok(Deprovisioned::Unknown),
             Some(r) if Platform::from_name(&r.platform) != caller.platform => return Err(not_yours(resource_id)),
             Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
@@ -390,8 +390,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
 }
 
-fn shards() -> Vec<Arc<Mutex<()>>> {
-    (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect()
+/// A stored record, read where blocking is allowed (a sled read can wait for its writers).
+async fn stored(addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>, ServiceError> {
+    let (addon, id) = (addon.clone(), resource_id.to_owned());
+    blocking(move || addon.record(&id)).await
 }
 
 /// The answer for a resource another platform created: to this platform, it does not exist.

@@ -10,7 +10,7 @@ use anyhow::Context;
 use rayon::prelude::*;
 use sha2::Digest;
 
-use super::{Addon, Service, auth, shards};
+use super::{Addon, Service, auth};
 use crate::clock;
 use crate::config::{AddonConfig, HostConfig};
 use crate::runtime::{AddonEnv, Plugin, Runtime};
@@ -58,9 +58,8 @@ impl Service {
             registry,
             admins,
             max_plugin_bytes: cfg.server.max_plugin_bytes,
-            resource_locks: shards(),
-            app_locks: shards(),
-            shard_keys: std::hash::RandomState::new(),
+            resource_locks: Default::default(),
+            app_locks: Default::default(),
         })
     }
 }

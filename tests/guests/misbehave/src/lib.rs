@@ -46,6 +46,20 @@ impl Provider for Misbehave {
                 Ok(ProvisionReply::new().var("MISBEHAVE_LEN", big.len().to_string()))
             }
             "recursion" => Ok(ProvisionReply::new().var("MISBEHAVE_DEPTH", recurse(0).to_string())),
+            // Blocks in a host call (WASI's monotonic clock and poll), not in its own code.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(title.parse().unwrap_or(30_000)));
+                Ok(ProvisionReply::new().var("MISBEHAVE_SLEPT", "done"))
+            }
+            // Makes the host hold its writes: 200 KiB values, one after another, far past
+            // what one call may keep pending.
+            "kv-hog" => {
+                let value = "h".repeat(200 << 10);
+                for i in 0..1_000 {
+                    kv().set_string(&format!("hog/{}/{i}", req.resource_id), &value)?;
+                }
+                Ok(ProvisionReply::new().var("MISBEHAVE_HOGGED", "1000"))
+            }
             "slow" => {
                 spin(title.parse().unwrap_or(100));
                 Ok(ProvisionReply::new().var("MISBEHAVE_SLOW", "done"))

@@ -1,0 +1,167 @@
+//! The noisy neighbour: one add-on flooded with twice its share of calls that sleep in host
+//! calls, spin, hog key-value memory and bomb their memory, while a healthy add-on on the
+//! same host serves continuous traffic. The healthy add-on loses nothing and stays fast;
+//! every misbehaving call is answered within its deadline plus 100 ms, with its failure kind
+//! (or 503 `busy` once the add-on's share is full: it asked for more than it may have).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+
+use crate::support::*;
+
+const HOST_SLOTS: u32 = 8;
+const NOISY_SHARE: u32 = 2;
+const NOISY_DEADLINE: Duration = Duration::from_millis(500);
+/// How late after its deadline a misbehaving call may be answered.
+const LATE: Duration = Duration::from_millis(100);
+const RUN_FOR: Duration = Duration::from_secs(4);
+
+/// (plan, status, failure kind) of each misbehaviour.
+const NOISE: [(&str, u16, &str); 4] = [
+    ("sleep", 504, "deadline_exceeded"),
+    ("loop", 504, "deadline_exceeded"),
+    ("kv-hog", 507, "quota_exceeded"),
+    ("memory", 500, "memory_limit"),
+];
+
+fn noisy_host() -> TestHost {
+    TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.server.max_concurrent_calls = HOST_SLOTS;
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.limits.deadline_ms = NOISY_DEADLINE.as_millis() as u64;
+        misbehave.limits.max_concurrent_calls = Some(NOISY_SHARE);
+        // Fail fast past the share, so every answer can be held to the deadline bound.
+        misbehave.limits.max_queued_calls = Some(0);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_noisy_neighbour_cannot_hurt_a_healthy_addon() {
+    let host = Arc::new(noisy_host());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut healthy = Vec::new();
+    for client in 0..4 {
+        let (host, stop) = (host.clone(), stop.clone());
+        healthy.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let slug = format!("healthy-{client}-{i}");
+                let started = Instant::now();
+                let reply = host.provision("myaddon", TOKEN, &slug, "free").await;
+                latencies.push(started.elapsed());
+                assert_eq!(reply.status, 201, "healthy provision {slug} failed: {}", reply.text);
+                i += 1;
+            }
+            latencies
+        }));
+    }
+
+    // Twice the noisy add-on's share, each client cycling through every misbehaviour.
+    let mut noisy = Vec::new();
+    for client in 0..2 * NOISY_SHARE as usize {
+        let (host, stop) = (host.clone(), stop.clone());
+        noisy.push(tokio::spawn(async move {
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut slowest = Duration::ZERO;
+            let mut i = client;
+            while !stop.load(Ordering::Relaxed) {
+                let (plan, status, kind) = NOISE[i % NOISE.len()];
+                let slug = format!("noisy-{client}-{i}");
+                let started = Instant::now();
+                let reply = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &slug, plan, "30000").await;
+                let elapsed = started.elapsed();
+                slowest = slowest.max(elapsed);
+                let got = (reply.status.as_u16(), reply.json()["error"].as_str().unwrap_or_default().to_owned());
+                if got == (503, "busy".to_owned()) {
+                    assert_eq!(reply.headers["retry-after"], "1", "{}", reply.text);
+                    *seen.entry("busy").or_default() += 1;
+                } else {
+                    assert_eq!(got, (status, kind.to_owned()), "{plan}: {}", reply.text);
+                    *seen.entry(plan).or_default() += 1;
+                }
+                assert!(
+                    elapsed <= NOISY_DEADLINE + LATE,
+                    "{plan} answered after {elapsed:?}, over its {NOISY_DEADLINE:?} deadline + {LATE:?}"
+                );
+                i += 1;
+            }
+            (seen, slowest)
+        }));
+    }
+
+    let started = Instant::now();
+    while started.elapsed() < RUN_FOR {
+        let health = host.send(Method::GET, "/healthz", &[], "").await;
+        assert_eq!(health.status, 200, "{}", health.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let mut latencies: Vec<Duration> = Vec::new();
+    for h in healthy {
+        latencies.extend(h.await.unwrap());
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut slowest_noisy = Duration::ZERO;
+    for n in noisy {
+        let (s, slowest) = n.await.unwrap();
+        slowest_noisy = slowest_noisy.max(slowest);
+        for (k, v) in s {
+            *seen.entry(k).or_default() += v;
+        }
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = *latencies.last().unwrap();
+    eprintln!(
+        "healthy: {} provisions, p99 {p99:?}, max {max:?}; noisy: {seen:?}, slowest {slowest_noisy:?}",
+        latencies.len()
+    );
+    assert!(latencies.len() >= 20, "the healthy add-on served only {} provisions", latencies.len());
+    // "Well within its own deadline" (3 s by default): half of it, on a debug build.
+    let deadline = Duration::from_millis(addon_host::config::Limits::default().deadline_ms);
+    assert!(max < deadline / 2, "a healthy provision took {max:?}");
+    for (plan, _, _) in NOISE {
+        assert!(seen.get(plan).copied().unwrap_or(0) >= 2, "`{plan}` never ran to its failure: {seen:?}");
+    }
+    // Nothing the hog wrote survived, and the host is still healthy.
+    assert!(host.kv("misbehave").keys().all(|k| !k.starts_with("hog/")));
+    assert_eq!(host.send(Method::GET, "/healthz", &[], "").await.status, 200);
+}
+
+/// A call that sleeps in a host call is cut at its deadline, not when it wakes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_in_a_host_call_does_not_escape_the_deadline() {
+    let host = noisy_host();
+    let started = Instant::now();
+    let reply = host.provision_titled("misbehave", MISBEHAVE_TOKEN, "sleeper", "sleep", "30000").await;
+    let elapsed = started.elapsed();
+    assert_error(&reply, 504, "deadline_exceeded", "500 ms deadline");
+    assert!(elapsed < NOISY_DEADLINE + LATE, "answered after {elapsed:?}");
+    assert!(host.record("misbehave", "sleeper").is_none());
+}
+
+/// A client that goes away cancels its call: the instance is dropped and the add-on's slot
+/// is free for the next call at once (with a share of 2 and no queue, a leaked slot would
+/// make the calls below 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_frees_its_slot() {
+    let host = Arc::new(noisy_host());
+    for round in 0..3 {
+        for i in 0..NOISY_SHARE {
+            let slug = format!("abandoned-{round}-{i}");
+            let call = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &slug, "sleep", "30000");
+            assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err(), "the sleeper answered");
+        }
+        for i in 0..NOISY_SHARE {
+            let reply = host.provision("misbehave", MISBEHAVE_TOKEN, &format!("after-{round}-{i}"), "normal").await;
+            assert_eq!(reply.status, 201, "round {round}: {}", reply.text);
+        }
+    }
+}
