@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -93,14 +93,9 @@ async fn upload(
     Admin(who): Admin,
     PathAddon(addon): PathAddon,
     upload_query: Result<Query<UploadQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ServiceError> {
-    let bytes = body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => {
-            ServiceError::PayloadTooLarge("the plugin exceeds the upload limit".into())
-        }
-        other => ServiceError::BadRequest(format!("unreadable body: {other}")),
-    })?;
+    let bytes = crate::http::body::read(body, service.max_plugin_bytes(), "the plugin").await?;
     if bytes.is_empty() {
         return Err(ServiceError::InvalidPlugin("the body is empty; send the component's bytes".into()));
     }

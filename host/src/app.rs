@@ -3,21 +3,33 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use serde_json::json;
 
+use crate::http::body;
 use crate::service::Service;
 
 pub fn app(service: Arc<Service>) -> Router {
     let max_plugin = service.max_plugin_bytes();
     let max_body = service.addons().map(|a| a.config.limits.max_body_bytes).max().unwrap_or(64 * 1024);
-    Router::new()
+    let server = service.server_config();
+    let (body_timeout, upload_timeout) =
+        (Duration::from_millis(server.body_timeout_ms), Duration::from_millis(server.upload_timeout_ms));
+    let platforms = Router::new()
         .merge(crate::bitrise::routes())
         .merge(crate::xervo::routes(&service))
-        .merge(crate::admin::routes(max_plugin))
+        .layer(middleware::map_request(move |req: Request| async move { body::time_limit(req, body_timeout) }));
+    let admin = crate::admin::routes(max_plugin)
+        .layer(middleware::map_request(move |req: Request| async move { body::time_limit(req, upload_timeout) }));
+    Router::new()
+        .merge(platforms)
+        .merge(admin)
         .route("/healthz", routing::get(health))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
@@ -43,13 +55,15 @@ async fn health(State(service): State<Arc<Service>>) -> Response {
     }
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves, then flush storage.
+/// Serve `app` on `listener` (see [`crate::http::server`]) until `shutdown` resolves, then
+/// flush storage.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(service.clone())).with_graceful_shutdown(shutdown).await?;
+    let server = service.server_config().clone();
+    crate::http::server::run(listener, app(service.clone()), &server, shutdown).await?;
     let storage = service.storage().clone();
     tokio::task::spawn_blocking(move || storage.flush()).await??;
     Ok(())

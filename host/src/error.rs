@@ -27,6 +27,9 @@ pub enum ServiceError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The client was too slow sending its request.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("plan `{plan}` is not offered; plans: {}", allowed.join(", "))]
     UnknownPlan { plan: String, allowed: Vec<String> },
     #[error("{message}")]
@@ -69,6 +72,7 @@ impl ServiceError {
             BadRequest(_) => "bad_request",
             PayloadTooLarge(_) => "payload_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",
+            RequestTimeout(_) => "request_timeout",
             UnknownPlan { .. } => "unknown_plan",
             Refused { .. } => "refused",
             Unavailable { .. } => "unavailable",

@@ -15,6 +15,7 @@ mod fuzz;
 mod hostile;
 
 mod durability;
+mod edge;
 mod isolation;
 mod kit;
 mod limits;

@@ -46,6 +46,15 @@ pub struct ServerConfig {
     /// `/healthz` answers 503 when no durable commit has completed for this long (the
     /// storage watchdog commits a heartbeat every second).
     pub stall_after_ms: u64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, counted from when the connection is
+    /// ready for them: it also closes keep-alive connections idle for this long.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout_ms: u64,
+    /// The same for plugin uploads to the admin API, which are larger.
+    pub upload_timeout_ms: u64,
 }
 
 impl ServerConfig {
@@ -69,6 +78,10 @@ impl Default for ServerConfig {
             admins: Vec::new(),
             max_plugin_bytes: 64 << 20,
             stall_after_ms: 5_000,
+            max_connections: 1_024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            upload_timeout_ms: 120_000,
         }
     }
 }
@@ -283,6 +296,16 @@ impl HostConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.server.stall_after_ms < 1_000 {
             bail!("server.stall_after_ms must be at least 1000 (the heartbeat runs every second)");
+        }
+        for (name, value) in [
+            ("max_connections", self.server.max_connections as u64),
+            ("header_timeout_ms", self.server.header_timeout_ms),
+            ("body_timeout_ms", self.server.body_timeout_ms),
+            ("upload_timeout_ms", self.server.upload_timeout_ms),
+        ] {
+            if value == 0 {
+                bail!("server.{name} must be greater than 0");
+            }
         }
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -90,19 +90,7 @@ impl<S: HasService> FromRequest<S> for RawBody {
         let addon = addon_of(&mut parts, state).await?;
         let max = addon.config.limits.max_body_bytes;
         let headers = parts.headers.clone();
-        let body: Result<Bytes, BytesRejection> = Bytes::from_request(Request::from_parts(parts, body), state).await;
-        let bytes = body.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => {
-                ServiceError::PayloadTooLarge(format!("request body exceeds the {max}-byte limit"))
-            }
-            other => ServiceError::BadRequest(format!("unreadable request body: {other}")),
-        })?;
-        if bytes.len() > max {
-            return Err(ServiceError::PayloadTooLarge(format!(
-                "request body of {} bytes exceeds the {max}-byte limit",
-                bytes.len()
-            )));
-        }
+        let bytes = super::body::read(body, max, "the request body").await?;
         Ok(RawBody { headers, bytes })
     }
 }

@@ -3,8 +3,10 @@
 //! the problem), how a [`crate::error::ServiceError`] becomes an answer, and the JSON answers
 //! for unknown routes and methods.
 
+pub(crate) mod body;
 mod extract;
 mod response;
+pub(crate) mod server;
 
 use std::sync::Arc;
 

@@ -20,6 +20,7 @@ pub(crate) fn status(error: &ServiceError) -> StatusCode {
         BadRequest(_) => StatusCode::BAD_REQUEST,
         PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         UnknownPlan { .. } | Refused { .. } | InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Unavailable { .. } | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CallFailed { failure: CallFailure::Deadline { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -52,6 +52,7 @@ pub struct Service {
     registry: Registry,
     admins: auth::AdminKeys,
     max_plugin_bytes: usize,
+    server: crate::config::ServerConfig,
     /// Serialise calls per resource (concurrent identical provisions make one call).
     resource_locks: KeyedLocks,
     /// Serialise the resolution of a platform app identity to a resource (taken before, and
@@ -92,6 +93,11 @@ impl Service {
 
     pub fn admins(&self) -> &auth::AdminKeys {
         &self.admins
+    }
+
+    /// The server settings the host was started with (listener, edge limits).
+    pub fn server_config(&self) -> &crate::config::ServerConfig {
+        &self.server
     }
 
     pub fn max_plugin_bytes(&self) -> usize {

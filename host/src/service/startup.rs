@@ -58,6 +58,7 @@ impl Service {
             registry,
             admins,
             max_plugin_bytes: cfg.server.max_plugin_bytes,
+            server: cfg.server.clone(),
             resource_locks: Default::default(),
             app_locks: Default::default(),
         })
