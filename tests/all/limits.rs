@@ -115,6 +115,10 @@ async fn bad_replies_are_rejected() {
     assert_plugin_failure(&misbehave(&host, "b2", "empty-value").await, 500, "invalid_reply", "empty value");
     assert_plugin_failure(&misbehave(&host, "b3", "bad-name").await, 500, "invalid_reply", "not a name");
     assert_plugin_failure(&misbehave(&host, "b4", "kv-flood").await, 507, "quota_exceeded", "writes");
+    // What a call makes the host hold (pending values, listings) is bounded by the call's
+    // host-memory budget, whatever its own memory cap.
+    assert_plugin_failure(&misbehave(&host, "b5", "kv-hog").await, 507, "quota_exceeded", "host memory");
+    assert_plugin_failure(&misbehave(&host, "b6", "list-hog").await, 507, "quota_exceeded", "host memory");
     assert!(host.kv("misbehave").is_empty());
     still_serving(&host, 5).await;
 }

@@ -4,6 +4,7 @@
 
 mod process;
 mod support;
+mod watchdog;
 
 mod bitrise;
 mod cli;
@@ -21,7 +22,6 @@ mod kit;
 mod limits;
 mod liveness;
 mod load;
-mod noisy;
 mod plans;
 mod sso;
 mod upgrade;

@@ -15,6 +15,8 @@ pub(crate) struct Server {
     pub config: std::path::PathBuf,
     /// What the binary printed on stdout before it listened.
     pub banner: Vec<String>,
+    /// Fails the run, naming the test, if the test that spawned this server hangs.
+    pub _watchdog: crate::watchdog::Watchdog,
 }
 
 /// The `credentials` example add-on as `myaddon`, on Bitrise with `token` and `sso_secret`,
@@ -59,7 +61,7 @@ pub(crate) async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&st
     })
     .await
     .expect("addon-host did not start in time");
-    Server { child, addr, config, banner }
+    Server { child, addr, config, banner, _watchdog: crate::watchdog::start() }
 }
 
 /// One HTTP/1.1 exchange with the headers Go's client sends.

@@ -25,6 +25,8 @@ pub(crate) struct TestHost {
     pub dir: tempfile::TempDir,
     pub service: Arc<Service>,
     pub router: Router,
+    /// Fails the run, naming the test, if the test that started this host hangs.
+    pub _watchdog: crate::watchdog::Watchdog,
 }
 
 pub(crate) struct Reply {
@@ -126,7 +128,7 @@ impl TestHost {
         cfg.validate().expect("valid test config");
         let service = Arc::new(Service::start(&cfg).expect("service starts"));
         let router = addon_host::app(service.clone());
-        TestHost { dir, service, router }
+        TestHost { dir, service, router, _watchdog: crate::watchdog::start() }
     }
 
     /// Stop and start again on the same data folder.
@@ -136,7 +138,7 @@ impl TestHost {
 
     /// Stop and start again on the same data folder, with a changed test config.
     pub(crate) fn restart_with(self, change: impl FnOnce(&mut HostConfig)) -> TestHost {
-        let TestHost { dir, service, router } = self;
+        let TestHost { dir, service, router, _watchdog } = self;
         drop(router);
         drop(service);
         Self::start_with(dir, change)

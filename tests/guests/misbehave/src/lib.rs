@@ -60,6 +60,18 @@ impl Provider for Misbehave {
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_HOGGED", "1000"))
             }
+            // Lists 1,000 pending keys of 400 bytes over and over: each listing is a fresh
+            // 400 KB the host must build for it.
+            "list-hog" => {
+                for i in 0..1_000 {
+                    kv().set_string(&format!("{}/{i:04}", "k".repeat(395)), "v")?;
+                }
+                let mut listed = 0;
+                for _ in 0..100 {
+                    listed += kv().list_keys("")?.len();
+                }
+                Ok(ProvisionReply::new().var("MISBEHAVE_LISTED", listed.to_string()))
+            }
             "slow" => {
                 spin(title.parse().unwrap_or(100));
                 Ok(ProvisionReply::new().var("MISBEHAVE_SLOW", "done"))
