@@ -190,3 +190,37 @@ async fn plugins_cannot_reach_files_network_or_environment() {
     assert_eq!(reply.env("ESCAPE_ENV"), "0", "no environment variables");
     assert_eq!(reply.env("ESCAPE_ARGS"), "0", "no arguments");
 }
+
+/// A request's platform budget bounds everything it waits for: a plugin call gets no more
+/// deadline than the budget has left, and a request queued behind it on the same resource
+/// spends its own budget waiting, so its call gets only what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_budget_bounds_calls_and_lock_waits() {
+    let host = std::sync::Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.server.budgets.bitrise_ms = 1_000;
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.limits.deadline_ms = 5_000;
+    }));
+    let started = std::time::Instant::now();
+    let first = {
+        let host = host.clone();
+        tokio::spawn(async move { host.provision_titled("misbehave", MISBEHAVE_TOKEN, "b1", "sleep", "30000").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = host.provision_titled("misbehave", MISBEHAVE_TOKEN, "b1", "sleep", "30000").await;
+    let elapsed = started.elapsed();
+    let first = first.await.unwrap();
+    let deadline_of = |reply: &Reply| -> u64 {
+        assert_eq!(reply.json()["error"], "deadline_exceeded", "{}", reply.text);
+        let message = reply.json()["message"].as_str().unwrap().to_owned();
+        message.split("exceeded its ").nth(1).and_then(|m| m.split(' ').next()).unwrap().parse().unwrap()
+    };
+    // The first call was cut at its 1 s budget, not its 5 s deadline; the second waited
+    // ~700 ms for the lock and was given only the ~300 ms its budget had left.
+    assert!((500..=1_000).contains(&deadline_of(&first)), "{}", first.text);
+    if second.status != 503 {
+        assert!(deadline_of(&second) <= 800, "{}", second.text);
+    }
+    assert!(elapsed < std::time::Duration::from_millis(2_500), "answered after {elapsed:?}");
+    assert!(host.record("misbehave", "b1").is_none());
+}

@@ -55,6 +55,27 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// The same for plugin uploads to the admin API, which are larger.
     pub upload_timeout_ms: u64,
+    /// How long one request from each platform may take in all.
+    pub budgets: Budgets,
+}
+
+/// How long one platform request may take in all: waits for the resource's lock and a call
+/// slot, plugin calls (re-runs after conflicts included) and the commit. A wait that would
+/// pass it is answered 503 `busy` with `Retry-After`, and a plugin call never starts with
+/// more deadline than the budget has left.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Budgets {
+    /// Bitrise abandons a request after 10 s; 9 s leaves a second for the body and the network.
+    pub bitrise_ms: u64,
+    /// Heroku-style platforms (Xervo) wait 30 s.
+    pub xervo_ms: u64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets { bitrise_ms: 9_000, xervo_ms: 25_000 }
+    }
 }
 
 impl ServerConfig {
@@ -82,6 +103,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             upload_timeout_ms: 120_000,
+            budgets: Budgets::default(),
         }
     }
 }
@@ -302,6 +324,8 @@ impl HostConfig {
             ("header_timeout_ms", self.server.header_timeout_ms),
             ("body_timeout_ms", self.server.body_timeout_ms),
             ("upload_timeout_ms", self.server.upload_timeout_ms),
+            ("budgets.bitrise_ms", self.server.budgets.bitrise_ms),
+            ("budgets.xervo_ms", self.server.budgets.xervo_ms),
         ] {
             if value == 0 {
                 bail!("server.{name} must be greater than 0");

@@ -7,7 +7,7 @@
 //! call); calls for different resources run in parallel, and their key-value writes are
 //! committed optimistically: a call whose reads were changed by another is run again.
 //!
-//! Every request has a time budget fitting its platform ([`Platform::budget`]): waits for the
+//! Every request has a time budget fitting its platform ([`crate::config::Budgets`]): waits for the
 //! resource's lock and a call slot, plugin calls and re-runs all come out of it, and a wait
 //! that would pass it is answered 503 with `Retry-After`. A request dropped by its client
 //! cancels its plugin call (the instance is dropped, the slot freed); a commit, once started,
@@ -108,6 +108,15 @@ impl Service {
         &self.storage
     }
 
+    /// A fresh budget for a request from `platform` (see [`crate::config::Budgets`]).
+    fn budget(&self, platform: Platform) -> Budget {
+        let budgets = &self.server.budgets;
+        Budget::start(Duration::from_millis(match platform {
+            Platform::Bitrise => budgets.bitrise_ms,
+            Platform::Xervo => budgets.xervo_ms,
+        }))
+    }
+
     /// Take the lock of `key` among `locks`, waiting no longer than the request's budget.
     async fn lock<'a>(
         &self,
@@ -154,7 +163,7 @@ impl Service {
         caller: &Caller,
         req: Provision,
     ) -> Result<Provisioned, ServiceError> {
-        let budget = Budget::start(caller.platform);
+        let budget = self.budget(caller.platform);
         addon.check_plan(&req.plan)?;
         let platform = caller.platform;
         let (resource_id, alias, _app_guard) = match &req.target {
@@ -222,7 +231,7 @@ impl Service {
         resource_id: &str,
         plan: &str,
     ) -> Result<Record, ServiceError> {
-        let budget = Budget::start(caller.platform);
+        let budget = self.budget(caller.platform);
         addon.check_plan(plan)?;
         let _lock = self.lock_resource(addon, resource_id, &budget).await?;
         let current = stored(addon, resource_id)
@@ -265,7 +274,7 @@ impl Service {
         caller: &Caller,
         resource_id: &str,
     ) -> Result<Deprovisioned, ServiceError> {
-        let budget = Budget::start(caller.platform);
+        let budget = self.budget(caller.platform);
         let _lock = self.lock_resource(addon, resource_id, &budget).await?;
         let current = match stored(addon, resource_id).await? {
             None => return Ok(Deprovisioned::Unknown),

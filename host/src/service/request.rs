@@ -30,17 +30,6 @@ impl Platform {
         }
     }
 
-    /// How long one request from this platform may take in all: waits for the resource's
-    /// lock and a call slot, plugin calls (re-runs after conflicts included) and the commit.
-    /// Bitrise abandons /provision after 10 s, so its requests get 9 s, leaving a second for
-    /// the body and the network; Xervo (Heroku-style) platforms wait 30 s.
-    pub fn budget(self) -> std::time::Duration {
-        std::time::Duration::from_millis(match self {
-            Platform::Bitrise => 9_000,
-            Platform::Xervo => 25_000,
-        })
-    }
-
     pub(crate) fn to_wit(self) -> runtime::Platform {
         match self {
             Platform::Bitrise => runtime::Platform::Bitrise,
@@ -65,16 +54,16 @@ impl ConfigRules for NoRules {
     }
 }
 
-/// The time a request has left: it starts when the service takes the request, and lasts
-/// its platform's [`Platform::budget`].
+/// The time a request has left: it starts when the service takes the request, and lasts its
+/// platform's budget (`server.budgets`).
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     until: tokio::time::Instant,
 }
 
 impl Budget {
-    pub fn start(platform: Platform) -> Budget {
-        Budget { until: tokio::time::Instant::now() + platform.budget() }
+    pub fn start(length: std::time::Duration) -> Budget {
+        Budget { until: tokio::time::Instant::now() + length }
     }
 
     pub fn until(&self) -> tokio::time::Instant {
