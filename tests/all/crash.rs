@@ -212,3 +212,30 @@ async fn acknowledged_operations_survive_repeated_sigkill() {
         records.len()
     );
 }
+
+/// A login answered 200 has marked its token used durably: killed right after the answer
+/// (before any other write or sled's own periodic flush could carry the mark to disk), the
+/// restarted host still refuses the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_sso_token_stays_used_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = [("Authentication", TOKEN), ("Content-Type", "application/json")];
+    let form_headers = [("Content-Type", "application/x-www-form-urlencoded")];
+    let mut server = spawn(dir.path(), &config()).await;
+    let body = r#"{"app_slug":"sso-app","api_token":"t","plan":"free"}"#;
+    let (status, _) = try_exchange(&server.addr, "POST", "/addons/myaddon/provision", &json, body).await.unwrap();
+    assert_eq!(status, 201);
+    for round in 0..5 {
+        // A fresh timestamp per round: each login has its own token.
+        let ts = now() - round;
+        let form = format!("app_slug=sso-app&timestamp={ts}&token={}", sso_token("sso-app", SSO, ts));
+        let (status, text) =
+            try_exchange(&server.addr, "POST", "/addons/myaddon/login", &form_headers, &form).await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        server.child.kill().await.unwrap();
+        server = spawn(dir.path(), &config()).await;
+        let (status, text) =
+            try_exchange(&server.addr, "POST", "/addons/myaddon/login", &form_headers, &form).await.unwrap();
+        assert_eq!(status, 403, "round {round}: a used token was accepted after a crash: {text}");
+    }
+}
