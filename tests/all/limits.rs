@@ -172,17 +172,34 @@ async fn hundred_megabyte_reply_and_log_flood() {
     let host = TestHost::start();
     // Building a 100 MB reply needs more memory than the add-on's 32 MiB cap.
     assert_plugin_failure(&misbehave(&host, "h1", "huge-reply").await, 500, "memory_limit", "32 MiB");
-    // A log flood is cut to the per-call budget; the call itself succeeds.
+    // A log flood is cut to the per-call budget; the call itself succeeds. The plugin runs
+    // on this test's thread (a current-thread runtime), so a thread-local subscriber sees
+    // every line it logs.
+    let logged = Captured::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(logged.clone()).with_ansi(false).finish();
+    let guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
     let flood = misbehave(&host, "h2", "log-flood").await;
+    drop(guard);
     assert_eq!(flood.status, 201, "{}", flood.text);
+    let text = logged.text();
+    let plugin_bytes: usize = text.lines().filter(|l| l.contains("flooding the log")).map(str::len).sum();
+    assert!(plugin_bytes > 0, "no plugin line reached the log");
+    // 16 KiB of messages, plus the host's prefix (time, level, fields) on each line.
+    assert!(plugin_bytes < 3 * 16 * 1024, "{plugin_bytes} bytes of plugin log for a 16 KiB budget");
+    assert!(text.contains("over its per-call log budget was dropped"), "the drop was not reported");
     still_serving(&host, 6).await;
 }
 
 #[tokio::test]
 async fn plugins_cannot_reach_files_network_or_environment() {
     let host = TestHost::start();
-    let reply = misbehave(&host, "e1", "escape").await;
+    // A real listener: an escape would connect to it, not just fail on a closed port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let reply = host.provision_titled("misbehave", MISBEHAVE_TOKEN, "e1", "escape", &port).await;
     assert_eq!(reply.status, 201, "{}", reply.text);
+    assert!(listener.accept().is_err(), "the plugin connected to a host socket");
     for var in ["ESCAPE_FS", "ESCAPE_FILE", "ESCAPE_WRITE", "ESCAPE_NET", "ESCAPE_DNS"] {
         let outcome = reply.env(var);
         assert!(outcome.starts_with("Err("), "{var} succeeded inside the sandbox: {outcome}");
@@ -223,4 +240,33 @@ async fn the_request_budget_bounds_calls_and_lock_waits() {
     }
     assert!(elapsed < std::time::Duration::from_millis(2_500), "answered after {elapsed:?}");
     assert!(host.record("misbehave", "b1").is_none());
+}
+
+/// A `MakeWriter` that keeps what a subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
 }

@@ -115,7 +115,9 @@ impl Provider for Misbehave {
                 let write = std::fs::write("escape.txt", b"x").map_err(|e| e.kind());
                 let env = std::env::vars().count();
                 let args = std::env::args().count();
-                let net = std::net::TcpStream::connect("127.0.0.1:80").map(|_| ()).map_err(|e| e.kind());
+                // The test listens on the port it passes as the app title, so a leak would connect.
+                let port: u16 = title.parse().unwrap_or(80);
+                let net = std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.kind());
                 let dns =
                     std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| a.count()).map_err(|e| e.kind());
                 Ok(ProvisionReply::new()
