@@ -225,9 +225,10 @@ async fn a_used_sso_token_stays_used_across_sigkill() {
     let body = r#"{"app_slug":"sso-app","api_token":"t","plan":"free"}"#;
     let (status, _) = try_exchange(&server.addr, "POST", "/addons/myaddon/provision", &json, body).await.unwrap();
     assert_eq!(status, 201);
+    let start = now();
     for round in 0..5 {
-        // A fresh timestamp per round: each login has its own token.
-        let ts = now() - round;
+        // A distinct timestamp per round: each login has its own token.
+        let ts = start - round;
         let form = format!("app_slug=sso-app&timestamp={ts}&token={}", sso_token("sso-app", SSO, ts));
         let (status, text) =
             try_exchange(&server.addr, "POST", "/addons/myaddon/login", &form_headers, &form).await.unwrap();

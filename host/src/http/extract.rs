@@ -107,6 +107,11 @@ impl RawBody {
                 "expected a JSON body (Content-Type: application/json), got `{essence}`"
             )));
         }
+        if let Some(depth) = too_deep(&self.bytes) {
+            return Err(ServiceError::BadRequest(format!(
+                "invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels (at least {depth})"
+            )));
+        }
         let mut de = serde_json::Deserializer::from_slice(&self.bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -157,5 +162,52 @@ impl<S: HasService, T: DeserializeOwned> FromRequest<S> for FormBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         RawBody::from_request(req, state).await?.form().map(FormBody)
+    }
+}
+
+/// No platform request nests deeper than a few levels; anything past this is refused before
+/// parsing, wherever it is (serde skips unknown fields without a depth limit).
+const MAX_JSON_DEPTH: usize = 64;
+
+/// The nesting depth reached, when it passes [`MAX_JSON_DEPTH`]. Brackets inside strings do
+/// not count.
+fn too_deep(bytes: &[u8]) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_deep;
+
+    #[test]
+    fn nesting_depth_ignores_brackets_in_strings() {
+        assert_eq!(too_deep(br#"{"a":[[1],[2]],"b":"[[[[[["}"#), None);
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert_eq!(too_deep(deep.as_bytes()), Some(65));
+        let quoted = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(100));
+        assert_eq!(too_deep(quoted.as_bytes()), None, "an escaped quote does not end the string");
     }
 }
