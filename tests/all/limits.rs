@@ -125,7 +125,8 @@ async fn bad_replies_are_rejected() {
 
 #[tokio::test]
 async fn fuel_budget_stops_a_loop() {
-    let host = TestHost::start();
+    let host = TestHost::start_metered();
+    assert!(host.service.runtime().info().fuel, "the metered add-on needs a metering engine");
     let reply = host.provision("metered", METERED_TOKEN, "f1", "loop").await;
     assert_error(&reply, 500, "fuel_exhausted", "20000000 fuel");
     assert_eq!(reply.json()["addon"], "metered");
@@ -136,7 +137,7 @@ async fn fuel_budget_stops_a_loop() {
 
 #[tokio::test]
 async fn kv_quota_is_enforced_across_calls() {
-    let host = TestHost::start();
+    let host = TestHost::start_metered();
     let first = host.provision("metered", METERED_TOKEN, "q1", "fill").await;
     assert_eq!(first.status, 201, "{}", first.text);
     let usage = host.service.addon("metered").unwrap().store().kv_usage().unwrap();

@@ -89,13 +89,6 @@ pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
     misbehave.limits.memory_mib = 32;
     misbehave.xervo = Some(xervo("xervo-password-misbehave", "xervo-salt-misbehave", &["MISBEHAVE_URL"]));
 
-    // The same test plugin with an instruction budget and a small key-value quota.
-    let mut metered = addon("metered", addon_host_tests::PLUGIN_MISBEHAVE, METERED_TOKEN, &[]);
-    metered.limits.deadline_ms = 5_000;
-    metered.limits.fuel = Some(20_000_000);
-    metered.limits.max_kv_keys = 10;
-    metered.limits.max_kv_bytes = 4096;
-
     // Two versions of this plugin exist (versioned-a / versioned-b) for hot-swap tests.
     let versioned = addon("versioned", addon_host_tests::PLUGIN_VERSIONED_A, VERSIONED_TOKEN, &[]);
 
@@ -107,14 +100,31 @@ pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
             admins: vec![AdminConfig { name: "ops".into(), token: ADMIN_TOKEN.into() }],
             ..ServerConfig::default()
         },
-        addons: vec![myaddon, storage, misbehave, metered, versioned],
+        addons: vec![myaddon, storage, misbehave, versioned],
     }
+}
+
+/// The misbehaving test plugin with an instruction budget and a small key-value quota. Only
+/// hosts that need it add it ([`TestHost::start_metered`]): it turns on fuel metering for the
+/// whole engine, which is not the default set-up the rest of the suite should run on.
+pub(crate) fn metered() -> AddonConfig {
+    let mut metered = addon("metered", addon_host_tests::PLUGIN_MISBEHAVE, METERED_TOKEN, &[]);
+    metered.limits.deadline_ms = 5_000;
+    metered.limits.fuel = Some(20_000_000);
+    metered.limits.max_kv_keys = 10;
+    metered.limits.max_kv_bytes = 4096;
+    metered
 }
 
 impl TestHost {
     pub(crate) fn start() -> TestHost {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(dir)
+    }
+
+    /// A host that also serves the fuel-metered add-on `metered` (a metering engine).
+    pub(crate) fn start_metered() -> TestHost {
+        Self::start_with(tempfile::tempdir().expect("tempdir"), |cfg| cfg.addons.push(metered()))
     }
 
     pub(crate) fn start_in(dir: tempfile::TempDir) -> TestHost {
