@@ -1,8 +1,9 @@
 //! Hot plugin upgrades through the admin API: validated uploads, atomic swaps under load with
 //! zero failed requests, rollback, persistence across restarts, and admin-only access.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::http::Method;
 
@@ -22,7 +23,9 @@ async fn served_version(host: &TestHost, slug: &str) -> String {
     reply.env("VERSIONED_VERSION")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+// One worker thread: work that blocked it (a compilation on the request path) would stop
+// every request, which the upload below would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn swapping_under_load_fails_no_request() {
     let host = Arc::new(TestHost::start());
     let a = host.service.addon("versioned").unwrap().plugin().sha256.clone();
@@ -34,9 +37,11 @@ async fn swapping_under_load_fails_no_request() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    // The version that answered each app's provision, and each app's plan change.
+    let answered: Arc<Mutex<HashMap<String, (String, String)>>> = Arc::default();
     let mut traffic = Vec::new();
     for worker in 0..4 {
-        let (host, stop, counts) = (host.clone(), stop.clone(), counts.clone());
+        let (host, stop, counts, answered) = (host.clone(), stop.clone(), counts.clone(), answered.clone());
         traffic.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -50,11 +55,39 @@ async fn swapping_under_load_fails_no_request() {
                 assert_eq!(changed.status, 200, "plan change failed during swaps: {}", changed.text);
                 let message = changed.json()["message"].as_str().unwrap().to_owned();
                 assert!(message == "version a" || message == "version b", "{message}");
+                let changed_by = message.trim_start_matches("version ").to_owned();
+                answered.lock().unwrap().insert(format!("w{worker}-{i}"), (version, changed_by));
                 i += 1;
             }
             i
         }));
     }
+
+    // An upload during the traffic, of a version never seen (version b's bytes with a custom
+    // section appended): it is compiled while requests keep being answered.
+    let mut fresh = wasm(addon_host_tests::PLUGIN_VERSIONED_B);
+    // A payload unique to this run, so the shared compile cache cannot already hold it.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    fresh.extend_from_slice(&[0x00, 13, 0x04, b't', b'e', b's', b't']);
+    fresh.extend_from_slice(&nonce.to_le_bytes());
+    let before_upload: usize = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    // As a task, so it runs on the runtime's one worker, like a real request.
+    let upload = {
+        let host = host.clone();
+        tokio::spawn(
+            async move { host.admin(Method::POST, "/admin/addons/versioned/plugins?activate=false", fresh).await },
+        )
+    };
+    let uploaded = upload.await.unwrap();
+    let during_upload = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<usize>() - before_upload;
+    assert_eq!(uploaded.status, 201, "{}", uploaded.text);
+    assert!(uploaded.json()["compile_ms"].as_u64().is_some(), "{}", uploaded.text);
+    let compile_ms = uploaded.json()["compile_ms"].as_u64().unwrap_or(0);
+    println!("{during_upload} requests answered during a {compile_ms} ms compilation");
+    assert!(
+        during_upload >= 10,
+        "only {during_upload} requests answered while the upload compiled for {compile_ms} ms"
+    );
 
     let mut swaps = 0;
     for round in 0..12 {
@@ -79,7 +112,11 @@ async fn swapping_under_load_fails_no_request() {
     for t in traffic {
         requests += t.await.expect("a request failed during the swaps");
     }
-    assert!(swaps >= 20);
+    // The last swap (a rollback to version 1) is what serves now.
+    let list = host.admin(Method::GET, "/admin/addons/versioned/plugins", "").await.json();
+    let active: Vec<_> = list["versions"].as_array().unwrap().iter().filter(|v| v["active"] == true).collect();
+    assert_eq!((active.len(), active[0]["sha256"].as_str()), (1, Some(a.as_str())), "{list}");
+    assert_eq!(served_version(&host, "after-swaps").await, "a");
     let (on_a, on_b) = (counts[0].load(Ordering::Relaxed), counts[1].load(Ordering::Relaxed));
     println!("{swaps} swaps, {requests} provision+plan-change pairs: {on_a} on a, {on_b} on b");
     assert!(on_a > 0 && on_b > 0, "traffic saw both versions");
@@ -94,7 +131,12 @@ async fn swapping_under_load_fails_no_request() {
         let expected = if record.plugin_version == a { "a" } else { "b" };
         assert!(record.plugin_version == a || record.plugin_version == b, "{id}");
         assert_eq!(reported, expected, "{id}: variables and recorded version disagree");
-        assert!(matches!(kv[&format!("served-by/{id}")].as_str(), "a" | "b"));
+        // The plugin's own writes came from the versions that answered each call.
+        if let Some((provisioned_by, changed_by)) = answered.lock().unwrap().get(&id) {
+            assert_eq!(&kv[&format!("served-by/{id}")], provisioned_by, "{id}: provision's KV write");
+            assert_eq!(&kv[&format!("plan-by/{id}")], changed_by, "{id}: plan change's KV write");
+            assert_eq!(reported, changed_by, "{id}: the stored variables are the plan change's");
+        }
     }
 }
 
@@ -148,7 +190,7 @@ async fn admin_api_wants_an_admin_token() {
             (Method::POST, "/admin/addons/versioned/rollback"),
         ] {
             let reply = host.send(method.clone(), path, &headers, body.clone()).await;
-            assert_error(&reply, 401, "unauthorized", "");
+            assert_error(&reply, 401, "unauthorized", "admin token");
             let _ = name;
         }
     }
@@ -192,5 +234,8 @@ async fn active_version_survives_restart_without_recompiling() {
     // Rolling back is immediate: version 1 is loaded from the cache, not recompiled.
     let back = host.admin(Method::POST, "/admin/addons/versioned/rollback", "").await;
     assert_eq!(back.json()["active"]["seq"], 1);
+    let status = host.admin(Method::GET, "/admin/status", "").await.json();
+    let versioned = status["addons"].as_array().unwrap().iter().find(|a| a["id"] == "versioned").unwrap().clone();
+    assert_eq!(versioned["loaded_from_cache"], true, "the rollback target came from the compile cache");
     assert_eq!(served_version(&host, "s3").await, "a");
 }
