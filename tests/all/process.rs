@@ -15,8 +15,24 @@ pub(crate) struct Server {
     pub config: std::path::PathBuf,
     /// What the binary printed on stdout before it listened.
     pub banner: Vec<String>,
+    /// Every line the binary has logged on stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Fails the run, naming the test, if the test that spawned this server hangs.
     pub _watchdog: crate::watchdog::Watchdog,
+}
+
+impl Server {
+    /// Wait until the binary logs a line containing `needle`; false after `within`.
+    pub(crate) async fn logged(&self, needle: &str, within: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < within {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
 }
 
 /// The `credentials` example add-on as `myaddon`, on Bitrise with `token` and `sso_secret`,
@@ -45,9 +61,19 @@ pub(crate) async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&st
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn addon-host");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = errors.next_line().await {
+            eprintln!("{line}");
+            kept.lock().unwrap().push(line);
+        }
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (addr, banner) = tokio::time::timeout(Duration::from_secs(60), async {
         let mut banner = Vec::new();
@@ -61,7 +87,7 @@ pub(crate) async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&st
     })
     .await
     .expect("addon-host did not start in time");
-    Server { child, addr, config, banner, _watchdog: crate::watchdog::start() }
+    Server { child, addr, config, banner, log, _watchdog: crate::watchdog::start() }
 }
 
 /// One HTTP/1.1 exchange with the headers Go's client sends.
