@@ -114,3 +114,14 @@ fn printed_manifest_is_accepted_back() {
         (settings.password, settings.sso_salt, settings.config_vars)
     );
 }
+
+#[test]
+fn an_admin_token_must_not_be_a_partner_credential() {
+    let shared =
+        start_error(|cfg| cfg.server.admins[0].token = cfg.addons[0].bitrise.as_ref().unwrap().shared_token.clone());
+    assert!(shared.contains("must not be a partner's credential"), "{shared}");
+    let xervo = start_error(|cfg| {
+        cfg.server.admins[0].token = cfg.addons[0].xervo.as_ref().unwrap().password.clone().unwrap();
+    });
+    assert!(xervo.contains("must not be a partner's credential"), "{xervo}");
+}

@@ -239,3 +239,22 @@ async fn active_version_survives_restart_without_recompiling() {
     assert_eq!(versioned["loaded_from_cache"], true, "the rollback target came from the compile cache");
     assert_eq!(served_version(&host, "s3").await, "a");
 }
+
+/// A same-plan change is answered without calling the plugin, and a version can be named by
+/// a prefix of its sha256.
+#[tokio::test]
+async fn same_plan_changes_skip_the_plugin_and_versions_resolve_by_prefix() {
+    let host = TestHost::start();
+    assert_eq!(host.provision("versioned", VERSIONED_TOKEN, "p1", "free").await.status, 201);
+    assert_eq!(host.change_plan("versioned", VERSIONED_TOKEN, "p1", "free").await.status, 200);
+    assert!(!host.kv("versioned").contains_key("plan-by/p1"), "the plugin's change-plan ran for the same plan");
+    assert_eq!(host.change_plan("versioned", VERSIONED_TOKEN, "p1", "pro").await.status, 200);
+    assert_eq!(host.kv("versioned")["plan-by/p1"], "a", "a real change does call the plugin");
+
+    let pushed = push(&host, addon_host_tests::PLUGIN_VERSIONED_B, false).await;
+    let sha = pushed.json()["version"]["sha256"].as_str().unwrap().to_owned();
+    let by_prefix =
+        host.admin(Method::POST, &format!("/admin/addons/versioned/plugins/{}/activate", &sha[..8]), "").await;
+    assert_eq!(by_prefix.status, 200, "{}", by_prefix.text);
+    assert_eq!(served_version(&host, "p2").await, "b");
+}

@@ -148,6 +148,7 @@ async fn unavailable_is_a_503_with_the_docs_link() {
     let id = created.json()["id"].as_str().unwrap().to_owned();
     let up = host.xervo(Method::PUT, "storage", &format!("/resources/{id}"), &auth, r#"{"plan":"enterprise"}"#).await;
     assert_eq!(up.status, 503);
+    assert_eq!(up.headers["retry-after"], "30", "a plugin's \"not now\" tells the platform when to retry");
     let message = up.json()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("not instant") && message.contains("https://storage.example.com/docs"), "{message}");
     assert_eq!(host.record("storage", &id).unwrap().plan, "pro");
