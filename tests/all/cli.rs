@@ -61,6 +61,15 @@ async fn plugin_cli_pushes_lists_and_rolls_back() {
     assert_eq!(version_served(&server, "p3").await, "b");
     let (ok, out) = plugin_cli(&server, &token, &["status"]).await;
     assert!(ok && out.contains("\"versioned\""), "{out}");
+    // `--no-activate` stores a version without serving it.
+    let mut third = std::fs::read(addon_host_tests::PLUGIN_VERSIONED_A).unwrap();
+    third.extend_from_slice(&[0x00, 0x06, 0x04, b't', b'e', b's', b't', b'3']);
+    let third_path = dir.path().join("third.wasm");
+    std::fs::write(&third_path, third).unwrap();
+    let (ok, out) =
+        plugin_cli(&server, &token, &["push", "versioned", third_path.to_str().unwrap(), "--no-activate"]).await;
+    assert!(ok && out.contains("\"seq\": 3") && out.contains("\"activated\": false"), "{out}");
+    assert_eq!(version_served(&server, "p-no-activate").await, "b", "--no-activate must not swap");
 
     // Refusals reach the operator with their reason and a failing exit code.
     let (ok, out) = plugin_cli(&server, &token, &["push", "versioned", addon_host_tests::PLUGIN_FUTURE_WIT]).await;

@@ -179,6 +179,9 @@ async fn hundred_megabyte_reply_and_log_flood() {
     let logged = Captured::default();
     let subscriber = tracing_subscriber::fmt().with_writer(logged.clone()).with_ansi(false).finish();
     let guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+    // Other tests' threads (with no subscriber) may have cached "not interested" for the
+    // host's log call sites; ask again now that this thread has a subscriber.
+    tracing::callsite::rebuild_interest_cache();
     let flood = misbehave(&host, "h2", "log-flood").await;
     drop(guard);
     assert_eq!(flood.status, 201, "{}", flood.text);
@@ -269,5 +272,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 
     fn make_writer(&'a self) -> Captured {
         self.clone()
+    }
+}
+
+/// Every call runs in a fresh instance: nothing a call leaves in the guest's memory (here a
+/// global counter) is seen by the next.
+#[tokio::test]
+async fn no_state_carries_over_between_calls() {
+    let host = TestHost::start();
+    for i in 0..3 {
+        let reply = host.provision("misbehave", MISBEHAVE_TOKEN, &format!("fresh-{i}"), "static").await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        assert_eq!(reply.env("MISBEHAVE_STATIC"), "1", "call {i} saw an earlier call's memory");
     }
 }

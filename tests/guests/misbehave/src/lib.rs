@@ -93,6 +93,12 @@ impl Provider for Misbehave {
                 Ok(ProvisionReply::new().var("MISBEHAVE_MARKER", req.resource_id.clone()))
             }
             "unavailable" => Err(Error::unavailable_with_docs("busy right now", "https://example.com/why")),
+            // A global counter: every call must see a fresh instance, so always 1.
+            "static" => {
+                static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Ok(ProvisionReply::new().var("MISBEHAVE_STATIC", n.to_string()))
+            }
             "count" => {
                 let n = kv().increment("calls", 1)?;
                 Ok(ProvisionReply::new().var("MISBEHAVE_CALLS", n.to_string()).var("MISBEHAVE_MARKER", marker()?))
