@@ -276,20 +276,16 @@ async fn run(
         let instance = plugin.pre.instantiate_async(&mut store).await?;
         call_export(&instance, &mut store, export).await
     };
-    let outcome = match tokio::time::timeout(deadline, call).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            // The call's future (and with it the guest's stack) is gone; the store follows
-            // when this function returns.
-            store.data_mut().flush_output();
-            let state = store.into_data();
-            tracing::warn!(addon = %state.log.addon, call = state.log.call, deadline_ms, "plugin call cancelled at its deadline");
-            return Err(CallFailure::Deadline { deadline_ms });
-        }
-    };
+    // On timeout the call's future (and with it the guest's stack) is already gone; the
+    // store follows when this function returns.
+    let outcome = tokio::time::timeout(deadline, call).await;
     let elapsed = started.elapsed();
     store.data_mut().flush_output();
     let state = store.into_data();
+    let Ok(outcome) = outcome else {
+        tracing::warn!(addon = %state.log.addon, call = state.log.call, deadline_ms, "plugin call cancelled at its deadline");
+        return Err(CallFailure::Deadline { deadline_ms });
+    };
     let result = match outcome {
         Err(error) => return Err(failure::classify(error, &state, deadline_ms, elapsed)),
         Ok(r) => r,

@@ -51,7 +51,6 @@ pub struct Service {
     runtime: Arc<Runtime>,
     registry: Registry,
     admins: auth::AdminKeys,
-    max_plugin_bytes: usize,
     server: crate::config::ServerConfig,
     /// Serialise calls per resource (concurrent identical provisions make one call).
     resource_locks: KeyedLocks,
@@ -101,7 +100,7 @@ impl Service {
     }
 
     pub fn max_plugin_bytes(&self) -> usize {
-        self.max_plugin_bytes
+        self.server.max_plugin_bytes
     }
 
     pub fn storage(&self) -> &Storage {
@@ -148,7 +147,7 @@ impl Service {
         platform: Platform,
         resource_id: &str,
     ) -> Result<Option<Record>, ServiceError> {
-        Ok(stored(addon, resource_id).await?.filter(|r| Platform::from_name(&r.platform) == platform))
+        Ok(stored(addon, resource_id).await?.filter(|r| r.belongs_to(platform)))
     }
 
     /// Provision a resource. An identical repeat replays the stored reply without calling the
@@ -187,7 +186,7 @@ impl Service {
         };
         let _lock = self.lock_resource(addon, &resource_id, &budget).await?;
         let existing = stored(addon, &resource_id).await?.filter(Record::is_active);
-        if existing.as_ref().is_some_and(|r| Platform::from_name(&r.platform) != platform) {
+        if existing.as_ref().is_some_and(|r| !r.belongs_to(platform)) {
             return Err(not_yours(&resource_id));
         }
         let digest = record::request_digest(&req, platform, &resource_id);
@@ -236,7 +235,7 @@ impl Service {
         let _lock = self.lock_resource(addon, resource_id, &budget).await?;
         let current = stored(addon, resource_id)
             .await?
-            .filter(|r| r.is_active() && Platform::from_name(&r.platform) == caller.platform)
+            .filter(|r| r.is_active() && r.belongs_to(caller.platform))
             .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
         if current.plan == plan {
             return Ok(current);
@@ -278,7 +277,7 @@ impl Service {
         let _lock = self.lock_resource(addon, resource_id, &budget).await?;
         let current = match stored(addon, resource_id).await? {
             None => return Ok(Deprovisioned::Unknown),
-            Some(r) if Platform::from_name(&r.platform) != caller.platform => return Err(not_yours(resource_id)),
+            Some(r) if !r.belongs_to(caller.platform) => return Err(not_yours(resource_id)),
             Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
             Some(r) => r,
         };

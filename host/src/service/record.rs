@@ -37,6 +37,11 @@ impl Record {
         self.status == Status::Active
     }
 
+    /// Whether `platform` created this resource (only it may see or change it).
+    pub fn belongs_to(&self, platform: super::Platform) -> bool {
+        super::Platform::from_name(&self.platform) == platform
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serialising a struct of strings cannot fail.
         serde_json::to_vec(self).unwrap_or_default()

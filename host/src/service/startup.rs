@@ -57,7 +57,6 @@ impl Service {
             runtime,
             registry,
             admins,
-            max_plugin_bytes: cfg.server.max_plugin_bytes,
             server: cfg.server.clone(),
             resource_locks: Default::default(),
             app_locks: Default::default(),
