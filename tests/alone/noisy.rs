@@ -2,7 +2,8 @@
 //! calls, spin, hog key-value memory and bomb their memory, while a healthy add-on on the
 //! same host serves continuous traffic. The healthy add-on loses nothing and stays fast;
 //! every misbehaving call is answered within its deadline plus 100 ms, with its failure kind
-//! (or 503 `busy` once the add-on's share is full: it asked for more than it may have).
+//! (or 503 `busy` when the add-on's share and queue are full, or when a queued call could not
+//! start before its deadline: it asked for more than it may have).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,10 +17,8 @@ use crate::support::*;
 const HOST_SLOTS: u32 = 8;
 const NOISY_SHARE: u32 = 2;
 const NOISY_DEADLINE: Duration = Duration::from_millis(500);
-/// How late after its deadline a misbehaving call should be answered (nine in ten, here).
+/// How late after its deadline a misbehaving call may be answered, at worst.
 const LATE: Duration = Duration::from_millis(100);
-/// The bound on every single one, stalls on this shared debug-build machine included.
-const LATE_AT_WORST: Duration = Duration::from_millis(1_000);
 const RUN_FOR: Duration = Duration::from_secs(4);
 
 /// (plan, status, failure kind) of each misbehaviour.
@@ -39,8 +38,8 @@ fn noisy_host() -> TestHost {
         let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
         misbehave.limits.deadline_ms = NOISY_DEADLINE.as_millis() as u64;
         misbehave.limits.max_concurrent_calls = Some(NOISY_SHARE);
-        // Fail fast past the share, so every answer can be held to the deadline bound.
-        misbehave.limits.max_queued_calls = Some(0);
+        // With twice the share calling, one call waits in the queue and one is refused at once.
+        misbehave.limits.max_queued_calls = Some(1);
     })
 }
 
@@ -80,7 +79,6 @@ async fn a_noisy_neighbour_cannot_hurt_a_healthy_addon() {
         noisy.push(tokio::spawn(async move {
             let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
             let mut slowest = Duration::ZERO;
-            let mut answer_times = Vec::new();
             let mut i = client;
             while !stop.load(Ordering::Relaxed) {
                 let (plan, status, kind) = NOISE[i % NOISE.len()];
@@ -92,22 +90,30 @@ async fn a_noisy_neighbour_cannot_hurt_a_healthy_addon() {
                 let got = (reply.status.as_u16(), reply.json()["error"].as_str().unwrap_or_default().to_owned());
                 if got == (503, "busy".to_owned()) {
                     assert_eq!(reply.headers["retry-after"], "1", "{}", reply.text);
-                    *seen.entry("busy").or_default() += 1;
+                    let queued = reply.text.contains("within its deadline");
+                    *seen.entry(if queued { "busy: waited its deadline" } else { "busy: queue full" }).or_default() +=
+                        1;
                     // Retry soon, as a platform would, though sooner than Retry-After asks:
                     // hostile, but not a busy loop that only measures the test's own load.
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                } else if got.0 == 504 && status != 504 {
+                    // A quick failure that waited in the queue first can run out of the time
+                    // it had left: only then, near its deadline.
+                    assert_eq!(got.1, "deadline_exceeded", "{plan}: {}", reply.text);
+                    assert!(elapsed >= NOISY_DEADLINE - LATE, "{plan} timed out after {elapsed:?}: {}", reply.text);
+                    *seen.entry("queued, then out of time").or_default() += 1;
                 } else {
                     assert_eq!(got, (status, kind.to_owned()), "{plan}: {}", reply.text);
                     *seen.entry(plan).or_default() += 1;
-                    answer_times.push(elapsed);
                 }
                 assert!(
-                    elapsed <= NOISY_DEADLINE + LATE_AT_WORST,
-                    "{plan} answered after {elapsed:?}, over its {NOISY_DEADLINE:?} deadline + {LATE_AT_WORST:?}"
+                    elapsed <= NOISY_DEADLINE + LATE,
+                    "{plan} answered {} after {elapsed:?}, over its {NOISY_DEADLINE:?} deadline + {LATE:?}",
+                    got.0
                 );
                 i += 1;
             }
-            (seen, slowest, answer_times)
+            (seen, slowest)
         }));
     }
 
@@ -125,10 +131,8 @@ async fn a_noisy_neighbour_cannot_hurt_a_healthy_addon() {
     }
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     let mut slowest_noisy = Duration::ZERO;
-    let mut answer_times = Vec::new();
     for n in noisy {
-        let (s, slowest, times) = n.await.unwrap();
-        answer_times.extend(times);
+        let (s, slowest) = n.await.unwrap();
         slowest_noisy = slowest_noisy.max(slowest);
         for (k, v) in s {
             *seen.entry(k).or_default() += v;
@@ -145,16 +149,8 @@ async fn a_noisy_neighbour_cannot_hurt_a_healthy_addon() {
     // "Well within its own deadline" (3 s by default): half of it, on a debug build.
     let deadline = Duration::from_millis(addon_host::config::Limits::default().deadline_ms);
     assert!(max < deadline / 2, "a healthy provision took {max:?}");
-    // Within the deadline plus 100 ms: all but the odd request that met a scheduling or
-    // storage stall on this loaded 2-core machine (the release benchmark reports the worst).
-    let late = answer_times.iter().filter(|t| **t > NOISY_DEADLINE + LATE).count();
-    assert!(
-        late * 20 <= answer_times.len(),
-        "{late} of {} misbehaving calls answered over the deadline + {LATE:?}",
-        answer_times.len()
-    );
-    for (plan, _, _) in NOISE {
-        assert!(seen.get(plan).copied().unwrap_or(0) >= 2, "`{plan}` never ran to its failure: {seen:?}");
+    for plan in NOISE.iter().map(|n| n.0).chain(["busy: queue full"]) {
+        assert!(seen.get(plan).copied().unwrap_or(0) >= 2, "`{plan}` was seen less than twice: {seen:?}");
     }
     // Nothing the hog wrote survived, and the host is still healthy.
     assert!(host.kv("misbehave").keys().all(|k| !k.starts_with("hog/")));
@@ -190,6 +186,47 @@ async fn an_abandoned_request_frees_its_slot() {
         for i in 0..NOISY_SHARE {
             let reply = host.provision("misbehave", MISBEHAVE_TOKEN, &format!("after-{round}-{i}"), "normal").await;
             assert_eq!(reply.status, 201, "round {round}: {}", reply.text);
+        }
+    }
+}
+
+/// A call waiting in the queue for its add-on's share counts the wait against its deadline.
+/// With the share held by sleepers, a queued sleeper is answered within its own deadline plus
+/// 100 ms: 503 `busy` if no slot came free in time, else 504 when it ran out the time it had
+/// left (not a full deadline after it started, as when the queue wait was free). A call past
+/// the queue is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_is_answered_within_its_deadline() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let host = Arc::new(noisy_host());
+    host.provision_titled("misbehave", MISBEHAVE_TOKEN, "warm", "static", "30000").await;
+    for round in 0..3 {
+        let mut calls = Vec::new();
+        for i in 0..=NOISY_SHARE {
+            let host = host.clone();
+            calls.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let slug = format!("queued-{round}-{i}");
+                let reply = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &slug, "sleep", "30000").await;
+                (reply, started.elapsed())
+            }));
+            // The share's sleepers first, then the one that waits.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        let refused =
+            host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("past-{round}"), "sleep", "30000").await;
+        assert_error(&refused, 503, "busy", "wait queue is full");
+        assert!(started.elapsed() < NOISY_DEADLINE / 2, "the refusal took {:?}", started.elapsed());
+        for (i, call) in calls.into_iter().enumerate() {
+            let (reply, elapsed) = call.await.unwrap();
+            let got = (reply.status.as_u16(), reply.json()["error"].as_str().unwrap_or_default().to_owned());
+            assert!(
+                got == (504, "deadline_exceeded".into()) || got == (503, "busy".into()) && i == NOISY_SHARE as usize,
+                "call {i} of round {round}: {}",
+                reply.text
+            );
+            assert!(elapsed <= NOISY_DEADLINE + LATE, "call {i} of round {round} answered {} after {elapsed:?}", got.0);
         }
     }
 }

@@ -25,7 +25,7 @@ impl SlotRefused {
     pub fn reason(self) -> &'static str {
         match self {
             SlotRefused::QueueFull => "its share of plugin call slots is in use and its wait queue is full",
-            SlotRefused::TimedOut => "no plugin call slot became free within the request's time budget",
+            SlotRefused::TimedOut => "no plugin call slot became free within its deadline",
             SlotRefused::ShuttingDown => "the host is shutting down",
         }
     }

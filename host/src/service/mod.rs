@@ -24,6 +24,7 @@ mod upgrade;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 use locks::{KeyGuard, KeyedLocks};
 
@@ -324,8 +325,12 @@ impl Service {
         let limits = &addon.config.limits;
         let mut _serial = None;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let slot = self.runtime.slot(&addon.share, budget.until()).await.map_err(busy)?;
-            let deadline = Duration::from_millis(limits.deadline_ms).min(budget.remaining());
+            // The add-on's deadline covers the wait for a slot as well as the call: a queued
+            // call that cannot start with MIN_CALL_TIME left is refused as busy at its deadline.
+            let asked = Instant::now();
+            let until = budget.until().min(asked + Duration::from_millis(limits.deadline_ms));
+            let slot = self.runtime.slot(&addon.share, until - MIN_CALL_TIME).await.map_err(busy)?;
+            let deadline = until.saturating_duration_since(Instant::now());
             if deadline < MIN_CALL_TIME {
                 return Err(busy(SlotRefused::TimedOut));
             }
@@ -333,7 +338,14 @@ impl Service {
                 .runtime
                 .call(slot, &plugin, addon.env.clone(), addon.store.begin(), export.clone(), deadline)
                 .await
-                .map_err(failed)?;
+                .map_err(|failure| match failure {
+                    // Name the deadline counted from when the call asked for its slot.
+                    CallFailure::Deadline { .. } => {
+                        let deadline_ms = (until - asked).as_secs_f64() * 1000.0;
+                        failed(CallFailure::Deadline { deadline_ms: deadline_ms.round() as u64 })
+                    }
+                    other => failed(other),
+                })?;
             let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
             let record = make_record(&answer, &plugin.sha256)?;
             let quota = KvQuota {
