@@ -135,3 +135,29 @@ impl ResourceLimiter for CallLimiter {
         MEMORIES_PER_CALL as usize
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::{Engine, Memory, MemoryType, Store};
+
+    use super::*;
+
+    const PAGE: usize = 64 * 1024;
+
+    /// The cap is the total of a call's memories: two memories of 600 KiB each do not fit a
+    /// 1 MiB cap, though each alone would (real wasmtime memories, grown through the store).
+    #[test]
+    fn the_memory_cap_is_the_total_of_all_memories() {
+        let engine = Engine::default();
+        let mut store = Store::new(&engine, CallLimiter::new(16 * PAGE));
+        store.limiter(|limiter| limiter);
+        let first = Memory::new(&mut store, MemoryType::new(0, None)).unwrap();
+        let second = Memory::new(&mut store, MemoryType::new(0, None)).unwrap();
+        first.grow(&mut store, 10).unwrap();
+        assert!(second.grow(&mut store, 10).is_err(), "20 pages fitted a 16-page cap");
+        assert!(store.data().memory_denied);
+        second.grow(&mut store, 6).unwrap();
+        assert!(first.grow(&mut store, 1).is_err(), "17 pages fitted a 16-page cap");
+        assert_eq!(first.size(&store) + second.size(&store), 16);
+    }
+}
