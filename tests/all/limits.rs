@@ -79,7 +79,9 @@ async fn failed_calls_commit_nothing() {
     let unavailable = misbehave(&host, "w4", "unavailable").await;
     assert_error(&unavailable, 503, "unavailable", "busy right now");
     assert_eq!(unavailable.json()["url"], "https://example.com/why");
-    for slug in ["w1", "w2", "w3", "w4"] {
+    let timed_out = misbehave(&host, "w6", "write-then-loop").await;
+    assert_plugin_failure(&timed_out, 504, "deadline_exceeded", "deadline");
+    for slug in ["w1", "w2", "w3", "w4", "w6"] {
         assert!(host.record("misbehave", slug).is_none(), "{slug} left a record");
     }
     assert!(host.kv("misbehave").is_empty(), "KV changed: {:?}", host.kv("misbehave"));
@@ -114,12 +116,19 @@ async fn bad_replies_are_rejected() {
     assert_plugin_failure(&misbehave(&host, "b1", "big-reply").await, 500, "reply_too_large", "limit");
     assert_plugin_failure(&misbehave(&host, "b2", "empty-value").await, 500, "invalid_reply", "empty value");
     assert_plugin_failure(&misbehave(&host, "b3", "bad-name").await, 500, "invalid_reply", "not a name");
+    assert_plugin_failure(&misbehave(&host, "b7", "many-vars").await, 500, "invalid_reply", "65 variables");
+    assert_plugin_failure(&misbehave(&host, "b8", "dup-var").await, 500, "invalid_reply", "MISBEHAVE_TWICE");
+    assert_plugin_failure(&misbehave(&host, "b9", "big-key").await, 500, "plugin_error", "512-byte limit");
+    assert_plugin_failure(&misbehave(&host, "b10", "big-value").await, 507, "quota_exceeded", "262144-byte limit");
     assert_plugin_failure(&misbehave(&host, "b4", "kv-flood").await, 507, "quota_exceeded", "writes");
     // What a call makes the host hold (pending values, listings) is bounded by the call's
     // host-memory budget, whatever its own memory cap.
     assert_plugin_failure(&misbehave(&host, "b5", "kv-hog").await, 507, "quota_exceeded", "host memory");
     assert_plugin_failure(&misbehave(&host, "b6", "list-hog").await, 507, "quota_exceeded", "host memory");
     assert!(host.kv("misbehave").is_empty());
+    for slug in ["b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9", "b10"] {
+        assert!(host.record("misbehave", slug).is_none(), "{slug} left a record");
+    }
     still_serving(&host, 5).await;
 }
 
@@ -173,9 +182,9 @@ async fn hundred_megabyte_reply_and_log_flood() {
     let host = TestHost::start();
     // Building a 100 MB reply needs more memory than the add-on's 32 MiB cap.
     assert_plugin_failure(&misbehave(&host, "h1", "huge-reply").await, 500, "memory_limit", "32 MiB");
-    // A log flood is cut to the per-call budget; the call itself succeeds. The plugin runs
-    // on this test's thread (a current-thread runtime), so a thread-local subscriber sees
-    // every line it logs.
+    // A log flood is cut to the per-call budget; the call itself succeeds. A thread-local
+    // subscriber sees every line the plugin logs: the host carries the caller's subscriber
+    // and span along when a long call moves to its own runtime (red without that).
     let logged = Captured::default();
     let subscriber = tracing_subscriber::fmt().with_writer(logged.clone()).with_ansi(false).finish();
     let guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);

@@ -33,13 +33,17 @@ const NOISE: [(&str, u16, &str); 4] = [
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn noisy_host() -> TestHost {
+    noisy_host_queueing(1)
+}
+
+fn noisy_host_queueing(queue: u32) -> TestHost {
     TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
         cfg.server.max_concurrent_calls = HOST_SLOTS;
         let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
         misbehave.limits.deadline_ms = NOISY_DEADLINE.as_millis() as u64;
         misbehave.limits.max_concurrent_calls = Some(NOISY_SHARE);
         // With twice the share calling, one call waits in the queue and one is refused at once.
-        misbehave.limits.max_queued_calls = Some(1);
+        misbehave.limits.max_queued_calls = Some(queue);
     })
 }
 
@@ -172,15 +176,17 @@ async fn sleeping_in_a_host_call_does_not_escape_the_deadline() {
 
 /// A client that goes away cancels its call: the instance is dropped and the add-on's slot
 /// is free for the next call at once (with a share of 2 and no queue, a leaked slot would
-/// make the calls below 503).
+/// make the calls below 503). Spinners have moved to the guests' own runtime by then, and
+/// are cancelled there (red when the moved task is not aborted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_request_frees_its_slot() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let host = Arc::new(noisy_host());
-    for round in 0..3 {
+    let host = Arc::new(noisy_host_queueing(0));
+    for round in 0..4 {
+        let plan = ["sleep", "loop"][round % 2];
         for i in 0..NOISY_SHARE {
             let slug = format!("abandoned-{round}-{i}");
-            let call = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &slug, "sleep", "30000");
+            let call = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &slug, plan, "30000");
             assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err(), "the sleeper answered");
         }
         for i in 0..NOISY_SHARE {

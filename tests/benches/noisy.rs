@@ -96,10 +96,11 @@ fn main() -> anyhow::Result<()> {
         let outcomes: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
         let sent = Arc::new(AtomicUsize::new(0));
         let answer_times: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::default();
+        let slowest: Arc<std::sync::Mutex<BTreeMap<String, Duration>>> = Arc::default();
         let mut noisy = Vec::new();
         for c in 0..2 * NOISY_SHARE as usize {
-            let (service, stop, outcomes, sent, answer_times) =
-                (service.clone(), stop.clone(), outcomes.clone(), sent.clone(), answer_times.clone());
+            let (service, stop, outcomes, sent, answer_times, slowest) =
+                (service.clone(), stop.clone(), outcomes.clone(), sent.clone(), answer_times.clone(), slowest.clone());
             noisy.push(tokio::spawn(async move {
                 let addon = service.addon("noisy")?;
                 let caller = Caller::unruled(Platform::Bitrise);
@@ -111,16 +112,21 @@ fn main() -> anyhow::Result<()> {
                     let elapsed = started.elapsed();
                     let kind = match reply {
                         Ok(_) => "ok".to_owned(),
-                        Err(ServiceError::Busy { .. }) => {
-                            // A platform honours Retry-After; do not spin on refusals.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            "busy".to_owned()
-                        }
+                        Err(ServiceError::Busy { .. }) => "busy".to_owned(),
                         Err(e) => {
                             answer_times.lock().unwrap().push(elapsed);
                             format!("{plan}:{}", e.kind())
                         }
                     };
+                    {
+                        let mut slowest = slowest.lock().unwrap();
+                        let worst = slowest.entry(kind.clone()).or_default();
+                        *worst = (*worst).max(elapsed);
+                    }
+                    if kind == "busy" {
+                        // A platform honours Retry-After; do not spin on refusals.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     *outcomes.lock().unwrap().entry(kind).or_default() += 1;
                     sent.fetch_add(1, Ordering::Relaxed);
                     i += 1;
@@ -147,6 +153,9 @@ fn main() -> anyhow::Result<()> {
             with_noise.len() as f64 / alone.len() as f64
         );
         println!("noisy calls: {} — {:?}", sent.load(Ordering::Relaxed), outcomes.lock().unwrap());
+        let slowest: Vec<String> =
+            slowest.lock().unwrap().iter().map(|(kind, t)| format!("{kind} {:.0} ms", ms(*t))).collect();
+        println!("slowest answer of each kind (busy included): {}", slowest.join(", "));
         let mut times = answer_times.lock().unwrap().clone();
         times.sort();
         if !times.is_empty() {

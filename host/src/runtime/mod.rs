@@ -2,14 +2,16 @@
 //! once into an `InstancePre`, and every call run in a fresh `Store` under a deadline
 //! (epoch interruption), a memory cap and output limits.
 //!
-//! Calls run on wasmtime's async support, as tasks of the host's tokio runtime: the guest
-//! yields to the executor at every epoch tick, and WASI's clocks and polls are async, so a
-//! call's deadline bounds its whole life — its own code and every host call it makes. At the
-//! deadline the call's future is dropped, which drops its store and instance; only then is
-//! its [`Slot`] released (see [`slots`] for how slots are shared among add-ons).
+//! Calls run on wasmtime's async support, as tasks of a tokio runtime of their own (see
+//! [`guests`]): the guest yields to the executor at every epoch tick, and WASI's clocks and
+//! polls are async, so a call's deadline bounds its whole life — its own code and every host
+//! call it makes. At the deadline the call's future is dropped, which drops its store and
+//! instance; only then is its [`Slot`] released (see [`slots`] for how slots are shared among
+//! add-ons).
 
 mod engine;
 mod failure;
+mod guests;
 mod imports;
 mod kv;
 mod output;
@@ -68,6 +70,7 @@ pub struct Runtime {
     slots: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
     info: EngineInfo,
+    guests: guests::Guests,
     _ticker: engine::EpochTicker,
 }
 
@@ -134,6 +137,7 @@ impl Runtime {
             slots: Arc::new(Semaphore::new(server.max_concurrent_calls as usize)),
             cache_dir: server.cache_dir(),
             info,
+            guests: guests::Guests::start()?,
             _ticker: ticker,
         })
     }
@@ -210,9 +214,14 @@ impl Runtime {
         export: Export,
         deadline: Duration,
     ) -> Result<Completed, CallFailure> {
-        let outcome = run(&self.engine, self.info.fuel, plugin, env, kv, export, deadline).await;
-        drop(slot);
-        outcome
+        let (engine, metered, pre) = (self.engine.clone(), self.info.fuel, plugin.pre.clone());
+        self.guests
+            .run(async move {
+                let outcome = run(&engine, metered, &pre, env, kv, export, deadline).await;
+                drop(slot);
+                outcome
+            })
+            .await
     }
 }
 
@@ -235,7 +244,7 @@ fn write_artefact(component: &Component, dir: &Path, path: &Path) -> anyhow::Res
 async fn run(
     engine: &Engine,
     metered: bool,
-    plugin: &Plugin,
+    pre: &bindings::PluginPre<CallState>,
     env: Arc<AddonEnv>,
     kv: KvTxn,
     export: Export,
@@ -273,7 +282,7 @@ async fn run(
     }
     let deadline_ms = deadline.as_millis() as u64;
     let call = async {
-        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        let instance = pre.instantiate_async(&mut store).await?;
         call_export(&instance, &mut store, export).await
     };
     // On timeout the call's future (and with it the guest's stack) is already gone; the

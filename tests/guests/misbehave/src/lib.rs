@@ -141,6 +141,22 @@ impl Provider for Misbehave {
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_FILLED", "8"))
             }
+            "write-then-loop" => {
+                kv().set_string("marker", &req.resource_id)?;
+                loop {
+                    std::hint::black_box(&req);
+                }
+            }
+            "many-vars" => Ok((0..65).fold(ProvisionReply::new(), |r, i| r.var(format!("MISBEHAVE_{i}"), "v"))),
+            "dup-var" => Ok(ProvisionReply::new().var("MISBEHAVE_TWICE", "a").var("MISBEHAVE_TWICE", "b")),
+            "big-key" => {
+                kv().set_string(&"k".repeat(513), "v")?;
+                Ok(ProvisionReply::new().var("MISBEHAVE_KEY", "513"))
+            }
+            "big-value" => {
+                kv().set_string("big", &"v".repeat(262_145))?;
+                Ok(ProvisionReply::new().var("MISBEHAVE_VALUE", "262145"))
+            }
             "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
             "bad-name" => Ok(ProvisionReply::new().var("not a name", "v")),
             "xervo-good" => Ok(ProvisionReply::new().var("MISBEHAVE_URL", "https://misbehave.example.com/r")),
