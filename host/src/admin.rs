@@ -60,7 +60,9 @@ async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Respons
         let plugin = addon.plugin();
         let versions = service.versions(addon).await?;
         let active = versions.iter().find(|v| v.active).map(|v| v.meta.clone());
+        let (running, queued, share) = addon.calls();
         addons.push(json!({
+            "calls": { "running": running, "queued": queued, "share": share },
             "id": addon.id(),
             "active": active,
             "loaded_from_cache": plugin.from_cache,

@@ -1,7 +1,12 @@
-//! Concurrent requests: identical provisions collapse into one plugin call, and calls for
-//! different apps that touch the same key are serialised by optimistic retries.
+//! Concurrent requests: identical provisions collapse into one plugin call, calls for
+//! different apps run side by side up to the add-on's share and then queue, and calls for
+//! different apps that touch the same key are serialised by optimistic retries. (Many
+//! clients committing on distinct resources for seconds: `load.rs`.)
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
 
 use futures::future::join_all;
 
@@ -102,4 +107,63 @@ async fn concurrent_xervo_provisions_for_one_app_make_one_resource() {
     assert!(replies.iter().all(|r| r.status == 200 && r.text == replies[0].text), "one identical answer");
     assert_eq!(host.service.addon("myaddon").unwrap().store().records().unwrap().len(), 1, "one resource");
     assert_eq!(host.kv("myaddon").len(), 1, "one secret, for the one resource");
+}
+
+/// Sleeping calls for different apps of one add-on all run at once, up to its share (seen in
+/// `/admin/status` while they sleep); the next ones wait in its queue, and one past the queue
+/// is refused at once with 503 `busy`. Serialised calls would show one running at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_different_apps_run_in_parallel_up_to_the_share_then_queue() {
+    let host = Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.server.max_concurrent_calls = 8;
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.limits.deadline_ms = 20_000;
+        misbehave.limits.max_concurrent_calls = Some(3);
+        misbehave.limits.max_queued_calls = Some(2);
+    }));
+    let calls = |wanted: (u64, u64)| {
+        let host = host.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let status = host.admin(Method::GET, "/admin/status", "").await.json();
+                let addons = status["addons"].as_array().unwrap();
+                let calls = &addons.iter().find(|a| a["id"] == "misbehave").unwrap()["calls"];
+                let got = (calls["running"].as_u64().unwrap(), calls["queued"].as_u64().unwrap());
+                assert_eq!(calls["share"], 3);
+                if got == wanted {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "calls (running, queued) stayed {got:?}, not {wanted:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let sleeper = |i: usize| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("app-{i}"), "sleep", "15000").await
+        })
+    };
+    let running: Vec<_> = (0..3).map(sleeper).collect();
+    calls((3, 0)).await;
+    let queued: Vec<_> = (3..5).map(sleeper).collect();
+    calls((3, 2)).await;
+    let refused = host.provision_titled("misbehave", MISBEHAVE_TOKEN, "app-5", "sleep", "15000").await;
+    assert_error(&refused, 503, "busy", "wait queue is full");
+    assert_eq!(refused.headers["retry-after"], "1");
+    // Hanging up cancels the calls and frees the share: first the queue, then the slots.
+    for call in queued {
+        call.abort();
+    }
+    calls((3, 0)).await;
+    for call in running {
+        call.abort();
+    }
+    calls((0, 0)).await;
+    let after = host.provision("misbehave", MISBEHAVE_TOKEN, "after", "normal").await;
+    assert_eq!(after.status, 201, "{}", after.text);
 }

@@ -223,6 +223,60 @@ async fn sso_redirects_to_a_ticketed_dashboard() {
     assert_eq!(host.send(Method::GET, "/addons/myaddon/sso/dashboard", &[], "").await.status, 403);
 }
 
+/// A dashboard ticket lasts five minutes: the one issued says so, and one past its expiry
+/// is refused even with a valid signature (made here with the host's ticket key, checked by
+/// first making a valid one the same way).
+#[tokio::test]
+async fn dashboard_tickets_expire() {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let host = TestHost::start();
+    let id = host.xprovision("app", "test").await.json()["id"].as_str().unwrap().to_owned();
+    let ts = now();
+    let good = sso(&host, "application/json", sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts))).await;
+    let location = good.headers["location"].to_str().unwrap().to_owned();
+    let expires: i64 = location.rsplit('.').nth(1).unwrap().parse().unwrap();
+    assert!((ts + 290..=ts + 310).contains(&expires), "expires {expires}, {} s from now", expires - ts);
+
+    let ticket = |expires: i64| {
+        let key = Sha256::digest(format!("addon-host dashboard ticket:myaddon:{XERVO_SALT}").as_bytes());
+        let mut mac = <Hmac<Sha256>>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{expires}").as_bytes());
+        format!("/addons/myaddon/sso/dashboard?ticket={id}.{expires}.{}", hex::encode(mac.finalize().into_bytes()))
+    };
+    assert_eq!(ticket(expires), location, "the test signs tickets as the host does");
+    assert_eq!(host.send(Method::GET, &ticket(now() + 60), &[], "").await.status, 200);
+    let expired = host.send(Method::GET, &ticket(now() - 1), &[], "").await;
+    assert_error(&expired, 403, "forbidden", "expired");
+    // Pushing a real ticket's expiry out breaks its signature.
+    let extended = location.replace(&format!(".{expires}."), &format!(".{}.", expires + 3600));
+    assert_error(&host.send(Method::GET, &extended, &[], "").await, 403, "forbidden", "invalid ticket");
+}
+
+/// Heroku v1 sends `heroku_id` where Xervo sends `modulus_id`: a repeat for the same app is
+/// the same resource (identical: replayed; different plan: re-provisioned in place).
+#[tokio::test]
+async fn heroku_id_identifies_the_app_like_modulus_id() {
+    let host = TestHost::start();
+    let auth = basic("myaddon", XERVO_PASSWORD);
+    let body = |plan: &str| json!({"heroku_id": "app123@heroku.com", "plan": plan, "region": "us"}).to_string();
+    let first = host.xervo(Method::POST, "myaddon", "/resources", &auth, &body("test")).await;
+    assert!(first.status.is_success(), "{}", first.text);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let repeat = host.xervo(Method::POST, "myaddon", "/resources", &auth, &body("test")).await;
+    assert_eq!(repeat.text, first.text, "an identical repeat is replayed");
+    let other_app = json!({"heroku_id": "app456@heroku.com", "plan": "test"}).to_string();
+    let other = host.xervo(Method::POST, "myaddon", "/resources", &auth, &other_app).await;
+    assert_ne!(other.json()["id"], id, "another app is another resource");
+    let as_modulus = json!({"modulus_id": "app123@heroku.com", "plan": "test", "region": "us"}).to_string();
+    let same = host.xervo(Method::POST, "myaddon", "/resources", &auth, &as_modulus).await;
+    assert_eq!(same.json()["id"], id, "modulus_id and heroku_id name the same app");
+    let upgraded = host.xervo(Method::POST, "myaddon", "/resources", &auth, &body("pro")).await;
+    assert!(upgraded.status.is_success(), "{}", upgraded.text);
+    assert_eq!(upgraded.json()["id"], id);
+    assert_eq!(host.record("myaddon", &id).unwrap().plan, "pro");
+}
+
 #[tokio::test]
 async fn sso_accepts_forms_heroku_fields_and_deprovisioned_resources() {
     let host = TestHost::start();

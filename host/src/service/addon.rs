@@ -50,6 +50,11 @@ impl Addon {
         self.loaded.lock().unwrap_or_else(PoisonError::into_inner).insert(plugin.sha256.clone(), plugin);
     }
 
+    /// Its share of the call slots now: (running, queued, share size), for operators.
+    pub fn calls(&self) -> (usize, usize, usize) {
+        (self.share.in_use(), self.share.waiting(), self.share.size())
+    }
+
     pub fn store(&self) -> &AddonStore {
         &self.store
     }
