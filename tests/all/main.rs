@@ -6,6 +6,7 @@ mod process;
 mod support;
 mod watchdog;
 
+mod allocator;
 mod bitrise;
 mod cli;
 mod concurrency;

@@ -53,12 +53,37 @@ pub(crate) async fn spawn(dir: &std::path::Path, addons: &str) -> Server {
 
 /// [`spawn`] with extra `serve` arguments (e.g. `--watch`).
 pub(crate) async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&str]) -> Server {
+    let config = write_config(dir, addons);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
+    command.args(["serve", "--config"]).arg(&config).args(extra);
+    start(command, config).await
+}
+
+/// [`spawn`] with the process's address space limited to `kib` KiB (`ulimit -v`).
+pub(crate) async fn spawn_limited(dir: &std::path::Path, addons: &str, kib: u64) -> Server {
+    let config = write_config(dir, addons);
+    start(limited(kib, &config), config).await
+}
+
+/// `addon-host serve --config CONFIG` under `ulimit -v KIB`, not started.
+pub(crate) fn limited(kib: u64, config: &std::path::Path) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"ulimit -v "$1" && exec "$0" serve --config "$2""#, env!("CARGO_BIN_EXE_addon-host-e2e")])
+        .arg(kib.to_string())
+        .arg(config);
+    command
+}
+
+/// Write a config file for a spawned host: `extra` goes under `[server]` up to its first table.
+pub(crate) fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let config = dir.join("addon-host.toml");
-    std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{addons}")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(extra)
+    std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}")).unwrap();
+    config
+}
+
+async fn start(mut command: Command, config: std::path::PathBuf) -> Server {
+    let mut child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
