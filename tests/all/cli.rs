@@ -109,4 +109,24 @@ async fn watch_mode_reloads_a_rebuilt_plugin() {
     let refused = server.logged("changed plugin refused", Duration::from_secs(30)).await;
     assert!(refused, "the watcher never reported the broken build");
     assert_eq!(version_served(&server, "after-garbage").await, "b");
+
+    // A build written slowly, in pieces 50 ms apart (the watcher polls every 300 ms), is
+    // loaded once it is whole: no half-written file is ever tried (red without the debounce).
+    let refusals = || server.log.lock().unwrap().iter().filter(|l| l.contains("changed plugin refused")).count();
+    assert_eq!(refusals(), 1);
+    let bytes = std::fs::read(addon_host_tests::PLUGIN_VERSIONED_A).unwrap();
+    let mut file = std::fs::File::create(&plugin).unwrap();
+    for piece in bytes.chunks(bytes.len() / 12 + 1) {
+        std::io::Write::write_all(&mut file, piece).unwrap();
+        file.sync_data().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(file);
+    let started = Instant::now();
+    while version_served(&server, &format!("slow{n}")).await != "a" {
+        assert!(started.elapsed() < Duration::from_secs(30), "the slowly written plugin was never loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n += 1;
+    }
+    assert_eq!(refusals(), 1, "a half-written plugin was tried: {:?}", server.log.lock().unwrap());
 }
