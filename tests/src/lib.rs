@@ -4,4 +4,5 @@
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 mod addon_toml;
+pub mod native;
 pub use addon_toml::{AddonToml, addons_toml};
