@@ -3,6 +3,7 @@
 //! partner's credential. `addon-host plugin ...` is its command-line client.
 //!
 //! - `GET  /admin/status`
+//! - `GET  /metrics` (Prometheus/OpenMetrics text)
 //! - `GET  /admin/addons/{addon}/plugins`
 //! - `POST /admin/addons/{addon}/plugins[?activate=false]` (body: the component)
 //! - `POST /admin/addons/{addon}/plugins/{version}/activate`
@@ -27,6 +28,7 @@ use crate::service::Service;
 pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
     Router::new()
         .route("/admin/status", routing::get(status))
+        .route("/metrics", routing::get(metrics))
         .route("/admin/addons/{addon_id}/plugins", routing::get(list).post(upload))
         .route("/admin/addons/{addon_id}/plugins/{version}/activate", routing::post(activate))
         .route("/admin/addons/{addon_id}/rollback", routing::post(rollback))
@@ -52,6 +54,11 @@ impl FromRequestParts<Arc<Service>> for Admin {
         let who = service.admins().identify(token.trim()).map(str::to_owned);
         who.map(Admin).ok_or_else(|| ServiceError::Unauthorized("not an admin token".into()))
     }
+}
+
+/// The Prometheus scrape, for an admin token (or unauthenticated on `server.metrics_listen`).
+async fn metrics(State(service): State<Arc<Service>>, _: Admin) -> Response {
+    crate::http::observe::scrape(&service).await
 }
 
 async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Response, ServiceError> {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use serde_json::json;
 
-use crate::http::body;
+use crate::http::{body, observe};
 use crate::service::Service;
 
 pub fn app(service: Arc<Service>) -> Router {
@@ -21,20 +21,56 @@ pub fn app(service: Arc<Service>) -> Router {
     let server = service.server_config();
     let (body_timeout, upload_timeout) =
         (Duration::from_millis(server.body_timeout_ms), Duration::from_millis(server.upload_timeout_ms));
+    let counted = |protocol: &'static str| middleware::from_fn_with_state((service.clone(), protocol), observe::count);
     let platforms = Router::new()
-        .merge(crate::bitrise::routes())
-        .merge(crate::xervo::routes(&service))
+        .merge(crate::bitrise::routes().route_layer(counted("bitrise")))
+        .merge(crate::xervo::routes(&service).route_layer(counted("xervo")))
         .layer(middleware::map_request(move |req: Request| async move { body::time_limit(req, body_timeout) }));
     let admin = crate::admin::routes(max_plugin)
+        .route_layer(counted("admin"))
         .layer(middleware::map_request(move |req: Request| async move { body::time_limit(req, upload_timeout) }));
-    Router::new()
+    let router = Router::new()
         .merge(platforms)
         .merge(admin)
         .route("/healthz", routing::get(health))
+        .route("/livez", routing::get(live))
+        .route("/readyz", routing::get(ready))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .with_state(service);
+    observe::layers(router)
+}
+
+/// The metrics listener's router (`server.metrics_listen`): `/metrics` without credentials,
+/// for a port only the monitoring network reaches.
+pub fn metrics_app(service: Arc<Service>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            routing::get(|State(service): State<Arc<Service>>| async move { observe::scrape(&service).await }),
+        )
+        .fallback(crate::http::not_found)
         .with_state(service)
+}
+
+/// Liveness (Kubernetes `livenessProbe`): the process answers. Restarting it is the cure
+/// only when it does not.
+async fn live() -> Response {
+    Json(json!({ "status": "live" })).into_response()
+}
+
+/// Readiness (`readinessProbe`): every add-on has a plugin loaded (true once the host
+/// listens) and storage is committing; 503 while commits have stalled.
+async fn ready(State(service): State<Arc<Service>>) -> Response {
+    match service.storage().stall() {
+        None => Json(json!({ "status": "ready", "addons": service.addons().count() })).into_response(),
+        Some(stall) => {
+            let message = format!("no durable commit for {} ms (limit {} ms)", stall.for_ms, stall.limit_ms);
+            let body = json!({ "status": "not_ready", "error": "storage_stalled", "message": message });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
 }
 
 /// Liveness for load balancers and supervisors: 503 while durable commits have stopped
@@ -63,7 +99,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let server = service.server_config().clone();
-    crate::http::server::run(listener, app(service.clone()), &server, shutdown).await?;
+    let open = service.metrics().connections.clone();
+    crate::http::server::run(listener, app(service.clone()), &server, open, shutdown).await?;
     let storage = service.storage().clone();
     tokio::task::spawn_blocking(move || storage.flush()).await??;
     Ok(())

@@ -13,6 +13,7 @@ mod clock;
 pub mod config;
 pub mod error;
 pub(crate) mod http;
+pub mod metrics;
 pub(crate) mod pages;
 pub mod runtime;
 pub mod service;

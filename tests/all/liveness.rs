@@ -69,6 +69,15 @@ async fn stalled_storage_scenario() {
     }
     let stalled = stalled.expect("/healthz never reported the stall");
     assert_eq!(stalled.json()["error"], "storage_stalled", "{}", stalled.text);
+    // Readiness follows storage; liveness does not (restarting would not help).
+    let ready = host.send(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["error"].clone()),
+        (503, "storage_stalled".into()),
+        "{}",
+        ready.text
+    );
+    assert_eq!(host.send(Method::GET, "/livez", &[], "").await.status, 200);
     assert!(!pending.is_finished(), "the provision should be waiting on storage");
 
     // Once storage moves again, the waiting provision completes and /healthz recovers.
@@ -84,6 +93,7 @@ async fn stalled_storage_scenario() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "/healthz did not recover after storage resumed");
+    assert_eq!(host.send(Method::GET, "/readyz", &[], "").await.status, 200);
 }
 
 /// The child's log goes to stderr, where the parent looks for the stall report.

@@ -23,6 +23,7 @@ mod kit;
 mod limits;
 mod liveness;
 mod load;
+mod observe;
 mod plans;
 mod sso;
 mod upgrade;

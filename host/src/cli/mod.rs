@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::HostConfig;
+use crate::config::{HostConfig, LogFormat};
 use crate::service::Service;
 
 mod plugin;
@@ -18,6 +18,10 @@ use crate::xervo::manifest::XervoSettings;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text (default) or json, one object per line (default: the
+    /// config's `server.log_format`).
+    #[arg(long, global = true, env = "ADDON_HOST_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -69,16 +73,22 @@ pub fn main() -> anyhow::Result<()> {
             std::env::set_var("RUST_LIB_BACKTRACE", "0")
         };
     }
+    let cli = Cli::parse();
+    // The flag, else the config `serve` will read (a config that does not load fails below).
+    let format = cli.log_format.unwrap_or_else(|| match &cli.command {
+        Command::Serve { config, .. } => HostConfig::load(config).map_or(LogFormat::Text, |c| c.server.log_format),
+        _ => LogFormat::Text,
+    });
     // Logs go to stderr; stdout carries only what scripts read (the listen line, the admin
     // token shown once, command output).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
-        )
-        .init();
-    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
+    );
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
@@ -136,6 +146,16 @@ async fn serve(
     }
     if watch {
         crate::watch::spawn(service.clone(), &cfg);
+    }
+    if let Some(at) = cfg.server.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(at).await.with_context(|| format!("binding metrics {at}"))?;
+        println!("addon-host metrics on http://{}/metrics", metrics.local_addr()?);
+        let app = crate::app::metrics_app(service.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, app).await {
+                tracing::error!("the metrics listener stopped: {e}");
+            }
+        });
     }
     // A line tests and scripts can wait for.
     println!("addon-host listening on http://{addr}");

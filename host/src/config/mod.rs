@@ -57,6 +57,21 @@ pub struct ServerConfig {
     pub upload_timeout_ms: u64,
     /// How long one request from each platform may take in all.
     pub budgets: Budgets,
+    /// A second listener serving `GET /metrics` without credentials, for a port only the
+    /// monitoring network reaches. Without it, `/metrics` on the main listener takes an
+    /// admin token.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format: `text` (default) or `json` (one object per line). `--log-format` wins.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// How long one platform request may take in all: waits for the resource's lock and a call
@@ -104,6 +119,8 @@ impl Default for ServerConfig {
             body_timeout_ms: 10_000,
             upload_timeout_ms: 120_000,
             budgets: Budgets::default(),
+            metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }

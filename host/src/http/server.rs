@@ -21,6 +21,7 @@ pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
     server: &ServerConfig,
+    open: prometheus_client::metrics::gauge::Gauge,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = server.max_connections;
@@ -48,8 +49,10 @@ pub(crate) async fn run(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let mut closed = closed.clone();
+        let open = Open::new(open.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -73,4 +76,20 @@ pub(crate) async fn run(
         tracing::warn!("requests still in flight after {DRAIN:?}; stopping anyway");
     }
     Ok(())
+}
+
+/// Counts an open connection in the `addon_host_connections` gauge while it lives.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Open {
+        gauge.inc();
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

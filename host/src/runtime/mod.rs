@@ -197,6 +197,11 @@ impl Runtime {
         Share::new(size, queue)
     }
 
+    /// Plugin calls holding a host slot now.
+    pub fn calls_in_flight(&self) -> usize {
+        (self.info.slots as usize).saturating_sub(self.slots.available_permits())
+    }
+
     /// A slot for one call of the add-on owning `share`, waiting until `until` at most.
     pub async fn slot(&self, share: &Share, until: tokio::time::Instant) -> Result<Slot, SlotRefused> {
         slots::acquire(&self.slots, share, until).await

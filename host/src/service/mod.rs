@@ -30,6 +30,7 @@ use locks::{KeyGuard, KeyedLocks};
 
 use crate::clock;
 use crate::error::ServiceError;
+use crate::metrics::Metrics;
 use crate::runtime::{
     Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Runtime, SlotRefused,
 };
@@ -53,6 +54,7 @@ pub struct Service {
     registry: Registry,
     admins: auth::AdminKeys,
     server: crate::config::ServerConfig,
+    metrics: Arc<Metrics>,
     /// Serialise calls per resource (concurrent identical provisions make one call).
     resource_locks: KeyedLocks,
     /// Serialise the resolution of a platform app identity to a resource (taken before, and
@@ -79,6 +81,11 @@ pub struct Provisioned {
 }
 
 impl Service {
+    /// What the host counts, for `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn addon(&self, id: &str) -> Result<Arc<Addon>, ServiceError> {
         self.addons.get(id).cloned().ok_or_else(|| ServiceError::UnknownAddon(id.to_owned()))
     }
@@ -192,6 +199,7 @@ impl Service {
         }
         let digest = record::request_digest(&req, platform, &resource_id);
         if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
+            Metrics::addon_counter(&self.metrics.replays, addon.id());
             return Ok(Provisioned { record: record.clone(), created: false });
         }
         let now = clock::now_ms();
@@ -313,6 +321,23 @@ impl Service {
         alias: Option<(&str, &str)>,
         make_record: impl Fn(&Answer, &str) -> Result<Record, ServiceError>,
     ) -> Result<Record, ServiceError> {
+        let call = export.name();
+        let outcome = self.attempts(addon, budget, export, alias, make_record).await;
+        if let Err(e) = &outcome {
+            self.metrics.failure(addon.id(), call, e.kind());
+        }
+        outcome
+    }
+
+    /// [`Service::run`]'s calls: the first, and any re-run after a key-value conflict.
+    async fn attempts(
+        &self,
+        addon: &Arc<Addon>,
+        budget: &Budget,
+        export: Export,
+        alias: Option<(&str, &str)>,
+        make_record: impl Fn(&Answer, &str) -> Result<Record, ServiceError>,
+    ) -> Result<Record, ServiceError> {
         let plugin = addon.plugin();
         let call = export.name();
         let failed = |failure| ServiceError::CallFailed {
@@ -330,6 +355,8 @@ impl Service {
             let asked = Instant::now();
             let until = budget.until().min(asked + Duration::from_millis(limits.deadline_ms));
             let slot = self.runtime.slot(&addon.share, until - MIN_CALL_TIME).await.map_err(busy)?;
+            Metrics::addon_histogram(&self.metrics.queue_wait_seconds, addon.id(), asked.elapsed());
+            let started = Instant::now();
             let deadline = until.saturating_duration_since(Instant::now());
             if deadline < MIN_CALL_TIME {
                 return Err(busy(SlotRefused::TimedOut));
@@ -345,7 +372,9 @@ impl Service {
                         failed(CallFailure::Deadline { deadline_ms: deadline_ms.round() as u64 })
                     }
                     other => failed(other),
-                })?;
+                });
+            self.metrics.call(addon.id(), call, started.elapsed());
+            let completed = completed?;
             let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
             let record = make_record(&answer, &plugin.sha256)?;
             let quota = KvQuota {
@@ -355,11 +384,13 @@ impl Service {
             };
             let (store, kv, bytes) = (addon.store.clone(), completed.kv, record.to_bytes());
             let (id, alias) = (record.resource_id.clone(), alias.map(|(k, v)| (k.to_owned(), v.to_owned())));
+            let started = Instant::now();
             let committed = blocking(move || {
                 let alias = alias.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
                 Ok(store.commit(&kv, quota, Some((&id, &bytes)), alias))
             })
             .await?;
+            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             match committed {
                 Ok(()) => return Ok(record),
                 Err(StorageError::Conflict(key)) => {

@@ -1,6 +1,7 @@
 //! Bringing the service up: storage, engine, admin credentials, and each add-on with the
 //! plugin version it should serve.
 
+use crate::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -28,7 +29,8 @@ impl Service {
         let runtime = Arc::new(Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel())?);
         let registry = Registry::open(&storage)?;
         let admins = auth::AdminKeys::load(&cfg.server.admins, &storage)?;
-        let plugins = load_plugins(&runtime, &registry, &cfg.addons)?;
+        let metrics = Arc::new(Metrics::new());
+        let plugins = load_plugins(&runtime, &registry, &cfg.addons, &metrics)?;
         let mut addons = BTreeMap::new();
         for (addon, plugin) in cfg.addons.iter().zip(plugins) {
             let env = AddonEnv {
@@ -58,6 +60,7 @@ impl Service {
             registry,
             admins,
             server: cfg.server.clone(),
+            metrics,
             resource_locks: Default::default(),
             app_locks: Default::default(),
         })
@@ -66,7 +69,12 @@ impl Service {
 
 /// Load every add-on's plugin, in parallel on all cores (compiling, or from the compile
 /// cache), logging progress. The first failure stops start-up, naming its add-on.
-fn load_plugins(runtime: &Runtime, registry: &Registry, addons: &[AddonConfig]) -> anyhow::Result<Vec<Arc<Plugin>>> {
+fn load_plugins(
+    runtime: &Runtime,
+    registry: &Registry,
+    addons: &[AddonConfig],
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Arc<Plugin>>> {
     let started = Instant::now();
     let total = addons.len();
     let done = AtomicUsize::new(0);
@@ -85,6 +93,7 @@ fn load_plugins(runtime: &Runtime, registry: &Registry, addons: &[AddonConfig]) 
                 load_ms = t.elapsed().as_millis() as u64,
                 "plugin loaded"
             );
+            Metrics::addon_histogram(&metrics.compile_seconds, &addon.id, t.elapsed());
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(step) || n == total {
                 tracing::info!("plugins loaded: {n} of {total} ({} ms)", started.elapsed().as_millis());

@@ -4,6 +4,7 @@
 //! request's path), stored with its history, and then swapped in with one pointer write:
 //! calls that already took the old `Arc<Plugin>` finish on it, new calls get the new one.
 
+use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,6 +50,7 @@ impl Service {
             .map_err(|e| ServiceError::InvalidPlugin(format!("{e:#}")))?;
         let plugin = Arc::new(plugin);
         addon.remember(plugin.clone());
+        Metrics::addon_histogram(&self.metrics.compile_seconds, addon.id(), started.elapsed());
         Ok((plugin, started.elapsed().as_millis() as u64))
     }
 
@@ -129,6 +131,7 @@ impl Service {
         compile_ms: u64,
     ) -> Result<(), ServiceError> {
         let _serial = addon.swap_lock.lock().await;
+        Metrics::addon_counter(&self.metrics.swaps, addon.id());
         let (registry, storage, id, sha) =
             (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), meta.sha256.clone());
         blocking(move || {

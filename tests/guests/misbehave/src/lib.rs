@@ -141,6 +141,10 @@ impl Provider for Misbehave {
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_FILLED", "8"))
             }
+            "log-then-refuse" => {
+                addon_sdk::warn!("misbehave logs before refusing {}", req.resource_id);
+                Err(Error::invalid("refused after logging"))
+            }
             "write-then-loop" => {
                 kv().set_string("marker", &req.resource_id)?;
                 loop {

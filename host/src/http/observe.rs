@@ -1,0 +1,136 @@
+//! What an operator sees of each request: a request id (the client's `X-Request-Id` when it
+//! is usable, else a fresh UUID) returned in the response, carried by a tracing span around
+//! every log line of the request (the plugin's own lines included) and added to every JSON
+//! error body; a count per add-on, protocol, route and status; and the `/metrics` scrape.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::metrics::{Metrics, RequestLabels};
+use crate::service::Service;
+
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+/// Error bodies are small; one larger than this is passed on without its id.
+const MAX_ERROR_BODY: usize = 1 << 20;
+
+/// The layers, outermost first, to put around the whole router.
+pub(crate) fn layers<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
+    // `Router::layer` wraps what is already there: the last added runs first.
+    router
+        .layer(axum::middleware::from_fn(error_ids))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            // At error level so that no log filter drops the span: it only carries the id.
+            tracing::error_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unusable_id))
+}
+
+/// A client's id is kept if it is 1-128 visible ASCII characters; otherwise it is replaced,
+/// so nothing a client sends can forge log structure or bloat every line.
+async fn drop_unusable_id(mut req: Request) -> Request {
+    let usable = req.headers().get(REQUEST_ID).is_none_or(|v| {
+        let bytes = v.as_bytes();
+        (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic())
+    });
+    if !usable {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    req
+}
+
+/// Add `request_id` to a JSON error body, whoever made it (a handler, an extractor, the
+/// fallback).
+async fn error_ids(req: Request, next: Next) -> Response {
+    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let response = next.run(req).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let Some(id) =
+        id.filter(|_| is_json && (response.status().is_client_error() || response.status().is_server_error()))
+    else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "error body too large").into_response();
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("request_id".into(), id.into());
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Body::from(serde_json::Value::Object(fields).to_string())
+        }
+        _ => Body::from(bytes),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Count each answer of a protocol's routes by add-on, protocol, route and status. The
+/// add-on label is set only for add-ons this host serves, so unknown ids cannot grow it.
+pub(crate) async fn count(
+    State((service, protocol)): State<(Arc<Service>, &'static str)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let addon = req
+        .uri()
+        .path()
+        .strip_prefix("/addons/")
+        .or_else(|| req.uri().path().strip_prefix("/admin/addons/"))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| service.addon(id).is_ok())
+        .unwrap_or_default()
+        .to_owned();
+    let response = next.run(req).await;
+    let labels =
+        RequestLabels { addon, protocol: protocol.to_owned(), route, status: response.status().as_u16().to_string() };
+    service.metrics().requests.get_or_create(&labels).inc();
+    response
+}
+
+/// The exposition: gauges of the present are read now, then everything is encoded.
+pub(crate) async fn scrape(service: &Arc<Service>) -> Response {
+    let metrics = service.metrics();
+    metrics.plugin_version.clear();
+    for addon in service.addons() {
+        let (running, queued, _) = addon.calls();
+        Metrics::addon_gauge(&metrics.calls_running, addon.id(), running as u64);
+        Metrics::addon_gauge(&metrics.calls_queued, addon.id(), queued as u64);
+        let store = addon.store().clone();
+        if let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || store.kv_usage()).await {
+            Metrics::addon_gauge(&metrics.kv_bytes, addon.id(), usage.bytes);
+            Metrics::addon_gauge(&metrics.kv_keys, addon.id(), usage.keys);
+        }
+        let labels =
+            crate::metrics::VersionLabels { addon: addon.id().to_owned(), version: addon.plugin().sha256.clone() };
+        metrics.plugin_version.get_or_create(&labels).set(1);
+    }
+    metrics.calls_in_flight.set(service.runtime().calls_in_flight() as i64);
+    let commits = service.storage().commit_stats();
+    Metrics::catch_up(&metrics.durable_writes, commits.writes);
+    Metrics::catch_up(&metrics.flushes, commits.flushes);
+    match metrics.encode() {
+        Ok(text) => {
+            let kind = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+            ([(header::CONTENT_TYPE, kind)], text).into_response()
+        }
+        Err(_) => {
+            crate::error::ServiceError::host("encoding metrics", anyhow::anyhow!("formatting failed")).into_response()
+        }
+    }
+}
