@@ -28,6 +28,10 @@ fn base_config(fuel: bool) -> Config {
     config.consume_fuel(fuel);
     // Traps report a bounded backtrace: enough to find the function, never megabytes.
     config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+    // Functions another plugin already compiled are not compiled again (see `fragments`).
+    if let Err(e) = config.enable_incremental_compilation(std::sync::Arc::new(super::fragments::Fragments::default())) {
+        tracing::warn!("incremental compilation unavailable: {e:#}");
+    }
     config
 }
 

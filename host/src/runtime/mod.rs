@@ -11,6 +11,7 @@
 
 mod engine;
 mod failure;
+mod fragments;
 mod guests;
 mod imports;
 mod kv;
