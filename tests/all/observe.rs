@@ -165,6 +165,15 @@ async fn metrics_listener_and_json_logs_on_the_real_binary() {
     assert_eq!(status, 200, "{text}");
     expect(&text, "addon_call_failures_total", &[("addon", "misbehave"), ("kind", "plugin_trap")], 1.0);
     assert_eq!(exchange(&server.addr, "GET", "/metrics", &[], "").await.0, 401);
+    // With the admin token shown at first start, the main port serves it too. The scrape's
+    // own connection is open (earlier ones may still be closing on the server's side).
+    let token = server.banner.iter().find_map(|l| l.split("stored): ").nth(1)).expect("admin token line");
+    let bearer = format!("Bearer {token}");
+    let (status, text) = exchange(&server.addr, "GET", "/metrics", &[("authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{text}");
+    let open = sample(&text, "addon_host_connections", &[]).unwrap();
+    assert!((1.0..=4.0).contains(&open), "{open} connections open");
+    expect(&text, "addon_host_calls_in_flight", &[], 0.0);
 
     // With json, each line is an object whose span has the request's id: the host's error
     // for the 500, and the plugin's own warning before its refusal.
