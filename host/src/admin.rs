@@ -1,6 +1,7 @@
 //! The admin API, for operators only: upload, list, activate and roll back plugin versions,
 //! and see what every add-on is serving. Authenticated with an admin bearer token — never a
-//! partner's credential. `addon-host plugin ...` is its command-line client.
+//! partner's credential — or, for one add-on's plugin routes only, that add-on's deploy
+//! token. `addon-host plugin ...` is its command-line client.
 //!
 //! - `GET  /admin/status`
 //! - `GET  /metrics` (Prometheus/OpenMetrics text)
@@ -35,24 +36,52 @@ pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
         .layer(DefaultBodyLimit::max(max_plugin_bytes))
 }
 
-/// The admin identity behind the request's bearer token. Listed first in every handler, so
-/// nothing else (the add-on, a body) is looked at for a caller who is not an admin.
-struct Admin(String);
+/// An admin's bearer token. Listed first in every handler, so nothing else (the add-on, a
+/// body) is looked at for a caller who is not an admin.
+struct Admin;
+
+fn bearer(parts: &Parts) -> Result<&str, ServiceError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ServiceError::Unauthorized("missing `Authorization: Bearer <admin token>`".into()))?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+        ServiceError::Unauthorized("the admin API takes `Authorization: Bearer <admin token>`".into())
+    })?;
+    Ok(token.trim())
+}
 
 impl FromRequestParts<Arc<Service>> for Admin {
     type Rejection = ServiceError;
 
     async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ServiceError::Unauthorized("missing `Authorization: Bearer <admin token>`".into()))?;
-        let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-            ServiceError::Unauthorized("the admin API takes `Authorization: Bearer <admin token>`".into())
-        })?;
-        let who = service.admins().identify(token.trim()).map(str::to_owned);
-        who.map(Admin).ok_or_else(|| ServiceError::Unauthorized("not an admin token".into()))
+        let known = service.admins().identify(bearer(parts)?).is_some();
+        known.then_some(Admin).ok_or_else(|| ServiceError::Unauthorized("not an admin token".into()))
+    }
+}
+
+/// An admin, or a deployer of the add-on the path names (`[[addon.deployers]]`), and that
+/// add-on. A deploy token is looked up only in its own add-on, so it opens nothing else;
+/// to a caller who is neither, an unknown add-on and a known one answer the same 401.
+struct AddonAdmin {
+    who: String,
+    addon: Arc<crate::service::Addon>,
+}
+
+impl FromRequestParts<Arc<Service>> for AddonAdmin {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?.to_owned();
+        if let Some(admin) = service.admins().identify(&token).map(str::to_owned) {
+            let PathAddon(addon) = PathAddon::from_request_parts(parts, service).await?;
+            return Ok(AddonAdmin { who: admin, addon });
+        }
+        let refused = || ServiceError::Unauthorized("not an admin token, nor a deploy token of this add-on".into());
+        let PathAddon(addon) = PathAddon::from_request_parts(parts, service).await.map_err(|_| refused())?;
+        let who = addon.deployer(&token).map(|name| format!("deployer:{name}")).ok_or_else(refused)?;
+        Ok(AddonAdmin { who, addon })
     }
 }
 
@@ -81,8 +110,7 @@ async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Respons
 
 async fn list(
     State(service): State<Arc<Service>>,
-    _: Admin,
-    PathAddon(addon): PathAddon,
+    AddonAdmin { addon, .. }: AddonAdmin,
 ) -> Result<Response, ServiceError> {
     Ok(Json(json!({ "addon": addon.id(), "versions": service.versions(&addon).await? })).into_response())
 }
@@ -99,8 +127,7 @@ fn yes() -> bool {
 
 async fn upload(
     State(service): State<Arc<Service>>,
-    Admin(who): Admin,
-    PathAddon(addon): PathAddon,
+    AddonAdmin { who, addon }: AddonAdmin,
     upload_query: Result<Query<UploadQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ServiceError> {
@@ -116,8 +143,7 @@ async fn upload(
 
 async fn activate(
     State(service): State<Arc<Service>>,
-    _: Admin,
-    PathAddon(addon): PathAddon,
+    AddonAdmin { addon, .. }: AddonAdmin,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ServiceError> {
     let (_, version) = path_params(path)?;
@@ -132,8 +158,7 @@ struct RollbackQuery {
 
 async fn rollback(
     State(service): State<Arc<Service>>,
-    _: Admin,
-    PathAddon(addon): PathAddon,
+    AddonAdmin { addon, .. }: AddonAdmin,
     rollback_query: Result<Query<RollbackQuery>, QueryRejection>,
 ) -> Result<Response, ServiceError> {
     let version = query(rollback_query)?.version;

@@ -17,6 +17,8 @@ pub(crate) const STORAGE_TOKEN: &str = "test-shared-token-storage";
 pub(crate) const MISBEHAVE_TOKEN: &str = "test-shared-token-misbehave";
 pub(crate) const METERED_TOKEN: &str = "test-shared-token-metered";
 pub(crate) const VERSIONED_TOKEN: &str = "test-shared-token-versioned";
+/// The `versioned` add-on's deploy token (`[[addon.deployers]]`, name `ci`).
+pub(crate) const DEPLOY_TOKEN: &str = "test-deploy-token-versioned";
 pub(crate) const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub(crate) const XERVO_PASSWORD: &str = "xervo-password-myaddon";
 pub(crate) const XERVO_SALT: &str = "xervo-salt-myaddon";
@@ -90,7 +92,8 @@ pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
     misbehave.xervo = Some(xervo("xervo-password-misbehave", "xervo-salt-misbehave", &["MISBEHAVE_URL"]));
 
     // Two versions of this plugin exist (versioned-a / versioned-b) for hot-swap tests.
-    let versioned = addon("versioned", addon_host_tests::PLUGIN_VERSIONED_A, VERSIONED_TOKEN, &[]);
+    let mut versioned = addon("versioned", addon_host_tests::PLUGIN_VERSIONED_A, VERSIONED_TOKEN, &[]);
+    versioned.deployers = vec![AdminConfig { name: "ci".into(), token: DEPLOY_TOKEN.into() }];
 
     HostConfig {
         server: ServerConfig {

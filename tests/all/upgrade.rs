@@ -258,3 +258,45 @@ async fn same_plan_changes_skip_the_plugin_and_versions_resolve_by_prefix() {
     assert_eq!(by_prefix.status, 200, "{}", by_prefix.text);
     assert_eq!(served_version(&host, "p2").await, "b");
 }
+
+/// A deploy token manages its own add-on's plugin versions (list, push, activate, roll back;
+/// recorded as the uploader) and nothing else: not another add-on's, not the host-wide admin
+/// routes, not the platforms' routes.
+#[tokio::test]
+async fn deploy_tokens_open_their_own_addon_only() {
+    let host = TestHost::start();
+    let auth = format!("Bearer {DEPLOY_TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let as_deployer = |method: Method, path: &'static str, body: Vec<u8>| host.send(method, path, &headers, body);
+    let listed = as_deployer(Method::GET, "/admin/addons/versioned/plugins", Vec::new()).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let pushed =
+        as_deployer(Method::POST, "/admin/addons/versioned/plugins", wasm(addon_host_tests::PLUGIN_VERSIONED_B)).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.text);
+    assert_eq!(served_version(&host, "d1").await, "b");
+    let back = as_deployer(Method::POST, "/admin/addons/versioned/rollback", Vec::new()).await;
+    assert_eq!((back.status.as_u16(), back.json()["active"]["seq"].as_u64()), (200, Some(1)), "{}", back.text);
+    let again = as_deployer(Method::POST, "/admin/addons/versioned/plugins/2/activate", Vec::new()).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(served_version(&host, "d2").await, "b");
+    let versions = host.admin(Method::GET, "/admin/addons/versioned/plugins", "").await.json();
+    assert_eq!(versions["versions"][1]["uploaded_by"], "deployer:ci");
+
+    // Another add-on (even one that does not exist), the host-wide routes, the platforms.
+    for (method, path) in [
+        (Method::GET, "/admin/addons/myaddon/plugins"),
+        (Method::POST, "/admin/addons/myaddon/plugins"),
+        (Method::POST, "/admin/addons/myaddon/rollback"),
+        (Method::GET, "/admin/addons/nosuch/plugins"),
+        (Method::GET, "/admin/status"),
+        (Method::GET, "/metrics"),
+    ] {
+        let reply = as_deployer(method, path, wasm(addon_host_tests::PLUGIN_VERSIONED_B)).await;
+        assert_error(&reply, 401, "unauthorized", "admin token");
+    }
+    assert_eq!(host.provision("versioned", DEPLOY_TOKEN, "x", "free").await.status, 401);
+    assert_eq!(
+        host.admin(Method::GET, "/admin/addons/myaddon/plugins", "").await.json()["versions"].as_array().unwrap().len(),
+        1
+    );
+}

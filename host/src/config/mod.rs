@@ -169,6 +169,10 @@ pub struct AddonConfig {
     /// Secrets the plugin reads with `config::secret`; never logged.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Deploy tokens: bearer tokens that may list, push, activate and roll back this
+    /// add-on's plugin versions, and nothing else (`[[addon.deployers]] name, token`).
+    #[serde(default)]
+    pub deployers: Vec<AdminConfig>,
 }
 
 impl AddonConfig {
@@ -184,6 +188,7 @@ impl AddonConfig {
             limits: Limits::default(),
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            deployers: Vec::new(),
         }
     }
 }
@@ -364,6 +369,30 @@ impl HostConfig {
             });
             if reused {
                 bail!("server.admins[{i}] (`{}`): `token` must not be a partner's credential", admin.name);
+            }
+        }
+        let partner_credential = |token: &str| {
+            self.addons.iter().any(|a| {
+                a.bitrise.as_ref().is_some_and(|b| b.shared_token == token || b.sso_secret == token)
+                    || a.xervo.as_ref().is_some_and(|x| x.password.as_deref() == Some(token))
+            })
+        };
+        let mut tokens: HashSet<&str> = self.server.admins.iter().map(|a| a.token.as_str()).collect();
+        for addon in &self.addons {
+            for (j, deployer) in addon.deployers.iter().enumerate() {
+                let at = format!("addon `{}` deployers[{j}] (`{}`)", addon.id, deployer.name);
+                if deployer.name.trim().is_empty() {
+                    bail!("{at}: `name` is empty");
+                }
+                if deployer.token.len() < 16 {
+                    bail!("{at}: `token` must be at least 16 characters");
+                }
+                if partner_credential(&deployer.token) {
+                    bail!("{at}: `token` must not be a partner's credential");
+                }
+                if !tokens.insert(deployer.token.as_str()) {
+                    bail!("{at}: `token` is already an admin's or another deployer's token");
+                }
             }
         }
         let mut seen = HashSet::new();

@@ -25,6 +25,8 @@ pub struct Addon {
     pub(super) loaded: Mutex<HashMap<String, Arc<Plugin>>>,
     /// Serialises activations, so the recorded and the serving version never disagree.
     pub(super) swap_lock: tokio::sync::Mutex<()>,
+    /// Its deploy tokens (hashed): plugin versions of this add-on only.
+    pub(super) deployers: super::auth::AdminKeys,
 }
 
 impl Addon {
@@ -53,6 +55,11 @@ impl Addon {
     /// Its share of the call slots now: (running, queued, share size), for operators.
     pub fn calls(&self) -> (usize, usize, usize) {
         (self.share.in_use(), self.share.waiting(), self.share.size())
+    }
+
+    /// The deployer a token belongs to, compared in constant time.
+    pub fn deployer(&self, token: &str) -> Option<&str> {
+        self.deployers.identify(token)
     }
 
     pub fn store(&self) -> &AddonStore {

@@ -85,6 +85,12 @@ impl AdminKeys {
         Ok(AdminKeys::new(vec![("admin".into(), hash)], Some(token)))
     }
 
+    /// Exactly the configured tokens (an add-on's deploy tokens), hashed.
+    pub fn fixed(configured: &[crate::config::AdminConfig]) -> AdminKeys {
+        let keys = configured.iter().map(|a| (a.name.clone(), Sha256::digest(a.token.as_bytes()).into()));
+        AdminKeys::new(keys.collect(), None)
+    }
+
     fn new(keys: Vec<(String, [u8; 32])>, generated: Option<String>) -> AdminKeys {
         AdminKeys { keys, generated: std::sync::Mutex::new(generated) }
     }

@@ -1,7 +1,6 @@
 //! Bringing the service up: storage, engine, admin credentials, and each add-on with the
 //! plugin version it should serve.
 
-use crate::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,6 +13,7 @@ use sha2::Digest;
 use super::{Addon, Service, auth};
 use crate::clock;
 use crate::config::{AddonConfig, HostConfig};
+use crate::metrics::Metrics;
 use crate::runtime::{AddonEnv, Plugin, Runtime};
 use crate::storage::Storage;
 use crate::versions::Registry;
@@ -49,6 +49,7 @@ impl Service {
                 retry_lock: tokio::sync::Mutex::new(()),
                 loaded: std::sync::Mutex::new([(plugin.sha256.clone(), plugin)].into_iter().collect()),
                 swap_lock: tokio::sync::Mutex::new(()),
+                deployers: auth::AdminKeys::fixed(&addon.deployers),
             };
             addons.insert(addon.id.clone(), Arc::new(entry));
         }

@@ -4,7 +4,6 @@
 //! request's path), stored with its history, and then swapped in with one pointer write:
 //! calls that already took the old `Arc<Plugin>` finish on it, new calls get the new one.
 
-use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{Addon, Service, blocking};
 use crate::clock;
 use crate::error::ServiceError;
+use crate::metrics::Metrics;
 use crate::runtime::Plugin;
 use crate::versions::VersionMeta;
 
