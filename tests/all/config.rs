@@ -125,3 +125,27 @@ fn an_admin_token_must_not_be_a_partner_credential() {
     });
     assert!(xervo.contains("must not be a partner's credential"), "{xervo}");
 }
+
+/// A deploy token must be long, and must not open anything else: no partner credential, no
+/// admin's token, no other deployer's.
+#[test]
+fn a_deploy_token_must_be_its_own() {
+    let deployer = |token: &str| addon_host::config::AdminConfig { name: "ci".into(), token: token.into() };
+    let short = start_error(|cfg| cfg.addons[0].deployers = vec![deployer("short")]);
+    assert!(short.contains("deployers[0] (`ci`): `token` must be at least 16 characters"), "{short}");
+    let partner = start_error(|cfg| {
+        let token = cfg.addons[1].bitrise.as_ref().unwrap().shared_token.clone();
+        cfg.addons[0].deployers = vec![deployer(&token)];
+    });
+    assert!(partner.contains("must not be a partner's credential"), "{partner}");
+    let admin = start_error(|cfg| {
+        let token = cfg.server.admins[0].token.clone();
+        cfg.addons[0].deployers = vec![deployer(&token)];
+    });
+    assert!(admin.contains("already an admin's or another deployer's token"), "{admin}");
+    let twice = start_error(|cfg| {
+        cfg.addons[0].deployers = vec![deployer("deploy-token-0123456789")];
+        cfg.addons[1].deployers = vec![deployer("deploy-token-0123456789")];
+    });
+    assert!(twice.contains("already an admin's or another deployer's token"), "{twice}");
+}

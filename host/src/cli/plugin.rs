@@ -12,7 +12,8 @@ pub(crate) struct PluginArgs {
     /// Base URL of the running host.
     #[arg(long, env = "ADDON_HOST_URL", default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
-    /// Admin token (printed once at the host's first start, or from `[[server.admins]]`).
+    /// Admin token (printed once at the host's first start, or from `[[server.admins]]`), or the
+    /// add-on's deploy token (`[[addon.deployers]]`) for its own versions.
     #[arg(long, env = "ADDON_HOST_ADMIN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     #[command(subcommand)]
