@@ -9,6 +9,7 @@
 //! - `POST /admin/addons/{addon}/plugins[?activate=false]` (body: the component)
 //! - `POST /admin/addons/{addon}/plugins/{version}/activate`
 //! - `POST /admin/addons/{addon}/rollback[?version=V]`
+//! - `GET  /admin/addons/{addon}/logs[?since=SEQ]` (its plugin's recent log lines)
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
         .route("/admin/addons/{addon_id}/plugins", routing::get(list).post(upload))
         .route("/admin/addons/{addon_id}/plugins/{version}/activate", routing::post(activate))
         .route("/admin/addons/{addon_id}/rollback", routing::post(rollback))
+        .route("/admin/addons/{addon_id}/logs", routing::get(logs))
         .layer(DefaultBodyLimit::max(max_plugin_bytes))
 }
 
@@ -149,6 +151,21 @@ async fn activate(
     let (_, version) = path_params(path)?;
     let meta = service.activate(&addon, &version).await?;
     Ok(Json(json!({ "active": meta })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn logs(
+    AddonAdmin { addon, .. }: AddonAdmin,
+    logs_query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ServiceError> {
+    let since = query(logs_query)?.since;
+    let (lines, next) = addon.recent_logs(since);
+    Ok(Json(json!({ "addon": addon.id(), "lines": lines, "next": next })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -130,3 +130,45 @@ async fn watch_mode_reloads_a_rebuilt_plugin() {
     }
     assert_eq!(refusals(), 1, "a half-written plugin was tried: {:?}", server.log.lock().unwrap());
 }
+
+/// `plugin logs` shows an add-on's recent plugin lines to its deployer; `--follow` prints new
+/// ones as the plugin logs them. Another add-on's deployer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_logs_show_and_follow_an_addons_own_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = AddonToml::new("misbehave", addon_host_tests::PLUGIN_MISBEHAVE).bitrise(TOKEN, "cli-sso").to_toml();
+    let deployers = "\n[[addon.deployers]]\nname = \"ci\"\ntoken = \"misbehave-deploy-token\"\n";
+    let versioned = config(addon_host_tests::PLUGIN_VERSIONED_A);
+    let other = "\n[[addon.deployers]]\nname = \"other\"\ntoken = \"versioned-deploy-token\"\n";
+    let server = spawn(dir.path(), &format!("{misbehave}{deployers}{versioned}{other}")).await;
+    let refuse = |slug: &str| {
+        let body = format!(r#"{{"app_slug":"{slug}","api_token":"t","plan":"log-then-refuse"}}"#);
+        let addr = server.addr.clone();
+        async move {
+            let headers = [("Authentication", TOKEN), ("Content-Type", "application/json")];
+            assert_eq!(exchange(&addr, "POST", "/addons/misbehave/provision", &headers, &body).await.0, 422);
+        }
+    };
+    refuse("first").await;
+    let (ok, out) = plugin_cli(&server, "misbehave-deploy-token", &["logs", "misbehave"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains(" WARN provision: misbehave logs before refusing first"), "{out}");
+    let (ok, out) = plugin_cli(&server, "versioned-deploy-token", &["logs", "misbehave"]).await;
+    assert!(!ok && out.contains("401"), "{out}");
+
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+        .args(["plugin", "logs", "misbehave", "--follow"])
+        .args(["--url", &format!("http://{}", server.addr), "--token", "misbehave-deploy-token"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(first.contains("before refusing first"), "{first}");
+    refuse("second").await;
+    let next = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    let next = next.expect("--follow printed nothing new").unwrap().unwrap();
+    assert!(next.contains("before refusing second"), "{next}");
+    follow.kill().await.unwrap();
+}

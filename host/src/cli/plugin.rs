@@ -38,6 +38,12 @@ enum PluginCommand {
     Activate { addon: String, version: String },
     /// What every add-on is serving.
     Status,
+    /// The add-on's recent plugin log lines; `--follow` keeps printing new ones.
+    Logs {
+        addon: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 pub(crate) fn run(args: PluginArgs) -> anyhow::Result<()> {
@@ -58,6 +64,7 @@ pub(crate) fn run(args: PluginArgs) -> anyhow::Result<()> {
             ("POST", format!("/admin/addons/{addon}/plugins/{version}/activate"), None)
         }
         PluginCommand::Status => ("GET", "/admin/status".to_owned(), None),
+        PluginCommand::Logs { addon, follow } => return logs(base, &auth, addon, *follow),
     };
     let request = ureq::request(method, &format!("{base}{path}")).set("Authorization", &auth);
     let result = match body {
@@ -75,5 +82,36 @@ pub(crate) fn run(args: PluginArgs) -> anyhow::Result<()> {
         super::print(&pretty)
     } else {
         bail!("{method} {path} failed with {status}: {pretty}")
+    }
+}
+
+/// Print the add-on's recent plugin log lines, one per line; with `follow`, ask for newer
+/// ones every second until interrupted.
+fn logs(base: &str, auth: &str, addon: &str, follow: bool) -> anyhow::Result<()> {
+    let mut since = 0u64;
+    loop {
+        let path = format!("/admin/addons/{addon}/logs?since={since}");
+        let page: Value = match ureq::get(&format!("{base}{path}")).set("Authorization", auth).call() {
+            Ok(response) => serde_json::from_str(&response.into_string()?)?,
+            Err(ureq::Error::Status(code, response)) => {
+                bail!("GET {path} failed with {code}: {}", response.into_string().unwrap_or_default())
+            }
+            Err(e) => bail!("cannot reach {base}: {e}"),
+        };
+        for line in page["lines"].as_array().into_iter().flatten() {
+            let text = format!(
+                "{} {:>5} {}: {}",
+                line["at_ms"],
+                line["level"].as_str().unwrap_or_default().to_uppercase(),
+                line["call"].as_str().unwrap_or_default(),
+                line["message"].as_str().unwrap_or_default()
+            );
+            super::print(&text)?;
+        }
+        since = page["next"].as_u64().unwrap_or(since);
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }

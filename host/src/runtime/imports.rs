@@ -13,11 +13,17 @@ pub(crate) struct GuestLog {
     bytes: usize,
     /// Bytes dropped for being over the budget.
     pub(crate) dropped: usize,
+    recent: std::sync::Arc<super::recent::RecentLogs>,
 }
 
 impl GuestLog {
-    pub(crate) fn new(addon: &str, call: &'static str, max_bytes: usize) -> GuestLog {
-        GuestLog { addon: addon.to_owned(), call, max_bytes, bytes: 0, dropped: 0 }
+    pub(crate) fn new(
+        addon: &str,
+        call: &'static str,
+        max_bytes: usize,
+        recent: std::sync::Arc<super::recent::RecentLogs>,
+    ) -> GuestLog {
+        GuestLog { addon: addon.to_owned(), call, max_bytes, bytes: 0, dropped: 0, recent }
     }
 
     /// Log a line from the guest, within the call's log budget.
@@ -28,6 +34,14 @@ impl GuestLog {
         }
         self.bytes += message.len();
         let (addon, call) = (self.addon.as_str(), self.call);
+        let name = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        self.recent.push(name, call, message);
         match level {
             log::Level::Trace => tracing::trace!(target: "plugin", addon, call, "{message}"),
             log::Level::Debug => tracing::debug!(target: "plugin", addon, call, "{message}"),

@@ -16,6 +16,7 @@ mod guests;
 mod imports;
 mod kv;
 mod output;
+pub mod recent;
 mod slots;
 mod state;
 
@@ -265,7 +266,7 @@ async fn run(
         wasi,
         table: ResourceTable::new(),
         limiter: CallLimiter::new((limits.memory_mib << 20) as usize),
-        log: GuestLog::new(&env.id, export.name(), limits.max_log_bytes),
+        log: GuestLog::new(&env.id, export.name(), limits.max_log_bytes, env.recent.clone()),
         env,
         kv: KvCall::new(kv),
         stdout,

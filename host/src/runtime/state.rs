@@ -23,6 +23,8 @@ pub struct AddonEnv {
     pub config: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Its plugin's recent log lines, for its deployers.
+    pub recent: Arc<super::recent::RecentLogs>,
 }
 
 pub(crate) struct CallState {

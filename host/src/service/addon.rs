@@ -57,6 +57,11 @@ impl Addon {
         (self.share.in_use(), self.share.waiting(), self.share.size())
     }
 
+    /// Its plugin's recent log lines after `seq`, and the sequence number to ask from next.
+    pub fn recent_logs(&self, seq: u64) -> (Vec<crate::runtime::recent::LogLine>, u64) {
+        self.env.recent.since(seq)
+    }
+
     /// The deployer a token belongs to, compared in constant time.
     pub fn deployer(&self, token: &str) -> Option<&str> {
         self.deployers.identify(token)

@@ -38,6 +38,7 @@ impl Service {
                 config: addon.config.clone(),
                 secrets: addon.secrets.clone(),
                 limits: addon.limits.clone(),
+                recent: Default::default(),
             };
             let store = storage.addon(&addon.id)?;
             let entry = Addon {
