@@ -50,7 +50,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../wit",
+        path: "wit",
         default_bindings_module: "addon_sdk::bindings",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
