@@ -1,10 +1,26 @@
 //! What the host offers a plugin: its private key-value store, logging, its configuration,
 //! time and randomness. Thin, typed wrappers over the WIT imports.
 
-use crate::bindings::addon::provider::{config as wit_config, env, kv as wit_kv, log as wit_log};
+pub use crate::bindings::addon::provider::kv::KvError;
+pub use crate::bindings::addon::provider::log::Level;
+// Off wasm32 (a partner's `cargo test`), the testing double answers instead of the host.
+#[cfg(not(target_arch = "wasm32"))]
+use crate::testing as imp;
 
-pub use wit_kv::KvError;
-pub use wit_log::Level;
+/// The host's imports, under the names the testing double also has.
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    use crate::bindings::addon::provider::{config, env, kv, log};
+    pub(crate) use config::{get as config, secret};
+    pub(crate) use env::{now_ms, random_bytes};
+    pub(crate) use kv::{compare_and_swap as kv_compare_and_swap, delete as kv_delete, get as kv_get};
+    pub(crate) use kv::{list_keys as kv_list_keys, set as kv_set};
+    pub(crate) use log::log;
+
+    pub(crate) fn addon_id() -> String {
+        config::addon_id()
+    }
+}
 
 /// Handle to the add-on's private key-value store (see [`kv()`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,7 +35,7 @@ pub fn kv() -> Kv {
 impl Kv {
     /// The value stored under `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        wit_kv::get(key)
+        imp::kv_get(key)
     }
 
     /// The value as UTF-8 text (invalid UTF-8 is replaced).
@@ -29,28 +45,28 @@ impl Kv {
 
     /// Store `value` under `key` (committed only if the call succeeds).
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        wit_kv::set(key, value)
+        imp::kv_set(key, value)
     }
 
     /// Store text under `key` (committed only if the call succeeds).
     pub fn set_string(&self, key: &str, value: &str) -> Result<(), KvError> {
-        wit_kv::set(key, value.as_bytes())
+        imp::kv_set(key, value.as_bytes())
     }
 
     /// Remove a key; returns whether it existed.
     pub fn delete(&self, key: &str) -> Result<bool, KvError> {
-        wit_kv::delete(key)
+        imp::kv_delete(key)
     }
 
     /// Keys starting with `prefix`, in byte order.
     pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
-        wit_kv::list_keys(prefix)
+        imp::kv_list_keys(prefix)
     }
 
     /// Set `key` to `new` (delete when `None`) only if it currently holds `expected`
     /// (`None` = absent). Returns whether the swap happened.
     pub fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, KvError> {
-        wit_kv::compare_and_swap(key, expected, new)
+        imp::kv_compare_and_swap(key, expected, new)
     }
 
     /// Add `delta` to the decimal counter at `key` (absent = 0) with a compare-and-swap
@@ -73,7 +89,7 @@ impl Kv {
 
 /// Write a line to the host's log, tagged with the add-on and the call.
 pub fn log(level: Level, message: &str) {
-    wit_log::log(level, message);
+    imp::log(level, message);
 }
 
 /// `info!("...", args)`: log at info level.
@@ -102,27 +118,27 @@ macro_rules! debug {
 
 /// The add-on's id on this host (e.g. `myaddon`).
 pub fn addon_id() -> String {
-    wit_config::addon_id()
+    imp::addon_id()
 }
 
 /// A setting from the add-on's `[config]` table in the host configuration.
 pub fn config(key: &str) -> Option<String> {
-    wit_config::get(key)
+    imp::config(key)
 }
 
 /// A secret from the add-on's `[secrets]` table in the host configuration.
 pub fn secret(name: &str) -> Option<String> {
-    wit_config::secret(name)
+    imp::secret(name)
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    env::now_ms()
+    imp::now_ms()
 }
 
 /// `len` cryptographically secure random bytes.
 pub fn random_bytes(len: u32) -> Vec<u8> {
-    env::random_bytes(len)
+    imp::random_bytes(len)
 }
 
 /// `bytes` random bytes as lowercase hex (twice as many characters).

@@ -61,6 +61,8 @@ pub mod bindings {
 mod error;
 mod host;
 mod reply;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use bindings::addon::provider::types::{EnvVar, Platform};
 pub use bindings::{ChangePlanRequest, DeprovisionRequest, ProvisionRequest};

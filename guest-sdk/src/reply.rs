@@ -27,6 +27,11 @@ macro_rules! reply {
                 self
             }
 
+            /// The variables as (key, value) pairs, in order.
+            pub fn vars(&self) -> Vec<(String, String)> {
+                self.config.iter().map(|v| (v.key.clone(), v.value.clone())).collect()
+            }
+
             /// A message for the user, shown by platforms that display one.
             pub fn message(mut self, message: impl Into<String>) -> Self {
                 self.message = Some(message.into());

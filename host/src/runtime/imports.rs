@@ -26,6 +26,12 @@ impl GuestLog {
         GuestLog { addon: addon.to_owned(), call, max_bytes, bytes: 0, dropped: 0, recent }
     }
 
+    /// Tell the add-on's deployers, in its recent lines, that output was dropped.
+    pub(crate) fn report_dropped(&self) {
+        let note = format!("[host] {} bytes of output over the call's log budget were dropped", self.dropped);
+        self.recent.push("warn", self.call, &note);
+    }
+
     /// Log a line from the guest, within the call's log budget.
     pub(crate) fn line(&mut self, level: log::Level, message: &str) {
         if self.bytes + message.len() > self.max_bytes {

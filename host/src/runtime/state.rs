@@ -57,6 +57,7 @@ impl CallState {
         }
         if self.log.dropped > 0 {
             tracing::warn!(addon = %self.log.addon, call = self.log.call, dropped = self.log.dropped, "plugin output over its per-call log budget was dropped");
+            self.log.report_dropped();
         }
     }
 }

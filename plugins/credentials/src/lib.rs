@@ -64,3 +64,42 @@ impl Provider for Credentials {
 }
 
 export_provider!(Credentials);
+
+/// The provider's logic, natively, against `addon_sdk::testing`'s host double.
+#[cfg(test)]
+mod tests {
+    use addon_sdk::testing::{TestHost, deprovision_request, provision_request};
+
+    use super::*;
+
+    fn host() -> TestHost {
+        TestHost::new().addon_id("my-addon").config("host_url", "https://svc.example.com/")
+    }
+
+    #[test]
+    fn the_secret_is_made_once_and_forgotten_on_deprovision() {
+        let host = host();
+        let first = host.call(|| Credentials::provision(provision_request("app-1", "free"))).unwrap();
+        let vars = first.vars();
+        assert_eq!(vars[0], ("MY_ADDON_HOST_URL".to_owned(), "https://svc.example.com/apps/app-1".to_owned()));
+        assert_eq!(vars[1].0, "MY_ADDON_AUTH_SECRET");
+        assert_eq!(vars[1].1.len(), 48);
+        let again = host.call(|| Credentials::provision(provision_request("app-1", "pro"))).unwrap();
+        assert_eq!(again.vars()[1], vars[1], "a repeat keeps the secret");
+        assert_eq!(host.kv_string("secret/app-1").as_deref(), Some(vars[1].1.as_str()));
+
+        host.call(|| Credentials::deprovision(deprovision_request("app-1", "pro"))).unwrap();
+        assert!(host.kv_keys().is_empty());
+        assert!(host.logs().iter().any(|(_, line)| line.contains("revoked credentials for app-1 (existed: true)")));
+        let renewed = host.call(|| Credentials::provision(provision_request("app-1", "free"))).unwrap();
+        assert_ne!(renewed.vars()[1], vars[1], "a new provision after deprovision gets a new secret");
+    }
+
+    #[test]
+    fn without_host_url_it_fails_and_keeps_nothing() {
+        let host = TestHost::new();
+        let failed = host.call(|| Credentials::provision(provision_request("app-2", "free")));
+        assert!(failed.is_err());
+        assert!(host.kv_keys().is_empty(), "a failed call's secret was kept");
+    }
+}
