@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use addon_host_tests::AddonToml;
 use tokio::process::Command;
 
-use crate::process::{Server, exchange, spawn, spawn_with};
+use crate::process::{Server, exchange, spawn, spawn_config, spawn_with};
 
 const TOKEN: &str = "cli-shared-token";
 
@@ -171,4 +171,50 @@ async fn plugin_logs_show_and_follow_an_addons_own_lines() {
     let next = next.expect("--follow printed nothing new").unwrap().unwrap();
     assert!(next.contains("before refusing second"), "{next}");
     follow.kill().await.unwrap();
+}
+
+/// `addon-host new` makes a project outside this repository that builds for wasm32-wasip2
+/// with the README's command, passes its own native `cargo test` (the SDK's host double),
+/// and is served by its generated config: a Bitrise provision with the generated token works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_project_builds_tests_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("hello");
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
+    let out = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+        .args(["new", "hello-world", "--dir"])
+        .arg(&project)
+        .args(["--sdk-path", sdk])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e")).args(["new", "Bad_Name"]).output().await.unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("cannot be an add-on id"));
+
+    // The workspace's lock file pins the same dependency versions, so the build is hermetic.
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"), project.join("Cargo.lock")).unwrap();
+    let cargo = |args: &'static [&'static str]| {
+        let mut command = Command::new(env!("CARGO"));
+        command.args(args).current_dir(&project).env_remove("CARGO_TARGET_DIR");
+        command
+    };
+    let build = cargo(&["build", "--release", "--target", "wasm32-wasip2"]).output().await.unwrap();
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let test = cargo(&["test"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&test.stderr));
+
+    let config = project.join("addon-host.toml");
+    let generated = std::fs::read_to_string(&config).unwrap();
+    let token = generated.split("shared_token = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let server = spawn_config(&config).await;
+    let body = r#"{"app_slug":"app-1","api_token":"t","plan":"free"}"#;
+    let headers = [("Authentication", token.as_str()), ("Content-Type", "application/json")];
+    let (status, reply) = exchange(&server.addr, "POST", "/addons/hello-world/provision", &headers, body).await;
+    assert_eq!(status, 201, "{reply}");
+    assert!(
+        reply.contains("HELLO_WORLD_URL") && reply.contains("https://hello-world.example.com/apps/app-1"),
+        "{reply}"
+    );
 }

@@ -59,6 +59,13 @@ pub(crate) async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&st
     start(command, config).await
 }
 
+/// Serve an existing config file (on any port: `--listen 127.0.0.1:0`).
+pub(crate) async fn spawn_config(config: &std::path::Path) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config);
+    start(command, config.to_path_buf()).await
+}
+
 /// [`spawn`] with the process's address space limited to `kib` KiB (`ulimit -v`).
 pub(crate) async fn spawn_limited(dir: &std::path::Path, addons: &str, kib: u64) -> Server {
     let config = write_config(dir, addons);

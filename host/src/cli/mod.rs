@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{HostConfig, LogFormat};
 use crate::service::Service;
 
+mod new;
 mod plugin;
 use crate::xervo::manifest::XervoSettings;
 
@@ -55,6 +56,18 @@ enum Command {
         test_base_url: Option<String>,
         #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
         config: PathBuf,
+    },
+    /// Create a plugin project: a crate on the SDK with a provider and its tests, a dev
+    /// config with fresh credentials, and a README.
+    New {
+        /// The add-on's id (and crate name).
+        name: String,
+        /// Where to create it (default: ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on a local SDK checkout instead of the published version.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
     },
     /// Validate the config file and compile every plugin, then exit.
     Check {
@@ -115,6 +128,7 @@ pub fn main() -> anyhow::Result<()> {
                 print(&serde_json::to_string_pretty(&manifest)?)
             }
             Command::Check { config } => check(&config),
+            Command::New { name, dir, sdk_path } => new::run(new::New { name, dir, sdk_path }),
         }
     })
 }

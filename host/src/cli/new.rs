@@ -1,0 +1,181 @@
+//! `addon-host new NAME`: a complete plugin project outside this repository — a crate on the
+//! SDK with a working provider and its native tests, a dev config for `addon-host serve` with
+//! fresh credentials, and a README. Two commands build and serve it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+pub(crate) struct New {
+    pub name: String,
+    pub dir: Option<PathBuf>,
+    pub sdk_path: Option<PathBuf>,
+}
+
+fn random_token(prefix: &str) -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("{prefix}_{}", hex::encode(bytes)))
+}
+
+pub(crate) fn run(new: New) -> anyhow::Result<()> {
+    let name = new.name;
+    let valid = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!("`{name}` cannot be an add-on id: use 1-63 characters of a-z, 0-9 and '-', starting with a letter");
+    }
+    let dir = new.dir.unwrap_or_else(|| PathBuf::from(&name));
+    if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} exists and is not empty", dir.display());
+    }
+    let sdk = match &new.sdk_path {
+        Some(path) => {
+            let path = std::fs::canonicalize(path).with_context(|| format!("--sdk-path {}", path.display()))?;
+            format!("addon-sdk = {{ path = {:?} }}", path.display().to_string())
+        }
+        None => format!("addon-sdk = \"{}\"", env!("CARGO_PKG_VERSION")),
+    };
+    let prefix = name.to_ascii_uppercase().replace('-', "_");
+    let wasm = name.replace('-', "_");
+    let files: [(&str, String); 5] = [
+        ("Cargo.toml", cargo_toml(&name, &sdk)),
+        ("src/lib.rs", LIB_RS.replace("{PREFIX}", &prefix)),
+        ("addon-host.toml", config(&name, &wasm)?),
+        ("README.md", README.replace("{NAME}", &name).replace("{WASM}", &wasm)),
+        (".gitignore", "/target\n/data\n".to_owned()),
+    ];
+    for (file, text) in files {
+        write(&dir.join(file), &text)?;
+    }
+    super::print(&format!("created add-on `{name}` in {}", dir.display()))?;
+    super::print(&format!(
+        "next: cd {} && cargo build --release --target wasm32-wasip2 && addon-host serve",
+        dir.display()
+    ))
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn cargo_toml(name: &str, sdk: &str) -> String {
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+{sdk}
+
+[profile.release]
+# Function names in traps' backtraces.
+strip = "debuginfo"
+
+# Its own workspace, wherever it is put.
+[workspace]
+"#
+    )
+}
+
+fn config(name: &str, wasm: &str) -> anyhow::Result<String> {
+    Ok(format!(
+        r#"# Development config for `addon-host serve` (run in this folder). The credentials below
+# were generated for this project; keep them out of version control if it is shared.
+[server]
+listen = "127.0.0.1:8080"
+data_dir = "data"
+
+[[addon]]
+id = "{name}"
+plugin = "target/wasm32-wasip2/release/{wasm}.wasm"
+plans = ["free", "pro"]
+
+[addon.bitrise]
+shared_token = "{shared}"
+sso_secret = "{sso}"
+
+[addon.config]
+host_url = "https://{name}.example.com"
+"#,
+        shared = random_token("bst")?,
+        sso = random_token("sso")?,
+    ))
+}
+
+const LIB_RS: &str = r#"//! An add-on provider: each provisioned app gets a URL and a secret, made once and kept in
+//! the add-on's key-value store; a deprovision forgets the secret.
+
+use addon_sdk::{DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result, export_provider, kv};
+
+struct Addon;
+
+impl Provider for Addon {
+    fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
+        let base = addon_sdk::config("host_url").ok_or_else(|| Error::internal("config `host_url` is not set"))?;
+        let key = format!("secret/{}", req.resource_id);
+        let secret = match kv().get_string(&key)? {
+            Some(existing) => existing,
+            None => {
+                let fresh = addon_sdk::random_hex(24);
+                kv().set_string(&key, &fresh)?;
+                fresh
+            }
+        };
+        addon_sdk::info!("provisioned {} on {}", req.resource_id, req.plan);
+        Ok(ProvisionReply::new()
+            .var("{PREFIX}_URL", format!("{}/apps/{}", base.trim_end_matches('/'), req.resource_id))
+            .var("{PREFIX}_SECRET", secret))
+    }
+
+    fn deprovision(req: DeprovisionRequest) -> Result<()> {
+        kv().delete(&format!("secret/{}", req.resource_id))?;
+        Ok(())
+    }
+}
+
+export_provider!(Addon);
+
+#[cfg(test)]
+mod tests {
+    use addon_sdk::testing::{TestHost, deprovision_request, provision_request};
+
+    use super::*;
+
+    #[test]
+    fn a_secret_per_app_kept_until_deprovision() {
+        let host = TestHost::new().config("host_url", "https://example.com");
+        let first = host.call(|| Addon::provision(provision_request("app-1", "free"))).unwrap();
+        let again = host.call(|| Addon::provision(provision_request("app-1", "free"))).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first.vars()[0].1, "https://example.com/apps/app-1");
+        host.call(|| Addon::deprovision(deprovision_request("app-1", "free"))).unwrap();
+        assert!(host.kv_keys().is_empty());
+    }
+}
+"#;
+
+const README: &str = r#"# {NAME}
+
+An add-on provider for addon-host: it answers Bitrise's provisioning
+calls from a sandboxed WebAssembly plugin.
+
+```sh
+cargo build --release --target wasm32-wasip2   # the plugin: target/wasm32-wasip2/release/{WASM}.wasm
+addon-host serve                               # serves it with addon-host.toml on 127.0.0.1:8080
+```
+
+- `src/lib.rs` is the provider; `cargo test` runs its logic natively against the SDK's host
+  double (`addon_sdk::testing`).
+- `addon-host.toml` holds the dev credentials generated for this project
+  (`[addon.bitrise] shared_token`, `sso_secret`).
+- `addon-host serve --watch` reloads the plugin whenever the build changes it.
+"#;
