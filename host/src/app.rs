@@ -66,11 +66,14 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
     match service.storage().stall() {
         None => Json(json!({ "status": "ready", "addons": service.addons().count() })).into_response(),
         Some(stall) => {
-            let message = format!("no durable commit for {} ms (limit {} ms)", stall.for_ms, stall.limit_ms);
-            let body = json!({ "status": "not_ready", "error": "storage_stalled", "message": message });
+            let body = json!({ "status": "not_ready", "error": "storage_stalled", "message": stalled(&stall) });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
+}
+
+fn stalled(stall: &crate::storage::Stall) -> String {
+    format!("no durable commit for {} ms (limit {} ms)", stall.for_ms, stall.limit_ms)
 }
 
 /// Liveness for load balancers and supervisors: 503 while durable commits have stopped
@@ -83,8 +86,7 @@ async fn health(State(service): State<Arc<Service>>) -> Response {
     match service.storage().stall() {
         None => Json(json!({ "status": "ok", "engine": engine, "commits": commits, "addons": addons })).into_response(),
         Some(stall) => {
-            let message = format!("no durable commit for {} ms (limit {} ms)", stall.for_ms, stall.limit_ms);
-            let body = json!({ "status": "stalled", "error": "storage_stalled", "message": message, "stall": stall,
+            let body = json!({ "status": "stalled", "error": "storage_stalled", "message": stalled(&stall), "stall": stall,
                 "commits": commits, "engine": engine, "addons": addons });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }

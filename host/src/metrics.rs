@@ -88,7 +88,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             registry: Registry::default(),
             requests: Family::default(),
             call_seconds: Family::new_with_constructor(seconds),
@@ -108,7 +108,7 @@ impl Metrics {
             connections: Gauge::default(),
             calls_in_flight: Gauge::default(),
         };
-        let mut r = Registry::default();
+        let r = &mut m.registry;
         r.register(
             "addon_requests",
             "Platform and admin requests by add-on, protocol, route and status",
@@ -150,7 +150,7 @@ impl Metrics {
         r.register("addon_host_flushes", "Storage flushes (group commits)", m.flushes.clone());
         r.register("addon_host_connections", "Open HTTP connections", m.connections.clone());
         r.register("addon_host_calls_in_flight", "Plugin calls running on the host now", m.calls_in_flight.clone());
-        Metrics { registry: r, ..m }
+        m
     }
 
     pub fn call(&self, addon: &str, call: &str, took: Duration) {

@@ -107,15 +107,19 @@ pub(crate) async fn count(
 pub(crate) async fn scrape(service: &Arc<Service>) -> Response {
     let metrics = service.metrics();
     metrics.plugin_version.clear();
+    // Every add-on's KV usage in one trip off the runtime (sled reads can wait for writers).
+    let stores: Vec<_> = service.addons().map(|a| (a.id().to_owned(), a.store().clone())).collect();
+    let usage = tokio::task::spawn_blocking(move || {
+        stores.into_iter().filter_map(|(id, store)| Some((id, store.kv_usage().ok()?))).collect::<Vec<_>>()
+    });
+    for (id, usage) in usage.await.unwrap_or_default() {
+        Metrics::addon_gauge(&metrics.kv_bytes, &id, usage.bytes);
+        Metrics::addon_gauge(&metrics.kv_keys, &id, usage.keys);
+    }
     for addon in service.addons() {
         let (running, queued, _) = addon.calls();
         Metrics::addon_gauge(&metrics.calls_running, addon.id(), running as u64);
         Metrics::addon_gauge(&metrics.calls_queued, addon.id(), queued as u64);
-        let store = addon.store().clone();
-        if let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || store.kv_usage()).await {
-            Metrics::addon_gauge(&metrics.kv_bytes, addon.id(), usage.bytes);
-            Metrics::addon_gauge(&metrics.kv_keys, addon.id(), usage.keys);
-        }
         let labels =
             crate::metrics::VersionLabels { addon: addon.id().to_owned(), version: addon.plugin().sha256.clone() };
         metrics.plugin_version.get_or_create(&labels).set(1);

@@ -66,8 +66,7 @@ impl AdminKeys {
         storage: &crate::storage::Storage,
     ) -> anyhow::Result<AdminKeys> {
         if !configured.is_empty() {
-            let keys = configured.iter().map(|a| (a.name.clone(), Sha256::digest(a.token.as_bytes()).into()));
-            return Ok(AdminKeys::new(keys.collect(), None));
+            return Ok(AdminKeys::fixed(configured));
         }
         let tree = storage.tree("admin")?;
         if let Some(stored) = tree.get("generated")? {

@@ -24,9 +24,9 @@ mod upgrade;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 use locks::{KeyGuard, KeyedLocks};
+use tokio::time::Instant;
 
 use crate::clock;
 use crate::error::ServiceError;
@@ -323,10 +323,7 @@ impl Service {
     ) -> Result<Record, ServiceError> {
         let call = export.name();
         let outcome = self.attempts(addon, budget, export, alias, make_record).await;
-        if let Err(e) = &outcome {
-            self.metrics.failure(addon.id(), call, e.kind());
-        }
-        outcome
+        outcome.inspect_err(|e| self.metrics.failure(addon.id(), call, e.kind()))
     }
 
     /// [`Service::run`]'s calls: the first, and any re-run after a key-value conflict.
