@@ -11,6 +11,7 @@ pub(crate) mod bitrise;
 pub mod cli;
 mod clock;
 pub mod config;
+pub mod conformance;
 pub mod error;
 pub(crate) mod http;
 pub mod metrics;

@@ -174,21 +174,34 @@ async fn plugin_logs_show_and_follow_an_addons_own_lines() {
 }
 
 /// `addon-host new` makes a project outside this repository that builds for wasm32-wasip2
-/// with the README's command, passes its own native `cargo test` (the SDK's host double),
-/// and is served by its generated config: a Bitrise provision with the generated token works.
+/// with the README's command, passes its own native `cargo test` (the SDK's host double) and
+/// the conformance kit (`addon-host test`, both platforms), and is served by its generated
+/// config: a Bitrise provision with the generated token works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_project_builds_tests_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("hello");
     let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
     let out = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
-        .args(["new", "hello-world", "--dir"])
+        .args(["new", "hello", "--dir"])
         .arg(&project)
         .args(["--sdk-path", sdk])
         .output()
         .await
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An id with '-': its variables use '_', and Xervo (which cannot take such an id) is left out.
+    let dashed = dir.path().join("dashed");
+    let out = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+        .args(["new", "hello-world", "--dir"])
+        .arg(&dashed)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(dashed.join("src/lib.rs")).unwrap().contains("\"HELLO_WORLD_URL\""));
+    let dashed_config = std::fs::read_to_string(dashed.join("addon-host.toml")).unwrap();
+    assert!(dashed_config.contains("id = \"hello-world\"") && !dashed_config.contains("[addon.xervo]"));
     let refused = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e")).args(["new", "Bad_Name"]).output().await.unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("cannot be an add-on id"));
 
@@ -206,15 +219,23 @@ async fn a_new_project_builds_tests_and_serves() {
     assert!(test.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&test.stderr));
 
     let config = project.join("addon-host.toml");
+    let kit = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+        .args(["test", "target/wasm32-wasip2/release/hello.wasm", "--config", "addon-host.toml"])
+        .current_dir(&project)
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&kit.stdout);
+    assert!(kit.status.success(), "{report}{}", String::from_utf8_lossy(&kit.stderr));
+    assert!(!report.contains("FAIL") && !report.contains("SKIP"), "{report}");
+    assert!(report.contains("PASS  xervo: SSO with a good token opens the dashboard"), "{report}");
+
     let generated = std::fs::read_to_string(&config).unwrap();
     let token = generated.split("shared_token = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let server = spawn_config(&config).await;
     let body = r#"{"app_slug":"app-1","api_token":"t","plan":"free"}"#;
     let headers = [("Authentication", token.as_str()), ("Content-Type", "application/json")];
-    let (status, reply) = exchange(&server.addr, "POST", "/addons/hello-world/provision", &headers, body).await;
+    let (status, reply) = exchange(&server.addr, "POST", "/addons/hello/provision", &headers, body).await;
     assert_eq!(status, 201, "{reply}");
-    assert!(
-        reply.contains("HELLO_WORLD_URL") && reply.contains("https://hello-world.example.com/apps/app-1"),
-        "{reply}"
-    );
+    assert!(reply.contains("HELLO_URL") && reply.contains("https://hello.example.com/apps/app-1"), "{reply}");
 }

@@ -11,6 +11,7 @@ mod bitrise;
 mod cli;
 mod concurrency;
 mod config;
+mod conformance;
 mod crash;
 mod dia;
 mod fuzz;

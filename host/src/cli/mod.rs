@@ -12,6 +12,7 @@ use crate::service::Service;
 
 mod new;
 mod plugin;
+mod test;
 use crate::xervo::manifest::XervoSettings;
 
 #[derive(Parser)]
@@ -69,6 +70,9 @@ enum Command {
         #[arg(long)]
         sdk_path: Option<PathBuf>,
     },
+    /// The conformance kit: the platforms' sequences, the negative cases they lack and plugin
+    /// hygiene, against a plugin file or a running provider (--url).
+    Test(test::TestArgs),
     /// Validate the config file and compile every plugin, then exit.
     Check {
         #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
@@ -94,9 +98,11 @@ pub fn main() -> anyhow::Result<()> {
     });
     // Logs go to stderr; stdout carries only what scripts read (the listen line, the admin
     // token shown once, command output).
+    // The kit's in-process host speaks only when something is wrong: its report is the output.
+    let quiet = matches!(cli.command, Command::Test(_));
+    let default_filter = if quiet { "off" } else { "info,cranelift=warn,wasmtime=warn" };
     let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
     );
     match format {
         LogFormat::Text => logs.init(),
@@ -129,6 +135,7 @@ pub fn main() -> anyhow::Result<()> {
             }
             Command::Check { config } => check(&config),
             Command::New { name, dir, sdk_path } => new::run(new::New { name, dir, sdk_path }),
+            Command::Test(args) => test::run(args).await,
         }
     })
 }

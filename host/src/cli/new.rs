@@ -42,7 +42,7 @@ pub(crate) fn run(new: New) -> anyhow::Result<()> {
     let files: [(&str, String); 5] = [
         ("Cargo.toml", cargo_toml(&name, &sdk)),
         ("src/lib.rs", LIB_RS.replace("{PREFIX}", &prefix)),
-        ("addon-host.toml", config(&name, &wasm)?),
+        ("addon-host.toml", config(&name, &wasm, &prefix)?),
         ("README.md", README.replace("{NAME}", &name).replace("{WASM}", &wasm)),
         (".gitignore", "/target\n/data\n".to_owned()),
     ];
@@ -86,7 +86,23 @@ strip = "debuginfo"
     )
 }
 
-fn config(name: &str, wasm: &str) -> anyhow::Result<String> {
+fn config(name: &str, wasm: &str, prefix: &str) -> anyhow::Result<String> {
+    // Xervo's config vars start with the upper-cased id, so an id with '-' cannot be offered there.
+    let xervo = if name.contains('-') {
+        "\n# Xervo needs an add-on id without '-' (its config vars start with the upper-cased id).\n".to_owned()
+    } else {
+        format!(
+            r#"
+# Xervo: `addon-host manifest {name} --base-url http://127.0.0.1:8080` prints the manifest.
+[addon.xervo]
+password = "{password}"
+sso_salt = "{salt}"
+config_vars = ["{prefix}_URL", "{prefix}_SECRET"]
+"#,
+            password = random_token("xvp")?,
+            salt = random_token("xvs")?,
+        )
+    };
     Ok(format!(
         r#"# Development config for `addon-host serve` (run in this folder). The credentials below
 # were generated for this project; keep them out of version control if it is shared.
@@ -102,7 +118,7 @@ plans = ["free", "pro"]
 [addon.bitrise]
 shared_token = "{shared}"
 sso_secret = "{sso}"
-
+{xervo}
 [addon.config]
 host_url = "https://{name}.example.com"
 "#,
@@ -166,12 +182,18 @@ mod tests {
 const README: &str = r#"# {NAME}
 
 An add-on provider for addon-host: it answers Bitrise's provisioning
-calls from a sandboxed WebAssembly plugin.
+calls (and Xervo's, for an id without '-') from a sandboxed WebAssembly plugin.
 
 ```sh
 cargo build --release --target wasm32-wasip2   # the plugin: target/wasm32-wasip2/release/{WASM}.wasm
 addon-host serve                               # serves it with addon-host.toml on 127.0.0.1:8080
+addon-host test target/wasm32-wasip2/release/{WASM}.wasm --config addon-host.toml
 ```
+
+`addon-host test` is the conformance kit: it serves the plugin on a temporary host and runs
+the Bitrise and Xervo platforms' own test sequences, the refusals they never try (bad
+credentials, forged, stale and replayed SSO tokens, unknown plans, bad bodies) and hygiene
+checks on the variables and the call time, one PASS/FAIL line each.
 
 - `src/lib.rs` is the provider; `cargo test` runs its logic natively against the SDK's host
   double (`addon_sdk::testing`).

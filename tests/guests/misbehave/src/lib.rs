@@ -163,6 +163,9 @@ impl Provider for Misbehave {
             }
             "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
             "bad-name" => Ok(ProvisionReply::new().var("not a name", "v")),
+            // Replies the host lets through that `addon-host test` flags.
+            "lower-name" => Ok(ProvisionReply::new().var("MISBEHAVE_lower", "v")),
+            "blank-value" => Ok(ProvisionReply::new().var("MISBEHAVE_BLANK", "  ")),
             "xervo-good" => Ok(ProvisionReply::new().var("MISBEHAVE_URL", "https://misbehave.example.com/r")),
             "bad-url" => Ok(ProvisionReply::new().var("MISBEHAVE_URL", "not a url")),
             "foreign-var" => Ok(ProvisionReply::new()

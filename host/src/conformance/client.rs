@@ -1,0 +1,80 @@
+//! The kit's HTTP client: blocking, no redirects followed (the kit checks each hop itself), no
+//! cookies, and every answer kept whole — status, headers, body and time taken — whatever the
+//! status, because the negative checks care about 4xx answers as much as the others do 2xx.
+
+use std::time::{Duration, Instant};
+
+/// One answer from the provider.
+pub(super) struct Answer {
+    pub status: u16,
+    headers: Vec<(String, String)>,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+impl Answer {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub(super) fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// `status 404: {"error":…}` — what a failed check shows of the answer.
+    pub(super) fn brief(&self) -> String {
+        let mut body: String = self.body.chars().take(300).collect();
+        if body.len() < self.body.len() {
+            body.push('…');
+        }
+        format!("status {}: {}", self.status, body.trim())
+    }
+}
+
+pub(super) struct Http {
+    agent: ureq::Agent,
+}
+
+impl Http {
+    pub(super) fn new() -> Http {
+        let agent = ureq::AgentBuilder::new()
+            .redirects(0)
+            .timeout_connect(Duration::from_secs(10))
+            // Longer than any platform's budget: a slow provider is reported by the timing
+            // check, not cut off here.
+            .timeout(Duration::from_secs(60))
+            .build();
+        Http { agent }
+    }
+
+    /// Send one request; `Err` only when no HTTP answer came back.
+    pub(super) fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Answer, String> {
+        let mut request = self.agent.request(method, url);
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        let start = Instant::now();
+        let sent = match body {
+            Some(bytes) => request.send_bytes(bytes),
+            None => request.call(),
+        };
+        let response = match sent {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => return Err(format!("{method} {url}: no answer: {t}")),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .filter_map(|name| response.header(&name).map(|v| (name.clone(), v.to_owned())))
+            .collect();
+        let body = response.into_string().map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
+        Ok(Answer { status, headers, body, elapsed: start.elapsed() })
+    }
+}

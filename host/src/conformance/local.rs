@@ -1,0 +1,205 @@
+//! The kit against a plugin file: an in-process host on 127.0.0.1 and a temporary data
+//! directory, serving that one plugin with the add-on's settings from a config file, or with
+//! fresh credentials when there is none. Without a config, the Xervo manifest is unknown, so
+//! a first host answers one probe provision and the manifest declares the variables the
+//! plugin returned there.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{BitriseTarget, Report, Target, XervoTarget};
+use crate::config::{AddonConfig, AdminConfig, HostConfig, XervoConfig};
+use crate::service::Service;
+use crate::xervo::manifest::XervoSettings;
+
+/// What `addon-host test PLUGIN.wasm` was asked.
+pub struct Plugin {
+    pub wasm: PathBuf,
+    pub config: Option<PathBuf>,
+    pub addon: Option<String>,
+    pub plans: Vec<String>,
+    pub timed_calls: usize,
+}
+
+/// Serve the plugin and run the kit against it; the base URL it was served at.
+pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> {
+    let wasm = std::fs::canonicalize(&plugin.wasm).with_context(|| format!("plugin {}", plugin.wasm.display()))?;
+    let scratch = tempfile::tempdir().context("a temporary directory")?;
+    let (mut cfg, from_file) = match &plugin.config {
+        Some(path) => (chosen(HostConfig::load(path)?, &wasm, plugin.addon.as_deref())?, true),
+        None => (fresh(&wasm, plugin.addon.as_deref())?, false),
+    };
+    cfg.server.listen = ([127, 0, 0, 1], 0).into();
+    cfg.server.metrics_listen = None;
+    // A cache the config names explicitly is used (repeat runs start faster); the default
+    // one would be inside the add-on's real data directory, which the kit never touches.
+    if cfg.server.compile_cache.is_none() {
+        cfg.server.compile_cache = Some(scratch.path().join("compiled"));
+    }
+    // Configured, so that no admin token is generated and announced: the kit never uses it.
+    cfg.server.admins = vec![AdminConfig { name: "kit".into(), token: super::random_hex(16) }];
+    let mut addon = cfg.addons[0].clone();
+    addon.plugin = wasm;
+    if !from_file && addon.xervo.is_none() && !addon.id.contains('-') {
+        cfg.server.data_dir = scratch.path().join("probe");
+        cfg.addons = vec![addon.clone()];
+        let served = Served::start(&cfg).await?;
+        let vars = probe(&served.base(&addon.id), &addon).await;
+        served.stop().await?;
+        let prefix = addon.id.to_ascii_uppercase();
+        let declared: Vec<String> = vars.into_iter().filter(|v| v.starts_with(&prefix)).collect();
+        if !declared.is_empty() {
+            addon.xervo = Some(XervoConfig {
+                password: Some(super::random_hex(16)),
+                sso_salt: Some(super::random_hex(16)),
+                config_vars: declared,
+                ..XervoConfig::default()
+            });
+        }
+    }
+    cfg.server.data_dir = scratch.path().join("data");
+    cfg.addons = vec![addon.clone()];
+    cfg.validate().context("the add-on's settings")?;
+    let served = Served::start(&cfg).await?;
+    let base = served.base(&addon.id);
+    let mut target = target(&addon, &base, plugin.timed_calls)?;
+    if let Some(x) = target.xervo.as_mut() {
+        let settings = XervoSettings::resolve(&addon.id, addon.xervo.as_ref().context("xervo")?)?;
+        x.manifest = Some(settings.manifest(&served.origin, &served.origin));
+    }
+    if !plugin.plans.is_empty() {
+        target.plans = plans(&plugin.plans);
+    }
+    let mut taken = std::mem::take(report);
+    let kit = tokio::task::spawn_blocking(move || {
+        super::run(&target, &mut taken);
+        taken
+    });
+    *report = kit.await.context("the kit stopped")?;
+    served.stop().await?;
+    Ok(base)
+}
+
+/// The kit's target for an add-on served at `base`, from its settings.
+pub fn target(addon: &AddonConfig, base: &str, timed_calls: usize) -> anyhow::Result<Target> {
+    let xervo = match &addon.xervo {
+        Some(x) => {
+            let s = XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?;
+            Some(XervoTarget {
+                id: s.id.clone(),
+                password: s.password,
+                sso_salt: s.sso_salt,
+                config_vars: s.config_vars,
+                manifest: None,
+            })
+        }
+        None => None,
+    };
+    let configured =
+        if addon.plans.is_empty() { vec!["free".to_owned(), "pro".to_owned()] } else { addon.plans.clone() };
+    Ok(Target {
+        base: base.trim_end_matches('/').to_owned(),
+        prefix: addon.id.to_ascii_uppercase().replace('-', "_"),
+        plans: plans(&configured),
+        unknown_plan: (!addon.plans.is_empty()).then(|| "kit-no-such-plan".to_owned()),
+        bitrise: addon
+            .bitrise
+            .as_ref()
+            .map(|b| BitriseTarget { shared_token: b.shared_token.clone(), sso_secret: b.sso_secret.clone() }),
+        xervo,
+        deadline: Duration::from_millis(addon.limits.deadline_ms),
+        oversized: addon.limits.max_body_bytes + 1,
+        timed_calls,
+    })
+}
+
+/// The plan to provision and the one to change to (the second, or the first again).
+fn plans(list: &[String]) -> (String, String) {
+    let first = list.first().cloned().unwrap_or_else(|| "free".into());
+    (first.clone(), list.get(1).cloned().unwrap_or(first))
+}
+
+/// The add-on of the config file to test: `--addon`, else the one whose plugin is this file,
+/// else the only one.
+fn chosen(mut cfg: HostConfig, wasm: &Path, addon: Option<&str>) -> anyhow::Result<HostConfig> {
+    let index = match addon {
+        Some(id) => {
+            cfg.addons.iter().position(|a| a.id == id).with_context(|| format!("no add-on `{id}` in the config"))?
+        }
+        None => {
+            let same = |a: &AddonConfig| std::fs::canonicalize(&a.plugin).is_ok_and(|p| p == wasm);
+            match (cfg.addons.iter().position(same), cfg.addons.len()) {
+                (Some(i), _) => i,
+                (None, 1) => 0,
+                (None, 0) => bail!("the config has no add-on"),
+                (None, _) => bail!("the config has several add-ons and none uses this plugin: name one with --addon"),
+            }
+        }
+    };
+    cfg.addons = vec![cfg.addons.swap_remove(index)];
+    Ok(cfg)
+}
+
+/// A config for a plugin with nothing but its file: Bitrise with fresh credentials.
+fn fresh(wasm: &Path, addon: Option<&str>) -> anyhow::Result<HostConfig> {
+    let id = match addon {
+        Some(id) => id.to_owned(),
+        None => {
+            let stem = wasm.file_stem().and_then(|s| s.to_str()).context("the plugin's file name")?;
+            stem.to_ascii_lowercase().replace('_', "-")
+        }
+    };
+    let addon = AddonConfig::on_bitrise(&id, wasm, &super::random_hex(16), &super::random_hex(16));
+    Ok(HostConfig { server: crate::config::ServerConfig::default(), addons: vec![addon] })
+}
+
+/// The variable names one provision returns on Bitrise (none if it fails).
+async fn probe(base: &str, addon: &AddonConfig) -> Vec<String> {
+    let Some(token) = addon.bitrise.as_ref().map(|b| b.shared_token.clone()) else {
+        return Vec::new();
+    };
+    let url = format!("{base}/provision");
+    let answer = tokio::task::spawn_blocking(move || {
+        let body = serde_json::json!({ "app_slug": "kit-probe", "api_token": "t", "plan": "free" }).to_string();
+        let headers = [("Authentication", token.as_str()), ("Content-Type", "application/json")];
+        super::client::Http::new().send("POST", &url, &headers, Some(body.as_bytes()))
+    })
+    .await;
+    let Ok(Ok(answer)) = answer else {
+        return Vec::new();
+    };
+    let envs = answer.json().and_then(|v| v.get("envs").and_then(|e| e.as_array()).cloned()).unwrap_or_default();
+    envs.iter().filter_map(|e| e.get("key").and_then(|k| k.as_str()).map(str::to_owned)).collect()
+}
+
+/// An in-process host serving on 127.0.0.1.
+struct Served {
+    origin: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    async fn start(cfg: &HostConfig) -> anyhow::Result<Served> {
+        let service = Arc::new(Service::start(cfg)?);
+        let listener = tokio::net::TcpListener::bind(cfg.server.listen).await.context("binding 127.0.0.1")?;
+        let origin = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::serve(listener, service, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Served { origin, stop, task })
+    }
+
+    fn base(&self, addon: &str) -> String {
+        format!("{}/addons/{addon}", self.origin)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("the test host stopped")?
+    }
+}

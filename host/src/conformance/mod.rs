@@ -1,0 +1,121 @@
+//! `addon-host test`: the conformance kit, built in. It drives a provider over HTTP the way
+//! the platforms' own kits do (Bitrise's `bitrise-addon-test`, Xervo's `dia`), adds the
+//! negative cases neither kit sends (bad, missing and cross-protocol credentials; stale,
+//! forged and replayed SSO tokens; unknown plans; malformed and oversized bodies; unknown
+//! resources) and checks the plugin's hygiene (variable names, prefixes, values, URLs, call
+//! time against the deadline). The provider is either a plugin served by an in-process host
+//! on a temporary data directory ([`local`]) or any running provider given by URL.
+
+mod bitrise;
+mod client;
+mod hygiene;
+pub mod local;
+mod report;
+mod xervo;
+
+use std::time::Duration;
+
+pub use report::{Outcome, Report};
+
+use client::{Answer, Http};
+
+/// What the kit tests: a provider's base URL (`…/addons/ID`) and what it needs to talk to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL of the add-on, without a trailing slash.
+    pub base: String,
+    /// The upper-cased id every variable name must start with.
+    pub prefix: String,
+    /// The plan to provision, and the plan to change to.
+    pub plans: (String, String),
+    /// A plan the provider must refuse; `None` when it accepts any plan (or the kit cannot
+    /// know which it refuses).
+    pub unknown_plan: Option<String>,
+    pub bitrise: Option<BitriseTarget>,
+    pub xervo: Option<XervoTarget>,
+    /// The time one call may take: the add-on's deadline, or the platform's.
+    pub deadline: Duration,
+    /// The size of a body the provider must refuse as too large.
+    pub oversized: usize,
+    /// Calls timed for the deadline check.
+    pub timed_calls: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct BitriseTarget {
+    pub shared_token: String,
+    pub sso_secret: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct XervoTarget {
+    /// The manifest's `id`: the Basic user name.
+    pub id: String,
+    pub password: String,
+    pub sso_salt: String,
+    /// The config vars the manifest declares: each provision must return them, non-empty.
+    pub config_vars: Vec<String>,
+    /// The manifest the host would publish, checked as dia checks it (when known).
+    pub manifest: Option<serde_json::Value>,
+}
+
+/// Run every check against `target`, blocking; each outcome goes to `report` as it is known.
+pub fn run(target: &Target, report: &mut Report) {
+    let http = Http::new();
+    let mut timed = false;
+    match &target.bitrise {
+        Some(b) => {
+            let vars = bitrise::run(&http, target, b, report);
+            hygiene::vars(report, "bitrise", &target.prefix, vars.as_deref());
+            hygiene::timing(&http, target, report, hygiene::Protocol::Bitrise(b));
+            timed = true;
+        }
+        None => report.skip("bitrise", "the add-on is not offered on Bitrise"),
+    }
+    match &target.xervo {
+        Some(x) => {
+            let vars = xervo::run(&http, target, x, report);
+            hygiene::vars(report, "xervo", &target.prefix, vars.as_deref());
+            if !timed {
+                hygiene::timing(&http, target, report, hygiene::Protocol::Xervo(x));
+            }
+        }
+        None => report.skip("xervo", "the add-on is not offered on Xervo"),
+    }
+}
+
+/// A fresh 16-hex-digit id, as the platforms' kits make them.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // Without randomness the ids are still distinct per run (time), which is all they need.
+    if getrandom::fill(&mut buf).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        buf.iter_mut().zip(nanos.as_nanos().to_le_bytes().iter().cycle()).for_each(|(b, n)| *b = *n);
+    }
+    hex::encode(buf)
+}
+
+fn unix_now() -> i64 {
+    crate::clock::unix_secs()
+}
+
+/// `hex(sha1(subject:secret:timestamp))`: both platforms' SSO token.
+fn sso_token(subject: &str, secret: &str, timestamp: i64) -> String {
+    use sha1::Digest;
+    hex::encode(sha1::Sha1::digest(format!("{subject}:{secret}:{timestamp}").as_bytes()))
+}
+
+/// The answer, if its status is one of `allowed`; otherwise why not.
+fn expect(answer: Result<Answer, String>, allowed: &[u16]) -> Result<Answer, String> {
+    let answer = answer?;
+    if allowed.contains(&answer.status) {
+        return Ok(answer);
+    }
+    let wanted = allowed.iter().map(u16::to_string).collect::<Vec<_>>().join(" or ");
+    Err(format!("expected {wanted}, got {}", answer.brief()))
+}
+
+/// A refusal: one of `allowed`, and never a 5xx or 2xx.
+fn refused(answer: Result<Answer, String>, allowed: &[u16]) -> Result<String, String> {
+    expect(answer, allowed).map(|a| format!("{} in {} ms", a.status, a.elapsed.as_millis()))
+}

@@ -1,0 +1,262 @@
+//! Xervo: dia's checks (the manifest, provision answering 200 with an id and every declared
+//! config var, plan change with a message, SSO refusing a bad token with 403 and answering a
+//! good one with a 302 to a page that opens without cookies, deprovision answering 200) and
+//! the refusals dia never sends, the first ones before the resource exists.
+
+use base64::Engine;
+
+use super::client::{Answer, Http};
+use super::{Report, Target, XervoTarget, expect, random_hex, refused, sso_token, unix_now};
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+const ACCEPT: (&str, &str) = ("Accept", "application/json");
+const DENIED: &[u16] = &[401, 403];
+
+/// `Basic base64(id:password)`.
+pub(super) fn basic(x: &XervoTarget) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", x.id, x.password)))
+}
+
+struct Xervo<'a> {
+    http: &'a Http,
+    creds: &'a XervoTarget,
+    resources: String,
+    sso: String,
+    basic: String,
+    app: String,
+}
+
+impl Xervo<'_> {
+    fn auth(&self) -> (&str, &str) {
+        ("Authorization", self.basic.as_str())
+    }
+
+    fn body(&self, plan: &str) -> String {
+        serde_json::json!({
+            "options": {},
+            "callback_url": "http://localhost:8000/callback/999",
+            "modulus_id": self.app,
+            "email": format!("{}@example.com", self.app),
+            "plan": plan,
+            "region": "us-east-1",
+        })
+        .to_string()
+    }
+
+    fn provision(&self, headers: &[(&str, &str)], body: &str) -> Result<Answer, String> {
+        self.http.send("POST", &self.resources, headers, Some(body.as_bytes()))
+    }
+
+    fn change_plan(&self, id: &str, headers: &[(&str, &str)], plan: &str) -> Result<Answer, String> {
+        let body = serde_json::json!({ "plan": plan, "modulus_id": self.app }).to_string();
+        self.http.send("PUT", &format!("{}/{id}", self.resources), headers, Some(body.as_bytes()))
+    }
+
+    fn deprovision(&self, id: &str, headers: &[(&str, &str)]) -> Result<Answer, String> {
+        self.http.send("DELETE", &format!("{}/{id}", self.resources), headers, None)
+    }
+
+    fn sso(&self, id: &str, timestamp: i64, token: &str) -> Result<Answer, String> {
+        let body = serde_json::json!({
+            "id": id, "timestamp": timestamp, "email": format!("{}@example.com", self.app),
+            "token": token, "nav-data": "",
+        });
+        self.http.send("POST", &self.sso, &[ACCEPT, JSON], Some(body.to_string().as_bytes()))
+    }
+
+    /// A good token: 302 with a Location, which opens with 200 without any cookie.
+    fn sso_opens(&self, id: &str, ts: i64) -> Result<String, String> {
+        let redirect = expect(self.sso(id, ts, &sso_token(id, &self.creds.sso_salt, ts)), &[302])?;
+        let location = redirect.header("Location").ok_or("a 302 without Location (dia crashes on it)")?;
+        let url =
+            if location.contains("http") { location.to_owned() } else { format!("{}{location}", origin(&self.sso)) };
+        let page = expect(self.http.send("GET", &url, &[], None), &[200])?;
+        Ok(format!("302 then 200 ({} bytes) without cookies", page.body.len()))
+    }
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> &str {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    url[after..].find('/').map_or(url, |i| &url[..after + i])
+}
+
+/// Run the Xervo checks; the config of the first provision, when it succeeded.
+pub(super) fn run(
+    http: &Http,
+    target: &Target,
+    creds: &XervoTarget,
+    report: &mut Report,
+) -> Option<Vec<(String, String)>> {
+    let (mut resources, mut sso) = (format!("{}/resources", target.base), format!("{}/sso/login", target.base));
+    match &creds.manifest {
+        Some(m) => {
+            if report.check("xervo: the manifest passes dia's rules", manifest(m, creds)) {
+                let test = &m["api"]["test"];
+                resources = test["base_url"].as_str().unwrap_or(&resources).to_owned();
+                sso = test["sso_url"].as_str().unwrap_or(&sso).to_owned();
+            }
+        }
+        None => report.skip("xervo: the manifest passes dia's rules", "no manifest known for this provider"),
+    }
+    let x = Xervo { http, creds, resources, sso, basic: basic(creds), app: format!("kit{}", random_hex(6)) };
+    let (auth, plan) = (x.auth(), target.plans.0.as_str());
+    let body = x.body(plan);
+
+    report
+        .check("xervo: provision without credentials is refused", refused(x.provision(&[ACCEPT, JSON], &body), DENIED));
+    let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:wrong", creds.id)));
+    report.check(
+        "xervo: provision with a wrong password is refused",
+        refused(x.provision(&[("Authorization", &wrong), JSON], &body), DENIED),
+    );
+    match &target.bitrise {
+        Some(b) => {
+            report.check(
+                "xervo: provision with Bitrise's shared token is refused",
+                refused(x.provision(&[("Authentication", &b.shared_token), JSON], &body), DENIED),
+            );
+        }
+        None => report.skip("xervo: provision with Bitrise's shared token is refused", "the add-on is not on Bitrise"),
+    }
+    report.check(
+        "xervo: a malformed JSON body is refused",
+        refused(x.provision(&[auth, JSON], "{\"plan\":"), &[400, 422]),
+    );
+    if let Some(unknown) = &target.unknown_plan {
+        report.check(
+            "xervo: provision of an unknown plan is refused",
+            refused(x.provision(&[auth, JSON], &x.body(unknown)), &[400, 422]),
+        );
+    }
+
+    let first = expect(x.provision(&[auth, ACCEPT, JSON], &body), &[200]).and_then(|a| {
+        let (id, config) = provisioned(&a, &creds.config_vars)?;
+        Ok((a, id, config))
+    });
+    let (answer, id, config) = match first {
+        Ok(ok) => ok,
+        Err(why) => {
+            report.check("xervo: provision answers 200 with an id and the declared config vars", Err(why));
+            report.skip("xervo: the rest of the sequence", "the first provision failed");
+            return None;
+        }
+    };
+    report.check(
+        "xervo: provision answers 200 with an id and the declared config vars",
+        Ok(format!("id {id}, {} var(s) in {} ms", config.len(), answer.elapsed.as_millis())),
+    );
+    report.check(
+        "xervo: the same provision again answers the same resource",
+        expect(x.provision(&[auth, ACCEPT, JSON], &body), &[200]).and_then(|again| {
+            if again.body == answer.body {
+                Ok("identical body".into())
+            } else {
+                Err(format!("{} then {}", answer.body, again.body))
+            }
+        }),
+    );
+
+    report.check(
+        "xervo: plan change answers 200 with a message",
+        expect(x.change_plan(&id, &[auth, ACCEPT, JSON], &target.plans.1), &[200]).and_then(|a| match a.json() {
+            Some(v) if v.get("message").is_some() => Ok(format!("to {}", target.plans.1)),
+            _ => Err(format!("no `message` (dia requires one): {}", a.brief())),
+        }),
+    );
+    if let Some(unknown) = &target.unknown_plan {
+        report.check(
+            "xervo: plan change to an unknown plan is refused",
+            refused(x.change_plan(&id, &[auth, JSON], unknown), &[400, 422]),
+        );
+    }
+    report
+        .check("xervo: plan change without credentials is refused", refused(x.change_plan(&id, &[JSON], plan), DENIED));
+    report.check(
+        "xervo: plan change of an unknown resource is refused",
+        refused(x.change_plan(&format!("{id}x"), &[auth, JSON], plan), &[404, 410]),
+    );
+
+    let ts = unix_now();
+    report.check("xervo: SSO with an invalid token answers 403", refused(x.sso(&id, ts, "invalid"), &[403]));
+    report.check("xervo: SSO with a good token opens the dashboard", x.sso_opens(&id, ts));
+    let token = sso_token(&id, &creds.sso_salt, ts);
+    report.check("xervo: a replayed SSO token is refused", refused(x.sso(&id, ts, &token), &[403]));
+    let stale = ts - 3_600;
+    report.check(
+        "xervo: an SSO token an hour old is refused",
+        refused(x.sso(&id, stale, &sso_token(&id, &creds.sso_salt, stale)), &[403]),
+    );
+    report.check(
+        "xervo: an SSO body without a token is refused",
+        refused(x.http.send("POST", &x.sso, &[JSON], Some(format!("{{\"id\":\"{id}\"}}").as_bytes())), &[400, 403]),
+    );
+
+    report.check("xervo: deprovision without credentials is refused", refused(x.deprovision(&id, &[]), DENIED));
+    report.check("xervo: deprovision answers 200", expect(x.deprovision(&id, &[auth]), &[200]).map(|_| "200".into()));
+    report.check(
+        "xervo: deprovision again answers 200",
+        expect(x.deprovision(&id, &[auth]), &[200]).map(|_| "200".into()),
+    );
+    report.check(
+        "xervo: deprovision of an unknown resource is refused",
+        refused(x.deprovision(&format!("{id}x"), &[auth]), &[404, 410]),
+    );
+    // dia's chain signs in after deprovision and expects 403, then 302 and 200.
+    report.check("xervo: SSO after deprovision still opens (dia's chain)", x.sso_opens(&id, unix_now() + 1));
+    Some(config)
+}
+
+/// The id and config of a provision answer, with every declared var present and non-empty.
+fn provisioned(answer: &Answer, declared: &[String]) -> Result<(String, Vec<(String, String)>), String> {
+    let v = answer.json().ok_or_else(|| format!("the body is not JSON: {}", answer.brief()))?;
+    let id = match v.get("id") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(n @ serde_json::Value::Number(_)) => n.to_string(),
+        _ => return Err(format!("no `id`: {}", answer.brief())),
+    };
+    let config =
+        v.get("config").and_then(|c| c.as_object()).ok_or_else(|| format!("no `config` object: {}", answer.brief()))?;
+    for var in declared {
+        match config.get(var).and_then(|v| v.as_str()) {
+            Some(value) if !value.is_empty() => {}
+            _ => return Err(format!("config var {var} (declared in the manifest) is missing or empty")),
+        }
+    }
+    let vars =
+        config.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect();
+    Ok((id, vars))
+}
+
+/// dia's manifest rules, the blocking and the non-blocking ones alike.
+fn manifest(m: &serde_json::Value, creds: &XervoTarget) -> Result<String, String> {
+    let id = m["id"].as_str().ok_or("`id` is not a string")?;
+    let api = m.get("api").ok_or("no `api`")?;
+    let vars = api["config_vars"].as_array().ok_or("`api.config_vars` is not an array")?;
+    if vars.is_empty() {
+        return Err("`api.config_vars` is empty".into());
+    }
+    let prefix = id.to_ascii_uppercase();
+    for var in vars {
+        let var = var.as_str().ok_or("a config var is not a string")?;
+        if !var.starts_with(&prefix) {
+            return Err(format!("config var {var} does not start with {prefix}"));
+        }
+    }
+    for field in ["password", "sso_salt"] {
+        if api[field].as_str().is_none_or(str::is_empty) {
+            return Err(format!("`api.{field}` is not a non-empty string"));
+        }
+    }
+    for block in ["production", "test"] {
+        for field in ["base_url", "sso_url"] {
+            if api[block][field].as_str().is_none_or(str::is_empty) {
+                return Err(format!("`api.{block}.{field}` is not a non-empty string"));
+            }
+        }
+    }
+    if id != creds.id {
+        return Err(format!("the manifest's id {id:?} is not the Basic user {:?}", creds.id));
+    }
+    Ok(format!("{} config var(s)", vars.len()))
+}

@@ -1,0 +1,165 @@
+//! `addon-host test`, the conformance kit, run as a partner runs it: against the example
+//! add-ons served by the real binary (`--url`), against plugin files, and against the
+//! misbehaving test plugin, whose plans break each hygiene rule the kit checks.
+
+use addon_host_tests::{AddonToml, addons_toml};
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::process::{spawn, write_config};
+
+/// The example add-ons as `addon-host.toml` at the repository root configures them.
+fn examples() -> String {
+    let myaddon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .plans(&["test", "free", "pro"])
+        .bitrise("kit-myaddon-token", "kit-myaddon-sso")
+        .xervo("kit-myaddon-password", "kit-myaddon-salt", &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"])
+        .config("host_url", "https://myaddon.example.com");
+    let storage = AddonToml::new("storage", addon_host_tests::PLUGIN_QUOTA)
+        .plans(&["free", "pro", "enterprise"])
+        .bitrise("kit-storage-token", "kit-storage-sso")
+        .xervo("kit-storage-password", "kit-storage-salt", &["STORAGE_URL", "STORAGE_QUOTA_MB"])
+        .config("bucket_url", "https://storage.example.com/buckets")
+        .config("free_capacity", "1000")
+        .config("docs_url", "https://storage.example.com/docs/plans")
+        .secret("signing_key", "kit-signing-key");
+    addons_toml(&[myaddon, storage])
+}
+
+/// Run `addon-host test ARGS --json`: whether it exited 0, and its report.
+async fn kit(args: &[&str]) -> (bool, Value) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_addon-host-e2e")).arg("test").args(args).arg("--json").output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {text}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), report)
+}
+
+/// The outcome and detail of the check whose name starts with `name`.
+fn check<'a>(report: &'a Value, name: &str) -> (&'a str, &'a str) {
+    let checks = report["checks"].as_array().expect("checks");
+    let found = checks.iter().find(|c| c["name"].as_str().unwrap().starts_with(name));
+    let found = found.unwrap_or_else(|| panic!("no check `{name}` in {report:#}"));
+    (found["outcome"].as_str().unwrap(), found["detail"].as_str().unwrap())
+}
+
+fn assert_all_pass(ok: bool, report: &Value) {
+    assert!(ok, "the kit failed: {report:#}");
+    assert_eq!((report["failed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(0)), "{report:#}");
+    assert!(report["passed"].as_u64().unwrap() >= 55, "too few checks ran: {report:#}");
+}
+
+#[tokio::test]
+async fn the_kit_passes_the_served_examples_by_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(dir.path(), &examples()).await;
+    let config = server.config.to_str().unwrap();
+    for addon in ["myaddon", "storage"] {
+        let url = format!("http://{}/addons/{addon}", server.addr);
+        let (ok, report) = kit(&["--url", &url, "--config", config]).await;
+        assert_all_pass(ok, &report);
+        // A few of the checks neither platform's kit has, by name.
+        for name in [
+            "bitrise: a replayed SSO token is refused",
+            "bitrise: provision with Xervo's credentials is refused",
+            "bitrise: an oversized body is refused",
+            "xervo: provision with Bitrise's shared token is refused",
+            "xervo: an SSO token an hour old is refused",
+            "call time",
+        ] {
+            assert_eq!(check(&report, name).0, "pass", "{name}: {report:#}");
+        }
+    }
+    // Without a config, with the credentials as flags: Bitrise's checks only.
+    let url = format!("http://{}/addons/myaddon", server.addr);
+    let flags = ["--bitrise-token", "kit-myaddon-token", "--sso-secret", "kit-myaddon-sso", "--plans", "test,pro"];
+    let (ok, report) = kit(&[&["--url", &url], &flags[..]].concat()).await;
+    assert!(ok && report["failed"] == 0, "{report:#}");
+    assert_eq!(check(&report, "xervo").0, "skip");
+    // Wrong credentials: the sequence fails, and says why.
+    let (ok, report) = kit(&["--url", &url, "--bitrise-token", "wrong", "--sso-secret", "x"]).await;
+    assert!(!ok);
+    let (outcome, detail) = check(&report, "bitrise: provision answers 201");
+    assert!(outcome == "fail" && detail.contains("expected 201, got status 401"), "{detail}");
+}
+
+#[tokio::test]
+async fn the_kit_passes_the_example_plugin_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &examples());
+    let config = config.to_str().unwrap();
+    for plugin in [addon_host_tests::PLUGIN_CREDENTIALS, addon_host_tests::PLUGIN_QUOTA] {
+        let (ok, report) = kit(&[plugin, "--config", config]).await;
+        assert_all_pass(ok, &report);
+        assert_eq!(check(&report, "xervo: the manifest passes dia's rules").0, "pass");
+    }
+    // With nothing but the plugin file, the kit makes up credentials and learns the Xervo
+    // manifest from a first provision; the credentials plugin needs its `host_url`, and the
+    // kit says so.
+    let (ok, report) = kit(&[addon_host_tests::PLUGIN_CREDENTIALS]).await;
+    assert!(!ok);
+    let (outcome, detail) = check(&report, "bitrise: provision answers 201");
+    assert!(outcome == "fail" && detail.contains("config `host_url` is not set"), "{detail}");
+    let (ok, report) = kit(&[addon_host_tests::PLUGIN_VERSIONED_A, "--addon", "versioned"]).await;
+    assert!(ok, "{report:#}");
+    assert_eq!(check(&report, "xervo: SSO with a good token opens the dashboard").0, "pass", "{report:#}");
+}
+
+/// Each hygiene rule, broken by one plan of the misbehaving plugin: the kit fails, names the
+/// rule and shows the offending variable. The host itself refuses some replies (an empty
+/// value); the kit then fails the provision with the host's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_fails_plugins_that_break_each_hygiene_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = AddonToml::new("misbehave", addon_host_tests::PLUGIN_MISBEHAVE)
+        .bitrise("kit-misbehave-token", "kit-misbehave-sso")
+        .to_toml();
+    // The suite's shared compile cache: each run starts without compiling the plugin again.
+    let cache = std::env::temp_dir().join("addon-host-tests-compiled");
+    let server = format!("compile_cache = {:?}\n", cache.to_str().unwrap());
+    let config = write_config(dir.path(), &format!("{server}{misbehave}"));
+    let config = config.to_str().unwrap();
+    // `slow` spins 100 ms a call: over half of this deadline (its calls may also time out).
+    let slow_dir = tempfile::tempdir().unwrap();
+    let slow = write_config(slow_dir.path(), &format!("{server}{misbehave}[addon.limits]\ndeadline_ms = 150\n"));
+    let slow = slow.to_str().unwrap();
+    let cases = [
+        ("lower-name", config, "bitrise: variable names are A-Z", "MISBEHAVE_lower"),
+        ("foreign-var", config, "bitrise: variable names start with MISBEHAVE_", "OTHER_TOKEN"),
+        ("blank-value", config, "bitrise: variable values are not empty", "MISBEHAVE_BLANK"),
+        ("bad-url", config, "bitrise: *_URL values are URLs", "MISBEHAVE_URL=\"not a url\""),
+        ("empty-value", config, "bitrise: provision answers 201", "`MISBEHAVE_EMPTY` has an empty value"),
+        ("slow", slow, "call time", "under load"),
+    ];
+    let runs = cases.iter().map(|(plan, config, ..)| {
+        let plans = format!("{plan},normal");
+        async move {
+            kit(&[addon_host_tests::PLUGIN_MISBEHAVE, "--config", config, "--plans", &plans, "--timed-calls", "5"])
+                .await
+        }
+    });
+    let reports = futures::future::join_all(runs).await;
+    for ((plan, _, name, needle), (ok, report)) in cases.iter().zip(reports) {
+        assert!(!ok, "plan {plan} passed: {report:#}");
+        let (outcome, detail) = check(&report, name);
+        assert!(outcome == "fail" && detail.contains(needle), "plan {plan}: {name} is {outcome}: {detail}");
+        // Only that rule fails: the rest of the sequence still passes (a failed provision
+        // stops the sequence; a slow plugin may also miss its deadline elsewhere).
+        let failed: Vec<&str> = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["outcome"] == "fail")
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            failed.iter().all(|f| f.starts_with(name)) || ["empty-value", "slow"].contains(plan),
+            "plan {plan}: {failed:?}"
+        );
+    }
+    // The well-behaved plan of the same plugin passes.
+    let (ok, report) =
+        kit(&[addon_host_tests::PLUGIN_MISBEHAVE, "--config", config, "--plans", "normal", "--timed-calls", "5"]).await;
+    assert!(ok, "{report:#}");
+}
