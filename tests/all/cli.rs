@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use addon_host_tests::AddonToml;
 use tokio::process::Command;
 
-use crate::process::{Server, exchange, spawn, spawn_config, spawn_with};
+use crate::process::{Server, exchange, spawn, spawn_config_with, spawn_with};
 
 const TOKEN: &str = "cli-shared-token";
 
@@ -110,8 +110,9 @@ async fn watch_mode_reloads_a_rebuilt_plugin() {
     assert!(refused, "the watcher never reported the broken build");
     assert_eq!(version_served(&server, "after-garbage").await, "b");
 
-    // A build written slowly, in pieces 50 ms apart (the watcher polls every 300 ms), is
-    // loaded once it is whole: no half-written file is ever tried (red without the debounce).
+    // A build written slowly, in pieces 50 ms apart (changes must stop for 300 ms), is
+    // loaded once it is whole: no half-written file is ever tried (red without the debounce:
+    // changes are acted on once they have stopped for 300 ms).
     let refusals = || server.log.lock().unwrap().iter().filter(|l| l.contains("changed plugin refused")).count();
     assert_eq!(refusals(), 1);
     let bytes = std::fs::read(addon_host_tests::PLUGIN_VERSIONED_A).unwrap();
@@ -232,10 +233,39 @@ async fn a_new_project_builds_tests_and_serves() {
 
     let generated = std::fs::read_to_string(&config).unwrap();
     let token = generated.split("shared_token = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let server = spawn_config(&config).await;
-    let body = r#"{"app_slug":"app-1","api_token":"t","plan":"free"}"#;
+    // The partner's loop: `serve --watch` builds, serves, and rebuilds on each saved change.
+    let server = spawn_config_with(&config, &["--watch"]).await;
     let headers = [("Authentication", token.as_str()), ("Content-Type", "application/json")];
-    let (status, reply) = exchange(&server.addr, "POST", "/addons/hello/provision", &headers, body).await;
+    let provision = |slug: String| {
+        let (addr, headers) = (server.addr.clone(), headers);
+        async move {
+            let body = format!(r#"{{"app_slug":"{slug}","api_token":"t","plan":"free"}}"#);
+            exchange(&addr, "POST", "/addons/hello/provision", &headers, &body).await
+        }
+    };
+    let (status, reply) = provision("app-1".into()).await;
     assert_eq!(status, 201, "{reply}");
     assert!(reply.contains("HELLO_URL") && reply.contains("https://hello.example.com/apps/app-1"), "{reply}");
+
+    let source = project.join("src/lib.rs");
+    let original = std::fs::read_to_string(&source).unwrap();
+    assert!(original.contains(r#""{}/apps/{}""#), "the template changed: {original}");
+    std::fs::write(&source, original.replace(r#""{}/apps/{}""#, r#""{}/v2/apps/{}""#)).unwrap();
+    let started = Instant::now();
+    for n in 0.. {
+        let (status, reply) = provision(format!("edit-{n}")).await;
+        assert_eq!(status, 201, "{reply}");
+        if reply.contains(&format!("https://hello.example.com/v2/apps/edit-{n}")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "the edit was never built and served: {reply}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A change that does not compile: the compiler's error is shown, the last good build serves.
+    std::fs::write(&source, format!("{original}\nfn broken( {{\n")).unwrap();
+    assert!(server.logged("build failed", Duration::from_secs(180)).await, "the failed build was not reported");
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("error: ") && log.contains("src/lib.rs"), "the build error is not shown: {log}");
+    let (status, reply) = provision("after-broken".into()).await;
+    assert!(status == 201 && reply.contains("/v2/apps/after-broken"), "{reply}");
 }

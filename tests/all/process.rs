@@ -59,10 +59,13 @@ pub(crate) async fn spawn_with(dir: &std::path::Path, addons: &str, extra: &[&st
     start(command, config).await
 }
 
-/// Serve an existing config file (on any port: `--listen 127.0.0.1:0`).
-pub(crate) async fn spawn_config(config: &std::path::Path) -> Server {
+/// Serve an existing config file (on any port: `--listen 127.0.0.1:0`) with extra `serve`
+/// arguments. Builds the server runs (`--watch`) use their own target folder, not the one
+/// the tests were built in.
+pub(crate) async fn spawn_config_with(config: &std::path::Path, extra: &[&str]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
-    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config).args(extra);
+    command.env_remove("CARGO_TARGET_DIR");
     start(command, config.to_path_buf()).await
 }
 

@@ -39,7 +39,9 @@ enum Command {
         /// Data directory (overrides `server.data_dir`).
         #[arg(long, env = "ADDON_HOST_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Development mode: reload an add-on's plugin when its .wasm file changes on disk.
+        /// Development mode: build each add-on with `[addon.build]` and rebuild it when its
+        /// sources change, swapping in each good build; reload other add-ons' plugins when
+        /// their .wasm file changes on disk.
         #[arg(long)]
         watch: bool,
     },
@@ -153,6 +155,9 @@ async fn serve(
     if let Some(dir) = data_dir {
         cfg.server.data_dir = dir;
     }
+    if watch {
+        crate::watch::build_all(&cfg).await?;
+    }
     let service = Arc::new(Service::start(&cfg)?);
     if let Some(token) = service.admins().take_generated() {
         println!("addon-host admin token (shown once; only its hash is stored): {token}");
@@ -166,7 +171,7 @@ async fn serve(
         tracing::info!("serving {} at http://{addr}/addons/{}", addon.id(), addon.id());
     }
     if watch {
-        crate::watch::spawn(service.clone(), &cfg);
+        crate::watch::spawn(service.clone(), &cfg)?;
     }
     if let Some(at) = cfg.server.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(at).await.with_context(|| format!("binding metrics {at}"))?;

@@ -119,6 +119,12 @@ plans = ["free", "pro"]
 shared_token = "{shared}"
 sso_secret = "{sso}"
 {xervo}
+# `addon-host serve --watch` runs this at start and whenever src/ or Cargo.toml changes, and
+# swaps in each build that succeeds (a failed build is shown; the last good one keeps serving).
+[addon.build]
+command = "cargo build --release --target wasm32-wasip2 --target-dir target"
+watch = ["src", "Cargo.toml"]
+
 [addon.config]
 host_url = "https://{name}.example.com"
 "#,
@@ -199,5 +205,7 @@ checks on the variables and the call time, one PASS/FAIL line each.
   double (`addon_sdk::testing`).
 - `addon-host.toml` holds the dev credentials generated for this project
   (`[addon.bitrise] shared_token`, `sso_secret`).
-- `addon-host serve --watch` reloads the plugin whenever the build changes it.
+- `addon-host serve --watch` builds the plugin, serves it, and rebuilds and swaps it in
+  each time you save a change under `src/` (`[addon.build]` in `addon-host.toml`); a build
+  error is shown and the last good build keeps serving.
 "#;

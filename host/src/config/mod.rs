@@ -173,6 +173,30 @@ pub struct AddonConfig {
     /// add-on's plugin versions, and nothing else (`[[addon.deployers]] name, token`).
     #[serde(default)]
     pub deployers: Vec<AdminConfig>,
+    /// How the plugin is built from source, for `serve --watch` (development).
+    pub build: Option<BuildConfig>,
+}
+
+/// `[addon.build]`: the partner's build, run by `serve --watch` at start and whenever a watched
+/// source changes; the plugin file it writes is swapped in when the build succeeds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// A shell command (`sh -c`), e.g. `cargo build --release --target wasm32-wasip2`.
+    pub command: String,
+    /// Files and folders whose changes start a build (relative paths: to `dir`); changes
+    /// under a `target` or `.git` folder are ignored, so a build never starts itself again.
+    #[serde(default = "BuildConfig::default_watch")]
+    pub watch: Vec<PathBuf>,
+    /// Where the command runs (default: the config file's folder).
+    #[serde(default)]
+    pub dir: PathBuf,
+}
+
+impl BuildConfig {
+    fn default_watch() -> Vec<PathBuf> {
+        vec![PathBuf::from("src"), PathBuf::from("Cargo.toml")]
+    }
 }
 
 impl AddonConfig {
@@ -189,6 +213,7 @@ impl AddonConfig {
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),
             deployers: Vec::new(),
+            build: None,
         }
     }
 }
@@ -328,6 +353,12 @@ impl HostConfig {
         for addon in &mut self.addons {
             if addon.plugin.is_relative() {
                 addon.plugin = base.join(&addon.plugin);
+            }
+            if let Some(build) = &mut addon.build {
+                build.dir = base.join(&build.dir);
+                for path in &mut build.watch {
+                    *path = build.dir.join(&*path);
+                }
             }
             if let Some(manifest) = addon.xervo.as_mut().and_then(|x| x.manifest.as_mut())
                 && manifest.is_relative()
