@@ -5,6 +5,7 @@
 mod process;
 mod support;
 mod watchdog;
+mod wit;
 
 mod allocator;
 mod bitrise;
