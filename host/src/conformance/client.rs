@@ -39,6 +39,10 @@ impl Http {
     pub(super) fn new() -> Http {
         let agent = ureq::AgentBuilder::new()
             .redirects(0)
+            // A fresh connection per request: a server may close a kept-alive connection after
+            // refusing a request without reading its body, and a request sent on it just then
+            // would see the close instead of an answer (seen in CI: "Unexpected EOF").
+            .max_idle_connections(0)
             .timeout_connect(Duration::from_secs(10))
             // Longer than any platform's budget: a slow provider is reported by the timing
             // check, not cut off here.
