@@ -8,13 +8,19 @@ use tokio::process::Command;
 
 use crate::process::{spawn, write_config};
 
-/// The example add-ons as `addon-host.toml` at the repository root configures them.
-fn examples() -> String {
-    let myaddon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+/// The `credentials` example (in any language: `plugin`) as `myaddon`, configured as
+/// `addon-host.toml` at the repository root configures it.
+pub(crate) fn credentials(plugin: &str) -> AddonToml {
+    AddonToml::new("myaddon", plugin)
         .plans(&["test", "free", "pro"])
         .bitrise("kit-myaddon-token", "kit-myaddon-sso")
         .xervo("kit-myaddon-password", "kit-myaddon-salt", &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"])
-        .config("host_url", "https://myaddon.example.com");
+        .config("host_url", "https://myaddon.example.com")
+}
+
+/// The example add-ons as `addon-host.toml` at the repository root configures them.
+fn examples() -> String {
+    let myaddon = credentials(addon_host_tests::PLUGIN_CREDENTIALS);
     let storage = AddonToml::new("storage", addon_host_tests::PLUGIN_QUOTA)
         .plans(&["free", "pro", "enterprise"])
         .bitrise("kit-storage-token", "kit-storage-sso")
@@ -27,7 +33,7 @@ fn examples() -> String {
 }
 
 /// Run `addon-host test ARGS --json`: whether it exited 0, and its report.
-async fn kit(args: &[&str]) -> (bool, Value) {
+pub(crate) async fn kit(args: &[&str]) -> (bool, Value) {
     let out =
         Command::new(env!("CARGO_BIN_EXE_addon-host-e2e")).arg("test").args(args).arg("--json").output().await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -44,7 +50,7 @@ fn check<'a>(report: &'a Value, name: &str) -> (&'a str, &'a str) {
     (found["outcome"].as_str().unwrap(), found["detail"].as_str().unwrap())
 }
 
-fn assert_all_pass(ok: bool, report: &Value) {
+pub(crate) fn assert_all_pass(ok: bool, report: &Value) {
     assert!(ok, "the kit failed: {report:#}");
     assert_eq!((report["failed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(0)), "{report:#}");
     assert!(report["passed"].as_u64().unwrap() >= 55, "too few checks ran: {report:#}");

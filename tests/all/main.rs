@@ -22,6 +22,7 @@ mod durability;
 mod edge;
 mod isolation;
 mod kit;
+mod languages;
 mod limits;
 mod liveness;
 mod load;

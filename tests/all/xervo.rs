@@ -18,7 +18,7 @@ impl TestHost {
         self.send(method, &format!("/addons/{addon}{path}"), &headers, body.to_owned()).await
     }
 
-    async fn xprovision(&self, app: &str, plan: &str) -> Reply {
+    pub(crate) async fn xprovision(&self, app: &str, plan: &str) -> Reply {
         let auth = basic("myaddon", XERVO_PASSWORD);
         self.xervo(Method::POST, "myaddon", "/resources", &auth, &dia_body(app, plan)).await
     }

@@ -4,5 +4,6 @@
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 mod addon_toml;
+pub mod languages;
 pub mod native;
 pub use addon_toml::{AddonToml, addons_toml};

@@ -1,0 +1,100 @@
+// addon-sdk for JavaScript plugins: the host's imports (`addon:provider@0.1.0`) with the
+// same shape as the Rust SDK — replies with variables and a message, errors that map to the
+// same statuses, a key-value store with string and JSON helpers, logging, config, secrets,
+// time and randomness. Build with componentize-js against `wit/` (world `plugin`), leaving
+// out the `http` and `fetch-event` features, which the host does not offer.
+//
+// A plugin exports `provision(req)`, and optionally `changePlan(req)` and `deprovision(req)`.
+// Request fields are camelCase (`req.resourceId`, `req.appTitle`, `req.plan`, `req.platform`
+// is "bitrise" or "xervo"); absent options are `undefined`.
+
+import * as kvHost from 'addon:provider/kv@0.1.0';
+import { log as logHost } from 'addon:provider/log@0.1.0';
+import * as configHost from 'addon:provider/config@0.1.0';
+import * as envHost from 'addon:provider/env@0.1.0';
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const bytes = (value) => (value === undefined ? undefined : encoder.encode(value));
+
+/** A provision or plan-change reply: `reply().set("MY_URL", url).message("Ready.")`. */
+export function reply() {
+  const config = [];
+  let message;
+  return {
+    set(key, value) {
+      config.push({ key, value: String(value) });
+      return this;
+    },
+    message(text) {
+      message = text;
+      return this;
+    },
+    /** The WIT record (the SDK calls this for you when a builder is returned). */
+    build() {
+      return { config, message };
+    },
+  };
+}
+
+/** The request is wrong (unknown option, refused plan change): 422 to the platform. */
+export const invalid = (message) => ({ tag: 'invalid-request', val: message });
+/** Not now (an upstream is down): 503 with Retry-After, optionally a docs link. */
+export const unavailable = (message, docsUrl) => ({ tag: 'unavailable', val: { message, docsUrl } });
+/** The plugin failed: 500, and the platform retries. */
+export const internal = (message) => ({ tag: 'internal', val: message });
+
+/** The add-on's key-value store: a call's writes are kept only if it succeeds. */
+export const kv = {
+  get: (key) => kvHost.get(key),
+  set: (key, value) => kvHost.set(key, value),
+  getString: (key) => {
+    const value = kvHost.get(key);
+    return value === undefined ? undefined : decoder.decode(value);
+  },
+  setString: (key, value) => kvHost.set(key, encoder.encode(value)),
+  getJson: (key) => {
+    const text = kv.getString(key);
+    return text === undefined ? undefined : JSON.parse(text);
+  },
+  setJson: (key, value) => kv.setString(key, JSON.stringify(value)),
+  delete: (key) => kvHost.delete(key),
+  listKeys: (prefix = '') => kvHost.listKeys(prefix),
+  /** Set `key` to `value` only if it holds `expected` (`undefined`: absent); true if it did. */
+  compareAndSwapString: (key, expected, value) => kvHost.compareAndSwap(key, bytes(expected), bytes(value)),
+};
+
+export const log = {
+  trace: (message) => logHost('trace', String(message)),
+  debug: (message) => logHost('debug', String(message)),
+  info: (message) => logHost('info', String(message)),
+  warn: (message) => logHost('warn', String(message)),
+  error: (message) => logHost('error', String(message)),
+};
+
+export const addonId = () => configHost.addonId();
+/** A plain setting from `[addon.config]`. */
+export const config = (key) => configHost.get(key);
+/** A secret from `[addon.secrets]`. */
+export const secret = (name) => configHost.secret(name);
+/** Wall-clock milliseconds since the Unix epoch. */
+export const nowMs = () => Number(envHost.nowMs());
+/** `n` random bytes as 2n lowercase hex digits, from the host's CSPRNG. */
+export const randomHex = (n) => Array.from(envHost.randomBytes(n), (b) => b.toString(16).padStart(2, '0')).join('');
+
+/**
+ * Wrap a handler: a returned `reply()` builder becomes the WIT record, and a KV error thrown
+ * by the host becomes an internal error naming it.
+ */
+export function handler(fn) {
+  return (req) => {
+    try {
+      const out = fn(req);
+      return out && typeof out.build === 'function' ? out.build() : out;
+    } catch (e) {
+      if (e && typeof e === 'object' && 'tag' in e && 'val' in e) throw e;
+      if (e && e.payload && 'tag' in e.payload) throw internal(`key-value store: ${e.payload.tag}: ${e.payload.val}`);
+      throw internal(String(e && e.message ? e.message : e));
+    }
+  };
+}
