@@ -1,0 +1,185 @@
+//! Benchmark: the `credentials` example in Rust, JavaScript and Python, side by side in one
+//! run, each served by the real service: component size; Cranelift compile time (no cache);
+//! upload to serving (the plugin uploaded through `Service::upload` to a host running another
+//! plugin, activated, and the first provision answered by it), and the same for a new version
+//! of the same code (what a partner's re-deploy costs: shared functions are not compiled again); per-call latency of new provisions through the router
+//! (p50 and p99 of `BENCH_CALLS`, default 300, after a warm-up); and the memory one instance
+//! needs (the smallest per-call cap, in MiB, under which a provision still succeeds). The Rust
+//! plugin is the baseline each ratio is taken against.
+//!
+//! Run with `cargo bench -p addon-host-tests --bench languages` (it builds the JS and Python
+//! plugins with their generators first; see `addon_host_tests::languages`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use addon_host::config::{HostConfig, ServerConfig};
+use addon_host::service::Service;
+use addon_host_tests::languages::{self, Lang};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+
+#[allow(dead_code, reason = "shared with the other benchmarks")]
+mod common;
+
+const TOKEN: &str = "tttttttttttttttt";
+
+fn request(app: &str) -> Request<Body> {
+    let body = serde_json::json!({"plan": "free", "app_slug": app, "api_token": "t"});
+    Request::post("/addons/myaddon/provision")
+        .header("authentication", TOKEN)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("a valid request")
+}
+
+async fn provision(router: &Router, app: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let reply = router.clone().oneshot(request(app)).await?;
+    let status = reply.status();
+    let body = axum::body::to_bytes(reply.into_body(), 1 << 20).await?;
+    anyhow::ensure!(status == StatusCode::CREATED, "{app}: {status} {}", String::from_utf8_lossy(&body));
+    Ok(started.elapsed())
+}
+
+fn config(dir: &std::path::Path, plugin: &str, memory_mib: u64, cache: bool) -> HostConfig {
+    let config = [("host_url".to_owned(), "https://myaddon.example.com".to_owned())].into();
+    let mut cfg = common::host_config(dir, "myaddon", plugin, config);
+    cfg.addons[0].limits.memory_mib = memory_mib;
+    cfg.server = ServerConfig { compile_cache: Some(if cache { dir.join("cache") } else { "".into() }), ..cfg.server };
+    cfg
+}
+
+/// Append a custom section: a new version with the same code.
+fn variant(base: &[u8]) -> Vec<u8> {
+    let mut out = base.to_vec();
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut section = vec![5u8];
+    section.extend_from_slice(b"bench");
+    section.extend_from_slice(&(nonce as u64).to_le_bytes());
+    out.push(0);
+    out.push(section.len() as u8);
+    out.extend_from_slice(&section);
+    out
+}
+
+struct Row {
+    name: &'static str,
+    size: usize,
+    compile: Duration,
+    upload_to_serving: Duration,
+    new_version: Duration,
+    p50: Duration,
+    p99: Duration,
+    memory_mib: u64,
+}
+
+fn measure(rt: &tokio::runtime::Runtime, name: &'static str, plugin: &str, calls: usize) -> anyhow::Result<Row> {
+    let bytes = std::fs::read(plugin)?;
+    let dir = tempfile::tempdir()?;
+
+    // Compile, no cache.
+    let cold = config(dir.path(), plugin, 128, false);
+    let runtime = addon_host::runtime::Runtime::new(&cold.server, cold.max_memory_bytes(), false)?;
+    let started = Instant::now();
+    runtime.load(&bytes)?;
+    let compile = started.elapsed();
+    drop(runtime);
+
+    // Upload to serving, then per-call latency, on one service (no cache on disk: a real
+    // upload compiles). It starts on another plugin; the first upload compiles everything,
+    // a new version of the same code reuses the compiled functions it shares.
+    let mut start = cold.clone();
+    start.addons[0].plugin = addon_host_tests::PLUGIN_VERSIONED_A.into();
+    let service = Arc::new(Service::start(&start)?);
+    let router = addon_host::app(service.clone());
+    let (upload_to_serving, new_version, times) = rt.block_on(async {
+        let addon = service.addon("myaddon")?;
+        let mut serving = Vec::new();
+        for (n, upload) in [bytes.clone(), variant(&bytes)].into_iter().enumerate() {
+            let started = Instant::now();
+            service.upload(&addon, upload, "bench", true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            provision(&router, &format!("first-{n}")).await?;
+            serving.push(started.elapsed());
+        }
+        for i in 0..calls / 10 {
+            provision(&router, &format!("warm-{i}")).await?;
+        }
+        let mut times = Vec::with_capacity(calls);
+        for i in 0..calls {
+            times.push(provision(&router, &format!("app-{i}")).await?);
+        }
+        anyhow::Ok((serving[0], serving[1], times))
+    })?;
+    drop(router);
+    drop(service);
+    let mut times = times;
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+
+    // The smallest memory cap (MiB) a provision succeeds under: bisection, from the cache.
+    let (mut fails, mut works) = (0u64, 256u64);
+    while works - fails > 1 {
+        let mid = (fails + works) / 2;
+        let probe = tempfile::tempdir()?;
+        let mut cfg = config(probe.path(), plugin, mid, true);
+        cfg.server.compile_cache = Some(dir.path().join("cache"));
+        // Under some caps the plugin's initial memory alone does not fit: no start, no call.
+        let served = Service::start(&cfg).map(|s| addon_host::app(Arc::new(s)));
+        if served.is_ok_and(|router| rt.block_on(provision(&router, "probe")).is_ok()) {
+            works = mid;
+        } else {
+            fails = mid;
+        }
+    }
+    Ok(Row {
+        name,
+        size: bytes.len(),
+        compile,
+        upload_to_serving,
+        new_version,
+        p50: at(0.50),
+        p99: at(0.99),
+        memory_mib: works,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let calls: usize = std::env::var("BENCH_CALLS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let js = languages::build(Lang::Js, "plugins/credentials-js").map_err(anyhow::Error::msg)?;
+    let py = languages::build(Lang::Python, "plugins/credentials-py").map_err(anyhow::Error::msg)?;
+    let plugins = [
+        ("Rust", addon_host_tests::PLUGIN_CREDENTIALS.to_owned()),
+        ("JavaScript", js.to_string_lossy().into_owned()),
+        ("Python", py.to_string_lossy().into_owned()),
+    ];
+    let mut rows = Vec::new();
+    for (name, plugin) in &plugins {
+        rows.push(measure(&rt, name, plugin, calls)?);
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("the credentials example, {calls} new provisions per language after {} warm-up calls", calls / 10);
+    println!(
+        "| language | component | compile | upload to serving | new version to serving | per call p50 | per call p99 | p50 vs Rust | memory per instance |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let base = rows[0].p50;
+    for r in &rows {
+        println!(
+            "| {} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms | {:.2} ms | {:.1}x | {} MiB |",
+            r.name,
+            r.size as f64 / 1e6,
+            ms(r.compile),
+            ms(r.upload_to_serving),
+            ms(r.new_version),
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.p50) / ms(base),
+            r.memory_mib
+        );
+    }
+    Ok(())
+}
