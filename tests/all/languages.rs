@@ -171,3 +171,53 @@ async fn a_looping_js_call_and_a_memory_hungry_python_call_are_stopped() {
         assert_eq!(fine.env("MISBEHAVE_PLAN"), "normal");
     }
 }
+
+/// `addon-host new --lang js|python`: the project builds with its own build command (the one
+/// `serve --watch` runs) and passes the conformance kit, both platforms, nothing skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_js_and_python_projects_build_and_pass_the_kit() {
+    for (lang, flag) in [(Lang::Js, "js"), (Lang::Python, "python")] {
+        let tools = match tokio::task::spawn_blocking(move || languages::tools(lang)).await.unwrap() {
+            Ok(dir) => dir,
+            Err(why) if languages::required() => panic!("ADDON_REQUIRE_GUEST_LANGS is set: {why}"),
+            Err(why) => {
+                eprintln!(
+                    "\n!!!!!!!! SKIPPED: no {flag} generator, the {flag} template was NOT tested: {why} !!!!!!!!\n"
+                );
+                continue;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("hello");
+        let new = tokio::process::Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+            .args(["new", "hello", "--lang", flag, "--dir"])
+            .arg(&project)
+            .output()
+            .await
+            .unwrap();
+        assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+        let config = std::fs::read_to_string(project.join("addon-host.toml")).unwrap();
+        let command = config.split("command = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
+        let build = tokio::process::Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(&project)
+            .env("PATH", path)
+            .output()
+            .await
+            .unwrap();
+        assert!(build.status.success(), "{flag}: `{command}`: {}", String::from_utf8_lossy(&build.stderr));
+        // The suite's compile cache: the generator's runtime is compiled once per run.
+        let cache = std::env::temp_dir().join(SHARED_CACHE);
+        let with_cache =
+            config.replace("[server]\n", &format!("[server]\ncompile_cache = {:?}\n", cache.to_str().unwrap()));
+        std::fs::write(project.join("addon-host.toml"), with_cache).unwrap();
+        let (ok, report) = kit(&[
+            project.join("plugin.wasm").to_str().unwrap(),
+            "--config",
+            project.join("addon-host.toml").to_str().unwrap(),
+        ])
+        .await;
+        assert_all_pass(ok, &report);
+    }
+}

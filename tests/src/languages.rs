@@ -56,20 +56,13 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
         return Ok(wasm);
     }
 
-    let tools = target().join("guest-tools");
     let build = out.join(format!("build-{name}"));
     let _ = std::fs::remove_dir_all(&build);
     copy(&root().join("wit/provider.wit"), &build.join("wit/provider.wit"))?;
     let built = build.join("out.wasm");
     let mut command = match lang {
         Lang::Js => {
-            let bin = tools.join("js/node_modules/.bin/componentize-js");
-            if !bin.exists() {
-                run(Command::new("npm")
-                    .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
-                    .arg(tools.join("js"))
-                    .arg(COMPONENTIZE_JS))?;
-            }
+            let bin = install(lang)?.join("componentize-js");
             // The repository's layout, so the plugin's relative import of the SDK resolves.
             copy(&root().join(sdk), &build.join(sdk))?;
             copy(&root().join(dir).join(source), &build.join(dir).join(source))?;
@@ -81,11 +74,7 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
             c
         }
         Lang::Python => {
-            let bin = tools.join("py/bin/componentize-py");
-            if !bin.exists() {
-                run(Command::new("python3").args(["-m", "venv"]).arg(tools.join("py")))?;
-                run(Command::new(tools.join("py/bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
-            }
+            let bin = install(lang)?.join("componentize-py");
             copy(&root().join(sdk), &build.join("addon_sdk.py"))?;
             copy(&root().join(dir).join(source), &build.join(source))?;
             let mut c = Command::new(bin);
@@ -96,6 +85,42 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
     run(command.current_dir(&build))?;
     std::fs::rename(&built, &wasm).map_err(|e| format!("{}: {e}", built.display()))?;
     Ok(wasm)
+}
+
+/// The folder holding the generator's command (`componentize-js` or `componentize-py`),
+/// installed first if needed; for a project built by its own build command (put it on PATH).
+pub fn tools(lang: Lang) -> Result<PathBuf, String> {
+    let out = target().join("guest-plugins");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let lock = std::fs::File::create(out.join(".lock")).map_err(|e| format!("lock: {e}"))?;
+    lock.lock().map_err(|e| format!("lock: {e}"))?;
+    install(lang)
+}
+
+/// Install the generator into the target folder unless it is there; its command's folder.
+/// The caller holds the lock.
+fn install(lang: Lang) -> Result<PathBuf, String> {
+    let tools = target().join("guest-tools");
+    match lang {
+        Lang::Js => {
+            let bin = tools.join("js/node_modules/.bin");
+            if !bin.join("componentize-js").exists() {
+                run(Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                    .arg(tools.join("js"))
+                    .arg(COMPONENTIZE_JS))?;
+            }
+            Ok(bin)
+        }
+        Lang::Python => {
+            let bin = tools.join("py/bin");
+            if !bin.join("componentize-py").exists() {
+                run(Command::new("python3").args(["-m", "venv"]).arg(tools.join("py")))?;
+                run(Command::new(bin.join("pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
+            }
+            Ok(bin)
+        }
+    }
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {

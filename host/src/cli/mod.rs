@@ -11,6 +11,7 @@ use crate::config::{HostConfig, LogFormat};
 use crate::service::Service;
 
 mod new;
+mod new_scripts;
 mod plugin;
 mod test;
 use crate::xervo::manifest::XervoSettings;
@@ -68,9 +69,12 @@ enum Command {
         /// Where to create it (default: ./NAME); it must not exist or be empty.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Depend on a local SDK checkout instead of the published version.
+        /// Depend on a local SDK checkout instead of the published version (Rust).
         #[arg(long)]
         sdk_path: Option<PathBuf>,
+        /// The plugin's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new::Lang,
     },
     /// The conformance kit: the platforms' sequences, the negative cases they lack and plugin
     /// hygiene, against a plugin file or a running provider (--url).
@@ -136,7 +140,7 @@ pub fn main() -> anyhow::Result<()> {
                 print(&serde_json::to_string_pretty(&manifest)?)
             }
             Command::Check { config } => check(&config),
-            Command::New { name, dir, sdk_path } => new::run(new::New { name, dir, sdk_path }),
+            Command::New { name, dir, sdk_path, lang } => new::run(new::New { name, dir, sdk_path, lang }),
             Command::Test(args) => test::run(args).await,
         }
     })

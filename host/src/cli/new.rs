@@ -6,10 +6,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::new_scripts::Script;
+
 pub(crate) struct New {
     pub name: String,
     pub dir: Option<PathBuf>,
     pub sdk_path: Option<PathBuf>,
+    pub lang: Lang,
+}
+
+/// The language of the plugin project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Lang {
+    Rust,
+    Js,
+    Python,
 }
 
 fn random_token(prefix: &str) -> anyhow::Result<String> {
@@ -30,30 +41,51 @@ pub(crate) fn run(new: New) -> anyhow::Result<()> {
     if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} exists and is not empty", dir.display());
     }
-    let sdk = match &new.sdk_path {
+    let prefix = name.to_ascii_uppercase().replace('-', "_");
+    let (files, next) = match new.lang {
+        Lang::Rust => rust(&name, &prefix, new.sdk_path.as_deref())?,
+        Lang::Js => super::new_scripts::files(Script::Js, &name, &prefix)?,
+        Lang::Python => super::new_scripts::files(Script::Python, &name, &prefix)?,
+    };
+    for (file, text) in files {
+        write(&dir.join(file), &text)?;
+    }
+    super::print(&format!("created add-on `{name}` in {}", dir.display()))?;
+    super::print(&format!("next: cd {} && {next}", dir.display()))
+}
+
+type Files = Vec<(&'static str, String)>;
+
+/// A crate on the Rust SDK; the next command to run.
+fn rust(name: &str, prefix: &str, sdk_path: Option<&Path>) -> anyhow::Result<(Files, String)> {
+    let sdk = match sdk_path {
         Some(path) => {
             let path = std::fs::canonicalize(path).with_context(|| format!("--sdk-path {}", path.display()))?;
             format!("addon-sdk = {{ path = {:?} }}", path.display().to_string())
         }
         None => format!("addon-sdk = \"{}\"", env!("CARGO_PKG_VERSION")),
     };
-    let prefix = name.to_ascii_uppercase().replace('-', "_");
     let wasm = name.replace('-', "_");
-    let files: [(&str, String); 5] = [
-        ("Cargo.toml", cargo_toml(&name, &sdk)),
-        ("src/lib.rs", LIB_RS.replace("{PREFIX}", &prefix)),
-        ("addon-host.toml", config(&name, &wasm, &prefix)?),
-        ("README.md", README.replace("{NAME}", &name).replace("{WASM}", &wasm)),
+    let build = Build {
+        plugin: format!("target/wasm32-wasip2/release/{wasm}.wasm"),
+        command: "cargo build --release --target wasm32-wasip2 --target-dir target",
+        watch: r#"["src", "Cargo.toml"]"#,
+    };
+    let files = vec![
+        ("Cargo.toml", cargo_toml(name, &sdk)),
+        ("src/lib.rs", LIB_RS.replace("{PREFIX}", prefix)),
+        ("addon-host.toml", config(name, prefix, &build)?),
+        ("README.md", README.replace("{NAME}", name).replace("{WASM}", &wasm)),
         (".gitignore", "/target\n/data\n".to_owned()),
     ];
-    for (file, text) in files {
-        write(&dir.join(file), &text)?;
-    }
-    super::print(&format!("created add-on `{name}` in {}", dir.display()))?;
-    super::print(&format!(
-        "next: cd {} && cargo build --release --target wasm32-wasip2 && addon-host serve",
-        dir.display()
-    ))
+    Ok((files, "addon-host serve --watch".into()))
+}
+
+/// Where a project's build puts the plugin, and how `serve --watch` runs it.
+pub(super) struct Build {
+    pub plugin: String,
+    pub command: &'static str,
+    pub watch: &'static str,
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -86,7 +118,9 @@ strip = "debuginfo"
     )
 }
 
-fn config(name: &str, wasm: &str, prefix: &str) -> anyhow::Result<String> {
+/// The dev config: fresh credentials for both platforms (Xervo when the id allows it), the
+/// build for `serve --watch`, and the settings the template provider reads.
+pub(super) fn config(name: &str, prefix: &str, build: &Build) -> anyhow::Result<String> {
     // Xervo's config vars start with the upper-cased id, so an id with '-' cannot be offered there.
     let xervo = if name.contains('-') {
         "\n# Xervo needs an add-on id without '-' (its config vars start with the upper-cased id).\n".to_owned()
@@ -112,22 +146,25 @@ data_dir = "data"
 
 [[addon]]
 id = "{name}"
-plugin = "target/wasm32-wasip2/release/{wasm}.wasm"
+plugin = "{plugin}"
 plans = ["free", "pro"]
 
 [addon.bitrise]
 shared_token = "{shared}"
 sso_secret = "{sso}"
 {xervo}
-# `addon-host serve --watch` runs this at start and whenever src/ or Cargo.toml changes, and
+# `addon-host serve --watch` runs this at start and whenever a file under `watch` changes, and
 # swaps in each build that succeeds (a failed build is shown; the last good one keeps serving).
 [addon.build]
-command = "cargo build --release --target wasm32-wasip2 --target-dir target"
-watch = ["src", "Cargo.toml"]
+command = "{command}"
+watch = {watch}
 
 [addon.config]
 host_url = "https://{name}.example.com"
 "#,
+        plugin = build.plugin,
+        command = build.command,
+        watch = build.watch,
         shared = random_token("bst")?,
         sso = random_token("sso")?,
     ))
