@@ -19,8 +19,9 @@ use crate::support::basic;
 const PASSWORD: &str = "dia-password-0123456789abcdef";
 const SALT: &str = "dia-salt-0123456789abcdef";
 
-fn config() -> String {
-    AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+/// `plugin` (the credentials example in any language) as `myaddon` on Xervo.
+fn config(plugin: &str) -> String {
+    AddonToml::new("myaddon", plugin)
         .plans(&["test", "free", "pro"])
         .xervo(PASSWORD, SALT, &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"])
         .regions(&["us-east-1"])
@@ -92,6 +93,21 @@ async fn run_dia(dia: &Path, dir: &Path, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn dia_passes_against_the_binary() {
+    dia_against(addon_host_tests::PLUGIN_CREDENTIALS).await;
+}
+
+/// The same, against the credentials example written in JavaScript and in Python.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dia_passes_against_the_js_and_python_plugins() {
+    use addon_host_tests::languages::Lang;
+    for (lang, dir) in [(Lang::Js, "plugins/credentials-js"), (Lang::Python, "plugins/credentials-py")] {
+        if let Some(plugin) = crate::languages::built(lang, dir).await {
+            dia_against(&plugin).await;
+        }
+    }
+}
+
+async fn dia_against(plugin: &str) {
     let Some(dia) = dia().await else {
         // CI sets ADDON_REQUIRE_DIA: there a missing kit is a failure, not a skip.
         assert!(std::env::var_os("ADDON_REQUIRE_DIA").is_none(), "ADDON_REQUIRE_DIA is set but npm is missing");
@@ -99,7 +115,10 @@ async fn dia_passes_against_the_binary() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn(dir.path(), &config()).await;
+    // The suite's shared compile cache: each plugin is compiled once per run.
+    let cache = std::env::temp_dir().join(crate::languages::SHARED_CACHE);
+    let server_settings = format!("compile_cache = {:?}\n", cache.to_str().unwrap());
+    let mut server = spawn(dir.path(), &format!("{server_settings}{}", config(plugin))).await;
     let base_url = format!("http://{}", server.addr);
 
     // The manifest, printed by the host itself.

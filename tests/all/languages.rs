@@ -18,7 +18,7 @@ use crate::support::*;
 
 /// The component built from `dir`, or `None` (said loudly) when its generator is not
 /// available here; in CI (`ADDON_REQUIRE_GUEST_LANGS`) that is a failure.
-async fn built(lang: Lang, dir: &'static str) -> Option<String> {
+pub(crate) async fn built(lang: Lang, dir: &'static str) -> Option<String> {
     match tokio::task::spawn_blocking(move || languages::build(lang, dir)).await.unwrap() {
         Ok(path) => Some(path.to_str().unwrap().to_owned()),
         Err(why) if languages::required() => panic!("ADDON_REQUIRE_GUEST_LANGS is set, and {dir} did not build: {why}"),
@@ -29,7 +29,8 @@ async fn built(lang: Lang, dir: &'static str) -> Option<String> {
     }
 }
 
-const SHARED_CACHE: &str = "addon-host-tests-compiled";
+/// The compile cache every test host shares (see `support::config`).
+pub(crate) const SHARED_CACHE: &str = "addon-host-tests-compiled";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_and_python_credentials_pass_the_conformance_kit() {

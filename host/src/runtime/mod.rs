@@ -310,6 +310,11 @@ async fn run(
     if let (Err(_), Some(quota)) = (&result, &state.kv.quota_violation) {
         return Err(CallFailure::Quota(quota.clone()));
     }
+    // So did one refused memory that then gave up: JS and Python engines report a refused
+    // growth as their own "out of memory" error instead of trapping.
+    if result.is_err() && state.limiter.memory_denied {
+        return Err(CallFailure::Memory { memory_mib: limits.memory_mib });
+    }
     let result = match result {
         Ok(answer) => Ok(failure::check_answer(answer, &limits)?),
         Err(refusal) => Err(refusal),

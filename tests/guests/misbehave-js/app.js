@@ -8,8 +8,13 @@ export const provision = handler((req) => {
     for (;;) {}
   }
   if (req.plan === 'memory') {
+    // 16 MiB at a time: past any cap within a few steps.
     const hoard = [];
-    for (;;) hoard.push(new Array(1 << 20).fill(req.resourceId));
+    for (;;) hoard.push(new Uint8Array(16 << 20).fill(7));
   }
   return reply().set('MISBEHAVE_PLAN', req.plan);
 });
+
+export const changePlan = handler((req) => reply().set('MISBEHAVE_PLAN', req.plan));
+
+export const deprovision = handler(() => {});
