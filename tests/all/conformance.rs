@@ -100,6 +100,20 @@ async fn the_kit_passes_the_example_plugin_files() {
         assert_all_pass(ok, &report);
         assert_eq!(check(&report, "xervo: the manifest passes dia's rules").0, "pass");
     }
+    // An add-on offered on Xervo alone: Bitrise's checks are skipped, and the call time is
+    // measured with Xervo provisions.
+    let xervo_only = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .plans(&["test", "pro"])
+        .xervo("kit-myaddon-password", "kit-myaddon-salt", &["MYADDON_HOST_URL", "MYADDON_AUTH_SECRET"])
+        .config("host_url", "https://myaddon.example.com");
+    let only = tempfile::tempdir().unwrap();
+    let only_config = write_config(only.path(), &xervo_only.to_toml());
+    let (ok, report) = kit(&[addon_host_tests::PLUGIN_CREDENTIALS, "--config", only_config.to_str().unwrap()]).await;
+    assert!(ok && report["failed"] == 0, "{report:#}");
+    assert_eq!(check(&report, "bitrise").0, "skip");
+    assert_eq!(check(&report, "call time").0, "pass", "{report:#}");
+    assert_eq!(check(&report, "xervo: SSO with a good token opens the dashboard").0, "pass");
+
     // With nothing but the plugin file, the kit makes up credentials and learns the Xervo
     // manifest from a first provision; the credentials plugin needs its `host_url`, and the
     // kit says so.
