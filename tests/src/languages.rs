@@ -36,10 +36,7 @@ pub fn required() -> bool {
 /// Build the plugin in `dir` (relative to the repository, e.g. `plugins/credentials-js`);
 /// the path of its component. `Err` says what is missing or what the generator printed.
 pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
-    let out = target().join("guest-plugins");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let lock = std::fs::File::create(out.join(".lock")).map_err(|e| format!("lock: {e}"))?;
-    lock.lock().map_err(|e| format!("lock: {e}"))?;
+    let (out, _lock) = locked()?;
 
     let (source, sdk, pin) = match lang {
         Lang::Js => ("app.js", "guest-sdk/js/addon-sdk.js", COMPONENTIZE_JS),
@@ -87,13 +84,19 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
     Ok(wasm)
 }
 
-/// The folder holding the generator's command (`componentize-js` or `componentize-py`),
-/// installed first if needed; for a project built by its own build command (put it on PATH).
-pub fn tools(lang: Lang) -> Result<PathBuf, String> {
+/// The folder builds go to, and the lock on it (held until dropped).
+fn locked() -> Result<(PathBuf, std::fs::File), String> {
     let out = target().join("guest-plugins");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let lock = std::fs::File::create(out.join(".lock")).map_err(|e| format!("lock: {e}"))?;
     lock.lock().map_err(|e| format!("lock: {e}"))?;
+    Ok((out, lock))
+}
+
+/// The folder holding the generator's command (`componentize-js` or `componentize-py`),
+/// installed first if needed; for a project built by its own build command (put it on PATH).
+pub fn tools(lang: Lang) -> Result<PathBuf, String> {
+    let (_, _lock) = locked()?;
     install(lang)
 }
 

@@ -64,13 +64,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
         (Some(url), _) => {
             let target = remote(&args, url)?;
             let base = target.base.clone();
-            let mut taken = std::mem::take(&mut report);
-            report = tokio::task::spawn_blocking(move || {
-                conformance::run(&target, &mut taken);
-                taken
-            })
-            .await
-            .context("the kit stopped")?;
+            conformance::run_blocking(target, &mut report).await?;
             base
         }
         (None, Some(wasm)) => {
@@ -145,15 +139,8 @@ fn remote(args: &TestArgs, url: &str) -> anyhow::Result<conformance::Target> {
     if let Some(ms) = args.deadline_ms {
         addon.limits.deadline_ms = ms;
     }
-    let mut target = local::target(&addon, url, args.timed_calls)?;
-    // A provider hosted by addon-host publishes this manifest (`addon-host manifest`).
+    // A provider hosted by addon-host publishes the manifest `addon-host manifest` prints.
     let hosted = url.strip_suffix(&format!("/addons/{id}"));
-    if let (Some(x), Some(origin), Some(settings)) = (target.xervo.as_mut(), hosted, &addon.xervo) {
-        let settings = crate::xervo::manifest::XervoSettings::resolve(&id, settings)?;
-        x.manifest = Some(settings.manifest(origin, origin));
-    }
-    if !args.plans.is_empty() {
-        target.plans = (args.plans[0].clone(), args.plans.get(1).unwrap_or(&args.plans[0]).clone());
-    }
+    let target = local::target(&addon, url, &args.plans, args.timed_calls, hosted)?;
     Ok(target)
 }

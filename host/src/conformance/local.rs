@@ -65,45 +65,45 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
     cfg.validate().context("the add-on's settings")?;
     let served = Served::start(&cfg).await?;
     let base = served.base(&addon.id);
-    let mut target = target(&addon, &base, plugin.timed_calls)?;
-    if let Some(x) = target.xervo.as_mut() {
-        let settings = XervoSettings::resolve(&addon.id, addon.xervo.as_ref().context("xervo")?)?;
-        x.manifest = Some(settings.manifest(&served.origin, &served.origin));
-    }
-    if !plugin.plans.is_empty() {
-        target.plans = plans(&plugin.plans);
-    }
-    let mut taken = std::mem::take(report);
-    let kit = tokio::task::spawn_blocking(move || {
-        super::run(&target, &mut taken);
-        taken
-    });
-    *report = kit.await.context("the kit stopped")?;
+    let target = target(&addon, &base, &plugin.plans, plugin.timed_calls, Some(&served.origin))?;
+    super::run_blocking(target, report).await?;
     served.stop().await?;
     Ok(base)
 }
 
-/// The kit's target for an add-on served at `base`, from its settings.
-pub fn target(addon: &AddonConfig, base: &str, timed_calls: usize) -> anyhow::Result<Target> {
+/// The kit's target for an add-on served at `base`, from its settings. `plans` overrides the
+/// add-on's plans when not empty; `origin`, when the add-on is served by addon-host there,
+/// gives the Xervo manifest it publishes, to check.
+pub fn target(
+    addon: &AddonConfig,
+    base: &str,
+    plans: &[String],
+    timed_calls: usize,
+    origin: Option<&str>,
+) -> anyhow::Result<Target> {
     let xervo = match &addon.xervo {
         Some(x) => {
             let s = XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?;
             Some(XervoTarget {
-                id: s.id.clone(),
+                manifest: origin.map(|o| s.manifest(o, o)),
+                id: s.id,
                 password: s.password,
                 sso_salt: s.sso_salt,
                 config_vars: s.config_vars,
-                manifest: None,
             })
         }
         None => None,
     };
-    let configured =
-        if addon.plans.is_empty() { vec!["free".to_owned(), "pro".to_owned()] } else { addon.plans.clone() };
+    let chosen = match (plans.is_empty(), addon.plans.is_empty()) {
+        (false, _) => plans.to_vec(),
+        (true, false) => addon.plans.clone(),
+        (true, true) => vec!["free".to_owned(), "pro".to_owned()],
+    };
+    let first = chosen[0].clone();
     Ok(Target {
         base: base.trim_end_matches('/').to_owned(),
         prefix: addon.id.to_ascii_uppercase().replace('-', "_"),
-        plans: plans(&configured),
+        plans: (first.clone(), chosen.get(1).cloned().unwrap_or(first)),
         unknown_plan: (!addon.plans.is_empty()).then(|| "kit-no-such-plan".to_owned()),
         bitrise: addon
             .bitrise
@@ -114,12 +114,6 @@ pub fn target(addon: &AddonConfig, base: &str, timed_calls: usize) -> anyhow::Re
         oversized: addon.limits.max_body_bytes + 1,
         timed_calls,
     })
-}
-
-/// The plan to provision and the one to change to (the second, or the first again).
-fn plans(list: &[String]) -> (String, String) {
-    let first = list.first().cloned().unwrap_or_else(|| "free".into());
-    (first.clone(), list.get(1).cloned().unwrap_or(first))
 }
 
 /// The add-on of the config file to test: `--addon`, else the one whose plugin is this file,

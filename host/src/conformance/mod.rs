@@ -84,6 +84,18 @@ pub fn run(target: &Target, report: &mut Report) {
     }
 }
 
+/// [`run`] on the blocking pool, so an in-process host can answer on the runtime meanwhile.
+pub async fn run_blocking(target: Target, report: &mut Report) -> anyhow::Result<()> {
+    let mut taken = std::mem::take(report);
+    *report = tokio::task::spawn_blocking(move || {
+        run(&target, &mut taken);
+        taken
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the kit stopped: {e}"))?;
+    Ok(())
+}
+
 /// A fresh 16-hex-digit id, as the platforms' kits make them.
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
