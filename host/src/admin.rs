@@ -104,6 +104,7 @@ async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Respons
             "id": addon.id(),
             "active": active,
             "loaded_from_cache": plugin.from_cache,
+            "compiler": plugin.compiler(),
             "versions": versions.len(),
         }));
     }

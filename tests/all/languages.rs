@@ -3,12 +3,15 @@
 //! refusals, hygiene) and answers exactly as the Rust one does; the host swaps between the
 //! Rust and the JavaScript plugin under traffic; and a looping JavaScript call and a
 //! memory-hungry Python call are stopped by the same deadline and memory cap as Rust code.
+//! Each holds on both compilers: Cranelift's optimised code and Winch's baseline code, which
+//! serves a large upload until Cranelift's build is ready (tiered compilation).
 //! The components are built from source by their generators (`addon_host_tests::languages`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use addon_host::config::Compiler;
 use addon_host_tests::languages::{self, Lang};
 use axum::http::Method;
 
@@ -33,15 +36,18 @@ pub(crate) async fn built(lang: Lang, dir: &'static str) -> Option<String> {
 pub(crate) const SHARED_CACHE: &str = "addon-host-tests-compiled";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn js_and_python_credentials_pass_the_conformance_kit() {
+async fn js_and_python_credentials_pass_the_conformance_kit_on_both_compilers() {
     for (lang, dir) in [(Lang::Js, "plugins/credentials-js"), (Lang::Python, "plugins/credentials-py")] {
         let Some(plugin) = built(lang, dir).await else { continue };
-        let scratch = tempfile::tempdir().unwrap();
-        let cache = std::env::temp_dir().join(SHARED_CACHE);
-        let server = format!("compile_cache = {:?}\n", cache.to_str().unwrap());
-        let config = write_config(scratch.path(), &format!("{server}{}", credentials(&plugin).to_toml()));
-        let (ok, report) = kit(&[&plugin, "--config", config.to_str().unwrap()]).await;
-        assert_all_pass(ok, &report);
+        for compiler in ["cranelift", "winch"] {
+            let scratch = tempfile::tempdir().unwrap();
+            let cache = std::env::temp_dir().join(SHARED_CACHE);
+            let server = format!("compile_cache = {:?}\ncompiler = {compiler:?}\n", cache.to_str().unwrap());
+            let config = write_config(scratch.path(), &format!("{server}{}", credentials(&plugin).to_toml()));
+            let (ok, report) = kit(&[&plugin, "--config", config.to_str().unwrap()]).await;
+            println!("{dir} on {compiler}:");
+            assert_all_pass(ok, &report);
+        }
     }
 }
 
@@ -87,23 +93,7 @@ async fn the_host_swaps_between_rust_and_javascript_under_traffic() {
     assert_eq!(pushed.status, 201, "{}", pushed.text);
     let javascript = pushed.json()["version"]["sha256"].as_str().unwrap().to_owned();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut traffic = Vec::new();
-    for worker in 0..4 {
-        let (host, stop) = (host.clone(), stop.clone());
-        traffic.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let slug = format!("w{worker}-{i}");
-                let first = host.provision("myaddon", TOKEN, &slug, "free").await;
-                assert_eq!(first.status, 201, "provision failed during swaps: {}", first.text);
-                let again = host.provision("myaddon", TOKEN, &slug, "free").await;
-                assert_eq!((again.status.as_u16(), again.text), (200, first.text), "a repeat changed during swaps");
-                i += 1;
-            }
-            i
-        }));
-    }
+    let traffic = Traffic::start(&host);
     for _ in 0..10 {
         for sha in [&javascript, &rust] {
             let reply = host.admin(Method::POST, &format!("/admin/addons/myaddon/plugins/{sha}/activate"), "").await;
@@ -111,11 +101,7 @@ async fn the_host_swaps_between_rust_and_javascript_under_traffic() {
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut requests = 0;
-    for t in traffic {
-        requests += t.await.expect("a request failed during the swaps");
-    }
+    let requests = traffic.stop().await;
     let served: std::collections::HashSet<String> = host
         .service
         .addon("myaddon")
@@ -130,14 +116,120 @@ async fn the_host_swaps_between_rust_and_javascript_under_traffic() {
     assert!(served.contains(&rust) && served.contains(&javascript), "both plugins served: {served:?}");
 }
 
-/// The deadline and the memory cap hold for a real JS engine and a real CPython.
+/// Four clients provisioning new apps on `myaddon`, each followed by a repeat that must
+/// answer the same; every request must succeed.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(host: &Arc<TestHost>) -> Traffic {
+        let (stop, served) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let workers = (0..4)
+            .map(|worker| {
+                let (host, stop, served) = (host.clone(), stop.clone(), served.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let slug = format!("w{worker}-{i}");
+                        let first = host.provision("myaddon", TOKEN, &slug, "free").await;
+                        assert_eq!(first.status, 201, "a provision failed: {}", first.text);
+                        let again = host.provision("myaddon", TOKEN, &slug, "free").await;
+                        assert_eq!((again.status.as_u16(), again.text), (200, first.text), "a repeat changed");
+                        served.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Traffic { stop, served, workers }
+    }
+
+    /// New apps provisioned so far.
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Stop, check that no request failed, and say how many new apps were provisioned.
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let served = self.served.clone();
+        for worker in self.workers {
+            worker.await.expect("a request failed during the traffic");
+        }
+        served.load(Ordering::Relaxed)
+    }
+}
+
+/// What `/admin/status` says of `myaddon`'s plugin.
+async fn status(host: &TestHost) -> serde_json::Value {
+    let reply = host.admin(Method::GET, "/admin/status", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["addons"].as_array().unwrap().iter().find(|a| a["id"] == "myaddon").unwrap().clone()
+}
+
+/// Tiered compilation: a first upload of a large plugin serves at once from Winch's build
+/// while Cranelift's is made in the background; the optimised build then takes over between
+/// two calls under traffic, with no failed request; and it lands in the compile cache, so the
+/// next start serves optimised code at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_serves_from_winch_first_then_from_cranelift_under_traffic() {
+    let Some(js) = built(Lang::Js, "plugins/credentials-js").await else { return };
+    // A cache of its own, so nothing of the JS plugin is compiled yet.
+    let cache = tempfile::tempdir().unwrap();
+    let private = |cfg: &mut addon_host::config::HostConfig| cfg.server.compile_cache = Some(cache.path().into());
+    let host = Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), private));
+    let traffic = Traffic::start(&host);
+
+    let pushed = host.admin(Method::POST, "/admin/addons/myaddon/plugins", std::fs::read(&js).unwrap()).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.text);
+    assert_eq!(pushed.json()["compiler"], "winch", "a large first upload serves from baseline code");
+    let javascript = pushed.json()["version"]["sha256"].as_str().unwrap().to_owned();
+    let at_upload = traffic.served();
+    assert_eq!(status(&host).await["compiler"], "winch");
+
+    let waiting = Instant::now();
+    while status(&host).await["compiler"] != "cranelift" {
+        assert!(waiting.elapsed() < Duration::from_secs(300), "Cranelift's build never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_winch = traffic.served() - at_upload;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = traffic.stop().await;
+    println!("{requests} provisions; {on_winch} on Winch's build in the {:?} until Cranelift's", waiting.elapsed());
+    assert!(on_winch > 0, "requests were served from the baseline build while Cranelift compiled");
+    let record = host.record("myaddon", "w0-0").unwrap();
+    assert_ne!(record.plugin_version, javascript, "traffic began on the Rust plugin");
+    let last = host.provision("myaddon", TOKEN, "after-upload", "free").await;
+    assert_eq!(last.status, 201, "{}", last.text);
+    assert_eq!(host.record("myaddon", "after-upload").map(|r| r.plugin_version), Some(javascript.clone()));
+
+    // A restart serves Cranelift's build from the cache.
+    let host = Arc::into_inner(host).expect("the traffic is over").restart_with(private);
+    let after = status(&host).await;
+    assert_eq!((after["compiler"].as_str(), after["loaded_from_cache"].as_bool()), (Some("cranelift"), Some(true)));
+    let fresh = host.provision("myaddon", TOKEN, "after-restart", "free").await;
+    assert_eq!(fresh.status, 201, "{}", fresh.text);
+}
+
+/// The deadline and the memory cap hold for a real JS engine and a real CPython, on
+/// Cranelift's code and on Winch's (whose epoch checks and memory growth are its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_js_call_and_a_memory_hungry_python_call_are_stopped() {
     let js = built(Lang::Js, "tests/guests/misbehave-js").await;
     let py = built(Lang::Python, "tests/guests/misbehave-py").await;
+    for compiler in [Compiler::Cranelift, Compiler::Winch] {
+        misbehaviour_is_stopped(compiler, &js, &py).await;
+    }
+}
+
+async fn misbehaviour_is_stopped(compiler: Compiler, js: &Option<String>, py: &Option<String>) {
     let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.server.compiler = compiler;
         let misbehave = cfg.addons.iter().find(|a| a.id == "misbehave").unwrap().clone();
-        for (id, plugin) in [("js", &js), ("py", &py)] {
+        for (id, plugin) in [("js", js), ("py", py)] {
             if let Some(plugin) = plugin {
                 let mut addon = misbehave.clone();
                 addon.id = format!("misbehave-{id}");
@@ -164,11 +256,11 @@ async fn a_looping_js_call_and_a_memory_hungry_python_call_are_stopped() {
         let elapsed = started.elapsed();
         assert_error(&reply, status, kind, needle);
         if plan == "loop" {
-            assert!(elapsed < Duration::from_millis(1_500), "{addon}: the loop ran {elapsed:?}");
+            assert!(elapsed < Duration::from_millis(1_500), "{addon} on {compiler:?}: the loop ran {elapsed:?}");
         }
         // The add-on still serves.
         let fine = host.provision(&addon, MISBEHAVE_TOKEN, &format!("{plan}-ok"), "normal").await;
-        assert_eq!(fine.status, 201, "{addon}: {}", fine.text);
+        assert_eq!(fine.status, 201, "{addon} on {compiler:?}: {}", fine.text);
         assert_eq!(fine.env("MISBEHAVE_PLAN"), "normal");
     }
 }

@@ -1,11 +1,13 @@
 //! Benchmark: the `credentials` example in Rust, JavaScript and Python, side by side in one
-//! run, each served by the real service: component size; Cranelift compile time (no cache);
-//! upload to serving (the plugin uploaded through `Service::upload` to a host running another
-//! plugin, activated, and the first provision answered by it), and the same for a new version
-//! of the same code (what a partner's re-deploy costs: shared functions are not compiled again); per-call latency of new provisions through the router
-//! (p50 and p99 of `BENCH_CALLS`, default 300, after a warm-up); and the memory one instance
-//! needs (the smallest per-call cap, in MiB, under which a provision still succeeds). The Rust
-//! plugin is the baseline each ratio is taken against.
+//! run, each served by the real service: component size; Cranelift's and Winch's compile
+//! times (no cache); upload to serving on the default tiered compiler (the plugin uploaded
+//! through `Service::upload` to a host running another plugin, activated, and the first
+//! provision answered by it), when the optimised build took over, and upload to serving for a
+//! new version of the same code (a partner's re-deploy); per-call latency of new provisions
+//! through the router on Cranelift's build and on Winch's (p50 and p99 of `BENCH_CALLS`,
+//! default 300, after a warm-up); and the memory one instance needs (the smallest per-call
+//! cap, in MiB, under which a provision still succeeds). The Rust plugin is the baseline each
+//! ratio is taken against.
 //!
 //! Run with `cargo bench -p addon-host-tests --bench languages` (it builds the JS and Python
 //! plugins with their generators first; see `addon_host_tests::languages`).
@@ -13,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use addon_host::config::{HostConfig, ServerConfig};
+use addon_host::config::{Compiler, HostConfig, ServerConfig};
 use addon_host::service::Service;
 use addon_host_tests::languages::{self, Lang};
 use axum::Router;
@@ -69,55 +71,92 @@ struct Row {
     name: &'static str,
     size: usize,
     compile: Duration,
+    baseline_compile: Duration,
     upload_to_serving: Duration,
+    optimised: Duration,
     new_version: Duration,
     p50: Duration,
     p99: Duration,
+    baseline_p50: Duration,
     memory_mib: u64,
+}
+
+/// How long `plugin` takes to load with `compiler` and no cache.
+fn compile_time(dir: &std::path::Path, plugin: &str, compiler: Compiler) -> anyhow::Result<Duration> {
+    let mut cold = config(dir, plugin, 128, false);
+    cold.server.compiler = compiler;
+    let runtime = addon_host::runtime::Runtime::new(&cold.server, cold.max_memory_bytes(), false)?;
+    let started = Instant::now();
+    runtime.load(&std::fs::read(plugin)?)?;
+    Ok(started.elapsed())
+}
+
+/// Provisions `calls` new apps after a tenth as many warm-up calls; their latencies, sorted.
+async fn latencies(router: &Router, calls: usize, tag: &str) -> anyhow::Result<Vec<Duration>> {
+    for i in 0..calls / 10 {
+        provision(router, &format!("{tag}-warm-{i}")).await?;
+    }
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..calls {
+        times.push(provision(router, &format!("{tag}-{i}")).await?);
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn quantile(times: &[Duration], q: f64) -> Duration {
+    times[((times.len() as f64 * q).ceil() as usize).saturating_sub(1)]
+}
+
+/// Until the add-on's plugin runs Cranelift's build; how long after `since`.
+async fn optimised(service: &Service, since: Instant) -> anyhow::Result<Duration> {
+    let addon = service.addon("myaddon")?;
+    while addon.plugin().compiler() != "cranelift" {
+        anyhow::ensure!(since.elapsed() < Duration::from_secs(300), "no optimised build after 300 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(since.elapsed())
 }
 
 fn measure(rt: &tokio::runtime::Runtime, name: &'static str, plugin: &str, calls: usize) -> anyhow::Result<Row> {
     let bytes = std::fs::read(plugin)?;
     let dir = tempfile::tempdir()?;
 
-    // Compile, no cache.
-    let cold = config(dir.path(), plugin, 128, false);
-    let runtime = addon_host::runtime::Runtime::new(&cold.server, cold.max_memory_bytes(), false)?;
-    let started = Instant::now();
-    runtime.load(&bytes)?;
-    let compile = started.elapsed();
-    drop(runtime);
+    let compile = compile_time(dir.path(), plugin, Compiler::Cranelift)?;
+    let baseline_compile = compile_time(dir.path(), plugin, Compiler::Winch)?;
 
-    // Upload to serving, then per-call latency, on one service (no cache on disk: a real
-    // upload compiles). It starts on another plugin; the first upload compiles everything,
-    // a new version of the same code reuses the compiled functions it shares.
+    // Upload to serving, then per-call latency, on one service with the default tiered
+    // compiler and no cache on disk (a real upload compiles). It starts on another plugin;
+    // the first upload compiles everything, a new version of the same code reuses the
+    // compiled functions it shares.
+    let cold = config(dir.path(), plugin, 128, false);
     let mut start = cold.clone();
     start.addons[0].plugin = addon_host_tests::PLUGIN_VERSIONED_A.into();
     let service = Arc::new(Service::start(&start)?);
     let router = addon_host::app(service.clone());
-    let (upload_to_serving, new_version, times) = rt.block_on(async {
+    let (upload_to_serving, optimised, new_version, times) = rt.block_on(async {
         let addon = service.addon("myaddon")?;
         let mut serving = Vec::new();
+        let mut optimised_after = Vec::new();
         for (n, upload) in [bytes.clone(), variant(&bytes)].into_iter().enumerate() {
             let started = Instant::now();
             service.upload(&addon, upload, "bench", true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             provision(&router, &format!("first-{n}")).await?;
             serving.push(started.elapsed());
+            optimised_after.push(optimised(&service, started).await?);
         }
-        for i in 0..calls / 10 {
-            provision(&router, &format!("warm-{i}")).await?;
-        }
-        let mut times = Vec::with_capacity(calls);
-        for i in 0..calls {
-            times.push(provision(&router, &format!("app-{i}")).await?);
-        }
-        anyhow::Ok((serving[0], serving[1], times))
+        let times = latencies(&router, calls, "app").await?;
+        anyhow::Ok((serving[0], optimised_after[0], serving[1], times))
     })?;
     drop(router);
     drop(service);
-    let mut times = times;
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+
+    // Per-call latency on Winch's build alone.
+    let mut winch = config(dir.path(), plugin, 128, false);
+    winch.server.compiler = Compiler::Winch;
+    let router = addon_host::app(Arc::new(Service::start(&winch)?));
+    let baseline_times = rt.block_on(latencies(&router, calls, "winch"))?;
+    drop(router);
 
     // The smallest memory cap (MiB) a provision succeeds under: bisection, from the cache.
     let (mut fails, mut works) = (0u64, 256u64);
@@ -138,10 +177,13 @@ fn measure(rt: &tokio::runtime::Runtime, name: &'static str, plugin: &str, calls
         name,
         size: bytes.len(),
         compile,
+        baseline_compile,
         upload_to_serving,
+        optimised,
         new_version,
-        p50: at(0.50),
-        p99: at(0.99),
+        p50: quantile(&times, 0.50),
+        p99: quantile(&times, 0.99),
+        baseline_p50: quantile(&baseline_times, 0.50),
         memory_mib: works,
     })
 }
@@ -163,21 +205,24 @@ fn main() -> anyhow::Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("the credentials example, {calls} new provisions per language after {} warm-up calls", calls / 10);
     println!(
-        "| language | component | compile | upload to serving | new version to serving | per call p50 | per call p99 | p50 vs Rust | memory per instance |"
+        "| language | component | Cranelift compile | Winch compile | upload to serving | optimised build serving after | new version to serving | per call p50 | per call p99 | p50 vs Rust | per call p50 on Winch | memory per instance |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let base = rows[0].p50;
     for r in &rows {
         println!(
-            "| {} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms | {:.2} ms | {:.1}x | {} MiB |",
+            "| {} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms | {:.2} ms | {:.1}x | {:.2} ms | {} MiB |",
             r.name,
             r.size as f64 / 1e6,
             ms(r.compile),
+            ms(r.baseline_compile),
             ms(r.upload_to_serving),
+            ms(r.optimised),
             ms(r.new_version),
             ms(r.p50),
             ms(r.p99),
             ms(r.p50) / ms(base),
+            ms(r.baseline_p50),
             r.memory_mib
         );
     }

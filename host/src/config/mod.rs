@@ -33,6 +33,14 @@ pub struct ServerConfig {
     /// Instance allocator: "auto" (pooling when the machine allows it), "pooling" or
     /// "on-demand".
     pub allocator: Allocator,
+    /// How plugins are compiled: "tiered" (default) serves a large plugin first from Winch,
+    /// wasmtime's baseline compiler, and swaps in Cranelift's optimised build once it is
+    /// ready; "cranelift" serves optimised code only (a large upload waits for it); "winch"
+    /// serves baseline code only (fastest loads, slower calls).
+    pub compiler: Compiler,
+    /// In "tiered" mode, plugins at least this large (and not already in the compile cache)
+    /// are served from Winch first; smaller ones compile with Cranelift in well under a second.
+    pub tier_above_kib: u64,
     /// Plugin calls that may run at once across all add-ons; further calls wait.
     pub max_concurrent_calls: u32,
     /// Admin API credentials. When empty, a token is generated at first start, printed once,
@@ -109,6 +117,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
             allocator: Allocator::Auto,
+            compiler: Compiler::Tiered,
+            tier_above_kib: 1024,
             max_concurrent_calls: 64,
             compile_cache: None,
             admins: Vec::new(),
@@ -138,6 +148,15 @@ impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AdminConfig {{ name: {:?}, .. }}", self.name)
     }
+}
+
+/// Which of wasmtime's compilers make the code a plugin runs on.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compiler {
+    Tiered,
+    Cranelift,
+    Winch,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -1,20 +1,23 @@
-//! Building the wasmtime engine: epoch interruption always, the pooling allocator when the
+//! Building the wasmtime engines: epoch interruption always, the pooling allocator when the
 //! machine can reserve its address space (falling back to on-demand allocation otherwise),
-//! and the thread that advances the epoch.
+//! a second engine on Winch for baseline code (see [`super::tiers`]), and the thread that
+//! advances the epochs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
-use crate::config::{Allocator, ServerConfig};
+use crate::config::{Allocator, Compiler, ServerConfig};
 
 /// What kind of engine was built, for logs and the status endpoint.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EngineInfo {
     pub allocator: &'static str,
+    /// "tiered", "cranelift" or "winch" (see `server.compiler`).
+    pub compiler: Compiler,
     /// Whether instructions are metered (some add-on sets `limits.fuel`).
     pub fuel: bool,
     pub slots: u32,
@@ -22,14 +25,21 @@ pub struct EngineInfo {
     pub pooling_error: Option<String>,
 }
 
-fn base_config(fuel: bool) -> Config {
+/// The engine configuration shared by every engine: epochs always, fuel when some add-on
+/// meters instructions, bounded backtraces; then the compiler. Winch does not take part in
+/// incremental compilation.
+fn base_config(fuel: bool, winch: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.consume_fuel(fuel);
     // Traps report a bounded backtrace: enough to find the function, never megabytes.
     config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
-    // Functions another plugin already compiled are not compiled again (see `fragments`).
-    if let Err(e) = config.enable_incremental_compilation(std::sync::Arc::new(super::fragments::Fragments::default())) {
+    if winch {
+        config.strategy(Strategy::Winch);
+    } else if let Err(e) =
+        // Functions another plugin already compiled are not compiled again (see `fragments`).
+        config.enable_incremental_compilation(Arc::new(super::fragments::Fragments::default()))
+    {
         tracing::warn!("incremental compilation unavailable: {e:#}");
     }
     config
@@ -38,7 +48,7 @@ fn base_config(fuel: bool) -> Config {
 /// Memory and table bytes a pool slot keeps mapped between calls.
 const KEEP_RESIDENT: usize = 4 << 20;
 
-fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Engine> {
+fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool, winch: bool) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     // Each slot holds everything one call may use (see the call's limiter), so a call can
     // never exhaust the pool for others.
@@ -55,22 +65,25 @@ fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Engi
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
         .pagemap_scan(wasmtime::Enabled::Auto);
-    let mut config = base_config(fuel);
+    let mut config = base_config(fuel, winch);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(Engine::new(&config)?)
 }
 
 pub(crate) fn build(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<(Engine, EngineInfo)> {
     let slots = server.max_concurrent_calls;
-    let info = |allocator, pooling_error| EngineInfo { allocator, fuel, slots, pooling_error };
-    let on_demand = || Engine::new(&base_config(fuel)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"));
+    let compiler = server.compiler;
+    let winch = compiler == Compiler::Winch;
+    let info = |allocator, pooling_error| EngineInfo { allocator, compiler, fuel, slots, pooling_error };
+    let on_demand =
+        || Engine::new(&base_config(fuel, winch)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"));
     match server.allocator {
         Allocator::OnDemand => Ok((on_demand()?, info("on-demand", None))),
         Allocator::Pooling => {
-            let engine = pooling(slots, max_memory_bytes, fuel).context("creating the pooling allocator")?;
+            let engine = pooling(slots, max_memory_bytes, fuel, winch).context("creating the pooling allocator")?;
             Ok((engine, info("pooling", None)))
         }
-        Allocator::Auto => match pooling(slots, max_memory_bytes, fuel) {
+        Allocator::Auto => match pooling(slots, max_memory_bytes, fuel, winch) {
             Ok(engine) => Ok((engine, info("pooling", None))),
             Err(e) => {
                 tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
@@ -80,13 +93,20 @@ pub(crate) fn build(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) ->
     }
 }
 
-/// Advances the engine's epoch every tick until dropped.
+/// The engine for baseline code: Winch, allocating on demand (its instances serve a plugin
+/// for the seconds until Cranelift's build replaces it, so no pool is reserved for them; the
+/// call's limiter caps their memory as on the main engine).
+pub(crate) fn baseline(fuel: bool) -> anyhow::Result<Engine> {
+    Engine::new(&base_config(fuel, true)).map_err(|e| anyhow::anyhow!("creating the baseline (Winch) engine: {e:#}"))
+}
+
+/// Advances the engines' epochs every tick until dropped.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: Engine, tick: Duration) -> EpochTicker {
+    pub(crate) fn start(engines: Vec<Engine>, tick: Duration) -> EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -94,7 +114,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .ok();

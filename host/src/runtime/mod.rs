@@ -1,6 +1,7 @@
-//! The WebAssembly runtime: one wasmtime engine for the host, each add-on's plugin compiled
-//! once into an `InstancePre`, and every call run in a fresh `Store` under a deadline
-//! (epoch interruption), a memory cap and output limits.
+//! The WebAssembly runtime: one wasmtime engine for the host (plus Winch's for baseline
+//! code, see [`tiers`]), each add-on's plugin compiled once into an `InstancePre`, and every
+//! call run in a fresh `Store` under a deadline (epoch interruption), a memory cap and
+//! output limits.
 //!
 //! Calls run on wasmtime's async support, as tasks of a tokio runtime of their own (see
 //! [`guests`]): the guest yields to the executor at every epoch tick, and WASI's clocks and
@@ -9,6 +10,7 @@
 //! instance; only then is its [`Slot`] released (see [`slots`] for how slots are shared among
 //! add-ons).
 
+mod cache;
 mod engine;
 mod failure;
 mod fragments;
@@ -19,15 +21,15 @@ mod output;
 pub mod recent;
 mod slots;
 mod state;
+mod tiers;
 
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -36,11 +38,12 @@ pub use failure::CallFailure;
 pub use slots::{Share, Slot, SlotRefused};
 pub use state::AddonEnv;
 
-use crate::config::ServerConfig;
+use crate::config::{Compiler, ServerConfig};
 use crate::storage::KvTxn;
 use imports::GuestLog;
 use kv::KvCall;
 use state::{CallLimiter, CallState};
+use tiers::{LoadError, Optimizer, Tier};
 
 /// Host-side bindings of `wit/provider.wit`.
 pub mod bindings {
@@ -67,8 +70,12 @@ pub use bindings::addon::provider::types::{
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<CallState>,
+    /// The engine of `server.compiler`: Cranelift, or Winch in "winch" mode.
+    primary: Arc<Tier>,
+    /// In "tiered" mode, Winch's engine and the thread that replaces its builds.
+    baseline: Option<(Tier, Optimizer)>,
+    /// Plugins at least this large start on baseline code (in "tiered" mode).
+    tier_above: usize,
     slots: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
     info: EngineInfo,
@@ -78,7 +85,7 @@ pub struct Runtime {
 
 /// A compiled plugin, ready to instantiate.
 pub struct Plugin {
-    pre: bindings::PluginPre<CallState>,
+    current: tiers::Current,
     /// sha256 of the component's bytes, the plugin's version identity.
     pub sha256: String,
     pub size: usize,
@@ -90,6 +97,11 @@ impl Plugin {
     /// A short form of the version for messages.
     pub fn version(&self) -> &str {
         &self.sha256[..12]
+    }
+
+    /// The compiler whose build serves calls now: "cranelift" or "winch".
+    pub fn compiler(&self) -> &'static str {
+        tiers::read(&self.current).compiler
     }
 }
 
@@ -129,15 +141,25 @@ pub struct Completed {
 impl Runtime {
     pub fn new(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Runtime> {
         let (engine, info) = engine::build(server, max_memory_bytes, fuel)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        state::add_to_linker(&mut linker)?;
-        let ticker = engine::EpochTicker::start(engine.clone(), EPOCH_TICK);
+        let primary = if server.compiler == Compiler::Winch { "winch" } else { "cranelift" };
+        let primary = Arc::new(Tier::new(engine, primary)?);
+        let cache_dir = server.cache_dir();
+        let baseline = match server.compiler {
+            Compiler::Tiered => Some((
+                Tier::new(engine::baseline(fuel)?, "winch")?,
+                Optimizer::start(primary.clone(), cache_dir.clone())?,
+            )),
+            Compiler::Cranelift | Compiler::Winch => None,
+        };
+        let mut engines = vec![primary.engine.clone()];
+        engines.extend(baseline.iter().map(|(tier, _)| tier.engine.clone()));
+        let ticker = engine::EpochTicker::start(engines, EPOCH_TICK);
         Ok(Runtime {
-            engine,
-            linker,
+            primary,
+            baseline,
+            tier_above: usize::try_from(server.tier_above_kib.saturating_mul(1024)).unwrap_or(usize::MAX),
             slots: Arc::new(Semaphore::new(server.max_concurrent_calls as usize)),
-            cache_dir: server.cache_dir(),
+            cache_dir,
             info,
             guests: guests::Guests::start()?,
             _ticker: ticker,
@@ -148,45 +170,35 @@ impl Runtime {
         &self.info
     }
 
-    /// Compile and link a plugin. Fails with a message naming what is wrong when the bytes
-    /// are not a component or do not implement the `plugin` world.
+    /// Compile (or load from the compile cache) and link a plugin. Fails with a message
+    /// naming what is wrong when the bytes are not a component or do not implement the
+    /// `plugin` world. In "tiered" mode a large plugin without an optimised build in the
+    /// cache is served from Winch's build until Cranelift's replaces it (see [`tiers`]).
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Plugin> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let (component, from_cache) = self.compile(bytes, &sha256)?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}"))?;
-        let pre = bindings::PluginPre::new(instance_pre)
-            .map_err(|e| anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}"))?;
-        Ok(Plugin { pre, sha256, size: bytes.len(), from_cache })
-    }
-
-    /// Compile, or load the artefact an earlier compilation left in the cache directory. The
-    /// cache key is the content's sha256 plus the engine's compatibility hash, so a different
-    /// wasmtime or engine configuration never loads a stale artefact.
-    fn compile(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, bool)> {
-        let Some(dir) = &self.cache_dir else {
-            return Ok((new_component(&self.engine, bytes)?, false));
+        let dir = self.cache_dir.as_deref();
+        let plugin = |(compiled, from_cache)| Plugin {
+            current: Arc::new(RwLock::new(compiled)),
+            sha256: sha256.clone(),
+            size: bytes.len(),
+            from_cache,
         };
-        let mut h = std::hash::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let path = dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
-        if path.exists() {
-            // SAFETY: the file was written by `serialize` below, into the host's own cache
-            // directory, for this exact engine configuration (it is in the file name).
-            #[allow(unsafe_code, reason = "loading the host's own compile cache")]
-            let cached = unsafe { Component::deserialize_file(&self.engine, &path) };
-            match cached {
-                Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled artefact: {e:#}"),
+        if let Some((baseline, optimizer)) = &self.baseline
+            && bytes.len() >= self.tier_above
+            && !self.primary.cached(dir, &sha256)
+        {
+            match baseline.load(dir, bytes, &sha256) {
+                Ok(loaded) => {
+                    let plugin = plugin(loaded);
+                    optimizer.queue(bytes, &sha256, &plugin.current);
+                    return Ok(plugin);
+                }
+                Err(LoadError::Link(e)) => return Err(e),
+                // Winch lacks a few proposals (tail calls, exceptions): Cranelift will do.
+                Err(LoadError::Compile(e)) => tracing::debug!("Winch did not compile the plugin: {e:#}"),
             }
         }
-        let component = new_component(&self.engine, bytes)?;
-        if let Err(e) = write_artefact(&component, dir, &path) {
-            tracing::warn!(path = %path.display(), "could not cache the compiled plugin: {e:#}");
-        }
-        Ok((component, false))
+        Ok(plugin(self.primary.load(dir, bytes, &sha256).map_err(LoadError::into_inner)?))
     }
 
     /// An add-on's share of the call slots: `limits.max_concurrent_calls` (default a quarter
@@ -221,31 +233,15 @@ impl Runtime {
         export: Export,
         deadline: Duration,
     ) -> Result<Completed, CallFailure> {
-        let (engine, metered, pre) = (self.engine.clone(), self.info.fuel, plugin.pre.clone());
+        let (compiled, metered) = (tiers::read(&plugin.current), self.info.fuel);
         self.guests
             .run(async move {
-                let outcome = run(&engine, metered, &pre, env, kv, export, deadline).await;
+                let outcome = run(&compiled.engine, metered, &compiled.pre, env, kv, export, deadline).await;
                 drop(slot);
                 outcome
             })
             .await
     }
-}
-
-fn new_component(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
-    Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("not a valid component: {e:#}"))
-}
-
-/// Write atomically (temporary file, then rename) so concurrent hosts never read half a file.
-fn write_artefact(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tmp = dir.join(format!(".{}-{}.tmp", std::process::id(), hex::encode(suffix)));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 async fn run(

@@ -92,6 +92,7 @@ fn load_plugins(
                 version = plugin.version(),
                 bytes = plugin.size,
                 from_cache = plugin.from_cache,
+                compiler = plugin.compiler(),
                 load_ms = t.elapsed().as_millis() as u64,
                 "plugin loaded"
             );
@@ -104,9 +105,11 @@ fn load_plugins(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cached = plugins.iter().filter(|p| p.from_cache).count();
+    let baseline = plugins.iter().filter(|p| p.compiler() == "winch").count();
     tracing::info!(
         total,
         from_cache = cached,
+        baseline,
         ms = started.elapsed().as_millis() as u64,
         threads = rayon::current_num_threads(),
         "all plugins loaded"

@@ -33,6 +33,9 @@ pub struct Uploaded {
     pub created: bool,
     pub activated: bool,
     pub compile_ms: u64,
+    /// The compiler whose build serves the version now: "winch" until Cranelift's build of a
+    /// large plugin replaces it (see `server.compiler`).
+    pub compiler: &'static str,
 }
 
 impl Service {
@@ -74,10 +77,11 @@ impl Service {
         })
         .await?;
         tracing::info!(addon = addon.id(), version = version.seq, sha256 = %version.sha256, by, compile_ms, "plugin uploaded");
+        let compiler = plugin.compiler();
         if activate {
             self.swap(addon, plugin, &version, compile_ms).await?;
         }
-        Ok(Uploaded { version, created: existing.is_none(), activated: activate, compile_ms })
+        Ok(Uploaded { version, created: existing.is_none(), activated: activate, compile_ms, compiler })
     }
 
     /// Make a stored version (by sequence number or sha256 prefix) the active one.
@@ -139,6 +143,7 @@ impl Service {
             Ok(storage.flush()?)
         })
         .await?;
+        let plugin_compiler = plugin.compiler();
         let from = addon.replace_plugin(plugin);
         tracing::info!(
             addon = addon.id(),
@@ -146,6 +151,7 @@ impl Service {
             to = &meta.sha256[..12],
             version = meta.seq,
             compile_ms,
+            compiler = plugin_compiler,
             "plugin swapped"
         );
         Ok(())

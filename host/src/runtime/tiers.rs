@@ -1,0 +1,145 @@
+//! Tiered compilation. Cranelift makes fast code slowly: a 12 MB JavaScript or an 18 MB
+//! Python component takes 5–10 s on two cores, so an upload (or a cold start) would not
+//! serve for that long. Winch, wasmtime's baseline compiler, makes slower code four to five
+//! times faster. So a large plugin that the compile cache does not already hold is served
+//! first from its Winch build while the [`Optimizer`] compiles it with Cranelift in the
+//! background and swaps that build in between two calls; a call keeps the build it started
+//! on. Both builds land in the compile cache, so the next start serves optimised code at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Instant;
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use super::bindings::PluginPre;
+use super::cache;
+use super::state::{self, CallState};
+
+/// One compiler's engine and the linker of the host's imports for it.
+pub(super) struct Tier {
+    pub(super) engine: Engine,
+    linker: Linker<CallState>,
+    /// "cranelift" or "winch", for the status endpoint and logs.
+    name: &'static str,
+}
+
+/// Why a plugin could not be loaded: its bytes do not compile, or the compiled component
+/// does not fit the `plugin` world (which no other compiler changes).
+pub(super) enum LoadError {
+    Compile(anyhow::Error),
+    Link(anyhow::Error),
+}
+
+impl LoadError {
+    pub(super) fn into_inner(self) -> anyhow::Error {
+        match self {
+            LoadError::Compile(e) | LoadError::Link(e) => e,
+        }
+    }
+}
+
+/// A plugin compiled by one tier, linked and ready to instantiate in that tier's engine.
+pub(super) struct Compiled {
+    pub(super) engine: Engine,
+    pub(super) pre: PluginPre<CallState>,
+    pub(super) compiler: &'static str,
+}
+
+/// The build a plugin's calls run on now: replaced once, when Cranelift's build arrives.
+pub(super) type Current = Arc<RwLock<Arc<Compiled>>>;
+
+/// The build in `current`, also when a panicking writer poisoned the lock (the value is a
+/// whole `Arc` either way).
+pub(super) fn read(current: &Current) -> Arc<Compiled> {
+    current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+}
+
+impl Tier {
+    pub(super) fn new(engine: Engine, name: &'static str) -> anyhow::Result<Tier> {
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        state::add_to_linker(&mut linker)?;
+        Ok(Tier { engine, linker, name })
+    }
+
+    /// Whether this tier's build of the plugin is in the cache.
+    pub(super) fn cached(&self, cache_dir: Option<&Path>, sha256: &str) -> bool {
+        cache::holds(&self.engine, cache_dir, sha256)
+    }
+
+    /// Compile (or load from the cache) and link; the flag says whether it came from the cache.
+    pub(super) fn load(
+        &self,
+        cache_dir: Option<&Path>,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Arc<Compiled>, bool), LoadError> {
+        let (component, from_cache) =
+            cache::compile(&self.engine, cache_dir, bytes, sha256).map_err(LoadError::Compile)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            LoadError::Link(anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}"))
+        })?;
+        let pre = PluginPre::new(instance_pre).map_err(|e| {
+            LoadError::Link(anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}"))
+        })?;
+        Ok((Arc::new(Compiled { engine: self.engine.clone(), pre, compiler: self.name }), from_cache))
+    }
+}
+
+/// A plugin served from baseline code, waiting for its optimised build.
+struct Job {
+    bytes: Vec<u8>,
+    sha256: String,
+    /// Weak: a version nobody serves or keeps loaded any more is not compiled.
+    current: Weak<RwLock<Arc<Compiled>>>,
+}
+
+/// The background thread that compiles baseline-served plugins with Cranelift, one at a
+/// time (Cranelift already compiles a component's functions in parallel on every core), and
+/// swaps each build in. It stops when the runtime, and with it the sender, is dropped.
+pub(super) struct Optimizer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Optimizer {
+    pub(super) fn start(tier: Arc<Tier>, cache_dir: Option<PathBuf>) -> anyhow::Result<Optimizer> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new().name("optimizer".into()).spawn(move || {
+            while let Ok(job) = queue.recv() {
+                if job.current.strong_count() == 0 {
+                    continue;
+                }
+                optimize(&tier, cache_dir.as_deref(), job);
+            }
+        })?;
+        Ok(Optimizer { jobs })
+    }
+
+    pub(super) fn queue(&self, bytes: &[u8], sha256: &str, current: &Current) {
+        let job = Job { bytes: bytes.to_vec(), sha256: sha256.to_owned(), current: Arc::downgrade(current) };
+        if self.jobs.send(job).is_err() {
+            tracing::warn!(version = &sha256[..12], "the optimizer has stopped; the plugin stays on baseline code");
+        }
+    }
+}
+
+fn optimize(tier: &Tier, cache_dir: Option<&Path>, job: Job) {
+    let started = Instant::now();
+    let version = &job.sha256[..12];
+    match tier.load(cache_dir, &job.bytes, &job.sha256) {
+        Ok((compiled, _)) => {
+            let Some(current) = job.current.upgrade() else { return };
+            *current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = compiled;
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(version, compile_ms = ms, "optimised build of the plugin now serving (was baseline)");
+        }
+        Err(e) => tracing::warn!(
+            version,
+            "Cranelift could not compile a plugin Winch did; it keeps running baseline code: {:#}",
+            e.into_inner()
+        ),
+    }
+}
