@@ -164,7 +164,10 @@ fn measure(rt: &tokio::runtime::Runtime, name: &'static str, plugin: &str, calls
         let mid = (fails + works) / 2;
         let probe = tempfile::tempdir()?;
         let mut cfg = config(probe.path(), plugin, mid, true);
+        // Cranelift's build, compiled by the first probe and read from the cache by the rest
+        // (tiered, each probe would start a background compilation of its own).
         cfg.server.compile_cache = Some(dir.path().join("cache"));
+        cfg.server.compiler = Compiler::Cranelift;
         // Under some caps the plugin's initial memory alone does not fit: no start, no call.
         let served = Service::start(&cfg).map(|s| addon_host::app(Arc::new(s)));
         if served.is_ok_and(|router| rt.block_on(provision(&router, "probe")).is_ok()) {
