@@ -15,6 +15,8 @@ const PLUGINS: &[(&str, &str)] = &[
     ("NOT_A_PLUGIN", "not-a-plugin"),
     ("FUTURE_WIT", "future-wit"),
     ("BULKY", "bulky"),
+    ("JOBS", "jobs-guest"),
+    ("LEGACY_WIT", "legacy-wit"),
 ];
 
 fn main() {

@@ -5,11 +5,12 @@ pub use crate::bindings::addon::provider::kv::KvError;
 pub use crate::bindings::addon::provider::log::Level;
 // Off wasm32 (a partner's `cargo test`), the testing double answers instead of the host.
 #[cfg(not(target_arch = "wasm32"))]
-use crate::testing as imp;
+pub(crate) use crate::testing as imp;
 
 /// The host's imports, under the names the testing double also has.
 #[cfg(target_arch = "wasm32")]
-mod imp {
+pub(crate) mod imp {
+    pub(crate) use crate::bindings::addon::provider::jobs::enqueue as jobs_enqueue;
     use crate::bindings::addon::provider::{config, env, kv, log};
     pub(crate) use config::{get as config, secret};
     pub(crate) use env::{now_ms, random_bytes};

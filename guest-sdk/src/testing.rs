@@ -45,6 +45,35 @@ struct Inner {
     /// The running call's writes (`None`: deleted).
     pending: BTreeMap<String, Option<Vec<u8>>>,
     logs: Vec<(Level, String)>,
+    /// Jobs enqueued by committed calls, and by the running call.
+    jobs: Vec<Enqueued>,
+    pending_jobs: Vec<Enqueued>,
+}
+
+/// A job a call enqueued (see [`TestHost::enqueued`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The id `enqueue` returned.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Its delay.
+    pub delay_ms: u64,
+}
+
+impl Enqueued {
+    /// The job as `run_job` receives it on its `attempt`-th run.
+    pub fn job(&self, attempt: u32) -> crate::jobs::Job {
+        crate::jobs::Job {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            payload: self.payload.clone(),
+            resource_id: None,
+            attempt,
+        }
+    }
 }
 
 thread_local! {
@@ -85,13 +114,19 @@ impl TestHost {
 
     /// Run one call as the host would: its key-value writes are kept only if it returns `Ok`.
     pub fn call<T, E>(&self, call: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
-        self.inner.borrow_mut().pending.clear();
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.pending.clear();
+            inner.pending_jobs.clear();
+        }
         let previous = CURRENT.with(|c| c.replace(Some(self.clone())));
         let outcome = call();
         CURRENT.with(|c| *c.borrow_mut() = previous);
         let mut inner = self.inner.borrow_mut();
         let pending = std::mem::take(&mut inner.pending);
+        let jobs = std::mem::take(&mut inner.pending_jobs);
         if outcome.is_ok() {
+            inner.jobs.extend(jobs);
             for (key, value) in pending {
                 match value {
                     Some(v) => inner.committed.insert(key, v),
@@ -115,6 +150,11 @@ impl TestHost {
     /// Every committed key, in order.
     pub fn kv_keys(&self) -> Vec<String> {
         self.inner.borrow().committed.keys().cloned().collect()
+    }
+
+    /// The jobs enqueued by calls that succeeded, in order.
+    pub fn enqueued(&self) -> Vec<Enqueued> {
+        self.inner.borrow().jobs.clone()
     }
 
     /// The lines logged so far, with their level.
@@ -186,6 +226,17 @@ pub(crate) fn kv_compare_and_swap(key: &str, expected: Option<&[u8]>, new: Optio
         }
         h.pending.insert(key.into(), new.map(<[u8]>::to_vec));
         true
+    }))
+}
+
+pub(crate) fn jobs_enqueue(kind: &str, payload: &[u8], delay_ms: u64) -> Result<String, String> {
+    if kind.is_empty() || kind.len() > 64 {
+        return Err(format!("a job's kind must be 1 to 64 bytes long, not {}", kind.len()));
+    }
+    Ok(with(|h| {
+        let id = format!("job-{}", h.jobs.len() + h.pending_jobs.len() + 1);
+        h.pending_jobs.push(Enqueued { id: id.clone(), kind: kind.into(), payload: payload.to_vec(), delay_ms });
+        id
     }))
 }
 

@@ -35,6 +35,9 @@ pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
         .route("/admin/addons/{addon_id}/plugins/{version}/activate", routing::post(activate))
         .route("/admin/addons/{addon_id}/rollback", routing::post(rollback))
         .route("/admin/addons/{addon_id}/logs", routing::get(logs))
+        .route("/admin/addons/{addon_id}/jobs", routing::get(jobs))
+        .route("/admin/addons/{addon_id}/jobs/{job_id}/retry", routing::post(retry_job))
+        .route("/admin/addons/{addon_id}/jobs/{job_id}", routing::delete(drop_job))
         .layer(DefaultBodyLimit::max(max_plugin_bytes))
 }
 
@@ -182,4 +185,48 @@ async fn rollback(
     let version = query(rollback_query)?.version;
     let meta = service.rollback(&addon, version.as_deref()).await?;
     Ok(Json(json!({ "active": meta })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct JobsQuery {
+    state: Option<String>,
+}
+
+const JOB_STATES: [&str; 4] = ["pending", "running", "retrying", "dead"];
+
+/// The add-on's jobs, oldest first: `?state=pending|running|retrying|dead` filters them.
+async fn jobs(
+    State(service): State<Arc<Service>>,
+    AddonAdmin { addon, .. }: AddonAdmin,
+    jobs_query: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Response, ServiceError> {
+    let state = query(jobs_query)?.state;
+    if let Some(state) = state.as_deref().filter(|s| !JOB_STATES.contains(s)) {
+        return Err(ServiceError::BadRequest(format!(
+            "unknown job state `{state}`; use one of {}",
+            JOB_STATES.join(", ")
+        )));
+    }
+    let jobs = service.list_jobs(&addon, state.as_deref()).await?;
+    Ok(Json(json!({ "addon": addon.id(), "jobs": jobs })).into_response())
+}
+
+/// Run a job again now, its attempts counted afresh (how a dead job leaves the dead-letter list).
+async fn retry_job(
+    State(service): State<Arc<Service>>,
+    AddonAdmin { addon, .. }: AddonAdmin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ServiceError> {
+    let (_, id) = path_params(path)?;
+    Ok(Json(json!({ "job": service.retry_job(&addon, &id).await? })).into_response())
+}
+
+async fn drop_job(
+    State(service): State<Arc<Service>>,
+    AddonAdmin { addon, .. }: AddonAdmin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ServiceError> {
+    let (_, id) = path_params(path)?;
+    service.drop_job(&addon, &id).await?;
+    Ok(Json(json!({ "dropped": id })).into_response())
 }

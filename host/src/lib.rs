@@ -14,6 +14,7 @@ pub mod config;
 pub mod conformance;
 pub mod error;
 pub(crate) mod http;
+pub mod jobs;
 pub mod metrics;
 pub(crate) mod pages;
 pub mod runtime;

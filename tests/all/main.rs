@@ -21,6 +21,7 @@ mod hostile;
 mod durability;
 mod edge;
 mod isolation;
+mod jobs;
 mod kit;
 mod languages;
 mod limits;

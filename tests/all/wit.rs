@@ -1,5 +1,5 @@
 //! The contract is a WIT package other languages' generators can take as it is: `wit/` holds
-//! one package, `addon:provider@0.1.0`, with no dependencies, which encodes to the binary
+//! one package, `addon:provider@0.1.1`, with no dependencies, which encodes to the binary
 //! package `wkg wit build` publishes and decodes back to the same worlds; and the SDK's
 //! published crate carries the same files (`guest-sdk/wit` is a link to `wit/`).
 
@@ -9,7 +9,7 @@ const WIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit");
 fn the_wit_folder_is_one_self_contained_package() {
     let mut resolve = wit_parser::Resolve::default();
     let (package, _) = resolve.push_dir(WIT).expect("wit/ parses as a package");
-    assert_eq!(resolve.packages[package].name.to_string(), "addon:provider@0.1.0");
+    assert_eq!(resolve.packages[package].name.to_string(), "addon:provider@0.1.1");
     assert_eq!(resolve.packages.len(), 1, "the contract depends on no other package (no wit/deps needed)");
     let worlds: Vec<&str> = resolve.packages[package].worlds.keys().map(String::as_str).collect();
     assert!(worlds.contains(&"plugin"), "{worlds:?}");
@@ -19,7 +19,7 @@ fn the_wit_folder_is_one_self_contained_package() {
     let decoded = wit_component::decode(&bytes).expect("decodes");
     let again = decoded.resolve();
     let name = again.packages.iter().map(|(_, p)| p.name.to_string()).find(|n| n.starts_with("addon:"));
-    assert_eq!(name.as_deref(), Some("addon:provider@0.1.0"));
+    assert_eq!(name.as_deref(), Some("addon:provider@0.1.1"));
 
     let sdk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk/wit/provider.wit")).unwrap();
     assert_eq!(sdk, std::fs::read_to_string(format!("{WIT}/provider.wit")).unwrap());

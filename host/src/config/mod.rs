@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+mod jobs;
 mod xervo;
+pub use jobs::JobsConfig;
 pub use xervo::{XervoConfig, XervoSettings};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +196,9 @@ pub struct AddonConfig {
     pub deployers: Vec<AdminConfig>,
     /// How the plugin is built from source, for `serve --watch` (development).
     pub build: Option<BuildConfig>,
+    /// How its jobs run (`[addon.jobs]`).
+    #[serde(default)]
+    pub jobs: JobsConfig,
 }
 
 /// `[addon.build]`: the partner's build, run by `serve --watch` at start and whenever a watched
@@ -233,6 +238,7 @@ impl AddonConfig {
             secrets: BTreeMap::new(),
             deployers: Vec::new(),
             build: None,
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -298,6 +304,10 @@ pub struct Limits {
     /// Calls that may wait for the add-on's share; past that, requests are answered 503
     /// with `Retry-After` at once (default: four times the share).
     pub max_queued_calls: Option<u32>,
+    /// Jobs one call may enqueue.
+    pub max_jobs_per_call: usize,
+    /// Largest payload of one job.
+    pub max_job_payload_bytes: usize,
 }
 
 impl Default for Limits {
@@ -322,6 +332,8 @@ impl Default for Limits {
             max_call_host_bytes: 8 << 20,
             max_concurrent_calls: None,
             max_queued_calls: None,
+            max_jobs_per_call: 16,
+            max_job_payload_bytes: 64 * 1024,
         }
     }
 }
@@ -488,6 +500,7 @@ impl HostConfig {
                     bail!("{at}: `limits.{name}` must be greater than 0");
                 }
             }
+            addon.jobs.validate(&at)?;
             if l.memory_mib > 4096 {
                 bail!("{at}: `limits.memory_mib` must be at most 4096 (32-bit linear memory)");
             }

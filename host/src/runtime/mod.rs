@@ -16,6 +16,7 @@ mod failure;
 mod fragments;
 mod guests;
 mod imports;
+mod jobs;
 mod kv;
 mod output;
 pub mod recent;
@@ -35,6 +36,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 pub use engine::EngineInfo;
 pub use failure::CallFailure;
+pub use jobs::{NewJob, new_id as new_job_id};
 pub use slots::{Share, Slot, SlotRefused};
 pub use state::AddonEnv;
 
@@ -56,6 +58,7 @@ pub mod bindings {
     });
 }
 
+pub use bindings::addon::provider::jobs::{Job, JobError, RetryLater};
 pub use bindings::addon::provider::types::{
     ChangePlanReply, ChangePlanRequest, DeprovisionRequest, EnvVar, Platform, ProviderError, ProvisionReply,
     ProvisionRequest, Unavailable,
@@ -91,6 +94,8 @@ pub struct Plugin {
     pub size: usize,
     /// Whether the compiled artefact came from the on-disk cache.
     pub from_cache: bool,
+    /// Whether it exports `run-job` (the `worker` world).
+    pub runs_jobs: bool,
 }
 
 impl Plugin {
@@ -111,6 +116,8 @@ pub enum Export {
     Provision(ProvisionRequest),
     ChangePlan(ChangePlanRequest),
     Deprovision(DeprovisionRequest),
+    /// A job, for plugins that export `run-job` (the `worker` world).
+    RunJob(Job),
 }
 
 impl Export {
@@ -119,6 +126,7 @@ impl Export {
             Export::Provision(_) => "provision",
             Export::ChangePlan(_) => "change-plan",
             Export::Deprovision(_) => "deprovision",
+            Export::RunJob(_) => "run-job",
         }
     }
 }
@@ -130,11 +138,18 @@ pub struct Answer {
     pub message: Option<String>,
 }
 
-/// The outcome of a call that ran to completion: the plugin's own answer or refusal, and the
-/// key-value writes it made (to be committed by the caller only on success).
+/// What the plugin returned: a platform call's answer or refusal, or a job's outcome.
+pub enum Returned {
+    Reply(Result<Answer, ProviderError>),
+    Job(Result<(), JobError>),
+}
+
+/// The outcome of a call that ran to completion: what the plugin returned, and the key-value
+/// writes and jobs it made (to be committed by the caller only on success).
 pub struct Completed {
-    pub result: Result<Answer, ProviderError>,
+    pub result: Returned,
     pub kv: KvTxn,
+    pub jobs: Vec<NewJob>,
     pub elapsed: Duration,
 }
 
@@ -177,7 +192,8 @@ impl Runtime {
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Plugin> {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let dir = self.cache_dir.as_deref();
-        let plugin = |(compiled, from_cache)| Plugin {
+        let plugin = |(compiled, from_cache): (Arc<tiers::Compiled>, bool)| Plugin {
+            runs_jobs: compiled.runs_jobs,
             current: Arc::new(RwLock::new(compiled)),
             sha256: sha256.clone(),
             size: bytes.len(),
@@ -263,6 +279,7 @@ async fn run(
         table: ResourceTable::new(),
         limiter: CallLimiter::new((limits.memory_mib << 20) as usize),
         log: GuestLog::new(&env.id, export.name(), limits.max_log_bytes, env.recent.clone()),
+        jobs: jobs::CallJobs::new(limits.max_jobs_per_call, limits.max_job_payload_bytes),
         env,
         kv: KvCall::new(kv),
         stdout,
@@ -285,7 +302,7 @@ async fn run(
     }
     let deadline_ms = deadline.as_millis() as u64;
     let call = async {
-        let instance = pre.instantiate_async(&mut store).await?;
+        let instance = pre.instance_pre().instantiate_async(&mut store).await?;
         call_export(&instance, &mut store, export).await
     };
     // On timeout the call's future (and with it the guest's stack) is already gone; the
@@ -302,36 +319,49 @@ async fn run(
         Err(error) => return Err(failure::classify(error, &state, deadline_ms, elapsed)),
         Ok(r) => r,
     };
+    let refused = matches!(result, Returned::Reply(Err(_)) | Returned::Job(Err(_)));
     // A plugin that hit a key-value limit and then gave up failed because of the limit.
-    if let (Err(_), Some(quota)) = (&result, &state.kv.quota_violation) {
+    if let (true, Some(quota)) = (refused, &state.kv.quota_violation) {
         return Err(CallFailure::Quota(quota.clone()));
     }
     // So did one refused memory that then gave up: JS and Python engines report a refused
     // growth as their own "out of memory" error instead of trapping.
-    if result.is_err() && state.limiter.memory_denied {
+    if refused && state.limiter.memory_denied {
         return Err(CallFailure::Memory { memory_mib: limits.memory_mib });
     }
     let result = match result {
-        Ok(answer) => Ok(failure::check_answer(answer, &limits)?),
-        Err(refusal) => Err(refusal),
+        Returned::Reply(Ok(answer)) => Returned::Reply(Ok(failure::check_answer(answer, &limits)?)),
+        other => other,
     };
-    Ok(Completed { result, kv: state.kv.txn, elapsed })
+    Ok(Completed { result, kv: state.kv.txn, jobs: state.jobs.enqueued, elapsed })
 }
 
 async fn call_export(
-    instance: &bindings::Plugin,
+    instance: &wasmtime::component::Instance,
     store: &mut Store<CallState>,
     export: Export,
-) -> wasmtime::Result<Result<Answer, ProviderError>> {
+) -> wasmtime::Result<Returned> {
+    let reply = |r: Result<Answer, ProviderError>| Returned::Reply(r);
+    let answer = |config: Vec<EnvVar>, message| Answer {
+        config: config.into_iter().map(|v| (v.key, v.value)).collect(),
+        message,
+    };
     Ok(match export {
-        Export::Provision(req) => instance
-            .call_provision(&mut *store, &req)
-            .await?
-            .map(|r| Answer { config: r.config.into_iter().map(|v| (v.key, v.value)).collect(), message: r.message }),
-        Export::ChangePlan(req) => instance
-            .call_change_plan(&mut *store, &req)
-            .await?
-            .map(|r| Answer { config: r.config.into_iter().map(|v| (v.key, v.value)).collect(), message: r.message }),
-        Export::Deprovision(req) => instance.call_deprovision(&mut *store, &req).await?.map(|()| Answer::default()),
+        Export::RunJob(job) => {
+            let run = instance.get_typed_func::<(&Job,), (Result<(), JobError>,)>(&mut *store, "run-job")?;
+            Returned::Job(run.call_async(&mut *store, (&job,)).await?.0)
+        }
+        Export::Provision(req) => {
+            let plugin = bindings::Plugin::new(&mut *store, instance)?;
+            reply(plugin.call_provision(&mut *store, &req).await?.map(|r| answer(r.config, r.message)))
+        }
+        Export::ChangePlan(req) => {
+            let plugin = bindings::Plugin::new(&mut *store, instance)?;
+            reply(plugin.call_change_plan(&mut *store, &req).await?.map(|r| answer(r.config, r.message)))
+        }
+        Export::Deprovision(req) => {
+            let plugin = bindings::Plugin::new(&mut *store, instance)?;
+            reply(plugin.call_deprovision(&mut *store, &req).await?.map(|()| Answer::default()))
+        }
     })
 }

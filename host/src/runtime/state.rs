@@ -10,8 +10,9 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::addon::provider::{config, env, kv, log, types};
+use super::bindings::addon::provider::{config, env, jobs, kv, log, types};
 use super::imports::{AddonView, GuestLog};
+use super::jobs::CallJobs;
 use super::kv::{KvCall, KvView};
 use super::output::CappedOutput;
 use crate::config::Limits;
@@ -34,6 +35,7 @@ pub(crate) struct CallState {
     pub(super) env: Arc<AddonEnv>,
     pub(super) kv: KvCall,
     pub(super) log: GuestLog,
+    pub(super) jobs: CallJobs,
     pub(super) stdout: CappedOutput,
     pub(super) stderr: CappedOutput,
 }
@@ -72,6 +74,11 @@ impl HasData for LogData {
     type Data<'a> = &'a mut GuestLog;
 }
 
+struct JobsData;
+impl HasData for JobsData {
+    type Data<'a> = &'a mut CallJobs;
+}
+
 struct AddonData;
 impl HasData for AddonData {
     type Data<'a> = AddonView<'a>;
@@ -84,6 +91,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<
     log::add_to_linker::<_, LogData>(linker, |s| &mut s.log)?;
     config::add_to_linker::<_, AddonData>(linker, |s| AddonView(&s.env))?;
     env::add_to_linker::<_, AddonData>(linker, |s| AddonView(&s.env))?;
+    jobs::add_to_linker::<_, JobsData>(linker, |s| &mut s.jobs)?;
     Ok(())
 }
 

@@ -46,6 +46,8 @@ pub(super) struct Compiled {
     pub(super) engine: Engine,
     pub(super) pre: PluginPre<CallState>,
     pub(super) compiler: &'static str,
+    /// Whether the component exports `run-job`.
+    pub(super) runs_jobs: bool,
 }
 
 /// The build a plugin's calls run on now: replaced once, when Cranelift's build arrives.
@@ -85,7 +87,8 @@ impl Tier {
         let pre = PluginPre::new(instance_pre).map_err(|e| {
             LoadError::Link(anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}"))
         })?;
-        Ok((Arc::new(Compiled { engine: self.engine.clone(), pre, compiler: self.name }), from_cache))
+        let runs_jobs = component.get_export_index(None, "run-job").is_some();
+        Ok((Arc::new(Compiled { engine: self.engine.clone(), pre, compiler: self.name, runs_jobs }), from_cache))
     }
 }
 

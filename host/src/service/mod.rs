@@ -15,6 +15,7 @@
 
 mod addon;
 pub mod auth;
+mod jobs;
 mod locks;
 pub mod record;
 mod request;
@@ -32,7 +33,8 @@ use crate::clock;
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::runtime::{
-    Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Runtime, SlotRefused,
+    Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Returned, Runtime,
+    SlotRefused,
 };
 use crate::storage::{KvQuota, Storage, StorageError};
 use crate::versions::Registry;
@@ -60,6 +62,8 @@ pub struct Service {
     /// Serialise the resolution of a platform app identity to a resource (taken before, and
     /// never while holding, a resource lock).
     app_locks: KeyedLocks,
+    /// When each stored job runs next (see `crate::jobs`).
+    jobs: Arc<crate::jobs::Queue>,
 }
 
 /// What a deprovision found.
@@ -92,6 +96,11 @@ impl Service {
 
     pub fn addons(&self) -> impl Iterator<Item = &Arc<Addon>> {
         self.addons.values()
+    }
+
+    /// The job queue (see `crate::jobs`).
+    pub fn jobs(&self) -> &Arc<crate::jobs::Queue> {
+        &self.jobs
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -372,14 +381,24 @@ impl Service {
                 });
             self.metrics.call(addon.id(), call, started.elapsed());
             let completed = completed?;
-            let answer = completed.result.map_err(|e| refusal(addon, call, &plugin, e))?;
+            let answer = match completed.result {
+                Returned::Reply(reply) => reply.map_err(|e| refusal(addon, call, &plugin, e))?,
+                Returned::Job(_) => return Err(failed(CallFailure::InvalidReply("a job outcome".into()))),
+            };
             let record = make_record(&answer, &plugin.sha256)?;
             let quota = KvQuota {
                 max_bytes: limits.max_kv_bytes,
                 max_keys: limits.max_kv_keys,
                 max_call_bytes: limits.max_call_kv_bytes,
             };
-            let (store, kv, bytes) = (addon.store.clone(), completed.kv, record.to_bytes());
+            let mut kv = completed.kv;
+            // A deprovision cancels the resource's jobs, except those it enqueues itself.
+            if matches!(export, Export::Deprovision(_)) {
+                kv.jobs.cancel_resource(&record.resource_id);
+            }
+            let new_jobs =
+                crate::jobs::stage(&mut kv.jobs, &completed.jobs, Some(&record.resource_id), call, clock::now_ms());
+            let (store, bytes) = (addon.store.clone(), record.to_bytes());
             let (id, alias) = (record.resource_id.clone(), alias.map(|(k, v)| (k.to_owned(), v.to_owned())));
             let started = Instant::now();
             let committed = blocking(move || {
@@ -389,7 +408,12 @@ impl Service {
             .await?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             match committed {
-                Ok(()) => return Ok(record),
+                Ok(()) => {
+                    for job in &new_jobs {
+                        self.jobs.push(addon.id(), &job.id, job.due_ms);
+                    }
+                    return Ok(record);
+                }
                 Err(StorageError::Conflict(key)) => {
                     tracing::debug!(addon = addon.id(), call, key, "key-value conflict; running the call again");
                     if _serial.is_none() {

@@ -55,7 +55,7 @@ impl Service {
             addons.insert(addon.id.clone(), Arc::new(entry));
         }
         storage.flush()?;
-        Ok(Service {
+        let service = Service {
             addons,
             storage,
             runtime,
@@ -65,7 +65,13 @@ impl Service {
             metrics,
             resource_locks: Default::default(),
             app_locks: Default::default(),
-        })
+            jobs: Default::default(),
+        };
+        let queued = service.queue_stored_jobs()?;
+        if queued > 0 {
+            tracing::info!(jobs = queued, "stored jobs queued");
+        }
+        Ok(service)
     }
 }
 

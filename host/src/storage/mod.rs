@@ -12,6 +12,7 @@
 //! a runtime worker, because sled can block (its transactions take a global lock).
 
 mod durable;
+mod jobs;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use durable::{CommitStats, Stall};
 use durable::{Durability, Watchdog};
+pub use jobs::JobWrites;
 
 const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";
@@ -217,7 +219,7 @@ impl AddonStore {
 
     /// Start buffering a call's key-value access.
     pub fn begin(&self) -> KvTxn {
-        KvTxn { store: self.clone(), reads: BTreeMap::new(), writes: BTreeMap::new() }
+        KvTxn { store: self.clone(), reads: BTreeMap::new(), writes: BTreeMap::new(), jobs: JobWrites::default() }
     }
 
     /// Atomically apply a call's writes and (optionally) write a record and an alias,
@@ -307,6 +309,7 @@ impl AddonStore {
         if let Some((key, id)) = alias {
             batch.insert(prefixed(ALIAS, key), id.as_bytes());
         }
+        self.stage_jobs(&txn.jobs, &mut batch)?;
         Ok(batch)
     }
 }
@@ -319,6 +322,8 @@ pub struct KvTxn {
     reads: BTreeMap<String, Option<Vec<u8>>>,
     /// Pending writes; `None` deletes.
     writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Jobs the call enqueued, finished or cancelled.
+    pub jobs: JobWrites,
 }
 
 impl KvTxn {

@@ -1,0 +1,97 @@
+//! Jobs in an add-on's tree (`j/{id}` → the job, `J/{resource}/{id}` → its resource index),
+//! written in the same atomic batch as a call's key-value writes and record. The job's own
+//! format belongs to `crate::jobs`; storage only keeps bytes and the index.
+
+use super::{AddonStore, Result, prefixed};
+
+const JOB: &[u8] = b"j/";
+const BY_RESOURCE: &[u8] = b"J/";
+
+/// One change to a job.
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(Vec<u8>),
+    /// Replace the job only if it is still stored (a deprovision or an operator may have
+    /// removed it while it ran).
+    Update(Vec<u8>),
+    Remove,
+}
+
+/// A call's job changes, applied with its commit.
+#[derive(Debug, Clone, Default)]
+pub struct JobWrites {
+    ops: Vec<(String, Option<String>, Op)>,
+    /// Remove every job of this resource first (its deprovision).
+    cancel: Option<String>,
+}
+
+impl JobWrites {
+    pub fn insert(&mut self, id: &str, resource: Option<&str>, bytes: Vec<u8>) {
+        self.ops.push((id.to_owned(), resource.map(str::to_owned), Op::Insert(bytes)));
+    }
+
+    pub fn update(&mut self, id: &str, resource: Option<&str>, bytes: Vec<u8>) {
+        self.ops.push((id.to_owned(), resource.map(str::to_owned), Op::Update(bytes)));
+    }
+
+    pub fn remove(&mut self, id: &str, resource: Option<&str>) {
+        self.ops.push((id.to_owned(), resource.map(str::to_owned), Op::Remove));
+    }
+
+    /// Cancel the resource's stored jobs; jobs inserted by this same commit are kept.
+    pub fn cancel_resource(&mut self, resource: &str) {
+        self.cancel = Some(resource.to_owned());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.cancel.is_none()
+    }
+}
+
+fn index_key(resource: &str, id: &str) -> Vec<u8> {
+    prefixed(BY_RESOURCE, &format!("{resource}/{id}"))
+}
+
+impl AddonStore {
+    /// Every stored job, oldest first (ids start with their enqueue time).
+    pub fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.scan(JOB)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(JOB, id))?.map(|v| v.to_vec()))
+    }
+
+    /// Add `writes` to `batch`; called under the commit lock.
+    pub(super) fn stage_jobs(&self, writes: &JobWrites, batch: &mut sled::Batch) -> Result<()> {
+        if let Some(resource) = &writes.cancel {
+            let prefix = index_key(resource, "");
+            for key in self.tree.scan_prefix(&prefix).keys() {
+                let key = key?;
+                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                batch.remove(prefixed(JOB, &id));
+                batch.remove(key);
+            }
+        }
+        for (id, resource, op) in &writes.ops {
+            let key = prefixed(JOB, id);
+            match op {
+                Op::Insert(bytes) => batch.insert(key, bytes.as_slice()),
+                Op::Update(bytes) => {
+                    if self.tree.contains_key(&key)? {
+                        batch.insert(key, bytes.as_slice());
+                    }
+                    continue;
+                }
+                Op::Remove => batch.remove(key),
+            }
+            if let Some(resource) = resource {
+                match op {
+                    Op::Insert(_) => batch.insert(index_key(resource, id), &[][..]),
+                    _ => batch.remove(index_key(resource, id)),
+                }
+            }
+        }
+        Ok(())
+    }
+}

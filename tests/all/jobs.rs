@@ -1,0 +1,182 @@
+//! Durable jobs (`tests/guests/jobs`): a provision answers before its job runs, and the job
+//! then runs with the call's resource; a job asking to be retried backs off and succeeds; a
+//! job that fails for good lands on the dead-letter list, where operators retry or drop it
+//! through the admin API; a deprovision cancels the resource's pending jobs but runs the
+//! cleanup it enqueues itself; a refused call leaves no job; a job enqueued by a job runs;
+//! jobs survive a SIGKILL between the acknowledgement and their run; and a plugin built
+//! against the first version of the contract (0.1.0, no jobs) still loads and serves.
+
+use std::time::{Duration, Instant};
+
+use addon_host::config::AddonConfig;
+use addon_host::storage::Storage;
+use addon_host_tests::AddonToml;
+use axum::http::Method;
+
+use crate::process::{exchange, spawn};
+use crate::support::*;
+
+const JOBS_TOKEN: &str = "jobs-shared-token-0123";
+
+fn jobs_addon() -> AddonConfig {
+    let mut addon = AddonConfig::on_bitrise("jobs", addon_host_tests::PLUGIN_JOBS, JOBS_TOKEN, "jobs-sso-secret-0123");
+    addon.jobs.backoff_ms = 50;
+    addon.jobs.max_backoff_ms = 200;
+    addon.jobs.max_attempts = 4;
+    addon
+}
+
+fn host() -> TestHost {
+    TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| cfg.addons.push(jobs_addon()))
+}
+
+/// Poll `check` until it holds (20 s at most).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}: not after 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn jobs(host: &TestHost, query: &str) -> Vec<serde_json::Value> {
+    let reply = host.admin(Method::GET, &format!("/admin/addons/jobs/jobs{query}"), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["jobs"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provision_answers_before_its_job_and_the_job_runs_after() {
+    let host = host();
+    let reply = host.provision("jobs", JOBS_TOKEN, "slow-app", "slow").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    // The job busy-waits 1.5 s before it records its run: the reply did not wait for it.
+    assert_eq!(host.kv("jobs").get("ran/slow-app"), None, "the reply waited for the job");
+    assert!(!reply.env("JOBS_ENQUEUED").is_empty(), "enqueue returned the job's id");
+    eventually("the slow job ran", async || host.kv("jobs").contains_key("ran/slow-app")).await;
+    assert_eq!(host.kv("jobs")["ran/slow-app"], "1", "one attempt");
+
+    // A job a job enqueues runs too, with the same resource.
+    let chained = host.provision("jobs", JOBS_TOKEN, "chain-app", "chain").await;
+    assert_eq!(chained.status, 201, "{}", chained.text);
+    eventually("the chained job ran", async || host.kv("jobs").contains_key("ran/chain-app")).await;
+    eventually("no job left", async || jobs(&host, "").await.is_empty()).await;
+    let lines = host.admin(Method::GET, "/admin/addons/jobs/logs", "").await.json();
+    assert!(lines.to_string().contains("ran for slow-app, attempt 1"), "the job's own log line: {lines}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_asking_to_be_retried_backs_off_then_succeeds() {
+    let host = host();
+    let reply = host.provision("jobs", JOBS_TOKEN, "flaky-app", "flaky").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    eventually("the flaky job succeeded", async || host.kv("jobs").contains_key("ran/flaky-app")).await;
+    assert_eq!(host.kv("jobs")["ran/flaky-app"], "3", "it succeeded on its third attempt");
+    assert!(jobs(&host, "").await.is_empty(), "a job that succeeded is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_goes_to_the_dead_letter_list_where_operators_retry_or_drop_it() {
+    let host = host();
+    let reply = host.provision("jobs", JOBS_TOKEN, "doomed-app", "doomed").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    eventually("the job is dead", async || jobs(&host, "?state=dead").await.len() == 1).await;
+    let dead = &jobs(&host, "?state=dead").await[0];
+    assert_eq!((dead["kind"].as_str(), dead["attempts"].as_u64()), (Some("doomed"), Some(1)), "{dead}");
+    assert_eq!(dead["resource_id"], "doomed-app");
+    assert_eq!(dead["enqueued_by"], "provision");
+    assert!(dead["last_error"].as_str().unwrap().contains("can never succeed"), "{dead}");
+    let id = dead["id"].as_str().unwrap().to_owned();
+    assert!(jobs(&host, "?state=pending").await.is_empty());
+
+    // Retried: it runs again (and fails again, for good).
+    let retried = host.admin(Method::POST, &format!("/admin/addons/jobs/jobs/{id}/retry"), "").await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    eventually("the retried job ran and died again", async || {
+        jobs(&host, "?state=dead").await.first().is_some_and(|j| j["due_ms"] != dead["due_ms"])
+    })
+    .await;
+
+    // Dropped: gone for good; a second drop finds nothing.
+    let dropped = host.admin(Method::DELETE, &format!("/admin/addons/jobs/jobs/{id}"), "").await;
+    assert_eq!(dropped.status, 200, "{}", dropped.text);
+    assert!(jobs(&host, "").await.is_empty());
+    let again = host.admin(Method::DELETE, &format!("/admin/addons/jobs/jobs/{id}"), "").await;
+    assert_error(&again, 404, "not_found", "no job");
+    let unknown = host.admin(Method::GET, "/admin/addons/jobs/jobs?state=stuck", "").await;
+    assert_error(&unknown, 400, "bad_request", "pending, running, retrying, dead");
+    let anonymous = host.send(Method::GET, "/admin/addons/jobs/jobs", &[], axum::body::Body::empty()).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprovision_cancels_pending_jobs_but_runs_its_own_cleanup() {
+    let host = host();
+    let reply = host.provision("jobs", JOBS_TOKEN, "gone-app", "later").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(jobs(&host, "?state=pending").await.len(), 1, "the delayed job waits");
+    let gone = host.deprovision("jobs", JOBS_TOKEN, "gone-app").await;
+    assert_eq!(gone.status, 200, "{}", gone.text);
+    eventually("the cleanup ran", async || host.kv("jobs").contains_key("cleaned/gone-app")).await;
+    // Past the cancelled job's due time, it has not run.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(host.kv("jobs").get("ran/gone-app"), None, "a cancelled job ran");
+    assert!(jobs(&host, "").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_leaves_no_job() {
+    let host = host();
+    let reply = host.provision("jobs", JOBS_TOKEN, "refused-app", "refuse").await;
+    assert_error(&reply, 422, "refused", "refused after enqueueing");
+    assert!(jobs(&host, "").await.is_empty(), "the refused call's job was stored");
+    assert!(host.service.jobs().queued() == 0, "the refused call's job was queued");
+}
+
+/// SIGKILL right after the provision's 201: its job, due 2 s later, runs after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_survives_a_sigkill_between_the_reply_and_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "[[server.admins]]\nname = \"ops\"\ntoken = \"jobs-admin-token-0123456789\"\n";
+    let addon = AddonToml::new("jobs", addon_host_tests::PLUGIN_JOBS).bitrise(JOBS_TOKEN, "jobs-sso-secret-0123");
+    let config = format!("{admin}{}[addon.jobs]\nbackoff_ms = 50\n", addon.to_toml());
+    let mut server = spawn(dir.path(), &config).await;
+    let json = [("Authentication", JOBS_TOKEN), ("Content-Type", "application/json")];
+    let body = r#"{"app_slug":"killed-app","api_token":"t","plan":"later"}"#;
+    let (status, reply) = exchange(&server.addr, "POST", "/addons/jobs/provision", &json, body).await;
+    assert_eq!(status, 201, "{reply}");
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
+
+    let mut server = spawn(dir.path(), &config).await;
+    let bearer = [("Authorization", "Bearer jobs-admin-token-0123456789")];
+    let (status, listed) = exchange(&server.addr, "GET", "/admin/addons/jobs/jobs", &bearer, "").await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.contains("killed-app"), "the job survived the kill: {listed}");
+    let started = Instant::now();
+    loop {
+        let (_, listed) = exchange(&server.addr, "GET", "/admin/addons/jobs/jobs", &bearer, "").await;
+        if !listed.contains("killed-app") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the job never ran after the restart: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
+    let storage = Storage::open(&dir.path().join("data")).unwrap();
+    let ran = storage.addon("jobs").unwrap().kv_get("ran/killed-app").unwrap();
+    assert_eq!(ran.as_deref(), Some(&b"1"[..]), "the job ran once, after the restart");
+}
+
+/// A plugin built against `addon:provider@0.1.0` loads on a host of 0.1.1 and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_first_contract_still_serves() {
+    let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.addons[0].plugin = addon_host_tests::PLUGIN_LEGACY_WIT.into();
+    });
+    let reply = host.provision("myaddon", TOKEN, "old-app", "free").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.env("LEGACY_URL"), "https://legacy.example.com/old-app");
+    assert_eq!(host.kv("myaddon")["seen/old-app"], "1");
+}
