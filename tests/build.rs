@@ -9,6 +9,7 @@ use std::process::Command;
 const PLUGINS: &[(&str, &str)] = &[
     ("CREDENTIALS", "credentials"),
     ("QUOTA", "quota"),
+    ("WEBHOOKS", "webhooks"),
     ("MISBEHAVE", "misbehave"),
     ("VERSIONED_A", "versioned-a"),
     ("VERSIONED_B", "versioned-b"),

@@ -10,6 +10,7 @@ pub(crate) use crate::testing as imp;
 /// The host's imports, under the names the testing double also has.
 #[cfg(target_arch = "wasm32")]
 pub(crate) mod imp {
+    pub(crate) use crate::bindings::addon::provider::http::send as http_send;
     pub(crate) use crate::bindings::addon::provider::jobs::enqueue as jobs_enqueue;
     use crate::bindings::addon::provider::{config, env, kv, log};
     pub(crate) use config::{get as config, secret};

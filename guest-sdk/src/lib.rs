@@ -60,6 +60,7 @@ pub mod bindings {
 
 mod error;
 mod host;
+pub mod http;
 pub mod jobs;
 mod reply;
 #[cfg(not(target_arch = "wasm32"))]

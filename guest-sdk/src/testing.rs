@@ -48,7 +48,12 @@ struct Inner {
     /// Jobs enqueued by committed calls, and by the running call.
     jobs: Vec<Enqueued>,
     pending_jobs: Vec<Enqueued>,
+    /// Answers outbound requests; none: every request is denied.
+    http: Option<Rc<Responder>>,
+    requests: Vec<crate::http::Request>,
 }
+
+type Responder = dyn Fn(&crate::http::Request) -> Result<crate::http::Response, crate::http::HttpError>;
 
 /// A job a call enqueued (see [`TestHost::enqueued`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +157,21 @@ impl TestHost {
         self.inner.borrow().committed.keys().cloned().collect()
     }
 
+    /// Answer the plugin's outbound requests with `respond` (without it, each is denied, as
+    /// the host denies origins not in `allowed_outbound`).
+    pub fn on_http(
+        self,
+        respond: impl Fn(&crate::http::Request) -> Result<crate::http::Response, crate::http::HttpError> + 'static,
+    ) -> TestHost {
+        self.inner.borrow_mut().http = Some(Rc::new(respond));
+        self
+    }
+
+    /// The outbound requests the plugin sent, in order.
+    pub fn requests(&self) -> Vec<crate::http::Request> {
+        self.inner.borrow().requests.clone()
+    }
+
     /// The jobs enqueued by calls that succeeded, in order.
     pub fn enqueued(&self) -> Vec<Enqueued> {
         self.inner.borrow().jobs.clone()
@@ -238,6 +258,25 @@ pub(crate) fn jobs_enqueue(kind: &str, payload: &[u8], delay_ms: u64) -> Result<
         h.pending_jobs.push(Enqueued { id: id.clone(), kind: kind.into(), payload: payload.to_vec(), delay_ms });
         id
     }))
+}
+
+pub(crate) fn http_send(
+    req: &crate::bindings::addon::provider::http::Request,
+) -> Result<crate::bindings::addon::provider::http::Response, crate::http::HttpError> {
+    let request = crate::http::Request(req.clone());
+    let respond = with(|h| {
+        h.requests.push(request.clone());
+        h.http.clone()
+    });
+    let response = match respond {
+        Some(respond) => respond(&request)?,
+        None => return Err(crate::http::HttpError::Denied(format!("{} is not an allowed origin", req.url))),
+    };
+    Ok(crate::bindings::addon::provider::http::Response {
+        status: response.status,
+        headers: response.headers,
+        body: response.body,
+    })
 }
 
 pub(crate) fn log(level: Level, message: &str) {

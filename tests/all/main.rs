@@ -28,6 +28,7 @@ mod limits;
 mod liveness;
 mod load;
 mod observe;
+mod outbound;
 mod plans;
 mod sso;
 mod upgrade;

@@ -199,6 +199,9 @@ pub struct AddonConfig {
     /// How its jobs run (`[addon.jobs]`).
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// Origins its plugin may call over HTTP (`["https://api.bitrise.io"]`); none by default.
+    #[serde(default)]
+    pub allowed_outbound: Vec<String>,
 }
 
 /// `[addon.build]`: the partner's build, run by `serve --watch` at start and whenever a watched
@@ -239,6 +242,7 @@ impl AddonConfig {
             deployers: Vec::new(),
             build: None,
             jobs: JobsConfig::default(),
+            allowed_outbound: Vec::new(),
         }
     }
 }
@@ -308,6 +312,10 @@ pub struct Limits {
     pub max_jobs_per_call: usize,
     /// Largest payload of one job.
     pub max_job_payload_bytes: usize,
+    /// Outbound HTTP requests one call may make.
+    pub max_http_requests_per_call: usize,
+    /// Largest response body one outbound request may return.
+    pub max_http_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -334,6 +342,8 @@ impl Default for Limits {
             max_queued_calls: None,
             max_jobs_per_call: 16,
             max_job_payload_bytes: 64 * 1024,
+            max_http_requests_per_call: 32,
+            max_http_response_bytes: 1 << 20,
         }
     }
 }
@@ -501,6 +511,8 @@ impl HostConfig {
                 }
             }
             addon.jobs.validate(&at)?;
+            crate::runtime::Origins::parse(&addon.allowed_outbound)
+                .map_err(|e| anyhow::anyhow!("{at}: `allowed_outbound`: {e}"))?;
             if l.memory_mib > 4096 {
                 bail!("{at}: `limits.memory_mib` must be at most 4096 (32-bit linear memory)");
             }

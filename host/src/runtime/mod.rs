@@ -18,6 +18,7 @@ mod guests;
 mod imports;
 mod jobs;
 mod kv;
+mod outbound;
 mod output;
 pub mod recent;
 mod slots;
@@ -37,6 +38,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 pub use engine::EngineInfo;
 pub use failure::CallFailure;
 pub use jobs::{NewJob, new_id as new_job_id};
+pub use outbound::{Origins, is_public};
 pub use slots::{Share, Slot, SlotRefused};
 pub use state::AddonEnv;
 
@@ -52,7 +54,7 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../wit",
-        imports: { "addon:provider/kv": trappable },
+        imports: { "addon:provider/kv": trappable, "addon:provider/http.send": async },
         exports: { default: async },
         trappable_error_type: { "addon:provider/kv.kv-error" => crate::runtime::kv::KvFailure },
     });
@@ -280,6 +282,12 @@ async fn run(
         limiter: CallLimiter::new((limits.memory_mib << 20) as usize),
         log: GuestLog::new(&env.id, export.name(), limits.max_log_bytes, env.recent.clone()),
         jobs: jobs::CallJobs::new(limits.max_jobs_per_call, limits.max_job_payload_bytes),
+        http: outbound::CallHttp::new(
+            env.origins.clone(),
+            started + deadline,
+            limits.max_http_requests_per_call,
+            limits.max_http_response_bytes,
+        ),
         env,
         kv: KvCall::new(kv),
         stdout,

@@ -10,10 +10,11 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::addon::provider::{config, env, jobs, kv, log, types};
+use super::bindings::addon::provider::{config, env, http, jobs, kv, log, types};
 use super::imports::{AddonView, GuestLog};
 use super::jobs::CallJobs;
 use super::kv::{KvCall, KvView};
+use super::outbound::{CallHttp, Origins};
 use super::output::CappedOutput;
 use crate::config::Limits;
 
@@ -26,6 +27,8 @@ pub struct AddonEnv {
     pub limits: Limits,
     /// Its plugin's recent log lines, for its deployers.
     pub recent: Arc<super::recent::RecentLogs>,
+    /// The origins it may call (`allowed_outbound`).
+    pub origins: Arc<Origins>,
 }
 
 pub(crate) struct CallState {
@@ -36,6 +39,7 @@ pub(crate) struct CallState {
     pub(super) kv: KvCall,
     pub(super) log: GuestLog,
     pub(super) jobs: CallJobs,
+    pub(super) http: CallHttp,
     pub(super) stdout: CappedOutput,
     pub(super) stderr: CappedOutput,
 }
@@ -79,6 +83,11 @@ impl HasData for JobsData {
     type Data<'a> = &'a mut CallJobs;
 }
 
+struct HttpData;
+impl HasData for HttpData {
+    type Data<'a> = &'a mut CallHttp;
+}
+
 struct AddonData;
 impl HasData for AddonData {
     type Data<'a> = AddonView<'a>;
@@ -92,6 +101,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<
     config::add_to_linker::<_, AddonData>(linker, |s| AddonView(&s.env))?;
     env::add_to_linker::<_, AddonData>(linker, |s| AddonView(&s.env))?;
     jobs::add_to_linker::<_, JobsData>(linker, |s| &mut s.jobs)?;
+    http::add_to_linker::<_, HttpData>(linker, |s| &mut s.http)?;
     Ok(())
 }
 

@@ -39,6 +39,7 @@ impl Service {
                 secrets: addon.secrets.clone(),
                 limits: addon.limits.clone(),
                 recent: Default::default(),
+                origins: Arc::new(crate::runtime::Origins::parse(&addon.allowed_outbound).map_err(anyhow::Error::msg)?),
             };
             let store = storage.addon(&addon.id)?;
             let entry = Addon {

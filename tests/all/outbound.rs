@@ -1,0 +1,167 @@
+//! The webhooks example against a real local HTTP server standing in for the Bitrise API
+//! (127.0.0.1, allow-listed in the add-on's `allowed_outbound`): the provision answers before
+//! the webhook is registered; the stand-in then receives the registration with the app's API
+//! token; a 503 is retried with backoff and then succeeds; the deprovision removes the
+//! webhook; and a plugin calling an origin not on the list gets a clear refusal.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use addon_host::config::AddonConfig;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::routing::{delete, post};
+
+use crate::support::*;
+
+const HOOKS_TOKEN: &str = "hooks-shared-token-0123";
+
+/// What the stand-in API received: method, path, `Authorization`, body.
+type Seen = Vec<(String, String, String, String)>;
+
+struct Api {
+    seen: Mutex<Seen>,
+    /// Registrations wait here until the test lets them through.
+    gate: tokio::sync::Semaphore,
+    /// Answer this many registrations 503 first.
+    unavailable: AtomicUsize,
+}
+
+async fn register(
+    State(api): State<Arc<Api>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    api.seen.lock().unwrap().push(("POST".into(), format!("/v0.1/apps/{app}/outgoing-webhooks"), auth, body));
+    api.gate.acquire().await.unwrap().forget();
+    if api.unavailable.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "try later".into());
+    }
+    (StatusCode::CREATED, format!(r#"{{"data":{{"slug":"hook-{app}","url":"x"}}}}"#))
+}
+
+async fn unregister(
+    State(api): State<Arc<Api>>,
+    Path((app, hook)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> StatusCode {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    api.seen.lock().unwrap().push((
+        "DELETE".into(),
+        format!("/v0.1/apps/{app}/outgoing-webhooks/{hook}"),
+        auth,
+        String::new(),
+    ));
+    StatusCode::NO_CONTENT
+}
+
+/// The stand-in API on 127.0.0.1 and its origin.
+async fn stand_in() -> (Arc<Api>, String) {
+    let api = Arc::new(Api {
+        seen: Mutex::default(),
+        gate: tokio::sync::Semaphore::new(0),
+        unavailable: AtomicUsize::new(0),
+    });
+    let app = axum::Router::new()
+        .route("/v0.1/apps/{app}/outgoing-webhooks", post(register))
+        .route("/v0.1/apps/{app}/outgoing-webhooks/{hook}", delete(unregister))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (api, origin)
+}
+
+/// `hooks` calls the stand-in (allowed); `stray` is told to call an origin it may not.
+fn host(origin: &str) -> TestHost {
+    let addon = |id: &str, api_base: &str| {
+        let mut a = AddonConfig::on_bitrise(
+            id,
+            addon_host_tests::PLUGIN_WEBHOOKS,
+            &format!("{id}-{HOOKS_TOKEN}"),
+            "hooks-sso-secret-0123",
+        );
+        a.config.insert("api_base".into(), api_base.into());
+        a.config.insert("hook_url".into(), "https://events.example.com/in".into());
+        a.allowed_outbound = vec![origin.to_owned()];
+        a.jobs.backoff_ms = 100;
+        a.jobs.max_backoff_ms = 400;
+        a.jobs.max_attempts = 4;
+        a
+    };
+    TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.addons.push(addon("hooks", origin));
+        cfg.addons.push(addon("stray", "http://127.0.0.1:9"));
+    })
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}: not after 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn provision(host: &TestHost, addon: &str, app: &str, api_token: &str) -> Reply {
+    let body = serde_json::json!({"plan": "free", "app_slug": app, "api_token": api_token}).to_string();
+    let token = format!("{addon}-{HOOKS_TOKEN}");
+    let headers = [("authentication", token.as_str()), ("content-type", "application/json")];
+    host.send(Method::POST, &format!("/addons/{addon}/provision"), &headers, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_is_registered_after_the_reply_retried_on_503_and_removed_on_deprovision() {
+    let (api, origin) = stand_in().await;
+    api.unavailable.store(1, Ordering::SeqCst);
+    let host = host(&origin);
+
+    let reply = provision(&host, "hooks", "app-1", "app-token-1").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.env("HOOKS_EVENTS_URL"), "https://events.example.com/in");
+    // The registration cannot have completed: the stand-in holds it until we let it through.
+    assert!(!host.kv("hooks").contains_key("hook/app-1"));
+    eventually("the registration arrived", async || !api.seen.lock().unwrap().is_empty()).await;
+    api.gate.add_permits(100);
+    eventually("the webhook is registered", async || host.kv("hooks").contains_key("hook/app-1")).await;
+    assert_eq!(host.kv("hooks")["hook/app-1"], "hook-app-1");
+    let seen = api.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one 503, then the retry: {seen:?}");
+    for (method, path, auth, body) in &seen {
+        assert_eq!((method.as_str(), path.as_str()), ("POST", "/v0.1/apps/app-1/outgoing-webhooks"));
+        assert_eq!(auth, "app-token-1", "the app's own API token");
+        assert!(body.contains("https://events.example.com/in") && body.contains("build/finished"), "{body}");
+    }
+
+    let gone = host.deprovision("hooks", &format!("hooks-{HOOKS_TOKEN}"), "app-1").await;
+    assert_eq!(gone.status, 200, "{}", gone.text);
+    eventually("the webhook is removed", async || api.seen.lock().unwrap().len() == 3).await;
+    let removal = api.seen.lock().unwrap()[2].clone();
+    assert_eq!(
+        (removal.0.as_str(), removal.1.as_str(), removal.2.as_str()),
+        ("DELETE", "/v0.1/apps/app-1/outgoing-webhooks/hook-app-1", "app-token-1")
+    );
+    eventually("the token is forgotten", async || host.kv("hooks").is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_not_on_the_list_is_refused_with_a_clear_error() {
+    let (api, origin) = stand_in().await;
+    api.gate.add_permits(100);
+    let host = host(&origin);
+    let reply = provision(&host, "stray", "app-2", "app-token-2").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let dead = async || {
+        let listed = host.admin(Method::GET, "/admin/addons/stray/jobs?state=dead", "").await.json();
+        listed["jobs"].as_array().unwrap().first().cloned()
+    };
+    eventually("the job is dead", async || dead().await.is_some()).await;
+    let job = dead().await.unwrap();
+    let error = job["last_error"].as_str().unwrap();
+    assert!(error.contains("http://127.0.0.1:9 is not an allowed origin"), "{error}");
+    assert_eq!(job["attempts"], 1, "a refusal is not retried");
+    assert!(api.seen.lock().unwrap().is_empty());
+}
