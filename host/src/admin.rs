@@ -108,6 +108,7 @@ async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Respons
             "active": active,
             "loaded_from_cache": plugin.from_cache,
             "compiler": plugin.compiler(),
+            "jobs": service.job_counts(addon).await?,
             "versions": versions.len(),
         }));
     }

@@ -88,6 +88,9 @@ async fn a_failing_job_goes_to_the_dead_letter_list_where_operators_retry_or_dro
     assert!(dead["last_error"].as_str().unwrap().contains("can never succeed"), "{dead}");
     let id = dead["id"].as_str().unwrap().to_owned();
     assert!(jobs(&host, "?state=pending").await.is_empty());
+    let status = host.admin(Method::GET, "/admin/status", "").await.json();
+    let counts = &status["addons"].as_array().unwrap().iter().find(|a| a["id"] == "jobs").unwrap()["jobs"];
+    assert_eq!(counts, &serde_json::json!({"dead": 1, "pending": 0, "retrying": 0, "running": 0}));
 
     // Retried: it runs again (and fails again, for good).
     let retried = host.admin(Method::POST, &format!("/admin/addons/jobs/jobs/{id}/retry"), "").await;
@@ -124,6 +127,29 @@ async fn a_deprovision_cancels_pending_jobs_but_runs_its_own_cleanup() {
     assert!(jobs(&host, "").await.is_empty());
 }
 
+/// One add-on's backlog of 40 half-second jobs (two at a time: 10 s of work) does not hold
+/// back another add-on's job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_add_ons_backlog_does_not_hold_back_anothers_jobs() {
+    let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.addons.push(jobs_addon());
+        let mut other = jobs_addon();
+        other.id = "jobs-b".into();
+        other.bitrise.as_mut().unwrap().shared_token = format!("b-{JOBS_TOKEN}");
+        cfg.addons.push(other);
+    });
+    for i in 0..40 {
+        let reply = host.provision("jobs", JOBS_TOKEN, &format!("nap-{i}"), "nap").await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    let reply = host.provision("jobs-b", &format!("b-{JOBS_TOKEN}"), "b-app", "once").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    eventually("the other add-on's job ran", async || host.kv("jobs-b").contains_key("ran/b-app")).await;
+    let backlog = jobs(&host, "").await.len();
+    assert!(backlog >= 20, "the other add-on's job waited for most of the backlog ({backlog} jobs left)");
+    assert!(jobs(&host, "?state=running").await.len() <= 2, "more than max_concurrent ran at once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_call_leaves_no_job() {
     let host = host();
@@ -134,6 +160,7 @@ async fn a_refused_call_leaves_no_job() {
 }
 
 /// SIGKILL right after the provision's 201: its job, due 2 s later, runs after the restart.
+/// Then `addon-host jobs` lists a dead job and drops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_survives_a_sigkill_between_the_reply_and_its_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,6 +189,31 @@ async fn a_job_survives_a_sigkill_between_the_reply_and_its_run() {
         assert!(started.elapsed() < Duration::from_secs(20), "the job never ran after the restart: {listed}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Operators see and drop jobs with the CLI: a doomed job lands on the dead-letter list.
+    let doomed = r#"{"app_slug":"doomed-app","api_token":"t","plan":"doomed"}"#;
+    let (status, reply) = exchange(&server.addr, "POST", "/addons/jobs/provision", &json, doomed).await;
+    assert_eq!(status, 201, "{reply}");
+    let cli = |args: &[&str]| {
+        let url = format!("http://{}", server.addr);
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
+        command.args(["jobs"]).args(args).args(["--url", &url, "--token", "jobs-admin-token-0123456789"]);
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "jobs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let started = Instant::now();
+    let dead = loop {
+        let listed = cli(&["list", "jobs", "--state", "dead"]);
+        if let Some(job) = listed["jobs"].as_array().unwrap().first() {
+            break job.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the doomed job never died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead["resource_id"], "doomed-app");
+    cli(&["drop", "jobs", dead["id"].as_str().unwrap()]);
+    assert_eq!(cli(&["list", "jobs"])["jobs"], serde_json::json!([]));
+
     server.child.start_kill().unwrap();
     server.child.wait().await.unwrap();
     let storage = Storage::open(&dir.path().join("data")).unwrap();

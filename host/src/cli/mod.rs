@@ -48,6 +48,8 @@ enum Command {
     },
     /// Manage plugin versions on a running host (admin API client).
     Plugin(plugin::PluginArgs),
+    /// List, retry and drop an add-on's jobs on a running host (admin API client).
+    Jobs(plugin::JobsArgs),
     /// Print the Xervo `addon-manifest.json` of a hosted add-on, pointing at this host.
     Manifest {
         /// The add-on's id.
@@ -119,6 +121,7 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve { config, listen, data_dir, watch } => serve(config, listen, data_dir, watch).await,
             Command::Plugin(args) => tokio::task::spawn_blocking(move || plugin::run(args)).await?,
+            Command::Jobs(args) => tokio::task::spawn_blocking(move || plugin::run_jobs(args)).await?,
             Command::Manifest { addon, base_url, test_base_url, config } => {
                 let cfg = HostConfig::load(&config)?;
                 let entry = cfg

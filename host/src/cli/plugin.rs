@@ -1,5 +1,5 @@
-//! `addon-host plugin ...`: a client of the admin API, for pushing and rolling back plugin
-//! versions on a running host.
+//! `addon-host plugin ...` and `addon-host jobs ...`: clients of the admin API, for pushing
+//! and rolling back plugin versions and for looking after an add-on's jobs on a running host.
 
 use std::path::PathBuf;
 
@@ -7,17 +7,65 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+/// Which host, and whose credentials.
 #[derive(Args)]
-pub(crate) struct PluginArgs {
+struct Remote {
     /// Base URL of the running host.
     #[arg(long, env = "ADDON_HOST_URL", default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
     /// Admin token (printed once at the host's first start, or from `[[server.admins]]`), or the
-    /// add-on's deploy token (`[[addon.deployers]]`) for its own versions.
+    /// add-on's deploy token (`[[addon.deployers]]`) for its own versions and jobs.
     #[arg(long, env = "ADDON_HOST_ADMIN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+}
+
+impl Remote {
+    fn auth(&self) -> anyhow::Result<(&str, String)> {
+        let token = self.token.as_deref().context("an admin token is needed: --token or ADDON_HOST_ADMIN_TOKEN")?;
+        Ok((self.url.trim_end_matches('/'), format!("Bearer {token}")))
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct PluginArgs {
+    #[command(flatten)]
+    remote: Remote,
     #[command(subcommand)]
     command: PluginCommand,
+}
+
+#[derive(Args)]
+pub(crate) struct JobsArgs {
+    #[command(flatten)]
+    remote: Remote,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// An add-on's jobs, oldest first.
+    List {
+        addon: String,
+        /// Only jobs in this state: pending, running, retrying or dead.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Run a job again now, its attempts counted afresh (a dead job leaves the dead-letter list).
+    Retry { addon: String, id: String },
+    /// Remove a job for good.
+    Drop { addon: String, id: String },
+}
+
+pub(crate) fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
+    let (base, auth) = args.remote.auth()?;
+    let (method, path) = match &args.command {
+        JobsCommand::List { addon, state: Some(state) } => ("GET", format!("/admin/addons/{addon}/jobs?state={state}")),
+        JobsCommand::List { addon, state: None } => ("GET", format!("/admin/addons/{addon}/jobs")),
+        JobsCommand::Retry { addon, id } => ("POST", format!("/admin/addons/{addon}/jobs/{id}/retry")),
+        JobsCommand::Drop { addon, id } => ("DELETE", format!("/admin/addons/{addon}/jobs/{id}")),
+    };
+    call(base, &auth, method, &path, None)
 }
 
 #[derive(Subcommand)]
@@ -47,9 +95,7 @@ enum PluginCommand {
 }
 
 pub(crate) fn run(args: PluginArgs) -> anyhow::Result<()> {
-    let token = args.token.context("an admin token is needed: --token or ADDON_HOST_ADMIN_TOKEN")?;
-    let base = args.url.trim_end_matches('/');
-    let auth = format!("Bearer {token}");
+    let (base, auth) = args.remote.auth()?;
     let (method, path, body) = match &args.command {
         PluginCommand::Push { addon, file, no_activate } => {
             let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -66,7 +112,12 @@ pub(crate) fn run(args: PluginArgs) -> anyhow::Result<()> {
         PluginCommand::Status => ("GET", "/admin/status".to_owned(), None),
         PluginCommand::Logs { addon, follow } => return logs(base, &auth, addon, *follow),
     };
-    let request = ureq::request(method, &format!("{base}{path}")).set("Authorization", &auth);
+    call(base, &auth, method, &path, body)
+}
+
+/// One admin request; prints the JSON answer pretty, or fails with it.
+fn call(base: &str, auth: &str, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<()> {
+    let request = ureq::request(method, &format!("{base}{path}")).set("Authorization", auth);
     let result = match body {
         Some(bytes) => request.set("Content-Type", "application/wasm").send_bytes(&bytes),
         None => request.call(),

@@ -13,6 +13,8 @@ pub struct JobsConfig {
     pub max_attempts: u32,
     /// Jobs of this add-on that may run at once.
     pub max_concurrent: u32,
+    /// Job runs this add-on may start per second (a burst of up to this many at once).
+    pub max_starts_per_second: u32,
     /// The first retry waits about this long; each further one twice as long (with jitter).
     pub backoff_ms: u64,
     /// The longest wait between two runs.
@@ -25,6 +27,7 @@ impl Default for JobsConfig {
             deadline_ms: 10_000,
             max_attempts: 8,
             max_concurrent: 2,
+            max_starts_per_second: 20,
             backoff_ms: 1_000,
             max_backoff_ms: 3_600_000,
         }
@@ -46,6 +49,7 @@ impl JobsConfig {
             ("deadline_ms", self.deadline_ms),
             ("max_attempts", u64::from(self.max_attempts)),
             ("max_concurrent", u64::from(self.max_concurrent)),
+            ("max_starts_per_second", u64::from(self.max_starts_per_second)),
             ("backoff_ms", self.backoff_ms),
         ] {
             if value == 0 {

@@ -1,13 +1,14 @@
 //! The job queue: when each stored job is due, in memory (rebuilt from storage at start),
 //! and the loop that starts due jobs, at most `[addon.jobs] max_concurrent` per add-on at a
-//! time, so one add-on's backlog never holds another's jobs back. Running a job is the
+//! time and `max_starts_per_second` (a token bucket), so one add-on's backlog never holds
+//! another's jobs back. Running a job is the
 //! service's work (`Service::run_job`); the queue only says which and when.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::service::Service;
@@ -17,8 +18,16 @@ use crate::service::Service;
 pub struct Queue {
     due: Mutex<BinaryHeap<Reverse<(u64, String, String)>>>,
     running: Mutex<HashMap<String, HashSet<String>>>,
+    /// Each add-on's start tokens and when they were last counted.
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
     wake: tokio::sync::Notify,
     started: AtomicBool,
+}
+
+/// An add-on's job limits, as the loop applies them.
+struct Limits {
+    concurrent: usize,
+    per_second: u32,
 }
 
 /// The longest the loop sleeps without looking at the queue.
@@ -53,11 +62,13 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// Take the due jobs whose add-on has room under `capacity`, marking them running; also
-    /// say how long until the next job not yet due.
-    fn take_due(&self, now_ms: u64, capacity: impl Fn(&str) -> usize) -> (Vec<(String, String)>, Option<u64>) {
+    /// Take the due jobs whose add-on has room under its limits (running at once, starts
+    /// per second), marking them running; also say how long until the loop should look again.
+    fn take_due(&self, now_ms: u64, limits: impl Fn(&str) -> Limits) -> (Vec<(String, String)>, Option<u64>) {
         let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut refill: Option<u64> = None;
         let (mut ready, mut deferred) = (Vec::new(), Vec::new());
         while let Some(Reverse((at, addon, id))) = due.peek().cloned() {
             if at > now_ms {
@@ -68,14 +79,30 @@ impl Queue {
             if ids.contains(&id) {
                 continue;
             }
-            if ids.len() >= capacity(&addon) {
+            let limits = limits(&addon);
+            if ids.len() >= limits.concurrent {
                 deferred.push(Reverse((at, addon, id)));
                 continue;
             }
+            let rate = f64::from(limits.per_second.max(1));
+            let (tokens, counted) = buckets.entry(addon.clone()).or_insert((rate, Instant::now()));
+            *tokens = (*tokens + counted.elapsed().as_secs_f64() * rate).min(rate);
+            *counted = Instant::now();
+            if *tokens < 1.0 {
+                let wait = ((1.0 - *tokens) / rate * 1000.0).ceil() as u64;
+                refill = Some(refill.map_or(wait, |r| r.min(wait)));
+                deferred.push(Reverse((at, addon, id)));
+                continue;
+            }
+            *tokens -= 1.0;
             ids.insert(id.clone());
             ready.push((addon, id));
         }
         let next = due.peek().map(|Reverse((at, _, _))| at.saturating_sub(now_ms));
+        let next = match (next, refill) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // Jobs waiting for room run when a job of their add-on finishes (which wakes the loop).
         due.extend(deferred);
         (ready, next)
@@ -100,8 +127,13 @@ pub fn start(service: &Arc<Service>) {
 async fn run(service: Weak<Service>, queue: Arc<Queue>) {
     loop {
         let Some(live) = service.upgrade() else { return };
-        let (ready, next) = queue
-            .take_due(clock::now_ms(), |addon| live.addon(addon).map_or(1, |a| a.config.jobs.max_concurrent as usize));
+        let (ready, next) = queue.take_due(clock::now_ms(), |addon| match live.addon(addon) {
+            Ok(a) => Limits {
+                concurrent: a.config.jobs.max_concurrent as usize,
+                per_second: a.config.jobs.max_starts_per_second,
+            },
+            Err(_) => Limits { concurrent: 0, per_second: 1 },
+        });
         for (addon, id) in ready {
             let live = live.clone();
             tokio::spawn(async move { live.run_job(&addon, &id).await });
@@ -112,5 +144,48 @@ async fn run(service: Weak<Service>, queue: Arc<Queue>) {
             _ = queue.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(concurrent: usize, per_second: u32) -> impl Fn(&str) -> Limits {
+        move |_| Limits { concurrent, per_second }
+    }
+
+    #[test]
+    fn due_jobs_start_within_their_add_ons_limits_and_others_are_not_held_back() {
+        let queue = Queue::default();
+        for i in 0..5 {
+            queue.push("busy", &format!("b{i}"), 100);
+        }
+        queue.push("quiet", "q0", 100);
+        queue.push("busy", "later", 10_000);
+        let (ready, next) = queue.take_due(1_000, limits(2, 100));
+        let busy = ready.iter().filter(|(a, _)| a == "busy").count();
+        assert_eq!(busy, 2, "two at once for the busy add-on: {ready:?}");
+        assert!(ready.contains(&("quiet".into(), "q0".into())), "the quiet add-on's job was held back: {ready:?}");
+        assert_eq!(next, Some(9_000), "the next look is when `later` is due");
+        let (ready, _) = queue.take_due(1_000, limits(2, 100));
+        assert!(ready.is_empty(), "nothing more until a job finishes: {ready:?}");
+        queue.finished("busy", "b0");
+        let (ready, _) = queue.take_due(1_000, limits(2, 100));
+        assert_eq!(ready.len(), 1, "{ready:?}");
+    }
+
+    #[test]
+    fn starts_per_second_are_a_token_bucket() {
+        let queue = Queue::default();
+        for i in 0..5 {
+            queue.push("a", &format!("j{i}"), 0);
+        }
+        let (ready, next) = queue.take_due(1, limits(100, 2));
+        assert_eq!(ready.len(), 2, "a burst of two: {ready:?}");
+        let wait = next.expect("a wait for the next token");
+        assert!(wait > 0 && wait <= 500, "the next token is at most half a second away: {wait}");
+        let (ready, _) = queue.take_due(1, limits(100, 2));
+        assert!(ready.is_empty(), "no token yet: {ready:?}");
     }
 }

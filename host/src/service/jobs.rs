@@ -187,6 +187,18 @@ impl Service {
             .collect())
     }
 
+    /// How many of the add-on's jobs are in each state, for `/admin/status`.
+    pub async fn job_counts(&self, addon: &Arc<Addon>) -> Result<serde_json::Value, ServiceError> {
+        let mut counts =
+            std::collections::BTreeMap::from([("dead", 0), ("pending", 0), ("retrying", 0), ("running", 0)]);
+        for job in self.list_jobs(addon, None).await? {
+            if let Some(n) = job["state"].as_str().and_then(|s| counts.get_mut(s)) {
+                *n += 1;
+            }
+        }
+        Ok(serde_json::json!(counts))
+    }
+
     /// Run a job again now, with its attempts counted afresh (a dead job included).
     pub async fn retry_job(&self, addon: &Arc<Addon>, id: &str) -> Result<serde_json::Value, ServiceError> {
         let mut job = self.stored_job(addon, id).await?;

@@ -5,6 +5,7 @@
 //! - `doomed`: fails for good (the dead-letter list);
 //! - `later`: the `once` job, 2 s from now (for cancellation and crash tests);
 //! - `chain`: a job that enqueues a `once` job;
+//! - `nap`: sleeps 500 ms (a WASI sleep, no CPU) before it records its run;
 //! - `refuse`: enqueues a `once` job, then refuses the provision (so the job must not exist).
 //!
 //! A deprovision enqueues `cleanup`, which records `cleaned/{resource}`.
@@ -47,6 +48,10 @@ impl Provider for Jobs {
             "slow" => {
                 let until = addon_sdk::now_ms() + 1_500;
                 while addon_sdk::now_ms() < until {}
+                record(&job, "ran")
+            }
+            "nap" => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
                 record(&job, "ran")
             }
             "flaky" if job.attempt < 3 => Err(jobs::retry(format!("not yet (attempt {})", job.attempt))),
