@@ -26,6 +26,8 @@ struct Api {
     gate: tokio::sync::Semaphore,
     /// Answer this many registrations 503 first.
     unavailable: AtomicUsize,
+    /// Where `handover` registrations are redirected (another stand-in).
+    handover: Mutex<String>,
 }
 
 async fn register(
@@ -33,10 +35,29 @@ async fn register(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: String,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (status, body) = answer(&api, &app, &headers, body).await;
+    if status == StatusCode::TEMPORARY_REDIRECT {
+        // `relocated` moves within the allowed origin; `moved` to an origin not allowed.
+        let to = match app.as_str() {
+            "relocated" => "/v0.1/apps/final/outgoing-webhooks".to_owned(),
+            "handover" => format!("{}/v0.1/apps/handed/outgoing-webhooks", api.handover.lock().unwrap()),
+            _ => "http://127.0.0.1:9/elsewhere".to_owned(),
+        };
+        return (status, [("location", to)]).into_response();
+    }
+    (status, body).into_response()
+}
+
+async fn answer(api: &Api, app: &str, headers: &HeaderMap, body: String) -> (StatusCode, String) {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     api.seen.lock().unwrap().push(("POST".into(), format!("/v0.1/apps/{app}/outgoing-webhooks"), auth, body));
     api.gate.acquire().await.unwrap().forget();
+    if app == "moved" || app == "relocated" || app == "handover" {
+        // A redirect to an origin the add-on may not call.
+        return (StatusCode::TEMPORARY_REDIRECT, String::new());
+    }
     if api.unavailable.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         return (StatusCode::SERVICE_UNAVAILABLE, "try later".into());
     }
@@ -64,6 +85,7 @@ async fn stand_in() -> (Arc<Api>, String) {
         seen: Mutex::default(),
         gate: tokio::sync::Semaphore::new(0),
         unavailable: AtomicUsize::new(0),
+        handover: Mutex::default(),
     });
     let app = axum::Router::new()
         .route("/v0.1/apps/{app}/outgoing-webhooks", post(register))
@@ -77,6 +99,11 @@ async fn stand_in() -> (Arc<Api>, String) {
 
 /// `hooks` calls the stand-in (allowed); `stray` is told to call an origin it may not.
 fn host(origin: &str) -> TestHost {
+    host_allowing(origin, &[])
+}
+
+/// [`host`], with more allowed origins.
+fn host_allowing(origin: &str, more: &[&str]) -> TestHost {
     let addon = |id: &str, api_base: &str| {
         let mut a = AddonConfig::on_bitrise(
             id,
@@ -86,7 +113,7 @@ fn host(origin: &str) -> TestHost {
         );
         a.config.insert("api_base".into(), api_base.into());
         a.config.insert("hook_url".into(), "https://events.example.com/in".into());
-        a.allowed_outbound = vec![origin.to_owned()];
+        a.allowed_outbound = std::iter::once(origin).chain(more.iter().copied()).map(str::to_owned).collect();
         a.jobs.backoff_ms = 100;
         a.jobs.max_backoff_ms = 400;
         a.jobs.max_attempts = 4;
@@ -164,4 +191,49 @@ async fn an_origin_not_on_the_list_is_refused_with_a_clear_error() {
     assert!(error.contains("http://127.0.0.1:9 is not an allowed origin"), "{error}");
     assert_eq!(job["attempts"], 1, "a refusal is not retried");
     assert!(api.seen.lock().unwrap().is_empty());
+}
+
+/// Redirects are followed within allowed origins (a 307 keeps the method and body), and
+/// refused to any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_only_to_allowed_origins() {
+    let (api, origin) = stand_in().await;
+    api.gate.add_permits(100);
+    let host = host(&origin);
+    let reply = provision(&host, "hooks", "moved", "app-token-3").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    eventually("the job is dead", async || {
+        let listed = host.admin(Method::GET, "/admin/addons/hooks/jobs?state=dead", "").await.json();
+        listed["jobs"].as_array().unwrap().first().is_some_and(|job| {
+            job["last_error"].as_str().unwrap().contains("http://127.0.0.1:9 is not an allowed origin")
+        })
+    })
+    .await;
+    assert_eq!(api.seen.lock().unwrap().len(), 1, "the allowed origin was called once, the redirect not followed");
+
+    let reply = provision(&host, "hooks", "relocated", "app-token-4").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    eventually("the relocated webhook is registered", async || host.kv("hooks").contains_key("hook/relocated")).await;
+    assert_eq!(host.kv("hooks")["hook/relocated"], "hook-final");
+    let seen = api.seen.lock().unwrap().clone();
+    let last = seen.last().unwrap();
+    assert_eq!((last.1.as_str(), last.2.as_str()), ("/v0.1/apps/final/outgoing-webhooks", "app-token-4"));
+    assert!(last.3.contains("build/finished"), "the body went along: {}", last.3);
+}
+
+/// A redirect to another allowed origin is followed without the request's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_another_origin_drops_the_credentials() {
+    let (first, origin) = stand_in().await;
+    let (second, other) = stand_in().await;
+    first.gate.add_permits(100);
+    second.gate.add_permits(100);
+    *first.handover.lock().unwrap() = other.clone();
+    let host = host_allowing(&origin, &[&other]);
+    let reply = provision(&host, "hooks", "handover", "app-token-5").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    eventually("the handed-over webhook is registered", async || host.kv("hooks").contains_key("hook/handover")).await;
+    assert_eq!(first.seen.lock().unwrap()[0].2, "app-token-5", "the first origin got the token");
+    let handed = second.seen.lock().unwrap()[0].clone();
+    assert_eq!((handed.1.as_str(), handed.2.as_str()), ("/v0.1/apps/handed/outgoing-webhooks", ""), "{handed:?}");
 }

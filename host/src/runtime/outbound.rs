@@ -4,7 +4,8 @@
 //! timeout inside the call's deadline, a cap on requests per call and on the response body,
 //! and refuses loopback, private and link-local addresses unless the allowed origin names
 //! one itself (`http://127.0.0.1:8080`, `http://localhost:8080`). A name is resolved once and
-//! the connection goes to the address that was checked, so DNS cannot swap in another.
+//! the connection goes to the address that was checked, so DNS cannot swap in another. A
+//! redirect to another origin drops the request's credentials (`Authorization`, `Cookie`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -182,7 +183,14 @@ async fn exchange(origins: &Origins, req: Request, max_bytes: usize) -> Result<R
         if status.is_redirection()
             && let Some(location) = response.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok())
         {
-            url = url.join(location).map_err(|e| HttpError::Failed(format!("redirect to `{location}`: {e}")))?;
+            let next = url.join(location).map_err(|e| HttpError::Failed(format!("redirect to `{location}`: {e}")))?;
+            // Credentials go to the origin they were meant for only (as browsers and curl do).
+            if next.origin() != url.origin() {
+                for name in [hyper::header::AUTHORIZATION, hyper::header::COOKIE, hyper::header::PROXY_AUTHORIZATION] {
+                    headers.remove(name);
+                }
+            }
+            url = next;
             if status == hyper::StatusCode::SEE_OTHER
                 || (method == hyper::Method::POST && status.as_u16() < 307 && status.as_u16() != 304)
             {
