@@ -5,6 +5,8 @@
 // out the `http` and `fetch-event` features, which the host does not offer.
 //
 // A plugin exports `provision(req)`, and optionally `changePlan(req)` and `deprovision(req)`.
+// A plugin that enqueues jobs (`jobs.enqueue`) also exports `runJob(job)` (wrap it with
+// `jobHandler`) and is built against the world `worker` instead.
 // Request fields are camelCase (`req.resourceId`, `req.appTitle`, `req.plan`, `req.platform`
 // is "bitrise" or "xervo"); absent options are `undefined`.
 
@@ -12,6 +14,8 @@ import * as kvHost from 'addon:provider/kv@0.1.1';
 import { log as logHost } from 'addon:provider/log@0.1.1';
 import * as configHost from 'addon:provider/config@0.1.1';
 import * as envHost from 'addon:provider/env@0.1.1';
+import * as jobsHost from 'addon:provider/jobs@0.1.1';
+import * as httpHost from 'addon:provider/http@0.1.1';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -98,3 +102,72 @@ export function handler(fn) {
     }
   };
 }
+
+const payloadOf = (value) => (typeof value === 'string' ? encoder.encode(value) : value ?? new Uint8Array());
+
+/** Work after the reply: kept only if this call succeeds, run later by `runJob`. */
+export const jobs = {
+  /** Enqueue a job of `kind`; `payload` is a string or bytes; returns the job's id. */
+  enqueue(kind, payload, delayMs = 0) {
+    try {
+      return jobsHost.enqueue(kind, payloadOf(payload), BigInt(delayMs));
+    } catch (e) {
+      throw internal(`enqueueing a job: ${e && e.payload !== undefined ? e.payload : e}`);
+    }
+  },
+};
+
+/** From `runJob`: try again after the host's backoff, or no sooner than `afterMs`. */
+export const retry = (message, afterMs) => ({
+  tag: 'retry',
+  val: { message, afterMs: afterMs === undefined ? undefined : BigInt(afterMs) },
+});
+/** From `runJob`: give up; the job goes to the dead-letter list. */
+export const fail = (message) => ({ tag: 'fail', val: message });
+
+/**
+ * Wrap `runJob`: the job gets `text` (its payload as a string); a thrown `retry(...)` or
+ * `fail(...)` is the outcome, and anything else thrown is retried.
+ */
+export function jobHandler(fn) {
+  return (job) => {
+    try {
+      fn({ ...job, text: decoder.decode(job.payload) });
+    } catch (e) {
+      if (e && typeof e === 'object' && (e.tag === 'retry' || e.tag === 'fail')) throw e;
+      throw retry(String(e && e.message ? e.message : e));
+    }
+  };
+}
+
+/**
+ * Outbound HTTP through the host, to the origins the add-on allows (`allowed_outbound`).
+ * Returns `{ status, headers, body, text(), json() }`; throws an `Error` whose `kind` is
+ * `denied`, `invalid`, `timeout`, `too-large` or `failed`.
+ */
+export const http = {
+  send({ method = 'GET', url, headers = {}, body, timeoutMs }) {
+    const request = {
+      method,
+      url,
+      headers: Object.entries(headers).map(([k, v]) => [k, String(v)]),
+      body: payloadOf(body),
+      timeoutMs,
+    };
+    let response;
+    try {
+      response = httpHost.send(request);
+    } catch (e) {
+      const error = new Error(e && e.payload ? `${e.payload.tag}: ${e.payload.val}` : String(e));
+      error.kind = e && e.payload ? e.payload.tag : 'failed';
+      throw error;
+    }
+    return {
+      status: response.status,
+      headers: response.headers,
+      body: response.body,
+      text: () => decoder.decode(response.body),
+      json: () => JSON.parse(decoder.decode(response.body)),
+    };
+  },
+};

@@ -1,7 +1,9 @@
 """addon-sdk for Python plugins: the host's imports (``addon:provider@0.1.1``) with the same
 shape as the Rust SDK — replies with variables and a message, errors that map to the same
 statuses, a key-value store with string and JSON helpers, logging, config, secrets, time and
-randomness. Build with ``componentize-py -d wit -w plugin componentize app -p . -p SDK_DIR``.
+randomness, jobs and outbound HTTP. Build with
+``componentize-py -d wit -w plugin componentize app -p . -p SDK_DIR`` (``-w worker`` for a
+plugin that enqueues jobs and overrides ``run_job``).
 
 A plugin's ``app.py`` defines ``class WitWorld(addon_sdk.Provider)`` and overrides
 ``provision(self, req)``, and optionally ``change_plan`` and ``deprovision``. Request fields are
@@ -16,6 +18,8 @@ from componentize_py_types import Err
 from wit_world import WitWorld
 from wit_world.imports import config as _config
 from wit_world.imports import env as _env
+from wit_world.imports import http as _http
+from wit_world.imports import jobs as _jobs
 from wit_world.imports import kv as _kv
 from wit_world.imports import log as _log
 from wit_world.imports import types
@@ -150,6 +154,11 @@ class Provider(WitWorld):
     def deprovision(self, req: types.DeprovisionRequest) -> None:
         return None
 
+    def run_job(self, job: _jobs.Job) -> None:
+        """Run a job this plugin enqueued (world ``worker``): return to succeed, raise
+        ``retry(...)`` or ``fail(...)``; anything else raised is retried."""
+        raise fail(f"this plugin runs no jobs (got one of kind `{job.kind}`)")
+
 
 def provision_reply(reply: Reply) -> types.ProvisionReply:
     return types.ProvisionReply(reply.vars, reply.text)
@@ -157,3 +166,54 @@ def provision_reply(reply: Reply) -> types.ProvisionReply:
 
 def change_plan_reply(reply: Reply) -> types.ChangePlanReply:
     return types.ChangePlanReply(reply.vars, reply.text)
+
+
+def enqueue(kind: str, payload: "bytes | str" = b"", delay_ms: int = 0) -> str:
+    """Enqueue a job of ``kind``, kept only if this call succeeds; returns its id."""
+    data = payload.encode() if isinstance(payload, str) else bytes(payload)
+    try:
+        return _jobs.enqueue(kind, data, delay_ms)
+    except Err as e:
+        raise internal(f"enqueueing a job: {e.value}")
+
+
+def retry(message: str, after_ms: Optional[int] = None) -> Err:
+    """From ``run_job``: try again after the host's backoff, or no sooner than ``after_ms``."""
+    return Err(_jobs.JobError_Retry(_jobs.RetryLater(message, after_ms)))
+
+
+def fail(message: str) -> Err:
+    """From ``run_job``: give up; the job goes to the dead-letter list."""
+    return Err(_jobs.JobError_Fail(message))
+
+
+class Response:
+    def __init__(self, raw: "_http.Response") -> None:
+        self.status = raw.status
+        self.headers = raw.headers
+        self.body = bytes(raw.body)
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.text())
+
+
+class HttpError(Exception):
+    """``kind`` is ``denied``, ``invalid``, ``timeout``, ``too-large`` or ``failed``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+def send(method: str, url: str, headers: Optional[dict] = None, body: "bytes | str" = b"", timeout_ms: Optional[int] = None) -> Response:
+    """Outbound HTTP through the host, to the origins the add-on allows (``allowed_outbound``)."""
+    data = body.encode() if isinstance(body, str) else bytes(body)
+    pairs = [(k, str(v)) for k, v in (headers or {}).items()]
+    try:
+        return Response(_http.send(_http.Request(method, url, pairs, data, timeout_ms)))
+    except Err as e:
+        kind = type(e.value).__name__.split("_")[-1].lower().replace("toolarge", "too-large")
+        raise HttpError(kind, str(e.value.value))

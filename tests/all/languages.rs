@@ -314,3 +314,49 @@ async fn new_js_and_python_projects_build_and_pass_the_kit() {
         assert_all_pass(ok, &report);
     }
 }
+
+/// Jobs and outbound HTTP from JavaScript and Python: a job runs after the reply, a retry is
+/// honoured, and an outbound call reaches an allowed origin and is refused elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_and_python_plugins_run_jobs_and_call_allowed_origins() {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", probe.local_addr().unwrap());
+    let app = axum::Router::new().route("/probe", axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }));
+    tokio::spawn(async move { axum::serve(probe, app).await.unwrap() });
+    for (lang, dir) in [(Lang::Js, "tests/guests/jobs-js"), (Lang::Python, "tests/guests/jobs-py")] {
+        let Some(plugin) = built(lang, dir).await else { continue };
+        let addon = |id: &str, probe_url: String| {
+            let token = format!("{id}-shared-token-0123");
+            let mut a = addon_host::config::AddonConfig::on_bitrise(id, &plugin, &token, "jobs-sso-secret-0123");
+            a.config.insert("probe_url".into(), probe_url);
+            a.allowed_outbound = vec![origin.clone()];
+            a.jobs.backoff_ms = 50;
+            a.jobs.max_backoff_ms = 200;
+            a
+        };
+        let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+            cfg.addons.push(addon("jobs", format!("{origin}/probe")));
+            cfg.addons.push(addon("walled", "http://127.0.0.1:9/probe".into()));
+        });
+        for (id, plan) in [("jobs", "once"), ("jobs", "flaky"), ("jobs", "fetch"), ("walled", "fetch")] {
+            let reply = host.provision(id, &format!("{id}-shared-token-0123"), &format!("{plan}-app"), plan).await;
+            assert_eq!(reply.status, 201, "{dir} {id} {plan}: {}", reply.text);
+        }
+        for (id, key, value) in [
+            ("jobs", "ran/once-app", "1"),
+            ("jobs", "ran/flaky-app", "3"),
+            ("jobs", "fetched/fetch-app", "204"),
+            ("walled", "refused/fetch-app", "denied"),
+        ] {
+            let started = Instant::now();
+            while host.kv(id).get(key).map(String::as_str) != Some(value) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{dir}: {id} {key} is {:?}, not {value}",
+                    host.kv(id).get(key)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -53,6 +53,9 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
         return Ok(wasm);
     }
 
+    // A plugin that runs jobs exports `run-job`: the `worker` world.
+    let text = std::fs::read_to_string(root().join(dir).join(source)).map_err(|e| format!("{dir}: {e}"))?;
+    let world = if text.contains("runJob") || text.contains("def run_job") { "worker" } else { "plugin" };
     let build = out.join(format!("build-{name}"));
     let _ = std::fs::remove_dir_all(&build);
     copy(&root().join("wit/provider.wit"), &build.join("wit/provider.wit"))?;
@@ -65,7 +68,7 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
             copy(&root().join(dir).join(source), &build.join(dir).join(source))?;
             let mut c = Command::new(bin);
             c.arg(format!("{dir}/{source}"))
-                .args(["--wit", "wit", "--world-name", "plugin", "-o", "out.wasm"])
+                .args(["--wit", "wit", "--world-name", world, "-o", "out.wasm"])
                 // The host offers no wasi:http: leave out what would import it.
                 .args(["-d", "http", "-d", "fetch-event"]);
             c
@@ -75,7 +78,7 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
             copy(&root().join(sdk), &build.join("addon_sdk.py"))?;
             copy(&root().join(dir).join(source), &build.join(source))?;
             let mut c = Command::new(bin);
-            c.args(["-d", "wit", "-w", "plugin", "componentize", "app", "-o", "out.wasm"]);
+            c.args(["-d", "wit", "-w", world, "componentize", "app", "-o", "out.wasm"]);
             c
         }
     };
