@@ -42,6 +42,13 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub addon: String,
+    /// `done`, `retry` or `dead`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub addon: String,
     pub version: String,
@@ -72,6 +79,7 @@ pub struct Metrics {
     pub kv_keys: Family<AddonLabel, Gauge>,
     pub plugin_version: Family<VersionLabels, Gauge>,
     pub swaps: Family<AddonLabel, Counter>,
+    pub job_runs: Family<JobLabels, Counter>,
     pub compile_seconds: Histograms<AddonLabel>,
     pub commit_seconds: Histogram,
     pub durable_writes: Counter,
@@ -101,6 +109,7 @@ impl Metrics {
             kv_keys: Family::default(),
             plugin_version: Family::default(),
             swaps: Family::default(),
+            job_runs: Family::default(),
             compile_seconds: Family::new_with_constructor(compile_seconds),
             commit_seconds: seconds(),
             durable_writes: Counter::default(),
@@ -136,6 +145,7 @@ impl Metrics {
             "Activations of a plugin version (uploads, rollbacks, watch reloads)",
             m.swaps.clone(),
         );
+        r.register("addon_job_runs", "Job runs by add-on and outcome (done, retry, dead)", m.job_runs.clone());
         r.register(
             "addon_plugin_compile_seconds",
             "Plugin compilations (or compile-cache loads)",
@@ -161,6 +171,10 @@ impl Metrics {
     pub fn failure(&self, addon: &str, call: &str, kind: &str) {
         let labels = FailureLabels { addon: addon.to_owned(), call: call.to_owned(), kind: kind.to_owned() };
         self.failures.get_or_create(&labels).inc();
+    }
+
+    pub fn job_run(&self, addon: &str, outcome: &str) {
+        self.job_runs.get_or_create(&JobLabels { addon: addon.to_owned(), outcome: outcome.to_owned() }).inc();
     }
 
     pub fn addon_counter(family: &Family<AddonLabel, Counter>, addon: &str) {

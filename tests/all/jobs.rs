@@ -73,6 +73,16 @@ async fn a_job_asking_to_be_retried_backs_off_then_succeeds() {
     eventually("the flaky job succeeded", async || host.kv("jobs").contains_key("ran/flaky-app")).await;
     assert_eq!(host.kv("jobs")["ran/flaky-app"], "3", "it succeeded on its third attempt");
     assert!(jobs(&host, "").await.is_empty(), "a job that succeeded is gone");
+    // Counted once the run is committed (a moment after its writes are visible).
+    let lines = [
+        r#"addon_job_runs_total{addon="jobs",outcome="retry"} 2"#,
+        r#"addon_job_runs_total{addon="jobs",outcome="done"} 1"#,
+    ];
+    eventually("/metrics counts the runs", async || {
+        let metrics = host.admin(Method::GET, "/metrics", "").await.text;
+        lines.iter().all(|line| metrics.contains(line))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,9 @@ impl Service {
             return Ok(());
         }
         let started = Instant::now();
-        match self.call_run_job(addon, &job).await {
+        let ran = self.call_run_job(addon, &job).await;
+        self.metrics.call(addon.id(), "run-job", started.elapsed());
+        match ran {
             Ran::Done(completed) => self.job_done(addon, job, completed, started).await,
             Ran::Retry { error, after_ms } => self.job_failed(addon, job, error, after_ms, false).await,
             Ran::Fail(error) => self.job_failed(addon, job, error, None, true).await,
@@ -115,6 +117,7 @@ impl Service {
                 for n in &new {
                     self.jobs.push(addon.id(), &n.id, n.due_ms);
                 }
+                self.metrics.job_run(addon.id(), "done");
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(addon = addon.id(), job = %job.id, kind = %job.kind, attempt = job.attempts + 1, ms, "job done");
                 Ok(())
@@ -149,6 +152,7 @@ impl Service {
         txn.jobs.update(&job.id, job.resource_id.as_deref(), job.to_bytes());
         self.commit_job(addon, txn).await?.map_err(ServiceError::from)?;
         let (id, attempts, error) = (addon.id(), job.attempts, job.last_error.as_deref().unwrap_or(""));
+        self.metrics.job_run(id, if job.dead { "dead" } else { "retry" });
         if job.dead {
             tracing::warn!(addon = id, job = %job.id, kind = %job.kind, attempts, "job is dead (dead-letter list): {error}");
         } else {
