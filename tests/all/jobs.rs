@@ -160,6 +160,37 @@ async fn one_add_ons_backlog_does_not_hold_back_anothers_jobs() {
     assert!(jobs(&host, "?state=running").await.len() <= 2, "more than max_concurrent ran at once");
 }
 
+/// A job that enqueues sixteen of itself: the add-on's stored jobs stay within
+/// `limits.max_stored_jobs`, a call that would pass it fails, and other add-ons are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_enqueue_jobs_cannot_pass_the_stored_jobs_limit() {
+    let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        let mut bomb = jobs_addon();
+        bomb.limits.max_stored_jobs = 40;
+        bomb.jobs.max_starts_per_second = 100;
+        bomb.jobs.max_concurrent = 4;
+        cfg.addons.push(bomb);
+    });
+    let reply = host.provision("jobs", JOBS_TOKEN, "bomb-app", "bomb").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let store = host.service.addon("jobs").unwrap().store().clone();
+    let started = Instant::now();
+    let mut peak = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(store.job_count().unwrap());
+        assert!(peak <= 40, "{peak} jobs stored, over the limit of 40");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(peak > 16, "the bomb went off ({peak} jobs at most)");
+    assert_eq!(store.job_count().unwrap() as usize, jobs(&host, "").await.len(), "the count matches the jobs");
+    let full = host.provision("jobs", JOBS_TOKEN, "late-app", "once").await;
+    if full.status != 201 {
+        assert!(full.text.contains("max_stored_jobs"), "{}", full.text);
+    }
+    let other = host.provision("myaddon", TOKEN, "unaffected", "free").await;
+    assert_eq!(other.status, 201, "{}", other.text);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_call_leaves_no_job() {
     let host = host();

@@ -312,6 +312,9 @@ pub struct Limits {
     pub max_jobs_per_call: usize,
     /// Largest payload of one job.
     pub max_job_payload_bytes: usize,
+    /// Jobs the add-on may keep stored (pending, retrying and dead): past it, a call that
+    /// enqueues more fails, so a plugin whose jobs enqueue jobs cannot fill the disk.
+    pub max_stored_jobs: u64,
     /// Outbound HTTP requests one call may make.
     pub max_http_requests_per_call: usize,
     /// Largest response body one outbound request may return.
@@ -342,6 +345,7 @@ impl Default for Limits {
             max_queued_calls: None,
             max_jobs_per_call: 16,
             max_job_payload_bytes: 64 * 1024,
+            max_stored_jobs: 1_000_000,
             max_http_requests_per_call: 32,
             max_http_response_bytes: 1 << 20,
         }
@@ -504,6 +508,7 @@ impl HostConfig {
                 ("max_kv_bytes", l.max_kv_bytes),
                 ("max_kv_keys", l.max_kv_keys),
                 ("max_call_host_bytes", l.max_call_host_bytes as u64),
+                ("max_stored_jobs", l.max_stored_jobs),
                 ("max_concurrent_calls", l.max_concurrent_calls.unwrap_or(1) as u64),
             ] {
                 if value == 0 {

@@ -163,12 +163,7 @@ impl Service {
     }
 
     async fn commit_job(&self, addon: &Arc<Addon>, txn: KvTxn) -> Result<Result<(), StorageError>, ServiceError> {
-        let limits = &addon.config.limits;
-        let quota = KvQuota {
-            max_bytes: limits.max_kv_bytes,
-            max_keys: limits.max_kv_keys,
-            max_call_bytes: limits.max_call_kv_bytes,
-        };
+        let quota = KvQuota::of(&addon.config.limits);
         let store = addon.store.clone();
         blocking(move || Ok(store.commit(&txn, quota, None, None))).await
     }

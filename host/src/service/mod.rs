@@ -386,11 +386,7 @@ impl Service {
                 Returned::Job(_) => return Err(failed(CallFailure::InvalidReply("a job outcome".into()))),
             };
             let record = make_record(&answer, &plugin.sha256)?;
-            let quota = KvQuota {
-                max_bytes: limits.max_kv_bytes,
-                max_keys: limits.max_kv_keys,
-                max_call_bytes: limits.max_call_kv_bytes,
-            };
+            let quota = KvQuota::of(limits);
             let mut kv = completed.kv;
             // A deprovision cancels the resource's jobs, except those it enqueues itself.
             if matches!(export, Export::Deprovision(_)) {

@@ -2,10 +2,12 @@
 //! written in the same atomic batch as a call's key-value writes and record. The job's own
 //! format belongs to `crate::jobs`; storage only keeps bytes and the index.
 
-use super::{AddonStore, Result, prefixed};
+use super::{AddonStore, Result, StorageError, counter, prefixed};
 
 const JOB: &[u8] = b"j/";
 const BY_RESOURCE: &[u8] = b"J/";
+/// How many jobs are stored, kept in the same batches that add and remove them.
+const JOB_COUNT: &[u8] = b"m/jobs";
 
 /// One change to a job.
 #[derive(Debug, Clone)]
@@ -62,13 +64,27 @@ impl AddonStore {
         Ok(self.tree.get(prefixed(JOB, id))?.map(|v| v.to_vec()))
     }
 
-    /// Add `writes` to `batch`; called under the commit lock.
-    pub(super) fn stage_jobs(&self, writes: &JobWrites, batch: &mut sled::Batch) -> Result<()> {
+    /// Jobs stored now.
+    pub fn job_count(&self) -> Result<u64> {
+        Ok(counter(self.tree.get(JOB_COUNT)?))
+    }
+
+    /// Add `writes` to `batch`, keeping the add-on within `max_jobs` stored jobs when they
+    /// add any; called under the commit lock.
+    pub(super) fn stage_jobs(&self, writes: &JobWrites, max_jobs: u64, batch: &mut sled::Batch) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let before = self.job_count()? as i128;
+        let (mut count, mut added) = (before, 0i128);
         if let Some(resource) = &writes.cancel {
             let prefix = index_key(resource, "");
             for key in self.tree.scan_prefix(&prefix).keys() {
                 let key = key?;
                 let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                if self.tree.contains_key(prefixed(JOB, &id))? {
+                    count -= 1;
+                }
                 batch.remove(prefixed(JOB, &id));
                 batch.remove(key);
             }
@@ -76,14 +92,22 @@ impl AddonStore {
         for (id, resource, op) in &writes.ops {
             let key = prefixed(JOB, id);
             match op {
-                Op::Insert(bytes) => batch.insert(key, bytes.as_slice()),
+                Op::Insert(bytes) => {
+                    (count, added) = (count + 1, added + 1);
+                    batch.insert(key, bytes.as_slice());
+                }
                 Op::Update(bytes) => {
                     if self.tree.contains_key(&key)? {
                         batch.insert(key, bytes.as_slice());
                     }
                     continue;
                 }
-                Op::Remove => batch.remove(key),
+                Op::Remove => {
+                    if self.tree.contains_key(&key)? {
+                        count -= 1;
+                    }
+                    batch.remove(key);
+                }
             }
             if let Some(resource) = resource {
                 match op {
@@ -92,6 +116,12 @@ impl AddonStore {
                 }
             }
         }
+        if added > 0 && count > i128::from(max_jobs) {
+            return Err(StorageError::Quota(format!(
+                "the add-on would keep {count} jobs, over its limit of {max_jobs} (limits.max_stored_jobs)"
+            )));
+        }
+        batch.insert(JOB_COUNT, &(count.max(0) as u64).to_be_bytes());
         Ok(())
     }
 }

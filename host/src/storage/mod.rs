@@ -38,11 +38,24 @@ pub struct KvQuota {
     pub max_keys: u64,
     /// Net bytes (keys + values) one committed call may add.
     pub max_call_bytes: u64,
+    /// Jobs the add-on may keep stored (pending, retrying or dead).
+    pub max_jobs: u64,
 }
 
 impl KvQuota {
     /// No limit at all (administration and tests).
-    pub const UNLIMITED: KvQuota = KvQuota { max_bytes: u64::MAX, max_keys: u64::MAX, max_call_bytes: u64::MAX };
+    pub const UNLIMITED: KvQuota =
+        KvQuota { max_bytes: u64::MAX, max_keys: u64::MAX, max_call_bytes: u64::MAX, max_jobs: u64::MAX };
+
+    /// An add-on's quota from its limits.
+    pub fn of(limits: &crate::config::Limits) -> KvQuota {
+        KvQuota {
+            max_bytes: limits.max_kv_bytes,
+            max_keys: limits.max_kv_keys,
+            max_call_bytes: limits.max_call_kv_bytes,
+            max_jobs: limits.max_stored_jobs,
+        }
+    }
 }
 
 /// Current key-value usage of an add-on.
@@ -309,7 +322,7 @@ impl AddonStore {
         if let Some((key, id)) = alias {
             batch.insert(prefixed(ALIAS, key), id.as_bytes());
         }
-        self.stage_jobs(&txn.jobs, &mut batch)?;
+        self.stage_jobs(&txn.jobs, quota.max_jobs, &mut batch)?;
         Ok(batch)
     }
 }

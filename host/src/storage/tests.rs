@@ -11,7 +11,7 @@ fn open() -> (tempfile::TempDir, AddonStore) {
 }
 
 fn quota(max_bytes: u64, max_keys: u64, max_call_bytes: u64) -> KvQuota {
-    KvQuota { max_bytes, max_keys, max_call_bytes }
+    KvQuota { max_bytes, max_keys, max_call_bytes, max_jobs: u64::MAX }
 }
 
 /// Commit `key = value` writes with no reads.

@@ -6,6 +6,7 @@
 //! - `later`: the `once` job, 2 s from now (for cancellation and crash tests);
 //! - `chain`: a job that enqueues a `once` job;
 //! - `nap`: sleeps 500 ms (a WASI sleep, no CPU) before it records its run;
+//! - `bomb`: a job that enqueues 16 more of itself (the stored-jobs limit must hold);
 //! - `refuse`: enqueues a `once` job, then refuses the provision (so the job must not exist).
 //!
 //! A deprovision enqueues `cleanup`, which records `cleaned/{resource}`.
@@ -62,6 +63,12 @@ impl Provider for Jobs {
                 Ok(())
             }
             "cleanup" => record(&job, "cleaned"),
+            "bomb" => {
+                for _ in 0..16 {
+                    jobs::enqueue("bomb", &job.payload, 0).map_err(|e| jobs::retry(format!("{e:?}")))?;
+                }
+                Ok(())
+            }
             other => Err(jobs::fail(format!("unknown job kind `{other}`"))),
         }
     }
