@@ -43,6 +43,40 @@ async fn valid_login_renders_xhtml_with_beam() {
     assert!(!reply.text.contains(&secret));
 }
 
+/// The host's own dashboard (for plugins without a page) presents the add-on: its name and
+/// documentation link from `[addon.page]`, a stylesheet, the plan and the variable names.
+#[tokio::test]
+async fn the_dashboard_presents_the_partner_name_docs_plan_and_variables() {
+    let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.addons[0].page.name = Some("Credentials <Pro>".into());
+        cfg.addons[0].page.docs_url = Some("https://docs.example.com/credentials?from=bitrise&v=1".into());
+    });
+    assert_eq!(host.provision("myaddon", TOKEN, "s9", "pro").await.status, 201);
+    let ts = now();
+    let reply = login(&host, "s9", ts, &sso_token("s9", SSO, ts), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let doc = roxmltree::Document::parse_with_options(
+        &reply.text,
+        roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() },
+    )
+    .expect("the page must be well-formed XML");
+    let text =
+        |tag: &str| doc.descendants().find(|n| n.has_tag_name(tag)).and_then(|n| n.text()).unwrap_or("").to_owned();
+    assert!(text("style").contains("font"), "a stylesheet");
+    let brand = doc.descendants().find(|n| n.attribute("class") == Some("brand")).unwrap();
+    assert_eq!(brand.text(), Some("Credentials <Pro>"), "the partner's name, escaped and intact");
+    let links: Vec<_> = doc.descendants().filter_map(|n| n.attribute("href")).collect();
+    assert!(links.contains(&"https://docs.example.com/credentials?from=bitrise&v=1"), "{links:?}");
+    let plan = doc.descendants().find(|n| n.attribute("class") == Some("plan")).unwrap();
+    assert_eq!(plan.text(), Some("pro"));
+    let cells: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("code")).filter_map(|n| n.text()).collect();
+    assert!(cells.contains(&"MYADDON_HOST_URL") && cells.contains(&"MYADDON_AUTH_SECRET"), "{cells:?}");
+    assert!(
+        reply.text.contains("addon_documentation: \"https://docs.example.com/credentials?from=bitrise\\u0026v=1\""),
+        "Beam gets the docs link"
+    );
+}
+
 #[tokio::test]
 async fn sha256_tokens_are_accepted() {
     use sha2::Digest;

@@ -13,6 +13,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::Offered;
+use crate::config::AddonConfig;
 use crate::error::ServiceError;
 use crate::http::{FormBody, check_resource_id, query};
 use crate::pages::{Dashboard, html, js_string, xml_escape};
@@ -49,11 +50,11 @@ pub(super) async fn login(
         .await?
         .filter(Record::is_active)
         .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{id}`", form.app_slug)))?;
-    let docs = addon.config.config.get("docs_url").map(String::as_str);
-    Ok(html(dashboard(id, &record, &login_query, docs)))
+    Ok(html(dashboard(&addon.config, &record, &login_query)))
 }
 
-fn dashboard(addon_id: &str, record: &Record, query: &LoginQuery, docs: Option<&str>) -> String {
+fn dashboard(addon: &AddonConfig, record: &Record, query: &LoginQuery) -> String {
+    let docs = addon.docs_url();
     let title =
         query.app_title.clone().or_else(|| record.app_title.clone()).unwrap_or_else(|| record.resource_id.clone());
     let beam_init = format!(
@@ -71,5 +72,5 @@ fn dashboard(addon_id: &str, record: &Record, query: &LoginQuery, docs: Option<&
         .filter(|b| !b.is_empty())
         .map(|b| format!("<p>Opened from build <code>{}</code>.</p>", xml_escape(b)))
         .unwrap_or_default();
-    Dashboard { addon_id, title: &title, record, head, note }.render()
+    Dashboard { name: addon.display_name(), docs_url: docs, title: &title, record, head, note }.render()
 }

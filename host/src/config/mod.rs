@@ -12,8 +12,10 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 mod jobs;
+mod page;
 mod xervo;
 pub use jobs::JobsConfig;
+pub use page::PageConfig;
 pub use xervo::{XervoConfig, XervoSettings};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +204,21 @@ pub struct AddonConfig {
     /// Origins its plugin may call over HTTP (`["https://api.bitrise.io"]`); none by default.
     #[serde(default)]
     pub allowed_outbound: Vec<String>,
+    /// How the host's dashboard page presents it (`[addon.page]`).
+    #[serde(default)]
+    pub page: PageConfig,
+}
+
+impl AddonConfig {
+    /// The name users know the add-on by.
+    pub fn display_name(&self) -> &str {
+        self.page.name.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The partner's documentation URL, if any.
+    pub fn docs_url(&self) -> Option<&str> {
+        self.page.docs_url.as_deref().or_else(|| self.config.get("docs_url").map(String::as_str))
+    }
 }
 
 /// `[addon.build]`: the partner's build, run by `serve --watch` at start and whenever a watched
@@ -243,6 +260,7 @@ impl AddonConfig {
             build: None,
             jobs: JobsConfig::default(),
             allowed_outbound: Vec::new(),
+            page: PageConfig::default(),
         }
     }
 }
@@ -516,6 +534,7 @@ impl HostConfig {
                 }
             }
             addon.jobs.validate(&at)?;
+            addon.page.validate(&at)?;
             crate::runtime::Origins::parse(&addon.allowed_outbound)
                 .map_err(|e| anyhow::anyhow!("{at}: `allowed_outbound`: {e}"))?;
             if l.memory_mib > 4096 {

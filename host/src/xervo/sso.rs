@@ -133,5 +133,6 @@ pub(super) async fn dashboard(
         .ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
     let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
     let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
-    Ok(html(Dashboard { addon_id, title: &title, record: &record, head: String::new(), note }.render()))
+    let (name, docs_url) = (addon.config.display_name(), addon.config.docs_url());
+    Ok(html(Dashboard { name, docs_url, title: &title, record: &record, head: String::new(), note }.render()))
 }
