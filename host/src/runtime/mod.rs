@@ -309,10 +309,7 @@ async fn run(
         }
     }
     let deadline_ms = deadline.as_millis() as u64;
-    let call = async {
-        let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-        call_export(&instance, &mut store, export).await
-    };
+    let call = call_export(pre, &mut store, export);
     // On timeout the call's future (and with it the guest's stack) is already gone; the
     // store follows when this function returns.
     let outcome = tokio::time::timeout(deadline, call).await;
@@ -344,8 +341,11 @@ async fn run(
     Ok(Completed { result, kv: state.kv.txn, jobs: state.jobs.enqueued, elapsed })
 }
 
+/// Instantiate and call one export. The platform exports go through the bindings'
+/// pre-resolved export indices; `run-job`, which only `worker` plugins have, is looked up by
+/// name (jobs are not the hot path).
 async fn call_export(
-    instance: &wasmtime::component::Instance,
+    pre: &bindings::PluginPre<CallState>,
     store: &mut Store<CallState>,
     export: Export,
 ) -> wasmtime::Result<Returned> {
@@ -354,22 +354,22 @@ async fn call_export(
         config: config.into_iter().map(|v| (v.key, v.value)).collect(),
         message,
     };
+    if let Export::RunJob(job) = &export {
+        let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+        let run = instance.get_typed_func::<(&Job,), (Result<(), JobError>,)>(&mut *store, "run-job")?;
+        return Ok(Returned::Job(run.call_async(&mut *store, (job,)).await?.0));
+    }
+    let plugin = pre.instantiate_async(&mut *store).await?;
     Ok(match export {
-        Export::RunJob(job) => {
-            let run = instance.get_typed_func::<(&Job,), (Result<(), JobError>,)>(&mut *store, "run-job")?;
-            Returned::Job(run.call_async(&mut *store, (&job,)).await?.0)
-        }
         Export::Provision(req) => {
-            let plugin = bindings::Plugin::new(&mut *store, instance)?;
             reply(plugin.call_provision(&mut *store, &req).await?.map(|r| answer(r.config, r.message)))
         }
         Export::ChangePlan(req) => {
-            let plugin = bindings::Plugin::new(&mut *store, instance)?;
             reply(plugin.call_change_plan(&mut *store, &req).await?.map(|r| answer(r.config, r.message)))
         }
         Export::Deprovision(req) => {
-            let plugin = bindings::Plugin::new(&mut *store, instance)?;
             reply(plugin.call_deprovision(&mut *store, &req).await?.map(|()| Answer::default()))
         }
+        Export::RunJob(_) => Returned::Reply(Err(ProviderError::Internal("run-job handled above".into()))),
     })
 }
