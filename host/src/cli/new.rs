@@ -148,6 +148,8 @@ data_dir = "data"
 id = "{name}"
 plugin = "{plugin}"
 plans = ["free", "pro"]
+# Origins the plugin may call over HTTP (denied by default), e.g. the platform's API from a job:
+# allowed_outbound = ["https://api.bitrise.io"]
 
 [addon.bitrise]
 shared_token = "{shared}"
