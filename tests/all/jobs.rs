@@ -137,7 +137,7 @@ async fn a_deprovision_cancels_pending_jobs_but_runs_its_own_cleanup() {
     assert!(jobs(&host, "").await.is_empty());
 }
 
-/// One add-on's backlog of 40 half-second jobs (two at a time: 10 s of work) does not hold
+/// One add-on's backlog of 40 one-second jobs (two at a time: 20 s of work) does not hold
 /// back another add-on's job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_add_ons_backlog_does_not_hold_back_anothers_jobs() {
@@ -181,7 +181,7 @@ async fn jobs_that_enqueue_jobs_cannot_pass_the_stored_jobs_limit() {
         assert!(peak <= 40, "{peak} jobs stored, over the limit of 40");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(peak > 16, "the bomb went off ({peak} jobs at most)");
+    assert!(peak >= 16, "the bomb went off ({peak} jobs at most)");
     assert_eq!(store.job_count().unwrap() as usize, jobs(&host, "").await.len(), "the count matches the jobs");
     let full = host.provision("jobs", JOBS_TOKEN, "late-app", "once").await;
     if full.status != 201 {

@@ -5,7 +5,7 @@
 //! - `doomed`: fails for good (the dead-letter list);
 //! - `later`: the `once` job, 2 s from now (for cancellation and crash tests);
 //! - `chain`: a job that enqueues a `once` job;
-//! - `nap`: sleeps 500 ms (a WASI sleep, no CPU) before it records its run;
+//! - `nap`: sleeps 1 s (a WASI sleep, no CPU) before it records its run;
 //! - `bomb`: a job that enqueues 16 more of itself (the stored-jobs limit must hold);
 //! - `refuse`: enqueues a `once` job, then refuses the provision (so the job must not exist).
 //!
@@ -52,7 +52,7 @@ impl Provider for Jobs {
                 record(&job, "ran")
             }
             "nap" => {
-                std::thread::sleep(std::time::Duration::from_millis(500));
+                std::thread::sleep(std::time::Duration::from_millis(1_000));
                 record(&job, "ran")
             }
             "flaky" if job.attempt < 3 => Err(jobs::retry(format!("not yet (attempt {})", job.attempt))),
