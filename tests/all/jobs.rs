@@ -30,19 +30,8 @@ fn host() -> TestHost {
     TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| cfg.addons.push(jobs_addon()))
 }
 
-/// Poll `check` until it holds (20 s at most).
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < Duration::from_secs(20), "{what}: not after 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn jobs(host: &TestHost, query: &str) -> Vec<serde_json::Value> {
-    let reply = host.admin(Method::GET, &format!("/admin/addons/jobs/jobs{query}"), "").await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    reply.json()["jobs"].as_array().unwrap().clone()
+    jobs_of(host, "jobs", query).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

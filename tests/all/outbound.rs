@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use addon_host::config::AddonConfig;
 use axum::extract::{Path, State};
@@ -125,14 +124,6 @@ fn host_allowing(origin: &str, more: &[&str]) -> TestHost {
     })
 }
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < Duration::from_secs(20), "{what}: not after 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn provision(host: &TestHost, addon: &str, app: &str, api_token: &str) -> Reply {
     let body = serde_json::json!({"plan": "free", "app_slug": app, "api_token": api_token}).to_string();
     let token = format!("{addon}-{HOOKS_TOKEN}");
@@ -181,10 +172,7 @@ async fn an_origin_not_on_the_list_is_refused_with_a_clear_error() {
     let host = host(&origin);
     let reply = provision(&host, "stray", "app-2", "app-token-2").await;
     assert_eq!(reply.status, 201, "{}", reply.text);
-    let dead = async || {
-        let listed = host.admin(Method::GET, "/admin/addons/stray/jobs?state=dead", "").await.json();
-        listed["jobs"].as_array().unwrap().first().cloned()
-    };
+    let dead = async || jobs_of(&host, "stray", "?state=dead").await.first().cloned();
     eventually("the job is dead", async || dead().await.is_some()).await;
     let job = dead().await.unwrap();
     let error = job["last_error"].as_str().unwrap();
@@ -203,8 +191,7 @@ async fn redirects_are_followed_only_to_allowed_origins() {
     let reply = provision(&host, "hooks", "moved", "app-token-3").await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     eventually("the job is dead", async || {
-        let listed = host.admin(Method::GET, "/admin/addons/hooks/jobs?state=dead", "").await.json();
-        listed["jobs"].as_array().unwrap().first().is_some_and(|job| {
+        jobs_of(&host, "hooks", "?state=dead").await.first().is_some_and(|job| {
             job["last_error"].as_str().unwrap().contains("http://127.0.0.1:9 is not an allowed origin")
         })
     })

@@ -267,3 +267,19 @@ pub(crate) fn sso_token(slug: &str, secret: &str, ts: i64) -> String {
 pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
+
+/// Poll `check` until it holds; fail naming `what` after 20 s.
+pub(crate) async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{what}: not after 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An add-on's jobs as the admin API lists them (`query`: e.g. `?state=dead`).
+pub(crate) async fn jobs_of(host: &TestHost, addon: &str, query: &str) -> Vec<serde_json::Value> {
+    let reply = host.admin(Method::GET, &format!("/admin/addons/{addon}/jobs{query}"), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["jobs"].as_array().unwrap().clone()
+}

@@ -354,22 +354,23 @@ async fn call_export(
         config: config.into_iter().map(|v| (v.key, v.value)).collect(),
         message,
     };
-    if let Export::RunJob(job) = &export {
-        let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
-        let run = instance.get_typed_func::<(&Job,), (Result<(), JobError>,)>(&mut *store, "run-job")?;
-        return Ok(Returned::Job(run.call_async(&mut *store, (job,)).await?.0));
-    }
-    let plugin = pre.instantiate_async(&mut *store).await?;
     Ok(match export {
+        Export::RunJob(job) => {
+            let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+            let run = instance.get_typed_func::<(&Job,), (Result<(), JobError>,)>(&mut *store, "run-job")?;
+            Returned::Job(run.call_async(&mut *store, (&job,)).await?.0)
+        }
         Export::Provision(req) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
             reply(plugin.call_provision(&mut *store, &req).await?.map(|r| answer(r.config, r.message)))
         }
         Export::ChangePlan(req) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
             reply(plugin.call_change_plan(&mut *store, &req).await?.map(|r| answer(r.config, r.message)))
         }
         Export::Deprovision(req) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
             reply(plugin.call_deprovision(&mut *store, &req).await?.map(|()| Answer::default()))
         }
-        Export::RunJob(_) => Returned::Reply(Err(ProviderError::Internal("run-job handled above".into()))),
     })
 }
