@@ -1,10 +1,10 @@
-//! The plugin versions of every add-on, in sled: each uploaded component's bytes, its
+//! The plugin versions of every add-on, in storage (shared by every host on PostgreSQL): each uploaded component's bytes, its
 //! history (sha256, size, upload time, uploader) and which version is active. This is what
 //! lets an upgrade, a rollback or a restart pick a version without the original file.
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{Result, Storage};
+use crate::storage::{Result, Space, Storage};
 
 /// How many activations are remembered for `rollback` without a version.
 const MAX_ACTIVATIONS: usize = 100;
@@ -23,27 +23,25 @@ pub struct VersionMeta {
 
 #[derive(Clone)]
 pub(crate) struct Registry {
-    tree: sled::Tree,
+    space: Space,
 }
 
 fn key(addon: &str, rest: &str) -> String {
     format!("{addon}\0{rest}")
 }
 
+fn activations(stored: Option<Vec<u8>>) -> Vec<String> {
+    stored.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default()
+}
+
 impl Registry {
     pub(crate) fn open(storage: &Storage) -> Result<Registry> {
-        Ok(Registry { tree: storage.tree("plugins")? })
+        Ok(Registry { space: storage.space("plugins") })
     }
 
     pub(crate) fn versions(&self, addon: &str) -> Result<Vec<VersionMeta>> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(key(addon, "meta/")) {
-            let (_, v) = item?;
-            if let Ok(meta) = serde_json::from_slice(&v) {
-                out.push(meta);
-            }
-        }
-        Ok(out)
+        let metas = self.space.scan(key(addon, "meta/").as_bytes())?;
+        Ok(metas.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect())
     }
 
     pub(crate) fn get(&self, addon: &str, sha256: &str) -> Result<Option<VersionMeta>> {
@@ -51,15 +49,16 @@ impl Registry {
     }
 
     pub(crate) fn blob(&self, addon: &str, sha256: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(key(addon, &format!("blob/{sha256}")))?.map(|v| v.to_vec()))
+        self.space.get(key(addon, &format!("blob/{sha256}")).as_bytes())
     }
 
     pub(crate) fn active(&self, addon: &str) -> Result<Option<String>> {
-        Ok(self.tree.get(key(addon, "active"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.space.get(key(addon, "active").as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Store a version (idempotent: the same bytes return the existing entry). Numbers are
-    /// claimed with a compare-and-swap, so concurrent uploads never share one.
+    /// given out under the registry's commit, so concurrent uploads (from any host) never
+    /// share one.
     pub(crate) fn put(
         &self,
         addon: &str,
@@ -68,46 +67,50 @@ impl Registry {
         uploaded_by: &str,
         now_ms: u64,
     ) -> Result<VersionMeta> {
-        // The blob is keyed by content, so writing it again is harmless.
-        self.tree.insert(key(addon, &format!("blob/{sha256}")).as_bytes(), bytes)?;
-        loop {
-            let versions = self.versions(addon)?;
+        let mut stored = None;
+        self.space.commit(&mut |r| {
+            let mut batch = crate::storage::Batch::default();
+            let mut versions: Vec<VersionMeta> = Vec::new();
+            r.scan(key(addon, "meta/").as_bytes(), &mut |_, v| {
+                versions.extend(serde_json::from_slice::<VersionMeta>(v).ok());
+                true
+            })?;
             if let Some(existing) = versions.iter().find(|m| m.sha256 == sha256) {
-                return Ok(existing.clone());
+                stored = Some(existing.clone());
+                return Ok(batch);
             }
-            let seq = versions.iter().map(|m| m.seq).max().unwrap_or(0) + 1;
             let meta = VersionMeta {
-                seq,
+                seq: versions.iter().map(|m| m.seq).max().unwrap_or(0) + 1,
                 sha256: sha256.to_owned(),
                 size: bytes.len() as u64,
                 uploaded_ms: now_ms,
                 uploaded_by: uploaded_by.to_owned(),
             };
-            let entry = serde_json::to_vec(&meta).unwrap_or_default();
-            let slot = key(addon, &format!("meta/{seq:010}"));
-            if self.tree.compare_and_swap(slot.as_bytes(), None as Option<&[u8]>, Some(entry))?.is_ok() {
-                return Ok(meta);
-            }
-            // Another upload took this number first: look again.
-        }
+            batch.insert(key(addon, &format!("blob/{sha256}")), bytes);
+            batch.insert(key(addon, &format!("meta/{:010}", meta.seq)), serde_json::to_vec(&meta).unwrap_or_default());
+            stored = Some(meta);
+            Ok(batch)
+        })?;
+        stored.ok_or_else(|| crate::storage::StorageError::Database("a version was stored without its entry".into()))
     }
 
     /// Record `sha256` as the active version, remembering the one it replaces.
     pub(crate) fn set_active(&self, addon: &str, sha256: &str) -> Result<()> {
-        let mut history = self.activations(addon)?;
-        history.push(sha256.to_owned());
-        if history.len() > MAX_ACTIVATIONS {
-            history.drain(..history.len() - MAX_ACTIVATIONS);
-        }
-        let mut batch = sled::Batch::default();
-        batch.insert(key(addon, "active").as_bytes(), sha256.as_bytes());
-        batch.insert(key(addon, "activations").as_bytes(), serde_json::to_vec(&history).unwrap_or_default());
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        self.space.commit(&mut |r| {
+            let mut history = activations(r.get(key(addon, "activations").as_bytes())?);
+            history.push(sha256.to_owned());
+            if history.len() > MAX_ACTIVATIONS {
+                history.drain(..history.len() - MAX_ACTIVATIONS);
+            }
+            let mut batch = crate::storage::Batch::default();
+            batch.insert(key(addon, "active"), sha256);
+            batch.insert(key(addon, "activations"), serde_json::to_vec(&history).unwrap_or_default());
+            Ok(batch)
+        })
     }
 
     fn activations(&self, addon: &str) -> Result<Vec<String>> {
-        Ok(self.tree.get(key(addon, "activations"))?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
+        Ok(activations(self.space.get(key(addon, "activations").as_bytes())?))
     }
 
     /// The version that was active before the current one.

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use addon_host::service::{Record, Status};
-use addon_host::storage::Storage;
 
 use crate::process::{credentials_on_bitrise, spawn, try_exchange};
 use crate::support::{now, sso_token};
@@ -147,7 +146,6 @@ async fn acknowledged_operations_survive_repeated_sigkill() {
     // Every acknowledged provision whose resource was not changed since replays its exact
     // reply; every used SSO token stays used.
     let mut server = spawn(dir.path(), &config()).await;
-    let storage_dir = dir.path().join("data");
     let json = [("Authentication", TOKEN), ("Content-Type", "application/json")];
     let mut replayed = 0;
     for (app, state) in &ledger.apps {
@@ -178,7 +176,7 @@ async fn acknowledged_operations_survive_repeated_sigkill() {
     drop(server);
 
     // The stored state is at least what was acknowledged, and nothing is half-written.
-    let storage = Storage::open(&storage_dir).unwrap();
+    let storage = crate::support::storage_of(dir.path());
     let store = storage.addon("myaddon").unwrap();
     let kv = store.kv_dump().unwrap();
     let records: BTreeMap<String, Record> = store

@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use addon_host::config::AddonConfig;
-use addon_host::storage::Storage;
 use addon_host_tests::AddonToml;
 use axum::http::Method;
 
@@ -246,7 +245,7 @@ async fn a_job_survives_a_sigkill_between_the_reply_and_its_run() {
 
     server.child.start_kill().unwrap();
     server.child.wait().await.unwrap();
-    let storage = Storage::open(&dir.path().join("data")).unwrap();
+    let storage = crate::support::storage_of(dir.path());
     let ran = storage.addon("jobs").unwrap().kv_get("ran/killed-app").unwrap();
     assert_eq!(ran.as_deref(), Some(&b"1"[..]), "the job ran once, after the restart");
 }

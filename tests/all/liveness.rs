@@ -41,14 +41,15 @@ async fn stalled_storage_scenario() {
     let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| cfg.server.stall_after_ms = 1_000);
     assert_eq!(health(&host).await.0.status, 200);
 
-    // Hold sled's transaction lock for 4 s: every commit, read and heartbeat waits on it.
-    let tree = host.service.storage().tree("stall").unwrap();
-    let holder = std::thread::spawn(move || {
-        let _: Result<(), sled::transaction::TransactionError<()>> = tree.transaction(|_| {
-            std::thread::sleep(Duration::from_secs(4));
-            Ok(())
-        });
-    });
+    // Hold the commits of the heartbeat and of the add-on for 4 s, as a stuck disk (or a
+    // stuck database) would: the watchdog's heartbeat and the provision's commit wait.
+    let holders: Vec<_> = ["heartbeat", "addon/myaddon"]
+        .into_iter()
+        .map(|space| {
+            let storage = host.service.storage().clone();
+            std::thread::spawn(move || storage.hold_commits(space, Duration::from_secs(4)).unwrap())
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let host = std::sync::Arc::new(host);
     let pending = {
@@ -81,7 +82,9 @@ async fn stalled_storage_scenario() {
     assert!(!pending.is_finished(), "the provision should be waiting on storage");
 
     // Once storage moves again, the waiting provision completes and /healthz recovers.
-    holder.join().unwrap();
+    for holder in holders {
+        holder.join().unwrap();
+    }
     let reply = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("provision resumed").unwrap();
     assert_eq!(reply.status, 201, "{}", reply.text);
     let mut recovered = false;

@@ -17,6 +17,7 @@ mod crash;
 mod dia;
 mod fuzz;
 mod hostile;
+mod hosts;
 
 mod durability;
 mod edge;

@@ -88,7 +88,11 @@ pub(crate) fn limited(kib: u64, config: &std::path::Path) -> Command {
 /// Write a config file for a spawned host: `extra` goes under `[server]` up to its first table.
 pub(crate) fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let config = dir.join("addon-host.toml");
-    std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}")).unwrap();
+    // On PostgreSQL (ADDON_TEST_STORAGE=postgres) the host gets its own database.
+    let storage =
+        if extra.contains("[server.storage]") { String::new() } else { addon_host_tests::postgres::config_lines(dir) };
+    std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}\n{storage}"))
+        .unwrap();
     config
 }
 

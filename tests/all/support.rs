@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use addon_host::config::{AddonConfig, AdminConfig, HostConfig, ServerConfig, XervoConfig};
+use addon_host::config::{AddonConfig, AdminConfig, HostConfig, ServerConfig, StorageConfig, XervoConfig};
 use addon_host::service::Service;
 use axum::Router;
 use axum::body::Body;
@@ -98,6 +98,8 @@ pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
     HostConfig {
         server: ServerConfig {
             data_dir: data_dir.to_path_buf(),
+            // On PostgreSQL (ADDON_TEST_STORAGE=postgres) each test host has its own database.
+            storage: StorageConfig { postgres: addon_host_tests::postgres::url_for(data_dir), ..Default::default() },
             // Shared by every test host: each plugin is compiled once per test run.
             compile_cache: Some(std::env::temp_dir().join("addon-host-tests-compiled")),
             admins: vec![AdminConfig { name: "ops".into(), token: ADMIN_TOKEN.into() }],
@@ -105,6 +107,17 @@ pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
         },
         addons: vec![myaddon, storage, misbehave, versioned],
     }
+}
+
+/// The storage of a stopped host whose files were in `dir` (a spawned host's config dir):
+/// its database when the suite runs on PostgreSQL, else sled in `dir/data`.
+pub(crate) fn storage_of(dir: &std::path::Path) -> addon_host::storage::Storage {
+    let server = ServerConfig {
+        data_dir: dir.join("data"),
+        storage: StorageConfig { postgres: addon_host_tests::postgres::url_for(dir), ..Default::default() },
+        ..ServerConfig::default()
+    };
+    addon_host::storage::Storage::open_config(&server).expect("the stopped host's storage opens")
 }
 
 /// The misbehaving test plugin with an instruction budget and a small key-value quota. Only
@@ -140,6 +153,8 @@ impl TestHost {
         change(&mut cfg);
         cfg.validate().expect("valid test config");
         let service = Arc::new(Service::start(&cfg).expect("service starts"));
+        let backend = if addon_host_tests::postgres::selected() { "postgres" } else { "sled" };
+        assert_eq!(service.storage().kind(), backend, "the suite runs on the selected storage");
         let router = addon_host::app(service.clone());
         TestHost { dir, service, router, _watchdog: crate::watchdog::start() }
     }

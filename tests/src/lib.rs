@@ -7,3 +7,4 @@ mod addon_toml;
 pub mod languages;
 pub mod native;
 pub use addon_toml::{AddonToml, addons_toml};
+pub mod postgres;

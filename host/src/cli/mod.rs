@@ -81,6 +81,18 @@ enum Command {
     /// The conformance kit: the platforms' sequences, the negative cases they lack and plugin
     /// hygiene, against a plugin file or a running provider (--url).
     Test(test::TestArgs),
+    /// Copy a sled data directory into the PostgreSQL database the config names
+    /// (`[server.storage] postgres`), then count it again there. Stop the host first.
+    Migrate {
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        config: PathBuf,
+        /// The sled data directory to copy (default: the config's `server.data_dir`).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Merge into a database that already holds data.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Validate the config file and compile every plugin, then exit.
     Check {
         #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
@@ -121,6 +133,9 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve { config, listen, data_dir, watch } => serve(config, listen, data_dir, watch).await,
             Command::Plugin(args) => tokio::task::spawn_blocking(move || plugin::run(args)).await?,
+            Command::Migrate { config, from, overwrite } => {
+                tokio::task::spawn_blocking(move || migrate(&config, from, overwrite)).await?
+            }
             Command::Jobs(args) => tokio::task::spawn_blocking(move || plugin::run_jobs(args)).await?,
             Command::Manifest { addon, base_url, test_base_url, config } => {
                 let cfg = HostConfig::load(&config)?;
@@ -245,4 +260,22 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// `addon-host migrate`: sled (the data directory) into PostgreSQL.
+fn migrate(config: &std::path::Path, from: Option<PathBuf>, overwrite: bool) -> anyhow::Result<()> {
+    let cfg = HostConfig::load(config)?;
+    if cfg.server.storage.postgres.is_none() {
+        anyhow::bail!("{} names no target: set `postgres` under [server.storage]", config.display());
+    }
+    let from = from.unwrap_or_else(|| cfg.server.data_dir.clone());
+    if !from.exists() {
+        anyhow::bail!("no data directory at {}", from.display());
+    }
+    let source = crate::storage::Storage::open(&from)
+        .with_context(|| format!("opening {} (is a host still running on it?)", from.display()))?;
+    let target = crate::storage::Storage::open_config(&cfg.server).context("opening the PostgreSQL storage")?;
+    let copied = source.copy_into(&target, overwrite)?;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "from": from, "copied": copied }))?);
+    Ok(())
 }

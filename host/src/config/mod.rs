@@ -14,10 +14,12 @@ use serde::Deserialize;
 mod jobs;
 mod limits;
 mod page;
+mod storage;
 mod xervo;
 pub use jobs::JobsConfig;
 pub use limits::Limits;
 pub use page::PageConfig;
+pub use storage::StorageConfig;
 pub use xervo::{XervoConfig, XervoSettings};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,8 +36,12 @@ pub struct HostConfig {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Directory of the sled database (relative paths are relative to the config file).
+    /// Directory of the sled database (relative paths are relative to the config file),
+    /// and of the compile cache by default.
     pub data_dir: PathBuf,
+    /// Where state is kept: sled in `data_dir` unless `postgres` is set (see
+    /// [`StorageConfig`]).
+    pub storage: StorageConfig,
     /// Instance allocator: "auto" (pooling when the machine allows it), "pooling" or
     /// "on-demand".
     pub allocator: Allocator,
@@ -122,6 +128,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
+            storage: StorageConfig::default(),
             allocator: Allocator::Auto,
             compiler: Compiler::Tiered,
             tier_above_kib: 1024,

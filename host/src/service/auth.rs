@@ -68,18 +68,31 @@ impl AdminKeys {
         if !configured.is_empty() {
             return Ok(AdminKeys::fixed(configured));
         }
-        let tree = storage.tree("admin")?;
-        if let Some(stored) = tree.get("generated")? {
+        let space = storage.space("admin");
+        if let Some(stored) = space.get(b"generated")? {
             let hash: [u8; 32] =
-                stored.as_ref().try_into().map_err(|_| anyhow::anyhow!("the stored admin credential is corrupt"))?;
+                stored.as_slice().try_into().map_err(|_| anyhow::anyhow!("the stored admin credential is corrupt"))?;
             return Ok(AdminKeys::new(vec![("admin".into(), hash)], None));
         }
         let mut secret = [0u8; 24];
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
         let token = format!("aht_{}", hex::encode(secret));
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        tree.insert("generated", &hash[..])?;
-        tree.flush()?;
+        // Another host sharing the storage may have generated one meanwhile: the first wins.
+        let mut theirs = None;
+        space.commit(&mut |r| {
+            let mut batch = crate::storage::Batch::default();
+            theirs = r.get(b"generated")?;
+            if theirs.is_none() {
+                batch.insert(&b"generated"[..], &hash[..]);
+            }
+            Ok(batch)
+        })?;
+        if let Some(stored) = theirs {
+            let hash: [u8; 32] =
+                stored.as_slice().try_into().map_err(|_| anyhow::anyhow!("the stored admin credential is corrupt"))?;
+            return Ok(AdminKeys::new(vec![("admin".into(), hash)], None));
+        }
         tracing::warn!("generated an admin token for identity `admin`; it is shown once and never again");
         Ok(AdminKeys::new(vec![("admin".into(), hash)], Some(token)))
     }

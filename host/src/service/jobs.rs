@@ -46,6 +46,15 @@ impl Service {
     }
 
     async fn run_stored_job(&self, addon: &Arc<Addon>, id: &str) -> Result<(), ServiceError> {
+        // Another host sharing the storage may be running it: look again in a second.
+        let _shared = match self.storage.lock(&format!("job:{}/{id}", addon.id()), Duration::ZERO).await {
+            Ok(held) => held,
+            Err(StorageError::LockTimeout) => {
+                self.jobs.push(addon.id(), id, clock::now_ms() + 1_000);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (store, key) = (addon.store.clone(), id.to_owned());
         let stored = blocking(move || Ok(store.job(&key)?)).await?;
         let Some(job) = stored.as_deref().and_then(StoredJob::from_bytes).filter(|j| !j.dead) else {

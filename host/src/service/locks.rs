@@ -2,6 +2,10 @@
 //! removed when nobody holds or waits for it. Unlike a fixed set of shared shards, two keys
 //! never share a lock: a request never waits behind an unrelated slow call, and nobody can
 //! choose ids that land on one shard.
+//!
+//! These locks are the process's own. When the storage is shared by several hosts, the
+//! service also takes the storage's lock on the same key once it holds this one ([`Locked`]),
+//! so each host asks the database for a key once at a time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +26,13 @@ pub(crate) struct KeyGuard<'a> {
     key: String,
     lock: KeyLock,
     guard: Option<OwnedMutexGuard<()>>,
+}
+
+/// A key locked in this process and, when the storage is shared, on every host.
+pub(crate) struct Locked<'a> {
+    // Released first: the other hosts' lock, then this process's.
+    pub(crate) _shared: Option<Box<dyn crate::storage::Held>>,
+    pub(crate) _local: KeyGuard<'a>,
 }
 
 impl KeyedLocks {

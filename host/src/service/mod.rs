@@ -19,6 +19,7 @@ mod jobs;
 mod locks;
 pub mod record;
 mod request;
+mod shared;
 mod startup;
 mod upgrade;
 
@@ -26,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use locks::{KeyGuard, KeyedLocks};
+use locks::{KeyedLocks, Locked};
 use tokio::time::Instant;
 
 use crate::clock;
@@ -41,6 +42,7 @@ use crate::versions::Registry;
 pub use addon::Addon;
 pub use record::{Record, Status};
 pub use request::{Budget, Caller, ConfigRules, NoRules, Platform, Provision, Target};
+pub use shared::follow;
 pub use upgrade::{Uploaded, VersionInfo};
 
 /// How many times a call is re-run when another call changed what it read (the request's
@@ -133,18 +135,28 @@ impl Service {
         }))
     }
 
-    /// Take the lock of `key` among `locks`, waiting no longer than the request's budget.
+    /// Take the lock of `key` among `locks` (`kind` names them), and the same key's lock on
+    /// every host sharing the storage, waiting no longer than the request's budget.
     async fn lock<'a>(
         &self,
         locks: &'a KeyedLocks,
+        kind: &str,
         key: String,
         addon: &Addon,
         budget: &Budget,
-    ) -> Result<KeyGuard<'a>, ServiceError> {
-        tokio::time::timeout_at(budget.until(), locks.lock(key)).await.map_err(|_| ServiceError::Busy {
+    ) -> Result<Locked<'a>, ServiceError> {
+        let busy = || ServiceError::Busy {
             addon: addon.id().to_owned(),
             reason: "an earlier request for the same resource is still running",
-        })
+        };
+        let shared_key = format!("{kind}:{key}");
+        let local = tokio::time::timeout_at(budget.until(), locks.lock(key)).await.map_err(|_| busy())?;
+        let wait = budget.until().saturating_duration_since(Instant::now());
+        match self.storage.lock(&shared_key, wait).await {
+            Ok(shared) => Ok(Locked { _shared: shared, _local: local }),
+            Err(StorageError::LockTimeout) => Err(busy()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn lock_resource(
@@ -152,8 +164,8 @@ impl Service {
         addon: &Addon,
         resource_id: &str,
         budget: &Budget,
-    ) -> Result<KeyGuard<'_>, ServiceError> {
-        self.lock(&self.resource_locks, format!("{}/{resource_id}", addon.id()), addon, budget).await
+    ) -> Result<Locked<'_>, ServiceError> {
+        self.lock(&self.resource_locks, "resource", format!("{}/{resource_id}", addon.id()), addon, budget).await
     }
 
     /// A record, as the platform `platform` may see it: resources belong to the platform
@@ -186,7 +198,8 @@ impl Service {
             Target::Resource(id) => (id.clone(), None, None),
             Target::App => {
                 let alias_key = format!("{}/{}", platform.name(), req.app_id);
-                let guard = self.lock(&self.app_locks, format!("{}/{alias_key}", addon.id()), addon, &budget).await?;
+                let app_key = format!("{}/{alias_key}", addon.id());
+                let guard = self.lock(&self.app_locks, "app", app_key, addon, &budget).await?;
                 let (a, key) = (addon.clone(), alias_key.clone());
                 let active = blocking(move || match a.store.alias(&key)? {
                     Some(id) if a.record(&id)?.is_some_and(|r| r.is_active()) => Ok(Some(id)),

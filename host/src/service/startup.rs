@@ -23,9 +23,10 @@ impl Service {
     pub fn start(cfg: &HostConfig) -> anyhow::Result<Service> {
         std::fs::create_dir_all(&cfg.server.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.server.data_dir.display()))?;
-        let stall_limit = std::time::Duration::from_millis(cfg.server.stall_after_ms);
-        let storage = Storage::open_with(&cfg.server.data_dir, stall_limit)
-            .with_context(|| format!("opening data dir {}", cfg.server.data_dir.display()))?;
+        let storage = Storage::open_config(&cfg.server).with_context(|| match cfg.server.storage.postgres {
+            Some(_) => "opening the PostgreSQL storage".to_owned(),
+            None => format!("opening data dir {}", cfg.server.data_dir.display()),
+        })?;
         let runtime = Arc::new(Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel())?);
         let registry = Registry::open(&storage)?;
         let admins = auth::AdminKeys::load(&cfg.server.admins, &storage)?;
@@ -56,6 +57,11 @@ impl Service {
             addons.insert(addon.id.clone(), Arc::new(entry));
         }
         storage.flush()?;
+        // A config file seen for the first time is now the active version: hosts sharing
+        // the storage look (a no-op on sled).
+        for addon in &cfg.addons {
+            storage.announce(&super::shared::activated(&addon.id))?;
+        }
         let service = Service {
             addons,
             storage,

@@ -40,7 +40,7 @@ pub struct Uploaded {
 
 impl Service {
     /// Compile (or fetch from the cache) a plugin on the blocking pool.
-    async fn compile(&self, addon: &Addon, bytes: Arc<Vec<u8>>) -> Result<(Arc<Plugin>, u64), ServiceError> {
+    pub(super) async fn compile(&self, addon: &Addon, bytes: Arc<Vec<u8>>) -> Result<(Arc<Plugin>, u64), ServiceError> {
         let sha = hex::encode(Sha256::digest(bytes.as_slice()));
         if let Some(plugin) = addon.loaded(&sha) {
             return Ok((plugin, 0));
@@ -73,6 +73,9 @@ impl Service {
             let existing = registry.get(&id, &sha)?;
             let version = registry.put(&id, &sha, &bytes, &by_owned, clock::now_ms())?;
             storage.flush()?;
+            if !activate {
+                storage.announce(&super::shared::uploaded(&id, &sha))?;
+            }
             Ok((existing, version))
         })
         .await?;
@@ -140,7 +143,9 @@ impl Service {
             (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), meta.sha256.clone());
         blocking(move || {
             registry.set_active(&id, &sha)?;
-            Ok(storage.flush()?)
+            storage.flush()?;
+            // Hosts sharing the storage serve it too (see `shared`).
+            Ok(storage.announce(&super::shared::activated(&id))?)
         })
         .await?;
         let plugin_compiler = plugin.compiler();

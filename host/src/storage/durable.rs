@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::backend::{Backend, Batch};
 use super::{Result, StorageError};
 
 /// How often the watchdog commits its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-pub(super) struct Durability {
+pub(crate) struct Durability {
     db: sled::Db,
     state: Mutex<State>,
     flushed: Condvar,
@@ -146,7 +147,7 @@ pub(super) struct Watchdog {
 }
 
 impl Watchdog {
-    pub(super) fn start(durability: Arc<Durability>, heartbeat: sled::Tree, limit: Duration) -> Watchdog {
+    pub(super) fn start(backend: Arc<dyn Backend>, limit: Duration) -> Watchdog {
         let beats = Arc::new(Beats {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -155,9 +156,7 @@ impl Watchdog {
         });
         let (b1, b2) = (beats.clone(), beats.clone());
         let threads = [
-            std::thread::Builder::new()
-                .name("storage-heartbeat".into())
-                .spawn(move || beat(&b1, &durability, &heartbeat)),
+            std::thread::Builder::new().name("storage-heartbeat".into()).spawn(move || beat(&b1, backend.as_ref())),
             std::thread::Builder::new().name("storage-watchdog".into()).spawn(move || report(&b2)),
         ]
         .into_iter()
@@ -184,12 +183,13 @@ impl Drop for Watchdog {
     }
 }
 
-fn beat(beats: &Beats, durability: &Durability, heartbeat: &sled::Tree) {
+fn beat(beats: &Beats, backend: &dyn Backend) {
     while !beats.stop.load(Ordering::Relaxed) {
-        let beat = heartbeat
-            .insert("beat", &now_ms().to_be_bytes())
-            .map_err(StorageError::from)
-            .and_then(|_| durability.flush());
+        let beat = backend.commit("heartbeat", &mut |_| {
+            let mut batch = Batch::default();
+            batch.insert(&b"beat"[..], now_ms().to_be_bytes());
+            Ok(batch)
+        });
         match beat {
             Ok(()) => beats.last_ms.store(beats.started.elapsed().as_millis() as u64, Ordering::Relaxed),
             Err(e) => tracing::error!("storage heartbeat failed: {e}"),

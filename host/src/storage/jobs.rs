@@ -2,6 +2,7 @@
 //! written in the same atomic batch as a call's key-value writes and record. The job's own
 //! format belongs to `crate::jobs`; storage only keeps bytes and the index.
 
+use super::backend::{Batch, Reader};
 use super::{AddonStore, Result, StorageError, counter, prefixed};
 
 const JOB: &[u8] = b"j/";
@@ -61,67 +62,71 @@ impl AddonStore {
     }
 
     pub fn job(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(prefixed(JOB, id))?.map(|v| v.to_vec()))
+        self.space.get(&prefixed(JOB, id))
     }
 
     /// Jobs stored now.
     pub fn job_count(&self) -> Result<u64> {
-        Ok(counter(self.tree.get(JOB_COUNT)?))
+        Ok(counter(self.space.get(JOB_COUNT)?))
     }
+}
 
-    /// Add `writes` to `batch`, keeping the add-on within `max_jobs` stored jobs when they
-    /// add any; called under the commit lock.
-    pub(super) fn stage_jobs(&self, writes: &JobWrites, max_jobs: u64, batch: &mut sled::Batch) -> Result<()> {
-        if writes.is_empty() {
-            return Ok(());
+/// Add `writes` to `batch`, keeping the add-on within `max_jobs` stored jobs when they add
+/// any; part of a commit's stage.
+pub(super) fn stage_jobs(tree: &dyn Reader, writes: &JobWrites, max_jobs: u64, batch: &mut Batch) -> Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let before = counter(tree.get(JOB_COUNT)?) as i128;
+    let (mut count, mut added) = (before, 0i128);
+    if let Some(resource) = &writes.cancel {
+        let prefix = index_key(resource, "");
+        let mut indexed = Vec::new();
+        tree.scan(&prefix, &mut |key, _| {
+            indexed.push(key.to_vec());
+            true
+        })?;
+        for key in indexed {
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if tree.get(&prefixed(JOB, &id))?.is_some() {
+                count -= 1;
+            }
+            batch.remove(prefixed(JOB, &id));
+            batch.remove(key);
         }
-        let before = self.job_count()? as i128;
-        let (mut count, mut added) = (before, 0i128);
-        if let Some(resource) = &writes.cancel {
-            let prefix = index_key(resource, "");
-            for key in self.tree.scan_prefix(&prefix).keys() {
-                let key = key?;
-                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                if self.tree.contains_key(prefixed(JOB, &id))? {
+    }
+    for (id, resource, op) in &writes.ops {
+        let key = prefixed(JOB, id);
+        match op {
+            Op::Insert(bytes) => {
+                (count, added) = (count + 1, added + 1);
+                batch.insert(key.clone(), bytes.as_slice());
+            }
+            Op::Update(bytes) => {
+                if tree.get(&key)?.is_some() {
+                    batch.insert(key.clone(), bytes.as_slice());
+                }
+                continue;
+            }
+            Op::Remove => {
+                if tree.get(&key)?.is_some() {
                     count -= 1;
                 }
-                batch.remove(prefixed(JOB, &id));
-                batch.remove(key);
+                batch.remove(key.clone());
             }
         }
-        for (id, resource, op) in &writes.ops {
-            let key = prefixed(JOB, id);
+        if let Some(resource) = resource {
             match op {
-                Op::Insert(bytes) => {
-                    (count, added) = (count + 1, added + 1);
-                    batch.insert(key, bytes.as_slice());
-                }
-                Op::Update(bytes) => {
-                    if self.tree.contains_key(&key)? {
-                        batch.insert(key, bytes.as_slice());
-                    }
-                    continue;
-                }
-                Op::Remove => {
-                    if self.tree.contains_key(&key)? {
-                        count -= 1;
-                    }
-                    batch.remove(key);
-                }
-            }
-            if let Some(resource) = resource {
-                match op {
-                    Op::Insert(_) => batch.insert(index_key(resource, id), &[][..]),
-                    _ => batch.remove(index_key(resource, id)),
-                }
+                Op::Insert(_) => batch.insert(index_key(resource, id), Vec::new()),
+                _ => batch.remove(index_key(resource, id)),
             }
         }
-        if added > 0 && count > i128::from(max_jobs) {
-            return Err(StorageError::Quota(format!(
-                "the add-on would keep {count} jobs, over its limit of {max_jobs} (limits.max_stored_jobs)"
-            )));
-        }
-        batch.insert(JOB_COUNT, &(count.max(0) as u64).to_be_bytes());
-        Ok(())
     }
+    if added > 0 && count > i128::from(max_jobs) {
+        return Err(StorageError::Quota(format!(
+            "the add-on would keep {count} jobs, over its limit of {max_jobs} (limits.max_stored_jobs)"
+        )));
+    }
+    batch.insert(JOB_COUNT, (count.max(0) as u64).to_be_bytes());
+    Ok(())
 }

@@ -1,27 +1,37 @@
-//! Durable state in sled: per-add-on trees holding provision records and the add-on's
-//! private key-value data, plus the SSO tokens already used.
+//! Durable state: per-add-on spaces holding provision records, the add-on's private
+//! key-value data and its jobs, plus the SSO tokens already used and the plugin registry.
+//! What it means is written here once; where it is kept is a [`backend::Backend`]: sled in
+//! the data directory (the embedded default), or PostgreSQL shared by several hosts.
 //!
-//! Each add-on gets its own tree (`addon/{id}`), so one add-on can never read another's
+//! Each add-on gets its own space (`addon/{id}`), so one add-on can never read another's
 //! keys. A plugin call reads through a [`KvTxn`] that buffers its writes; the service commits
-//! those writes together with the provision record in one sled transaction, after checking
+//! those writes together with the provision record in one atomic commit, after checking
 //! that nothing the call read has changed since (optimistic concurrency). A call that fails
-//! is simply dropped, leaving the tree untouched.
+//! is simply dropped, leaving the space untouched.
 //!
-//! Every write this module offers returns only once it is durable ([`durable`] group-commits
-//! them), and every call blocks: callers in async code run it on the blocking pool, never on
-//! a runtime worker, because sled can block (its transactions take a global lock).
+//! Every write this module offers returns only once it is durable, and every call blocks:
+//! callers in async code run it where blocking is allowed, never on a runtime worker.
 
+mod backend;
+mod copy;
 mod durable;
 mod jobs;
+mod postgres;
+mod sled;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backend::Backend;
+pub use backend::Held;
+pub(crate) use backend::{Batch, Reader};
+pub use copy::Copied;
+use durable::Watchdog;
 pub use durable::{CommitStats, Stall};
-use durable::{Durability, Watchdog};
 pub use jobs::JobWrites;
+pub use postgres::RESYNC;
 
 const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";
@@ -65,20 +75,24 @@ pub struct KvUsage {
     pub keys: u64,
 }
 
-fn counter(v: Option<sled::IVec>) -> u64 {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
+fn counter(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_be_bytes)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage failure: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(#[from] ::sled::Error),
+    #[error("database failure: {0}")]
+    Database(String),
     #[error("another call changed key `{0}` that this call read")]
     Conflict(String),
     #[error("{0}")]
     Quota(String),
     #[error("storage flush failed: {0}")]
     Flush(String),
+    #[error("another host held the lock for longer than the request could wait")]
+    LockTimeout,
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -86,39 +100,49 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// How long commits may make no progress before the host reports itself unhealthy.
 pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(5);
 
+/// The host's storage: one backend (sled, or PostgreSQL shared by several hosts), and the
+/// watchdog that commits a heartbeat through it.
 #[derive(Clone)]
 pub struct Storage {
-    db: sled::Db,
-    sso_tokens: sled::Tree,
-    durable: Arc<Durability>,
+    backend: Arc<dyn Backend>,
     watchdog: Arc<Watchdog>,
-    /// One commit lock per add-on, shared by every handle on its tree.
-    commit_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>>,
 }
 
 impl Storage {
+    /// sled in `dir`.
     pub fn open(dir: &Path) -> Result<Storage> {
         Self::open_with(dir, DEFAULT_STALL_LIMIT)
     }
 
-    /// Open with a chosen stall limit (see [`Storage::stall`]).
+    /// sled in `dir`, with a chosen stall limit (see [`Storage::stall`]).
     pub fn open_with(dir: &Path, stall_limit: Duration) -> Result<Storage> {
-        // No periodic background flush: every write the host acknowledges is flushed by the
-        // group commit (and the watchdog commits every second). sled's flusher holds its
-        // global concurrency-control lock while it writes, so a batch waiting behind it, and
-        // every read queued behind that batch, stalled for the length of a disk write
-        // (reads of up to 0.5 s were measured under load).
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
-        let sso_tokens = db.open_tree("sso-tokens")?;
-        let durable = Arc::new(Durability::new(db.clone()));
-        let watchdog = Arc::new(Watchdog::start(durable.clone(), db.open_tree("heartbeat")?, stall_limit));
-        Ok(Storage { db, sso_tokens, durable, watchdog, commit_locks: Arc::default() })
+        Ok(Self::on(Arc::new(sled::Sled::open(dir)?), stall_limit))
+    }
+
+    /// The backend the server's config names: PostgreSQL when `[server.storage] postgres`
+    /// is set, else sled in the data directory.
+    pub fn open_config(server: &crate::config::ServerConfig) -> Result<Storage> {
+        let stall_limit = Duration::from_millis(server.stall_after_ms);
+        match &server.storage.postgres {
+            Some(url) => Ok(Self::on(Arc::new(postgres::Postgres::connect(&server.storage, url)?), stall_limit)),
+            None => Self::open_with(&server.data_dir, stall_limit),
+        }
+    }
+
+    fn on(backend: Arc<dyn Backend>, stall_limit: Duration) -> Storage {
+        let watchdog = Arc::new(Watchdog::start(backend.clone(), stall_limit));
+        Storage { backend, watchdog }
+    }
+
+    /// `sled` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
     }
 
     /// Make everything written so far durable (blocking; shares the flush with concurrent
     /// commits).
     pub fn flush(&self) -> Result<()> {
-        self.durable.flush()
+        self.backend.flush()
     }
 
     /// `Some` when durable commits have made no progress for longer than the stall limit.
@@ -128,44 +152,109 @@ impl Storage {
 
     /// Writes made durable so far, and the flushes that did it.
     pub fn commit_stats(&self) -> CommitStats {
-        self.durable.stats()
+        self.backend.stats()
     }
 
-    /// A named tree for host-wide data (plugin versions, admin credentials).
-    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(name)?)
+    /// A named space for host-wide data (plugin versions, admin credentials).
+    pub(crate) fn space(&self, name: &str) -> Space {
+        Space { backend: self.backend.clone(), name: name.into() }
     }
 
     pub fn addon(&self, id: &str) -> Result<AddonStore> {
-        let commit_lock = {
-            let mut locks = self.commit_locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            locks.entry(id.to_owned()).or_default().clone()
-        };
-        Ok(AddonStore { tree: self.db.open_tree(format!("addon/{id}"))?, durable: self.durable.clone(), commit_lock })
+        Ok(AddonStore { space: self.space(&format!("addon/{id}")) })
+    }
+
+    /// Take the lock on `key` that every host sharing the storage respects, waiting at most
+    /// `wait`; `None` when the storage is this process's alone. Callers hold their own
+    /// in-process lock on the key first, so a host asks for a key once at a time.
+    pub async fn lock(&self, key: &str, wait: Duration) -> Result<Option<Box<dyn Held>>> {
+        self.backend.lock(key, wait).await
+    }
+
+    /// Tell the other hosts sharing the storage that something changed.
+    pub fn announce(&self, payload: &str) -> Result<()> {
+        self.backend.announce(payload)
+    }
+
+    /// What other hosts announce ([`RESYNC`] when some may have been missed); `None` when
+    /// the storage is not shared.
+    pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.backend.subscribe()
+    }
+
+    /// Hold the commits of `space` (an add-on's is `addon/{id}`) for `hold`, as a stuck disk
+    /// or database would: for the tests of the host's liveness reports.
+    #[doc(hidden)]
+    pub fn hold_commits(&self, space: &str, hold: Duration) -> Result<()> {
+        self.space(space).commit(&mut |_| {
+            std::thread::sleep(hold);
+            Ok(Batch::default())
+        })
     }
 
     /// Mark an SSO token as used, durably. Returns false when it was used before (a replay).
     /// Entries older than `keep_after` (unix seconds) are pruned on the way.
     pub fn claim_sso_token(&self, scope: &str, timestamp: i64, token: &str, keep_after: i64) -> Result<bool> {
         let key = format!("{:020}/{scope}/{token}", timestamp.max(0));
-        let claimed = self.sso_tokens.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&b""[..]))?.is_ok();
         let cutoff = format!("{:020}/", keep_after.max(0));
-        for old in self.sso_tokens.range(..cutoff.as_bytes()).keys().take(256) {
-            self.sso_tokens.remove(old?)?;
-        }
-        if claimed {
-            self.durable.flush()?;
-        }
+        let mut claimed = false;
+        self.space("sso-tokens").commit(&mut |r| {
+            let mut batch = Batch::default();
+            claimed = r.get(key.as_bytes())?.is_none();
+            if claimed {
+                batch.insert(key.as_bytes(), &b""[..]);
+            }
+            let mut old = 0;
+            r.scan(b"", &mut |k, _| {
+                let prune = k < cutoff.as_bytes() && old < 256;
+                if prune {
+                    batch.remove(k);
+                    old += 1;
+                }
+                prune
+            })?;
+            Ok(batch)
+        })?;
         Ok(claimed)
     }
 }
 
-/// One add-on's tree.
+/// One named space of the storage.
+#[derive(Clone)]
+pub(crate) struct Space {
+    backend: Arc<dyn Backend>,
+    name: Arc<str>,
+}
+
+impl Space {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.backend.get(&self.name, key)
+    }
+
+    /// Every pair under `prefix`, in key order.
+    pub(crate) fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.visit(prefix, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
+
+    pub(crate) fn visit(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        self.backend.scan(&self.name, prefix, visit)
+    }
+
+    /// See [`Backend::commit`].
+    pub(crate) fn commit(&self, stage: &mut dyn FnMut(&dyn Reader) -> Result<Batch>) -> Result<()> {
+        self.backend.commit(&self.name, stage)
+    }
+}
+
+/// One add-on's space.
 #[derive(Clone)]
 pub struct AddonStore {
-    tree: sled::Tree,
-    durable: Arc<Durability>,
-    commit_lock: Arc<std::sync::Mutex<()>>,
+    space: Space,
 }
 
 fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
@@ -177,7 +266,7 @@ fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
 
 impl AddonStore {
     pub fn record(&self, resource_id: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(prefixed(RECORD, resource_id))?.map(|v| v.to_vec()))
+        self.space.get(&prefixed(RECORD, resource_id))
     }
 
     /// Every record, for listings and consistency checks.
@@ -186,16 +275,16 @@ impl AddonStore {
     }
 
     pub fn kv_usage(&self) -> Result<KvUsage> {
-        Ok(KvUsage { bytes: counter(self.tree.get(KV_BYTES)?), keys: counter(self.tree.get(KV_KEYS)?) })
+        Ok(KvUsage { bytes: counter(self.space.get(KV_BYTES)?), keys: counter(self.space.get(KV_KEYS)?) })
     }
 
     /// The resource an app identity maps to.
     pub fn alias(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.tree.get(prefixed(ALIAS, key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.space.get(&prefixed(ALIAS, key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(prefixed(KV, key))?.map(|v| v.to_vec()))
+        self.space.get(&prefixed(KV, key))
     }
 
     /// Every key-value pair of the add-on (administration and tests).
@@ -205,29 +294,26 @@ impl AddonStore {
 
     /// Every pair under `kind`, keyed by the name after the prefix.
     fn scan<C: FromIterator<(String, Vec<u8>)>>(&self, kind: &[u8]) -> Result<C> {
-        self.tree
-            .scan_prefix(kind)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k[kind.len()..]).into_owned(), v.to_vec()))
-            })
-            .collect()
+        Ok(self
+            .space
+            .scan(kind)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k[kind.len()..]).into_owned(), v))
+            .collect())
     }
 
     /// Keys under `prefix`, or `None` once their total length would pass `max_bytes` (so a
     /// listing never makes the host hold more than the caller allows).
     fn kv_keys(&self, prefix: &str, max_bytes: usize) -> Result<Option<Vec<String>>> {
-        let mut keys = Vec::new();
-        let mut total = 0usize;
-        for k in self.tree.scan_prefix(prefixed(KV, prefix)).keys() {
-            let key = String::from_utf8_lossy(&k?[KV.len()..]).into_owned();
+        let (mut keys, mut total, mut over) = (Vec::new(), 0usize, false);
+        self.space.visit(&prefixed(KV, prefix), &mut |k, _| {
+            let key = String::from_utf8_lossy(&k[KV.len()..]).into_owned();
             total += key.len();
-            if total > max_bytes {
-                return Ok(None);
-            }
+            over = total > max_bytes;
             keys.push(key);
-        }
-        Ok(Some(keys))
+            !over
+        })?;
+        Ok((!over).then_some(keys))
     }
 
     /// Start buffering a call's key-value access.
@@ -240,9 +326,9 @@ impl AddonStore {
     /// within its key-value quota (writes that only shrink the data are always allowed).
     /// Returns once the commit is durable.
     ///
-    /// Commits to one add-on are serialised by its commit lock, so validating the reads and
-    /// then applying one atomic batch is as strong as a transaction (nothing else writes an
-    /// add-on's tree), at a fraction of the cost of sled's transaction machinery.
+    /// The backend serialises commits to an add-on's space (on every host sharing it), so
+    /// validating the reads and then applying one atomic batch is as strong as a
+    /// serialisable transaction.
     pub fn commit(
         &self,
         txn: &KvTxn,
@@ -250,81 +336,78 @@ impl AddonStore {
         record: Option<(&str, &[u8])>,
         alias: Option<(&str, &str)>,
     ) -> Result<()> {
-        {
-            let _serial = self.commit_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let batch = self.stage(txn, quota, record, alias)?;
-            self.tree.apply_batch(batch)?;
-        }
-        self.durable.wait(self.durable.ticket())
+        self.space.commit(&mut |r| stage(r, txn, quota, record, alias))
     }
+}
 
-    /// Validate a call's reads and quota against the tree and build the batch that applies it.
-    fn stage(
-        &self,
-        txn: &KvTxn,
-        quota: KvQuota,
-        record: Option<(&str, &[u8])>,
-        alias: Option<(&str, &str)>,
-    ) -> Result<sled::Batch> {
-        let tree = &self.tree;
-        for (key, seen) in &txn.reads {
-            if tree.get(prefixed(KV, key))?.as_deref() != seen.as_deref() {
-                return Err(StorageError::Conflict(key.clone()));
-            }
+/// Validate a call's reads and quota against the add-on's space and build the batch that
+/// applies it.
+fn stage(
+    tree: &dyn Reader,
+    txn: &KvTxn,
+    quota: KvQuota,
+    record: Option<(&str, &[u8])>,
+    alias: Option<(&str, &str)>,
+) -> Result<Batch> {
+    for (key, seen) in &txn.reads {
+        if tree.get(&prefixed(KV, key))?.as_deref() != seen.as_deref() {
+            return Err(StorageError::Conflict(key.clone()));
         }
-        let mut batch = sled::Batch::default();
-        let (mut bytes, mut keys) = (counter(tree.get(KV_BYTES)?) as i128, counter(tree.get(KV_KEYS)?) as i128);
-        let (mut grew_bytes, mut grew_keys) = (false, false);
-        let mut call_growth: i128 = 0;
-        for (key, value) in &txn.writes {
-            let k = prefixed(KV, key);
-            let old = match txn.reads.get(key) {
-                // Validated above: the tree still holds what the call read.
-                Some(seen) => seen.as_ref().map(Vec::len),
-                None => tree.get(&k)?.map(|v| v.len()),
-            };
-            match value {
-                Some(v) => batch.insert(k, v.as_slice()),
-                None => batch.remove(k),
-            }
-            let old_size = old.map_or(0, |o| (key.len() + o) as i128);
-            let new_size = value.as_ref().map_or(0, |v| (key.len() + v.len()) as i128);
-            let key_delta = i128::from(value.is_some()) - i128::from(old.is_some());
-            grew_bytes |= new_size > old_size;
-            grew_keys |= key_delta > 0;
-            bytes += new_size - old_size;
-            keys += key_delta;
-            call_growth += new_size - old_size;
-        }
-        if call_growth > i128::from(quota.max_call_bytes) {
-            return Err(StorageError::Quota(format!(
-                "this call would add {call_growth} bytes of key-value data; one call may add at most {}",
-                quota.max_call_bytes
-            )));
-        }
-        if grew_bytes && bytes > i128::from(quota.max_bytes) {
-            return Err(StorageError::Quota(format!(
-                "the add-on's key-value data would reach {bytes} bytes, over its {}-byte quota",
-                quota.max_bytes
-            )));
-        }
-        if grew_keys && keys > i128::from(quota.max_keys) {
-            return Err(StorageError::Quota(format!(
-                "the add-on would keep {keys} keys, over its quota of {}",
-                quota.max_keys
-            )));
-        }
-        batch.insert(KV_BYTES, &(bytes.max(0) as u64).to_be_bytes());
-        batch.insert(KV_KEYS, &(keys.max(0) as u64).to_be_bytes());
-        if let Some((id, bytes)) = record {
-            batch.insert(prefixed(RECORD, id), bytes);
-        }
-        if let Some((key, id)) = alias {
-            batch.insert(prefixed(ALIAS, key), id.as_bytes());
-        }
-        self.stage_jobs(&txn.jobs, quota.max_jobs, &mut batch)?;
-        Ok(batch)
     }
+    let mut batch = Batch::default();
+    let (mut bytes, mut keys) = (counter(tree.get(KV_BYTES)?) as i128, counter(tree.get(KV_KEYS)?) as i128);
+    let (mut grew_bytes, mut grew_keys) = (false, false);
+    let mut call_growth: i128 = 0;
+    for (key, value) in &txn.writes {
+        let k = prefixed(KV, key);
+        let old = match txn.reads.get(key) {
+            // Validated above: the space still holds what the call read.
+            Some(seen) => seen.as_ref().map(Vec::len),
+            None => tree.get(&k)?.map(|v| v.len()),
+        };
+        match value {
+            Some(v) => batch.insert(k, v.as_slice()),
+            None => batch.remove(k),
+        }
+        let old_size = old.map_or(0, |o| (key.len() + o) as i128);
+        let new_size = value.as_ref().map_or(0, |v| (key.len() + v.len()) as i128);
+        let key_delta = i128::from(value.is_some()) - i128::from(old.is_some());
+        grew_bytes |= new_size > old_size;
+        grew_keys |= key_delta > 0;
+        bytes += new_size - old_size;
+        keys += key_delta;
+        call_growth += new_size - old_size;
+    }
+    if call_growth > i128::from(quota.max_call_bytes) {
+        return Err(StorageError::Quota(format!(
+            "this call would add {call_growth} bytes of key-value data; one call may add at most {}",
+            quota.max_call_bytes
+        )));
+    }
+    if grew_bytes && bytes > i128::from(quota.max_bytes) {
+        return Err(StorageError::Quota(format!(
+            "the add-on's key-value data would reach {bytes} bytes, over its {}-byte quota",
+            quota.max_bytes
+        )));
+    }
+    if grew_keys && keys > i128::from(quota.max_keys) {
+        return Err(StorageError::Quota(format!(
+            "the add-on would keep {keys} keys, over its quota of {}",
+            quota.max_keys
+        )));
+    }
+    if !txn.writes.is_empty() {
+        batch.insert(KV_BYTES, (bytes.max(0) as u64).to_be_bytes());
+        batch.insert(KV_KEYS, (keys.max(0) as u64).to_be_bytes());
+    }
+    if let Some((id, bytes)) = record {
+        batch.insert(prefixed(RECORD, id), bytes);
+    }
+    if let Some((key, id)) = alias {
+        batch.insert(prefixed(ALIAS, key), id.as_bytes());
+    }
+    jobs::stage_jobs(tree, &txn.jobs, quota.max_jobs, &mut batch)?;
+    Ok(batch)
 }
 
 /// A call's view of the add-on's key-value data: reads see the call's own writes first,

@@ -1,0 +1,32 @@
+//! `[server.storage]`: where the host keeps its state. Without it, sled in `data_dir` (one
+//! host is the whole service); with `postgres`, a PostgreSQL database that several hosts
+//! share (see `storage::postgres`).
+
+use serde::Deserialize;
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A PostgreSQL connection URL (`postgres://user:password@host:5432/db`). The schema is
+    /// created and migrated at start-up.
+    pub postgres: Option<String>,
+    /// Connections each host keeps to the database for commits and reads (one more holds
+    /// its resource locks, one more listens for other hosts' changes).
+    pub pool_size: usize,
+    /// How long to wait for a connection, new or from the pool.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { postgres: None, pool_size: 16, connect_timeout_ms: 5_000 }
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    /// The URL may carry a password: say only which backend it is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = if self.postgres.is_some() { "postgres" } else { "sled" };
+        write!(f, "StorageConfig {{ backend: {backend}, pool_size: {} }}", self.pool_size)
+    }
+}

@@ -1,0 +1,89 @@
+//! The one interface both storage backends implement, so that everything above it (records,
+//! key-value data, quotas, jobs, the plugin registry) is written once and means the same on
+//! sled and on PostgreSQL.
+//!
+//! A backend keeps named *spaces* of ordered byte keys. Reads see committed data. Writes
+//! happen only in [`Backend::commit`]: the caller's stage function reads through a
+//! [`Reader`] and returns a [`Batch`], and the backend applies the batch atomically. Commits
+//! to one space are serialised — within the process on sled, across every host sharing the
+//! database on PostgreSQL — so a stage that validates what it read and then writes is as
+//! strong as a serialisable transaction. A commit returns only once it is durable.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::{CommitStats, Result};
+
+/// Reads inside a commit (see [`Backend::commit`]).
+pub(crate) trait Reader {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Visit the pairs under `prefix` in key order, until `visit` returns false.
+    fn scan(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
+}
+
+/// The writes of one commit. A later write of the same key replaces an earlier one.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Batch {
+    pub(crate) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), Some(value.into()));
+    }
+
+    pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), None);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// A commit's stage: reads what it needs, decides, and returns the writes (or an error that
+/// leaves the space untouched).
+pub(crate) type Stage<'a> = dyn FnMut(&dyn Reader) -> Result<Batch> + 'a;
+
+/// A lock held across hosts (see [`Backend::lock`]); dropping it releases the lock.
+pub trait Held: Send {}
+
+pub(crate) type LockFuture = Pin<Box<dyn Future<Output = Result<Option<Box<dyn Held>>>> + Send>>;
+
+/// What a backend offers.
+pub(crate) trait Backend: Send + Sync {
+    /// `sled` or `postgres`, for logs and `/admin/status`.
+    fn kind(&self) -> &'static str;
+
+    fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// The names of the spaces holding data (for copying one backend into another).
+    fn spaces(&self) -> Result<Vec<String>>;
+
+    /// Visit the committed pairs under `prefix` in key order, until `visit` returns false.
+    fn scan(&self, space: &str, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
+
+    /// Run `stage` with every other commit to `space` excluded, then apply its batch
+    /// atomically; returns once the batch is durable. An error from `stage` writes nothing.
+    fn commit(&self, space: &str, stage: &mut Stage<'_>) -> Result<()>;
+
+    /// Make everything committed so far durable (commits already are; this is for the
+    /// writes of a shutdown).
+    fn flush(&self) -> Result<()>;
+
+    fn stats(&self) -> CommitStats;
+
+    /// Take a lock on `key` that every host sharing this backend respects, waiting at most
+    /// `wait`. `None` when the backend serves one process only (the caller's own in-process
+    /// lock is then all there is to take).
+    fn lock(&self, key: &str, wait: Duration) -> LockFuture;
+
+    /// Tell every other host sharing this backend that something changed (`payload`); a
+    /// no-op for a backend of one process.
+    fn announce(&self, payload: &str) -> Result<()>;
+
+    /// Announcements from other hosts, if the backend is shared.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>>;
+}

@@ -1,0 +1,265 @@
+//! Several hosts on one PostgreSQL database, as an operator runs them behind a load balancer:
+//! the real binary three times, one test cluster, traffic spread round-robin. Identical
+//! requests arriving at different hosts make one plugin call, a swap made through one host
+//! serves from every host, and a host killed mid-traffic loses nothing it acknowledged.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use addon_host_tests::AddonToml;
+
+use crate::process::{Server, exchange, spawn, spawn_config_with, try_exchange, write_config};
+
+const TOKEN: &str = "shared-hosts-token-0123456789";
+const VERSIONED_TOKEN: &str = "shared-hosts-versioned-token-0123";
+const ADMIN: &str = "shared-hosts-admin-token-0123456789";
+
+/// The config of every host: the same add-ons and admin, one database.
+fn config(database: &str) -> String {
+    with_storage(&format!("[server.storage]\npostgres = \"{database}\"\n"))
+}
+
+/// The same add-ons and admin with `storage` as the `[server.storage]` table.
+fn with_storage(storage: &str) -> String {
+    let myaddon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .plans(&["free", "pro"])
+        .bitrise(TOKEN, "shared-hosts-sso-secret-0123")
+        .config("host_url", "https://myaddon.example.com");
+    let versioned = AddonToml::new("versioned", addon_host_tests::PLUGIN_VERSIONED_A)
+        .bitrise(VERSIONED_TOKEN, "versioned-sso-0123");
+    format!(
+        "{storage}[[server.admins]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\n{}{}",
+        myaddon.to_toml(),
+        versioned.to_toml()
+    )
+}
+
+/// Three hosts on a fresh database, each with its own folder (compile cache, logs).
+async fn three_hosts() -> (Vec<tempfile::TempDir>, Vec<Server>) {
+    let database = addon_host_tests::postgres::fresh_database();
+    let config = config(&database);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut hosts = Vec::new();
+    for dir in &dirs {
+        hosts.push(spawn(dir.path(), &config).await);
+    }
+    (dirs, hosts)
+}
+
+fn provision_body(slug: &str) -> String {
+    serde_json::json!({ "app_slug": slug, "api_token": "43ebf21edc9e4525", "plan": "free" }).to_string()
+}
+
+async fn provision(addr: &str, addon: &str, token: &str, slug: &str) -> std::io::Result<(u16, String)> {
+    let headers = [("Authentication", token), ("Content-Type", "application/json")];
+    try_exchange(addr, "POST", &format!("/addons/{addon}/provision"), &headers, &provision_body(slug)).await
+}
+
+/// How many `provision` calls the host's plugin made for `addon`, from its `/metrics`.
+async fn provision_calls(host: &Server, addon: &str) -> u64 {
+    let bearer = format!("Bearer {ADMIN}");
+    let (status, text) = exchange(&host.addr, "GET", "/metrics", &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{text}");
+    let wanted = format!("addon_plugin_call_seconds_count{{addon=\"{addon}\",call=\"provision\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&wanted))
+        .map_or(0, |n| n.trim().parse().unwrap_or_else(|_| panic!("a count: {n}")))
+}
+
+/// The version `host` serves to a new app.
+async fn served(host: &Server, slug: &str) -> String {
+    let (status, body) = provision(&host.addr, "versioned", VERSIONED_TOKEN, slug).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let envs = reply["envs"].as_array().unwrap();
+    let version = envs.iter().find(|e| e["key"] == "VERSIONED_VERSION").expect("a version variable");
+    version["value"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_provisions_at_three_hosts_make_one_plugin_call() {
+    let (_dirs, hosts) = three_hosts().await;
+    let hosts = Arc::new(hosts);
+    let requests: Vec<_> = (0..64)
+        .map(|i| {
+            let hosts = hosts.clone();
+            tokio::spawn(async move {
+                let host = &hosts[i % 3];
+                provision(&host.addr, "myaddon", TOKEN, "one-app-three-hosts").await.unwrap()
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for request in requests {
+        replies.push(request.await.unwrap());
+    }
+    let created = replies.iter().filter(|(status, _)| *status == 201).count();
+    assert_eq!(created, 1, "one request created the resource: {replies:?}");
+    assert!(replies.iter().all(|(status, _)| *status == 201 || *status == 200), "{replies:?}");
+    let first = &replies[0].1;
+    assert!(replies.iter().all(|(_, body)| body == first), "every request got the same reply: {replies:?}");
+    let mut calls = 0;
+    for host in hosts.iter() {
+        calls += provision_calls(host, "myaddon").await;
+    }
+    assert_eq!(calls, 1, "64 identical provisions over three hosts made one plugin call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_through_one_host_serves_from_all_three_with_no_failed_request() {
+    let (_dirs, hosts) = three_hosts().await;
+    for (i, host) in hosts.iter().enumerate() {
+        assert_eq!(served(host, &format!("before-{i}")).await, "a");
+    }
+    // Store version b through host 0 without activating it; the others prepare it.
+    push(&hosts[0], addon_host_tests::PLUGIN_VERSIONED_B, false);
+
+    let hosts = Arc::new(hosts);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let (hosts, stop, seen) = (hosts.clone(), stop.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let h = (c + n) % 3;
+                    let version = served(&hosts[h], &format!("during-{c}-{n}")).await;
+                    seen.lock().unwrap().push((h, version));
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bearer = format!("Bearer {ADMIN}");
+    let (status, reply) = exchange(
+        &hosts[1].addr,
+        "POST",
+        "/admin/addons/versioned/plugins/2/activate",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let activated = Instant::now();
+    let mut everywhere = None;
+    while activated.elapsed() < Duration::from_secs(10) {
+        let mut all = true;
+        for (i, host) in hosts.iter().enumerate() {
+            all &= served(host, &format!("probe-{i}-{}", activated.elapsed().as_micros())).await == "b";
+        }
+        if all {
+            everywhere = Some(activated.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("no request failed during the swap");
+    }
+    let everywhere = everywhere.expect("every host serves the activated version");
+    assert!(everywhere < Duration::from_secs(1), "every host served b {everywhere:?} after the activation");
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().any(|(_, v)| v == "a") && seen.iter().any(|(_, v)| v == "b"), "traffic crossed the swap");
+    for (h, _) in seen.iter() {
+        assert!(*h < 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_traffic_loses_nothing_it_acknowledged() {
+    let (_dirs, mut hosts) = three_hosts().await;
+    let addrs: Arc<Vec<String>> = Arc::new(hosts.iter().map(|h| h.addr.clone()).collect());
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..12)
+        .map(|c| {
+            let (addrs, acked, stop) = (addrs.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let slug = format!("kill-{c}-{n}");
+                    // Round-robin; a killed host's requests fail and were never acknowledged.
+                    if let Ok((201, body)) = provision(&addrs[(c + n) % 3], "myaddon", TOKEN, &slug).await {
+                        acked.lock().unwrap().insert(slug, body);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    hosts[2].child.start_kill().unwrap();
+    hosts[2].child.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() > 30, "traffic was served: {} provisions", acked.len());
+    // Every acknowledged provision replays its exact reply from the hosts left.
+    for (i, (slug, body)) in acked.iter().enumerate() {
+        let (status, again) = provision(&addrs[i % 2], "myaddon", TOKEN, slug).await.unwrap();
+        assert_eq!((status, &again), (200, body), "acknowledged provision of {slug} lost or changed");
+    }
+}
+
+/// `addon-host migrate` copies a sled data directory into PostgreSQL: a host started on the
+/// database then replays every reply, keeps used SSO tokens used and serves the active version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_data_directory_moves_into_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty [server.storage] table: sled, whatever the suite runs on.
+    let mut server = spawn(dir.path(), &with_storage("[server.storage]\n")).await;
+    let mut replies = BTreeMap::new();
+    for i in 0..10 {
+        let slug = format!("moved-{i}");
+        let (status, body) = provision(&server.addr, "myaddon", TOKEN, &slug).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        replies.insert(slug, body);
+    }
+    push(&server, addon_host_tests::PLUGIN_VERSIONED_B, true);
+    assert_eq!(served(&server, "on-sled").await, "b");
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
+
+    let config = write_config(dir.path(), &config(&addon_host_tests::postgres::fresh_database()));
+    let migrate = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&[]);
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["copied"]["keys"].as_u64().unwrap() > 20, "{report}");
+    let again = migrate(&[]);
+    assert!(!again.status.success(), "a second copy into a database holding data is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"), "{again:?}");
+
+    let server = spawn_config_with(&config, &[]).await;
+    for (slug, body) in &replies {
+        let (status, again) = provision(&server.addr, "myaddon", TOKEN, slug).await.unwrap();
+        assert_eq!((status, &again), (200, body), "{slug} replays from PostgreSQL");
+    }
+    assert_eq!(served(&server, "on-postgres").await, "b", "the active version moved too");
+}
+
+/// Upload a plugin version through `host`'s admin API with the CLI.
+fn push(host: &Server, plugin: &str, activate: bool) {
+    let url = format!("http://{}", host.addr);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
+    command.args(["plugin", "push", "versioned", plugin]).args(["--url", &url, "--token", ADMIN]);
+    if !activate {
+        command.arg("--no-activate");
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+}
