@@ -86,11 +86,15 @@ async fn health(State(service): State<Arc<Service>>) -> Response {
         service.addons().map(|a| json!({ "id": a.id(), "plugin_version": a.plugin().sha256 })).collect();
     let engine = service.runtime().info();
     let commits = service.storage().commit_stats();
+    let storage = service.storage().kind();
     match service.storage().stall() {
-        None => Json(json!({ "status": "ok", "engine": engine, "commits": commits, "addons": addons })).into_response(),
+        None => {
+            Json(json!({ "status": "ok", "engine": engine, "storage": storage, "commits": commits, "addons": addons }))
+                .into_response()
+        }
         Some(stall) => {
             let body = json!({ "status": "stalled", "error": "storage_stalled", "message": stalled(&stall), "stall": stall,
-                "commits": commits, "engine": engine, "addons": addons });
+                "storage": storage, "commits": commits, "engine": engine, "addons": addons });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }

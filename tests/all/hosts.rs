@@ -42,7 +42,11 @@ async fn three_hosts() -> (Vec<tempfile::TempDir>, Vec<Server>) {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut hosts = Vec::new();
     for dir in &dirs {
-        hosts.push(spawn(dir.path(), &config).await);
+        let host = spawn(dir.path(), &config).await;
+        let (status, health) = exchange(&host.addr, "GET", "/healthz", &[], "").await;
+        assert_eq!(status, 200, "{health}");
+        assert!(health.contains(r#""storage":"postgres""#), "{health}");
+        hosts.push(host);
     }
     (dirs, hosts)
 }
@@ -262,4 +266,51 @@ fn push(host: &Server, plugin: &str, activate: bool) {
     }
     let out = command.output().unwrap();
     assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A job committed by a host that is killed before its run runs on another host, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_job_runs_once_on_another_host() {
+    const JOBS_TOKEN: &str = "shared-hosts-jobs-token-0123";
+    let database = addon_host_tests::postgres::fresh_database();
+    let jobs = AddonToml::new("jobs", addon_host_tests::PLUGIN_JOBS).bitrise(JOBS_TOKEN, "shared-hosts-jobs-sso-01");
+    let config = format!(
+        "[server.storage]\npostgres = \"{database}\"\n[[server.admins]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\n{}",
+        jobs.to_toml()
+    );
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut first = spawn(dirs[0].path(), &config).await;
+    let second = spawn(dirs[1].path(), &config).await;
+    // `later`: a job due 2 s after the reply. Its host dies before then.
+    let headers = [("Authentication", JOBS_TOKEN), ("Content-Type", "application/json")];
+    let body = r#"{"app_slug":"orphan-app","api_token":"t","plan":"later"}"#;
+    let (status, reply) = exchange(&first.addr, "POST", "/addons/jobs/provision", &headers, body).await;
+    assert_eq!(status, 201, "{reply}");
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+
+    let bearer = format!("Bearer {ADMIN}");
+    let started = Instant::now();
+    loop {
+        let (status, listed) =
+            exchange(&second.addr, "GET", "/admin/addons/jobs/jobs", &[("Authorization", &bearer)], "").await;
+        assert_eq!(status, 200, "{listed}");
+        if !listed.contains("orphan-app") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the other host never ran the job: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = exchange(&second.addr, "GET", "/metrics", &[("Authorization", &bearer)], "").await;
+    assert!(
+        metrics.lines().any(|l| l == r#"addon_job_runs_total{addon="jobs",outcome="done"} 1"#),
+        "the other host ran it once: {metrics}"
+    );
+    let server = addon_host::config::ServerConfig {
+        storage: addon_host::config::StorageConfig { postgres: Some(database), ..Default::default() },
+        ..Default::default()
+    };
+    let storage = addon_host::storage::Storage::open_config(&server).unwrap();
+    let ran = storage.addon("jobs").unwrap().kv_get("ran/orphan-app").unwrap();
+    assert_eq!(ran.as_deref(), Some(&b"1"[..]), "its first attempt succeeded");
 }

@@ -31,6 +31,7 @@ const CHANNEL: &str = "addon_host";
 /// Sent to this host's subscribers when its listening connection was re-established, since
 /// announcements made meanwhile are lost: whatever they cover must be looked at again.
 pub const RESYNC: &str = "resync";
+const GET: &str = "SELECT value FROM kv WHERE space = $1 AND key = $2";
 /// Rows fetched per round trip of a prefix scan.
 const PAGE: i64 = 512;
 /// The advisory lock taken while migrating the schema.
@@ -210,7 +211,7 @@ impl Reader for TxReader<'_> {
 fn get(pg: &Postgres, client: &Arc<Object>, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
     let (client, space, key) = (client.clone(), space.to_owned(), key.to_vec());
     pg.run(async move {
-        let statement = client.prepare_cached("SELECT value FROM kv WHERE space = $1 AND key = $2").await?;
+        let statement = client.prepare_cached(GET).await?;
         let row = client.query_opt(&statement, &[&space, &key]).await?;
         Ok::<_, tokio_postgres::Error>(row.map(|r| r.get::<_, Vec<u8>>(0)))
     })?
@@ -279,7 +280,14 @@ impl Backend for Postgres {
     }
 
     fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        get(self, &self.client()?, space, key)
+        // One hand-off to the database's runtime for the connection and the query together.
+        let (pool, space, key) = (self.pool.clone(), space.to_owned(), key.to_vec());
+        self.run(async move {
+            let client = pool.get().await.map_err(db_error)?;
+            let statement = client.prepare_cached(GET).await.map_err(db_error)?;
+            let row = client.query_opt(&statement, &[&space, &key]).await.map_err(db_error)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })?
     }
 
     fn scan(&self, space: &str, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
