@@ -314,3 +314,51 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
     let ran = storage.addon("jobs").unwrap().kv_get("ran/orphan-app").unwrap();
     assert_eq!(ran.as_deref(), Some(&b"1"[..]), "its first attempt succeeded");
 }
+
+/// The database crashes mid-traffic (an immediate stop: unwritten WAL is lost) and comes
+/// back: every provision the host acknowledged before, during or after replays its reply,
+/// and the host serves again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_provisions_survive_a_database_crash() {
+    let cluster = Arc::new(addon_host_tests::postgres::Cluster::start().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn(dir.path(), &config(&cluster.fresh_database())).await;
+    let addr = Arc::new(host.addr.clone());
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (addr, acked, stop) = (addr.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let slug = format!("crash-{c}-{n}");
+                    // While the database is down the host answers 5xx: not acknowledged.
+                    if let Ok((201, body)) = provision(&addr, "myaddon", TOKEN, &slug).await {
+                        acked.lock().unwrap().insert(slug, body);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = acked.lock().unwrap().len();
+    let restarted = cluster.clone();
+    tokio::task::spawn_blocking(move || restarted.crash_and_restart()).await.unwrap().unwrap();
+    // Serving again after the database is back, with no restart of the host.
+    let back = Instant::now();
+    while acked.lock().unwrap().len() <= before + 20 {
+        assert!(back.elapsed() < Duration::from_secs(30), "the host never served again after the database came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    for (slug, body) in &acked {
+        let (status, again) = provision(&addr, "myaddon", TOKEN, slug).await.unwrap();
+        assert_eq!((status, &again), (200, body), "acknowledged provision of {slug} lost in the crash");
+    }
+}

@@ -23,8 +23,10 @@ const UNPRIVILEGED: u32 = 65534;
 pub struct Cluster {
     pub port: u16,
     bin: PathBuf,
+    root: PathBuf,
+    as_root: bool,
     /// The shell holding the server; its stdin is the pipe that stops it.
-    _guard: Mutex<Child>,
+    guard: Mutex<Child>,
 }
 
 /// True when the suite should run on PostgreSQL (`ADDON_TEST_STORAGE=postgres`).
@@ -35,20 +37,12 @@ pub fn selected() -> bool {
 /// The test process's cluster, started on first use.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| start().unwrap_or_else(|e| panic!("could not start PostgreSQL for the tests: {e}")))
+    CLUSTER.get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("could not start PostgreSQL for the tests: {e}")))
 }
 
-/// A new, empty database on the cluster; its URL.
+/// A new, empty database on the shared cluster; its URL.
 pub fn fresh_database() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let cluster = cluster();
-    let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-    let out = Command::new(cluster.bin.join("createdb"))
-        .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", &name])
-        .output()
-        .expect("createdb runs");
-    assert!(out.status.success(), "createdb failed: {}", String::from_utf8_lossy(&out.stderr));
-    cluster.url(&name)
+    cluster().fresh_database()
 }
 
 /// The database of the test host whose files are in `dir`, created on first use and
@@ -74,20 +68,120 @@ pub fn config_lines(dir: &Path) -> String {
 }
 
 impl Cluster {
+    /// A cluster of the calling test's own (one it may crash); stopped when the test process
+    /// ends.
+    pub fn start() -> Result<Cluster, String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let bin = bin_dir()?;
+        remove_stale();
+        let parent = std::env::temp_dir().join(format!("addon-host-pg-{}", std::process::id()));
+        let root = parent.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let as_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+        if as_root {
+            for dir in [&parent, &root] {
+                std::os::unix::fs::chown(dir, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).map_err(|e| e.to_string())?;
+            }
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.arg("-D").arg(root.join("data")).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        initdb.current_dir(&root);
+        unprivileged(&mut initdb, as_root);
+        let out = initdb.output().map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let port = free_port();
+        let guard = Mutex::new(serve(&bin, &root, port, as_root)?);
+        let cluster = Cluster { port, bin, root, as_root, guard };
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    /// A new, empty database; its URL.
+    pub fn fresh_database(&self) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let out = Command::new(self.bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", &name])
+            .output()
+            .expect("createdb runs");
+        assert!(out.status.success(), "createdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.url(&name)
+    }
+
+    /// Stop the server as a crash would (`immediate`: no checkpoint, unwritten WAL buffers
+    /// lost), then start it again on the same port; it replays its WAL.
+    pub fn crash_and_restart(&self) -> Result<(), String> {
+        let mut stop = Command::new(self.bin.join("pg_ctl"));
+        stop.arg("-D").arg(self.root.join("data")).args(["stop", "-m", "immediate", "-w"]);
+        unprivileged(&mut stop, self.as_root);
+        let out = stop.output().map_err(|e| format!("pg_ctl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let mut guard = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = guard.wait();
+        *guard = serve(&self.bin, &self.root, self.port, self.as_root)?;
+        drop(guard);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
+                return Err(format!("postgres did not become ready in 60 s; its log:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
+}
 
-    /// Run SQL on `database` with psql; its output.
-    pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", database])
-            .args(["-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+fn unprivileged(cmd: &mut Command, as_root: bool) {
+    if as_root {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(UNPRIVILEGED).gid(UNPRIVILEGED);
     }
+}
+
+/// Start the server under a shell that stops it when this process's end closes its stdin
+/// (and ends by itself when the server stops first).
+fn serve(bin: &Path, root: &Path, port: u16, as_root: bool) -> Result<Child, String> {
+    let mut server = Command::new("sh");
+    server
+        .arg("-c")
+        .arg(
+            r#""$1/postgres" -D "$2" -p "$3" -k "$4" -c listen_addresses=127.0.0.1 -c max_connections=500 \
+               -c shared_buffers=64MB >>"$4/server.log" 2>&1 &
+             pg=$!
+             (read _; kill -INT $pg 2>/dev/null) &
+             wait $pg"#,
+        )
+        .arg("sh")
+        .arg(bin)
+        .arg(root.join("data"))
+        .arg(port.to_string())
+        .arg(root)
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unprivileged(&mut server, as_root);
+    server.spawn().map_err(|e| format!("starting postgres: {e}"))
 }
 
 fn bin_dir() -> Result<PathBuf, String> {
@@ -113,78 +207,15 @@ fn free_port() -> u16 {
 
 /// Clusters of test processes that have ended.
 fn remove_stale() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("addon-host-pg-")) else { continue };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("addon-host-pg-")) else { continue };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
-    }
-}
-
-fn start() -> Result<Cluster, String> {
-    let bin = bin_dir()?;
-    remove_stale();
-    let root = std::env::temp_dir().join(format!("addon-host-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-    let as_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    let unprivileged = |cmd: &mut Command| {
-        if as_root {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(UNPRIVILEGED).gid(UNPRIVILEGED);
-        }
-    };
-    if as_root {
-        std::os::unix::fs::chown(&root, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).map_err(|e| e.to_string())?;
-    }
-    let data = root.join("data");
-    let mut initdb = Command::new(bin.join("initdb"));
-    initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-    initdb.current_dir(&root);
-    unprivileged(&mut initdb);
-    let out = initdb.output().map_err(|e| format!("initdb: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let port = free_port();
-    let mut server = Command::new("sh");
-    server
-        .arg("-c")
-        .arg(
-            r#""$1/postgres" -D "$2" -p "$3" -k "$4" -c listen_addresses=127.0.0.1 -c max_connections=500 \
-               -c shared_buffers=64MB >"$4/server.log" 2>&1 &
-             pg=$!
-             read _
-             kill -INT $pg
-             wait $pg"#,
-        )
-        .arg("sh")
-        .arg(&bin)
-        .arg(&data)
-        .arg(port.to_string())
-        .arg(&root)
-        .current_dir(&root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    unprivileged(&mut server);
-    let guard = server.spawn().map_err(|e| format!("starting postgres: {e}"))?;
-    let cluster = Cluster { port, bin, _guard: Mutex::new(guard) };
-    let started = Instant::now();
-    loop {
-        let ready = Command::new(cluster.bin.join("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ready {
-            return Ok(cluster);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
-            return Err(format!("postgres did not become ready in 60 s; its log:\n{log}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 }

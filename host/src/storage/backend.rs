@@ -19,6 +19,11 @@ use super::{CommitStats, Result};
 /// Reads inside a commit (see [`Backend::commit`]).
 pub(crate) trait Reader {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Read `keys` ahead, in one round trip where the backend is remote: the stage's later
+    /// [`Reader::get`]s of them are then answered from memory. Only an optimisation.
+    fn prefetch(&self, _keys: &[Vec<u8>]) -> Result<()> {
+        Ok(())
+    }
     /// Visit the pairs under `prefix` in key order, until `visit` returns false.
     fn scan(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
 }

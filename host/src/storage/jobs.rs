@@ -71,6 +71,15 @@ impl AddonStore {
     }
 }
 
+/// The keys [`stage_jobs`] reads for `writes` (the scan of a cancelled resource aside).
+pub(super) fn keys_read(writes: &JobWrites) -> Vec<Vec<u8>> {
+    if writes.is_empty() {
+        return Vec::new();
+    }
+    let jobs = writes.ops.iter().filter(|(_, _, op)| !matches!(op, Op::Insert(_))).map(|(id, _, _)| prefixed(JOB, id));
+    std::iter::once(JOB_COUNT.to_vec()).chain(jobs).collect()
+}
+
 /// Add `writes` to `batch`, keeping the add-on within `max_jobs` stored jobs when they add
 /// any; part of a commit's stage.
 pub(super) fn stage_jobs(tree: &dyn Reader, writes: &JobWrites, max_jobs: u64, batch: &mut Batch) -> Result<()> {

@@ -349,6 +349,10 @@ fn stage(
     record: Option<(&str, &[u8])>,
     alias: Option<(&str, &str)>,
 ) -> Result<Batch> {
+    let mut ahead: Vec<Vec<u8>> = vec![KV_BYTES.to_vec(), KV_KEYS.to_vec()];
+    ahead.extend(txn.reads.keys().chain(txn.writes.keys()).map(|k| prefixed(KV, k)));
+    ahead.extend(jobs::keys_read(&txn.jobs));
+    tree.prefetch(&ahead)?;
     for (key, seen) in &txn.reads {
         if tree.get(&prefixed(KV, key))?.as_deref() != seen.as_deref() {
             return Err(StorageError::Conflict(key.clone()));

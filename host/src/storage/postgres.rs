@@ -3,8 +3,10 @@
 //! Every space lives in one table, `kv (space, key, value)`, ordered by `(space, key)`. A
 //! commit is one transaction that first takes the space's transaction-scoped advisory lock,
 //! so commits to a space are serialised across every host, then runs the stage's reads and
-//! applies its batch; PostgreSQL's `COMMIT` returns once the WAL is flushed, so a commit is
-//! durable when it returns. Cross-host locks on a key ([`Backend::lock`]) are session
+//! applies its batch. The transaction commits without waiting for the disk (releasing the
+//! lock at once), and a synchronous barrier after it returns once the WAL holding it is
+//! flushed ([`DURABLE`]): a commit is durable when it returns, and concurrent commits share
+//! the database's flushes. Cross-host locks on a key ([`Backend::lock`]) are session
 //! advisory locks on one connection per host, released by PostgreSQL itself if the host dies.
 //! Other hosts learn of changes through `LISTEN`/`NOTIFY` on [`CHANNEL`].
 //!
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, future};
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -191,31 +193,73 @@ async fn listen(pg: tokio_postgres::Config, events: broadcast::Sender<String>) {
     }
 }
 
-/// Reads inside a commit's transaction.
+/// Reads inside a commit's transaction. Nothing else writes the space while the
+/// transaction holds its lock, so what was read ahead stays true until the commit. The
+/// transaction's `BEGIN` goes out with the first read (or with the writes), in the same round
+/// trip.
 struct TxReader<'a> {
     pg: &'a Postgres,
     client: &'a Arc<Object>,
     space: &'a str,
+    begin: std::cell::RefCell<Option<String>>,
+    ahead: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl Reader for TxReader<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        get(self.pg, self.client, self.space, key)
+        if let Some(value) = self.ahead.borrow().get(key) {
+            return Ok(value.clone());
+        }
+        let (client, space, key, begin) =
+            (self.client.clone(), self.space.to_owned(), key.to_vec(), self.begin.borrow_mut().take());
+        self.pg
+            .run(async move {
+                let statement = client.prepare_cached(GET).await?;
+                let (begun, row) =
+                    future::join(begin_first(&client, &begin), client.query_opt(&statement, &[&space, &key])).await;
+                begun?;
+                Ok::<_, tokio_postgres::Error>(row?.map(|r| r.get::<_, Vec<u8>>(0)))
+            })?
+            .map_err(db_error)
+    }
+
+    fn prefetch(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let (client, space, wanted, begin) =
+            (self.client.clone(), self.space.to_owned(), keys.to_vec(), self.begin.borrow_mut().take());
+        let rows = self
+            .pg
+            .run(async move {
+                let statement =
+                    client.prepare_cached("SELECT key, value FROM kv WHERE space = $1 AND key = ANY($2)").await?;
+                let (begun, rows) =
+                    future::join(begin_first(&client, &begin), client.query(&statement, &[&space, &wanted])).await;
+                begun?;
+                rows
+            })?
+            .map_err(db_error)?;
+        let mut ahead = self.ahead.borrow_mut();
+        for key in keys {
+            ahead.insert(key.clone(), None);
+        }
+        for row in rows {
+            ahead.insert(row.get(0), Some(row.get(1)));
+        }
+        Ok(())
     }
 
     fn scan(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
-        scan(self.pg, self.client, self.space, prefix, visit)
+        let begin = self.begin.borrow_mut().take();
+        scan(self.pg, self.client, self.space, prefix, begin, visit)
     }
 }
 
-fn get(pg: &Postgres, client: &Arc<Object>, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    let (client, space, key) = (client.clone(), space.to_owned(), key.to_vec());
-    pg.run(async move {
-        let statement = client.prepare_cached(GET).await?;
-        let row = client.query_opt(&statement, &[&space, &key]).await?;
-        Ok::<_, tokio_postgres::Error>(row.map(|r| r.get::<_, Vec<u8>>(0)))
-    })?
-    .map_err(db_error)
+/// Send the transaction's `BEGIN`, if it has not gone out yet (polled first, so it goes out
+/// before the query it is joined with).
+async fn begin_first(client: &Object, begin: &Option<String>) -> std::result::Result<(), tokio_postgres::Error> {
+    match begin {
+        Some(begin) => client.batch_execute(begin).await,
+        None => Ok(()),
+    }
 }
 
 /// The first key after every key starting with `prefix`, if there is one.
@@ -235,12 +279,14 @@ fn scan(
     client: &Arc<Object>,
     space: &str,
     prefix: &[u8],
+    mut begin: Option<String>,
     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<()> {
     let end = prefix_end(prefix);
     let mut from: (Vec<u8>, bool) = (prefix.to_vec(), true);
     loop {
         let (client, space, end, (start, inclusive)) = (client.clone(), space.to_owned(), end.clone(), from.clone());
+        let begin = begin.take();
         let rows = pg
             .run(async move {
                 let statement = client
@@ -251,7 +297,10 @@ fn scan(
                          ORDER BY key LIMIT $5",
                     )
                     .await?;
-                client.query(&statement, &[&space, &start, &inclusive, &end, &PAGE]).await
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [&space, &start, &inclusive, &end, &PAGE];
+                let (begun, rows) = future::join(begin_first(&client, &begin), client.query(&statement, &params)).await;
+                begun?;
+                rows
             })?
             .map_err(db_error)?;
         let full = rows.len() as i64 == PAGE;
@@ -291,20 +340,26 @@ impl Backend for Postgres {
     }
 
     fn scan(&self, space: &str, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
-        scan(self, &self.client()?, space, prefix, visit)
+        scan(self, &self.client()?, space, prefix, None, visit)
     }
 
     fn commit(&self, space: &str, stage: &mut Stage<'_>) -> Result<()> {
+        // The transaction takes the space's lock first. Its commit does not wait for the disk
+        // (the lock is released as soon as the batch is applied), and the barrier after it
+        // waits for the WAL flush. Two round trips in all when the stage reads ahead: the
+        // begin with its reads, then the writes with the commit and the barrier.
+        let begin = format!("BEGIN; {ASYNC_COMMIT} SELECT pg_advisory_xact_lock({})", lock_id("space", space));
         let client = self.client()?;
-        let (c, name) = (client.clone(), space.to_owned());
-        self.run(async move {
-            c.batch_execute("BEGIN").await?;
-            c.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&name]).await
-        })?
-        .map_err(db_error)?;
-        let outcome = stage(&TxReader { pg: self, client: &client, space }).and_then(|batch| {
-            let (c, name) = (client.clone(), space.to_owned());
-            self.run(async move { apply(&c, &name, batch).await })?.map_err(db_error)
+        let reader = TxReader {
+            pg: self,
+            client: &client,
+            space,
+            begin: std::cell::RefCell::new(Some(begin)),
+            ahead: Default::default(),
+        };
+        let outcome = stage(&reader).and_then(|batch| {
+            let (c, name, begin) = (client.clone(), space.to_owned(), reader.begin.borrow_mut().take());
+            self.run(async move { apply(&c, &name, begin, batch).await })?.map_err(db_error)
         });
         match outcome {
             Ok(()) => {
@@ -349,8 +404,16 @@ impl Backend for Postgres {
     }
 }
 
-/// Write a commit's batch and commit its transaction.
-async fn apply(client: &Object, space: &str, batch: Batch) -> std::result::Result<(), tokio_postgres::Error> {
+/// Write a commit's batch, commit its transaction, and wait until it is durable: one round
+/// trip, the statements pipelined. Every statement is prepared first, so that each goes out
+/// when its future is first polled, in order; a failed write aborts the transaction, its
+/// `COMMIT` then rolls back, and the write's error is returned.
+async fn apply(
+    client: &Object,
+    space: &str,
+    begin: Option<String>,
+    batch: Batch,
+) -> std::result::Result<(), tokio_postgres::Error> {
     let (mut keys, mut values, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     for (key, value) in batch.writes {
         match value {
@@ -361,20 +424,49 @@ async fn apply(client: &Object, space: &str, batch: Batch) -> std::result::Resul
             None => removed.push(key),
         }
     }
-    if !keys.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO kv (space, key, value) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v)
-                 ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
-            )
-            .await?;
-        client.execute(&statement, &[&space, &keys, &values]).await?;
-    }
-    if !removed.is_empty() {
-        let statement = client.prepare_cached("DELETE FROM kv WHERE space = $1 AND key = ANY($2)").await?;
-        client.execute(&statement, &[&space, &removed]).await?;
-    }
-    client.batch_execute("COMMIT").await
+    let upsert = client
+        .prepare_cached(
+            "INSERT INTO kv (space, key, value) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v)
+             ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .await?;
+    let delete = client.prepare_cached("DELETE FROM kv WHERE space = $1 AND key = ANY($2)").await?;
+    let wrote = !keys.is_empty() || !removed.is_empty();
+    let (begun, upserted, deleted, committed, durable) = future::join5(
+        begin_first(client, &begin),
+        async {
+            if keys.is_empty() { Ok(0) } else { client.execute(&upsert, &[&space, &keys, &values]).await }
+        },
+        async { if removed.is_empty() { Ok(0) } else { client.execute(&delete, &[&space, &removed]).await } },
+        client.batch_execute("COMMIT"),
+        async { if wrote { client.batch_execute(DURABLE).await } else { Ok(()) } },
+    )
+    .await;
+    begun?;
+    upserted?;
+    deleted?;
+    committed?;
+    durable
+}
+
+/// A commit that does not wait for the disk: the space's lock is held only while the batch
+/// is applied, so commits to one add-on follow each other at the database's pace rather than
+/// the disk's.
+const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off;";
+
+/// The barrier after an asynchronous commit: a synchronous commit that writes to the WAL (a
+/// transactional logical message, which touches no table) returns once the WAL is flushed
+/// up to it, so every commit before it is durable too. Concurrent barriers share a flush,
+/// which makes this the database's own group commit.
+const DURABLE: &str = "BEGIN; SELECT pg_logical_emit_message(true, 'addon_host', ''); COMMIT";
+
+/// A 64-bit advisory lock id for `name` of `kind`, the same on every host.
+fn lock_id(kind: &str, name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{kind}\0{name}").as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(id)
 }
 
 /// The connection this host holds its cross-host locks on. A lock is tried, not waited for
@@ -411,7 +503,7 @@ impl LockSession {
         loop {
             let client = self.session().await?;
             let row = client
-                .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 1))", &[&key])
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_id("key", &key)])
                 .await
                 .map_err(db_error)?;
             if row.get::<_, bool>(0) {
@@ -439,7 +531,7 @@ impl Drop for SessionLock {
     fn drop(&mut self) {
         let (client, key) = (self.client.clone(), std::mem::take(&mut self.key));
         self.handle.spawn(async move {
-            if let Err(e) = client.execute("SELECT pg_advisory_unlock(hashtextextended($1, 1))", &[&key]).await {
+            if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&lock_id("key", &key)]).await {
                 tracing::warn!("releasing a resource lock failed (the database releases it with its session): {e}");
             }
         });
