@@ -434,9 +434,7 @@ async fn apply(
     let wrote = !keys.is_empty() || !removed.is_empty();
     let (begun, upserted, deleted, committed, durable) = future::join5(
         begin_first(client, &begin),
-        async {
-            if keys.is_empty() { Ok(0) } else { client.execute(&upsert, &[&space, &keys, &values]).await }
-        },
+        async { if keys.is_empty() { Ok(0) } else { client.execute(&upsert, &[&space, &keys, &values]).await } },
         async { if removed.is_empty() { Ok(0) } else { client.execute(&delete, &[&space, &removed]).await } },
         client.batch_execute("COMMIT"),
         async { if wrote { client.batch_execute(DURABLE).await } else { Ok(()) } },
