@@ -110,6 +110,31 @@ async fn identical_provisions_at_three_hosts_make_one_plugin_call() {
     assert_eq!(calls, 1, "64 identical provisions over three hosts made one plugin call");
 }
 
+/// An SSO login token works once, whichever host it reaches first: the others refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sso_token_is_single_use_across_hosts() {
+    let (_dirs, hosts) = three_hosts().await;
+    let (status, body) = provision(&hosts[0].addr, "myaddon", TOKEN, "sso-app").await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let ts = crate::support::now();
+    let token = crate::support::sso_token("sso-app", "shared-hosts-sso-secret-0123", ts);
+    let form = format!("app_slug=sso-app&timestamp={ts}&token={token}");
+    let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+    let logins: Vec<_> = hosts
+        .iter()
+        .map(|host| {
+            let (addr, form) = (host.addr.clone(), form.clone());
+            tokio::spawn(async move { exchange(&addr, "POST", "/addons/myaddon/login", &headers, &form).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for login in logins {
+        statuses.push(login.await.unwrap().0);
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 403, 403], "one host logged the user in; the others refused the replay");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_through_one_host_serves_from_all_three_with_no_failed_request() {
     let (_dirs, hosts) = three_hosts().await;
@@ -173,37 +198,70 @@ async fn a_swap_through_one_host_serves_from_all_three_with_no_failed_request() 
     }
 }
 
+/// Clients provisioning fresh apps round-robin over `addrs` until `stop`; each provision
+/// answered 201 is recorded in the returned ledger with its reply. A request that fails (a
+/// killed host, a database that is down) was never acknowledged.
+struct Traffic {
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Answers other than 201.
+    refused: Arc<Mutex<Vec<(u16, String)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(addrs: Vec<String>, clients: usize, prefix: &str) -> Traffic {
+        let addrs = Arc::new(addrs);
+        let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let refused: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|c| {
+                let (addrs, acked, stop, prefix) = (addrs.clone(), acked.clone(), stop.clone(), prefix.to_owned());
+                let refused = refused.clone();
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let slug = format!("{prefix}-{c}-{n}");
+                        let addr = &addrs[(c + n) % addrs.len()];
+                        match provision(addr, "myaddon", TOKEN, &slug).await {
+                            Ok((201, body)) => drop(acked.lock().unwrap().insert(slug, body)),
+                            Ok(other) => refused.lock().unwrap().push(other),
+                            Err(_) => {}
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Traffic { acked, refused, stop, clients }
+    }
+
+    fn acknowledged(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stop the clients; what they had acknowledged, and the other answers they got.
+    async fn stop(self) -> (BTreeMap<String, String>, Vec<(u16, String)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        (std::mem::take(&mut *self.acked.lock().unwrap()), std::mem::take(&mut *self.refused.lock().unwrap()))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_killed_mid_traffic_loses_nothing_it_acknowledged() {
     let (_dirs, mut hosts) = three_hosts().await;
-    let addrs: Arc<Vec<String>> = Arc::new(hosts.iter().map(|h| h.addr.clone()).collect());
-    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..12)
-        .map(|c| {
-            let (addrs, acked, stop) = (addrs.clone(), acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let slug = format!("kill-{c}-{n}");
-                    // Round-robin; a killed host's requests fail and were never acknowledged.
-                    if let Ok((201, body)) = provision(&addrs[(c + n) % 3], "myaddon", TOKEN, &slug).await {
-                        acked.lock().unwrap().insert(slug, body);
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect();
+    let addrs: Vec<String> = hosts.iter().map(|h| h.addr.clone()).collect();
+    let traffic = Traffic::start(addrs.clone(), 12, "kill");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     hosts[2].child.start_kill().unwrap();
     hosts[2].child.wait().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
-    }
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let (acked, refused) = traffic.stop().await;
+    assert_eq!(refused, Vec::new(), "the hosts left answered every request");
     assert!(acked.len() > 30, "traffic was served: {} provisions", acked.len());
     // Every acknowledged provision replays its exact reply from the hosts left.
     for (i, (slug, body)) in acked.iter().enumerate() {
@@ -301,11 +359,18 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
         assert!(started.elapsed() < Duration::from_secs(30), "the other host never ran the job: {listed}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, metrics) = exchange(&second.addr, "GET", "/metrics", &[("Authorization", &bearer)], "").await;
-    assert!(
-        metrics.lines().any(|l| l == r#"addon_job_runs_total{addon="jobs",outcome="done"} 1"#),
-        "the other host ran it once: {metrics}"
-    );
+    // The run is counted just after its commit: look until it is.
+    let counted = Instant::now();
+    let done = loop {
+        let (_, metrics) = exchange(&second.addr, "GET", "/metrics", &[("Authorization", &bearer)], "").await;
+        let prefix = r#"addon_job_runs_total{addon="jobs",outcome="done"} "#;
+        if let Some(n) = metrics.lines().find_map(|l| l.strip_prefix(prefix)) {
+            break n.trim().to_owned();
+        }
+        assert!(counted.elapsed() < Duration::from_secs(5), "the run was never counted: {metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done, "1", "the other host ran it once");
     let server = addon_host::config::ServerConfig {
         storage: addon_host::config::StorageConfig { postgres: Some(database), ..Default::default() },
         ..Default::default()
@@ -323,42 +388,26 @@ async fn acknowledged_provisions_survive_a_database_crash() {
     let cluster = Arc::new(addon_host_tests::postgres::Cluster::start().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let host = spawn(dir.path(), &config(&cluster.fresh_database())).await;
-    let addr = Arc::new(host.addr.clone());
-    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|c| {
-            let (addr, acked, stop) = (addr.clone(), acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let slug = format!("crash-{c}-{n}");
-                    // While the database is down the host answers 5xx: not acknowledged.
-                    if let Ok((201, body)) = provision(&addr, "myaddon", TOKEN, &slug).await {
-                        acked.lock().unwrap().insert(slug, body);
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect();
+    // While the database is down the host answers 5xx: not acknowledged.
+    let traffic = Traffic::start(vec![host.addr.clone()], 8, "crash");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let before = acked.lock().unwrap().len();
+    let before = traffic.acknowledged();
     let restarted = cluster.clone();
     tokio::task::spawn_blocking(move || restarted.crash_and_restart()).await.unwrap().unwrap();
     // Serving again after the database is back, with no restart of the host.
     let back = Instant::now();
-    while acked.lock().unwrap().len() <= before + 20 {
+    while traffic.acknowledged() <= before + 20 {
         assert!(back.elapsed() < Duration::from_secs(30), "the host never served again after the database came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
+    let (acked, refused) = traffic.stop().await;
+    // While it was down: 503 storage_error with Retry-After, never another failure.
+    for (status, body) in &refused {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("storage_error"), "{body}");
     }
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
     for (slug, body) in &acked {
-        let (status, again) = provision(&addr, "myaddon", TOKEN, slug).await.unwrap();
+        let (status, again) = provision(&host.addr, "myaddon", TOKEN, slug).await.unwrap();
         assert_eq!((status, &again), (200, body), "acknowledged provision of {slug} lost in the crash");
     }
 }

@@ -10,23 +10,7 @@
 
 mod load;
 
-use addon_host_tests::AddonToml;
-use load::{Server, TOKEN, drive, median, start};
-use tokio::process::Command;
-
-/// A host with its data in `dir`; `storage` is its `[server.storage]` table.
-async fn host(dir: &std::path::Path, storage: &str) -> anyhow::Result<Server> {
-    let config = dir.join("addon-host.toml");
-    let addon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
-        .bitrise(TOKEN, "bench-sso-secret")
-        .config("host_url", "https://myaddon.example.com");
-    let server = "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
-                  [[server.admins]]\nname = \"bench\"\ntoken = \"bench-admin-token-0123456\"\n";
-    std::fs::write(&config, format!("{server}{storage}{}", addon.to_toml()))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
-    cmd.args(["serve", "--config"]).arg(&config).env("RUST_LOG", "warn");
-    start(cmd).await
-}
+use load::{Server, credentials_host as host, drive, median};
 
 fn main() -> anyhow::Result<()> {
     let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);

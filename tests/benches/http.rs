@@ -11,24 +11,10 @@
 
 mod load;
 
-use addon_host_tests::AddonToml;
-use load::{Run, Server, TOKEN, drive, median, start};
+use load::{Run, Server, drive, median, start};
 use tokio::process::Command;
 
 const LEVELS: [usize; 3] = [1, 16, 64];
-
-async fn hosted(dir: &std::path::Path) -> anyhow::Result<Server> {
-    let config = dir.join("addon-host.toml");
-    let addon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
-        .bitrise(TOKEN, "bench-sso-secret")
-        .config("host_url", "https://myaddon.example.com");
-    let server = "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
-                  [[server.admins]]\nname = \"bench\"\ntoken = \"bench-admin-token-0123456\"\n";
-    std::fs::write(&config, format!("{server}{}", addon.to_toml()))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
-    cmd.args(["serve", "--config"]).arg(&config).env("RUST_LOG", "warn");
-    start(cmd).await
-}
 
 async fn native(dir: &std::path::Path) -> anyhow::Result<Server> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_native-credentials"));
@@ -43,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
-        let mut hosted_server = hosted(dir.path()).await?;
+        let mut hosted_server = load::credentials_host(dir.path(), "").await?;
         let mut native_server = native(dir.path()).await?;
         println!("new provisions over HTTP, {secs} s per run, median of {rounds} runs per cell");
         println!(

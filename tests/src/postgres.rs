@@ -1,5 +1,6 @@
 //! A real PostgreSQL server for the tests and benchmarks: one cluster per test process, in a
-//! temp dir, on a free loopback port, with a fresh database per host under test.
+//! temp dir, reached over a Unix socket in that dir, with a fresh database per host under
+//! test.
 //!
 //! The server comes from the machine's PostgreSQL install (Debian's `postgresql` package;
 //! `ADDON_PG_BIN` names another `bin` folder). PostgreSQL refuses to run as root, so when the
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 const UNPRIVILEGED: u32 = 65534;
 
 pub struct Cluster {
+    /// Names the socket file (`.s.PGSQL.{port}`) in the cluster's folder; no TCP port is
+    /// opened, so nothing else on the machine can take the cluster's address.
     pub port: u16,
     bin: PathBuf,
     root: PathBuf,
@@ -92,7 +95,7 @@ impl Cluster {
         if !out.status.success() {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        let port = free_port();
+        let port = 5432;
         let guard = Mutex::new(serve(&bin, &root, port, as_root)?);
         let cluster = Cluster { port, bin, root, as_root, guard };
         cluster.wait_ready()?;
@@ -104,7 +107,9 @@ impl Cluster {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let out = Command::new(self.bin.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", &name])
+            .arg("-h")
+            .arg(&self.root)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", &name])
             .output()
             .expect("createdb runs");
         assert!(out.status.success(), "createdb failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -132,7 +137,9 @@ impl Cluster {
         let started = Instant::now();
         loop {
             let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .arg("-h")
+                .arg(&self.root)
+                .args(["-q", "-U", "postgres", "-p", &self.port.to_string()])
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
@@ -146,8 +153,9 @@ impl Cluster {
         }
     }
 
+    /// The URL of `database`, over the cluster's Unix socket.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres:///{database}?user=postgres&host={}&port={}", self.root.display(), self.port)
     }
 }
 
@@ -165,7 +173,7 @@ fn serve(bin: &Path, root: &Path, port: u16, as_root: bool) -> Result<Child, Str
     server
         .arg("-c")
         .arg(
-            r#""$1/postgres" -D "$2" -p "$3" -k "$4" -c listen_addresses=127.0.0.1 -c max_connections=500 \
+            r#""$1/postgres" -D "$2" -p "$3" -k "$4" -c listen_addresses= -c max_connections=500 \
                -c shared_buffers=64MB >>"$4/server.log" 2>&1 &
              pg=$!
              (read _; kill -INT $pg 2>/dev/null) &
@@ -199,10 +207,6 @@ fn bin_dir() -> Result<PathBuf, String> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, bin)| bin).ok_or_else(|| "no PostgreSQL server in /usr/lib/postgresql/*/bin".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(55432)
 }
 
 /// Clusters of test processes that have ended.

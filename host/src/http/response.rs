@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::error::ServiceError;
 use crate::runtime::CallFailure;
+use crate::storage::StorageError;
 
 /// The status of each kind of failure.
 pub(crate) fn status(error: &ServiceError) -> StatusCode {
@@ -25,7 +26,11 @@ pub(crate) fn status(error: &ServiceError) -> StatusCode {
         Unavailable { .. } | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CallFailed { failure: CallFailure::Deadline { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
         CallFailed { failure: CallFailure::ShuttingDown, .. } => StatusCode::SERVICE_UNAVAILABLE,
+        CallFailed { failure: CallFailure::StorageUnavailable(_), .. } => StatusCode::SERVICE_UNAVAILABLE,
         CallFailed { failure: CallFailure::Quota(_), .. } => StatusCode::INSUFFICIENT_STORAGE,
+        // The shared database is unreachable or failed the commit: nothing was stored, and
+        // the same request will succeed once it is back.
+        Storage(StorageError::Database(_)) => StatusCode::SERVICE_UNAVAILABLE,
         PluginError { .. } | CallFailed { .. } | Storage(_) | Corrupt { .. } | Host { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -66,10 +71,12 @@ impl IntoResponse for ServiceError {
         let retry_after = match self {
             ServiceError::Busy { .. } => Some("1"),
             ServiceError::Unavailable { .. } => Some("30"),
+            ServiceError::Storage(StorageError::Database(_))
+            | ServiceError::CallFailed { failure: CallFailure::StorageUnavailable(_), .. } => Some("5"),
             _ => None,
         };
-        let retry_later = retry_after.is_some();
-        if retry_later {
+        let expected = matches!(self, ServiceError::Busy { .. } | ServiceError::Unavailable { .. });
+        if expected {
             // A plugin's own "not now" or a full host: expected under load, retried by the platform.
             tracing::warn!(status = status.as_u16(), "{self}");
         } else if status.is_server_error() {

@@ -45,6 +45,21 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// The jobs queued or running now, as (add-on, id).
+    pub(crate) fn known(&self) -> HashSet<(String, String)> {
+        let mut known: HashSet<(String, String)> = self
+            .due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|Reverse((_, a, i))| (a.clone(), i.clone()))
+            .collect();
+        for (addon, ids) in self.running.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            known.extend(ids.iter().map(|id| (addon.clone(), id.clone())));
+        }
+        known
+    }
+
     pub fn is_running(&self, addon: &str, id: &str) -> bool {
         self.running.lock().unwrap_or_else(PoisonError::into_inner).get(addon).is_some_and(|ids| ids.contains(id))
     }

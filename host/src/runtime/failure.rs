@@ -28,6 +28,10 @@ pub enum CallFailure {
     ReplyTooLarge { size: usize, max: usize },
     #[error("could not be run: {0}")]
     Host(String),
+    /// The shared database failed a key-value read the call made: nothing was stored, and
+    /// the same request succeeds once the database answers again.
+    #[error("could not read its key-value data: {0}")]
+    StorageUnavailable(String),
     #[error("was not run: the host is shutting down")]
     ShuttingDown,
 }
@@ -44,6 +48,7 @@ impl CallFailure {
             CallFailure::InvalidReply(_) => "invalid_reply",
             CallFailure::ReplyTooLarge { .. } => "reply_too_large",
             CallFailure::Host(_) => "host_error",
+            CallFailure::StorageUnavailable(_) => "storage_error",
             CallFailure::ShuttingDown => "shutting_down",
         }
     }
@@ -65,6 +70,10 @@ pub(super) fn classify(error: wasmtime::Error, state: &CallState, deadline_ms: u
     }
     if let Some(q) = &state.kv.quota_violation {
         return CallFailure::Quota(q.clone());
+    }
+    // A `kv` import's storage failure traps with the storage error itself (see `kv.rs`).
+    if let Some(crate::storage::StorageError::Database(e)) = error.downcast_ref() {
+        return CallFailure::StorageUnavailable(e.clone());
     }
     let root = error.root_cause().to_string();
     let Some(trap) = trap else {

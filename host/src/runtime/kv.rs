@@ -4,7 +4,8 @@
 //! cannot make the host allocate far beyond its own memory cap.
 //!
 //! A storage failure is not the plugin's business: it traps the call (through the trappable
-//! [`KvFailure`]) and the host answers 500, rather than handing the guest an error it might
+//! [`KvFailure`]) and the host answers 500 (503 when the shared database failed the read),
+//! rather than handing the guest an error it might
 //! ignore and then succeed with.
 
 use super::bindings::addon::provider::kv::{self, KvError};

@@ -46,13 +46,11 @@ impl Service {
     }
 
     async fn run_stored_job(&self, addon: &Arc<Addon>, id: &str) -> Result<(), ServiceError> {
-        // Another host sharing the storage may be running it: look again in a second.
+        // Another host sharing the storage is running it: that host commits its outcome, and
+        // if it stops first, the job is overdue and queued again (see `shared`).
         let _shared = match self.storage.lock(&format!("job:{}/{id}", addon.id()), Duration::ZERO).await {
             Ok(held) => held,
-            Err(StorageError::LockTimeout) => {
-                self.jobs.push(addon.id(), id, clock::now_ms() + 1_000);
-                return Ok(());
-            }
+            Err(StorageError::LockTimeout) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let (store, key) = (addon.store.clone(), id.to_owned());

@@ -124,14 +124,17 @@ impl Service {
         Ok(self.compile(addon, Arc::new(bytes)).await?.0)
     }
 
-    /// Queue the jobs overdue by more than [`ADOPT_AFTER_MS`] that this host is not running.
+    /// Queue the jobs overdue by more than [`ADOPT_AFTER_MS`] that this host has neither
+    /// queued nor running. One that another host is running is tried (and skipped) once per
+    /// look, never more often.
     fn queue_overdue_jobs(&self) -> Result<usize, ServiceError> {
         let late = clock::now_ms().saturating_sub(ADOPT_AFTER_MS);
+        let known = self.jobs.known();
         let mut queued = 0;
         for addon in self.addons.values() {
             for (_, bytes) in addon.store.jobs()? {
                 let Some(job) = StoredJob::from_bytes(&bytes) else { continue };
-                if !job.dead && job.due_ms <= late && !self.jobs.is_running(addon.id(), &job.id) {
+                if !job.dead && job.due_ms <= late && !known.contains(&(addon.id().to_owned(), job.id.clone())) {
                     self.jobs.push(addon.id(), &job.id, job.due_ms);
                     queued += 1;
                 }

@@ -70,8 +70,9 @@ pub(crate) trait Backend: Send + Sync {
     /// Visit the committed pairs under `prefix` in key order, until `visit` returns false.
     fn scan(&self, space: &str, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
 
-    /// Run `stage` with every other commit to `space` excluded, then apply its batch
-    /// atomically; returns once the batch is durable. An error from `stage` writes nothing.
+    /// Run `stage` with every other commit to `space` excluded (from its first read on, at
+    /// the latest), then apply its batch atomically; returns once the batch is durable. An
+    /// error from `stage` writes nothing.
     fn commit(&self, space: &str, stage: &mut Stage<'_>) -> Result<()>;
 
     /// Make everything committed so far durable (commits already are; this is for the

@@ -36,6 +36,8 @@ pub const RESYNC: &str = "resync";
 const GET: &str = "SELECT value FROM kv WHERE space = $1 AND key = $2";
 /// Rows fetched per round trip of a prefix scan.
 const PAGE: i64 = 512;
+/// The longest any one statement may run (a commit's wait for its space's lock included).
+const STATEMENT_TIMEOUT_MS: u64 = 30_000;
 /// The advisory lock taken while migrating the schema.
 const MIGRATION_LOCK: i64 = 0x6164_646f_6e00;
 
@@ -66,7 +68,17 @@ fn db_error(e: impl std::fmt::Display) -> StorageError {
 
 impl Postgres {
     pub(super) fn connect(cfg: &StorageConfig, url: &str) -> Result<Postgres> {
-        let pg: tokio_postgres::Config = url.parse().map_err(|e| db_error(format!("the postgres URL: {e}")))?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| db_error(format!("the postgres URL: {e}")))?;
+        // A database that stops answering must fail requests, not hold them forever: bounded
+        // connects, keepalives that notice a dead peer, and a ceiling on any one statement
+        // (each URL setting wins).
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        }
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(10));
+        if pg.get_options().is_none() {
+            pg.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("postgres")

@@ -12,6 +12,21 @@ use tokio::process::{Child, Command};
 
 pub(crate) const TOKEN: &str = "bench-shared-token-0123";
 
+/// The real `addon-host serve` with the credentials example as `myaddon`, data in `dir`;
+/// `storage` is its `[server.storage]` table (empty: sled).
+pub(crate) async fn credentials_host(dir: &std::path::Path, storage: &str) -> anyhow::Result<Server> {
+    let config = dir.join("addon-host.toml");
+    let addon = addon_host_tests::AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .bitrise(TOKEN, "bench-sso-secret")
+        .config("host_url", "https://myaddon.example.com");
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+                  [[server.admins]]\nname = \"bench\"\ntoken = \"bench-admin-token-0123456\"\n";
+    std::fs::write(&config, format!("{server}{storage}{}", addon.to_toml()))?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"));
+    cmd.args(["serve", "--config"]).arg(&config).env("RUST_LOG", "warn");
+    start(cmd).await
+}
+
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) addr: String,
