@@ -411,3 +411,38 @@ async fn acknowledged_provisions_survive_a_database_crash() {
         assert_eq!((status, &again), (200, body), "acknowledged provision of {slug} lost in the crash");
     }
 }
+
+/// With `sslmode=require` and the database's authority as `ca_file`, every connection of the
+/// host is encrypted; a host that does not trust the database's certificate refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_reaches_its_database_over_tls_and_checks_its_certificate() {
+    let (cluster, ca) = addon_host_tests::postgres::Cluster::start_tls().unwrap();
+    let database = cluster.fresh_database();
+    let name = database.split('?').next().unwrap().rsplit('/').next().unwrap().to_owned();
+    let url = cluster.tls_url(&name);
+    let storage = format!("[server.storage]\npostgres = \"{url}\"\nca_file = \"{}\"\n", ca.display());
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn(dir.path(), &with_storage(&storage)).await;
+    let (status, body) = provision(&host.addr, "myaddon", TOKEN, "tls-app").await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = '{name}'"
+    );
+    let counts = cluster.psql("postgres", &sql);
+    let (encrypted, all) = counts.split_once('|').unwrap();
+    assert!(all.parse::<u32>().unwrap() >= 3, "the pool, the lock session and the listener: {counts}");
+    assert_eq!(encrypted, all, "every connection of the host uses TLS: {counts}");
+
+    // Mozilla's roots do not include the test authority: the host says so and stops.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &with_storage(&format!("[server.storage]\npostgres = \"{url}\"\n")));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a host trusting other authorities must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PostgreSQL") && stderr.to_lowercase().contains("certificate"), "{stderr}");
+}

@@ -25,9 +25,13 @@ pub struct Cluster {
     /// Names the socket file (`.s.PGSQL.{port}`) in the cluster's folder; no TCP port is
     /// opened, so nothing else on the machine can take the cluster's address.
     pub port: u16,
+    /// The TCP port, for a cluster that also listens on 127.0.0.1 (with TLS).
+    pub tcp_port: Option<u16>,
     bin: PathBuf,
     root: PathBuf,
     as_root: bool,
+    /// The server's settings beyond the common ones.
+    options: String,
     /// The shell holding the server; its stdin is the pipe that stops it.
     guard: Mutex<Child>,
 }
@@ -74,32 +78,67 @@ impl Cluster {
     /// A cluster of the calling test's own (one it may crash); stopped when the test process
     /// ends.
     pub fn start() -> Result<Cluster, String> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let bin = bin_dir()?;
-        remove_stale();
-        let parent = std::env::temp_dir().join(format!("addon-host-pg-{}", std::process::id()));
-        let root = parent.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        let as_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-        if as_root {
-            for dir in [&parent, &root] {
-                std::os::unix::fs::chown(dir, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).map_err(|e| e.to_string())?;
-            }
-        }
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(root.join("data")).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-        initdb.current_dir(&root);
-        unprivileged(&mut initdb, as_root);
-        let out = initdb.output().map_err(|e| format!("initdb: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-        let port = 5432;
-        let guard = Mutex::new(serve(&bin, &root, port, as_root)?);
-        let cluster = Cluster { port, bin, root, as_root, guard };
+        let (bin, root, as_root) = init()?;
+        let cluster = Cluster {
+            port: 5432,
+            tcp_port: None,
+            guard: Mutex::new(serve(&bin, &root, 5432, as_root, "-c listen_addresses=")?),
+            bin,
+            root,
+            as_root,
+            options: "-c listen_addresses=".into(),
+        };
         cluster.wait_ready()?;
         Ok(cluster)
+    }
+
+    /// A cluster of the calling test's own that also serves TLS on a loopback TCP port, with
+    /// a server certificate for 127.0.0.1 from a fresh authority; also the authority's PEM
+    /// file (what a host's `ca_file` names).
+    pub fn start_tls() -> Result<(Cluster, PathBuf), String> {
+        let (bin, root, as_root) = init()?;
+        let ca = tls_files(&root, as_root)?;
+        let mut last = String::new();
+        // A free port may be taken by another test's server before PostgreSQL binds it.
+        for _ in 0..5 {
+            let tcp = free_port();
+            let options = format!(
+                "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                root.display()
+            );
+            let cluster = Cluster {
+                port: tcp,
+                tcp_port: Some(tcp),
+                guard: Mutex::new(serve(&bin, &root, tcp, as_root, &options)?),
+                bin: bin.clone(),
+                root: root.clone(),
+                as_root,
+                options,
+            };
+            match cluster.wait_ready() {
+                Ok(()) => return Ok((cluster, ca)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The URL of `database` over TCP with TLS required (a TLS cluster's).
+    pub fn tls_url(&self, database: &str) -> String {
+        let port = self.tcp_port.expect("a cluster started with start_tls");
+        format!("postgres://postgres@127.0.0.1:{port}/{database}?sslmode=require")
+    }
+
+    /// Run SQL on `database` with psql (over the socket); its output.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(&self.root)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database, "-tAq", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// A new, empty database; its URL.
@@ -126,14 +165,34 @@ impl Cluster {
         if !out.status.success() {
             return Err(format!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        let mut guard = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = guard.wait();
-        *guard = serve(&self.bin, &self.root, self.port, self.as_root)?;
-        drop(guard);
-        self.wait_ready()
+        let mut last = String::new();
+        // Once seen on a loaded CI machine: the restarted server never answered (and never
+        // logged). Start it again then, and say what was running.
+        for _ in 0..3 {
+            let mut guard = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = guard.kill();
+            let _ = guard.wait();
+            *guard = serve(&self.bin, &self.root, self.port, self.as_root, &self.options)?;
+            drop(guard);
+            match self.wait_ready_for(Duration::from_secs(20)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let ps = Command::new("ps").args(["-eo", "pid,ppid,stat,args"]).output();
+                    let ps = ps.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                    let ours: Vec<&str> = ps.lines().filter(|l| l.contains("postgres") || l.contains(" sh ")).collect();
+                    last = format!("{e}\nprocesses:\n{}", ours.join("\n"));
+                    eprintln!("restarting the test database again: {last}");
+                }
+            }
+        }
+        Err(last)
     }
 
     fn wait_ready(&self) -> Result<(), String> {
+        self.wait_ready_for(Duration::from_secs(60))
+    }
+
+    fn wait_ready_for(&self, within: Duration) -> Result<(), String> {
         let started = Instant::now();
         loop {
             let ready = Command::new(self.bin.join("pg_isready"))
@@ -145,9 +204,14 @@ impl Cluster {
             if ready {
                 return Ok(());
             }
-            if started.elapsed() > Duration::from_secs(60) {
+            let exited = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_wait();
+            if let Ok(Some(status)) = exited {
                 let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
-                return Err(format!("postgres did not become ready in 60 s; its log:\n{log}"));
+                return Err(format!("postgres exited ({status}); its log:\n{log}"));
+            }
+            if started.elapsed() > within {
+                let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
+                return Err(format!("postgres did not become ready in {within:?}; its log:\n{log}"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -168,15 +232,18 @@ fn unprivileged(cmd: &mut Command, as_root: bool) {
 
 /// Start the server under a shell that stops it when this process's end closes its stdin
 /// (and ends by itself when the server stops first).
-fn serve(bin: &Path, root: &Path, port: u16, as_root: bool) -> Result<Child, String> {
+fn serve(bin: &Path, root: &Path, port: u16, as_root: bool, options: &str) -> Result<Child, String> {
     let mut server = Command::new("sh");
     server
         .arg("-c")
         .arg(
-            r#""$1/postgres" -D "$2" -p "$3" -k "$4" -c listen_addresses= -c max_connections=500 \
-               -c shared_buffers=64MB >>"$4/server.log" 2>&1 &
+            // A background list's stdin is /dev/null unless redirected (POSIX), so the pipe
+            // is kept on fd 3 for the watcher.
+            r#"exec 3<&0
+             "$1/postgres" -D "$2" -p "$3" -k "$4" -c max_connections=500 -c shared_buffers=64MB $5 \
+               >>"$4/server.log" 2>&1 </dev/null &
              pg=$!
-             (read _; kill -INT $pg 2>/dev/null) &
+             (read _ <&3; kill -INT $pg 2>/dev/null) &
              wait $pg"#,
         )
         .arg("sh")
@@ -184,12 +251,73 @@ fn serve(bin: &Path, root: &Path, port: u16, as_root: bool) -> Result<Child, Str
         .arg(root.join("data"))
         .arg(port.to_string())
         .arg(root)
+        .arg(options)
         .current_dir(root)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     unprivileged(&mut server, as_root);
     server.spawn().map_err(|e| format!("starting postgres: {e}"))
+}
+
+/// A new cluster folder with an initialised data directory: the server's binaries, the
+/// folder, and whether the server must run as `nobody`.
+fn init() -> Result<(PathBuf, PathBuf, bool), String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let bin = bin_dir()?;
+    remove_stale();
+    let parent = std::env::temp_dir().join(format!("addon-host-pg-{}", std::process::id()));
+    let root = parent.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    let as_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if as_root {
+        for dir in [&parent, &root] {
+            std::os::unix::fs::chown(dir, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).map_err(|e| e.to_string())?;
+        }
+    }
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb.arg("-D").arg(root.join("data")).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+    initdb.current_dir(&root);
+    unprivileged(&mut initdb, as_root);
+    let out = initdb.output().map_err(|e| format!("initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok((bin, root, as_root))
+}
+
+/// A fresh authority and a server certificate it signs for 127.0.0.1, written into `root`
+/// for the server (its key readable by the server's user only); the authority's PEM path.
+fn tls_files(root: &Path, as_root: bool) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: rcgen::Error| e.to_string();
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "addon-host test authority");
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).map_err(err)?;
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let server = params.signed_by(&key, &issuer).map_err(err)?;
+    let write = |name: &str, text: String, mode: u32| -> Result<PathBuf, String> {
+        let path = root.join(name);
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        if as_root {
+            std::os::unix::fs::chown(&path, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).map_err(|e| e.to_string())?;
+        }
+        Ok(path)
+    };
+    write("server.crt", server.pem(), 0o644)?;
+    write("server.key", key.serialize_pem(), 0o600)?;
+    write("ca.pem", ca.pem(), 0o644)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(55432)
 }
 
 fn bin_dir() -> Result<PathBuf, String> {

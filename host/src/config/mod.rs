@@ -327,6 +327,11 @@ impl HostConfig {
         if self.server.data_dir.is_relative() {
             self.server.data_dir = base.join(&self.server.data_dir);
         }
+        if let Some(ca) = &mut self.server.storage.ca_file
+            && ca.is_relative()
+        {
+            *ca = base.join(&*ca);
+        }
         if let Some(cache) = &mut self.server.compile_cache
             && cache.is_relative()
             && !cache.as_os_str().is_empty()

@@ -15,11 +15,15 @@ pub struct StorageConfig {
     pub pool_size: usize,
     /// How long to wait for a connection, new or from the pool.
     pub connect_timeout_ms: u64,
+    /// PEM certificates of the authorities to trust for TLS to the database (a managed
+    /// database's CA bundle). Without it, Mozilla's roots. TLS itself follows the URL's
+    /// `sslmode`: `disable`, `prefer` (the default) or `require`.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { postgres: None, pool_size: 16, connect_timeout_ms: 5_000 }
+        StorageConfig { postgres: None, pool_size: 16, connect_timeout_ms: 5_000, ca_file: None }
     }
 }
 

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures_util::{StreamExt, future};
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::backend::{Backend, Batch, Held, LockFuture, Reader, Stage};
 use super::{CommitStats, Result, StorageError};
@@ -66,6 +67,20 @@ fn db_error(e: impl std::fmt::Display) -> StorageError {
     StorageError::Database(e.to_string())
 }
 
+/// A client error with its causes (a TLS handshake's says which certificate check failed).
+fn db_failure(e: impl std::error::Error) -> StorageError {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message = format!("{message}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    StorageError::Database(message)
+}
+
 impl Postgres {
     pub(super) fn connect(cfg: &StorageConfig, url: &str) -> Result<Postgres> {
         let mut pg: tokio_postgres::Config = url.parse().map_err(|e| db_error(format!("the postgres URL: {e}")))?;
@@ -84,29 +99,30 @@ impl Postgres {
             .thread_name("postgres")
             .enable_all()
             .build()
-            .map_err(db_error)?;
+            .map_err(db_failure)?;
         let handle = runtime.handle().clone();
+        let tls = tls(cfg)?;
         let manager =
-            Manager::from_config(pg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(pg.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
             .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
             .build()
-            .map_err(db_error)?;
+            .map_err(db_failure)?;
         let (events, _) = broadcast::channel(1024);
         let backend = Postgres {
             runtime: Some(runtime),
             handle: handle.clone(),
             pool,
-            locks: Arc::new(LockSession { pg: pg.clone(), client: tokio::sync::Mutex::new(None) }),
+            locks: Arc::new(LockSession { pg: pg.clone(), tls: tls.clone(), client: tokio::sync::Mutex::new(None) }),
             events: events.clone(),
             commits: AtomicU64::new(0),
         };
         let pool = backend.pool.clone();
         backend.run(async move { migrate(&pool).await })??;
-        handle.spawn(listen(pg, events));
+        handle.spawn(listen(pg, tls, events));
         Ok(backend)
     }
 
@@ -121,7 +137,7 @@ impl Postgres {
 
     fn client(&self) -> Result<Arc<Object>> {
         let pool = self.pool.clone();
-        Ok(Arc::new(self.run(async move { pool.get().await })?.map_err(db_error)?))
+        Ok(Arc::new(self.run(async move { pool.get().await })?.map_err(db_failure)?))
     }
 }
 
@@ -133,11 +149,40 @@ impl Drop for Postgres {
     }
 }
 
+/// The TLS connector for every connection: the configured CA file's authorities, or
+/// Mozilla's. Whether TLS is used is the URL's `sslmode`.
+fn tls(cfg: &StorageConfig) -> Result<MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| db_error(format!("reading the CA file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(db_error(format!("the CA file {} holds no certificate", path.display())));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| db_error(format!("a certificate in {}: {e}", path.display())))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(db_failure)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 /// Apply every migration this database lacks, one host at a time.
 async fn migrate(pool: &Pool) -> Result<()> {
-    let mut client = pool.get().await.map_err(db_error)?;
-    let tx = client.transaction().await.map_err(db_error)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
+    let mut client = pool.get().await.map_err(db_failure)?;
+    let tx = client.transaction().await.map_err(db_failure)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_failure)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS addon_host_schema (
             version INTEGER PRIMARY KEY,
@@ -145,8 +190,8 @@ async fn migrate(pool: &Pool) -> Result<()> {
         )",
     )
     .await
-    .map_err(db_error)?;
-    let row = tx.query_one("SELECT coalesce(max(version), 0) FROM addon_host_schema", &[]).await.map_err(db_error)?;
+    .map_err(db_failure)?;
+    let row = tx.query_one("SELECT coalesce(max(version), 0) FROM addon_host_schema", &[]).await.map_err(db_failure)?;
     let current: i32 = row.get(0);
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > known {
@@ -155,19 +200,19 @@ async fn migrate(pool: &Pool) -> Result<()> {
         )));
     }
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        tx.batch_execute(sql).await.map_err(db_error)?;
-        tx.execute("INSERT INTO addon_host_schema (version) VALUES ($1)", &[version]).await.map_err(db_error)?;
+        tx.batch_execute(sql).await.map_err(db_failure)?;
+        tx.execute("INSERT INTO addon_host_schema (version) VALUES ($1)", &[version]).await.map_err(db_failure)?;
         tracing::info!(version, "database schema migrated");
     }
-    tx.commit().await.map_err(db_error)
+    tx.commit().await.map_err(db_failure)
 }
 
 /// Keep a connection listening on [`CHANNEL`], forwarding what arrives to the subscribers,
 /// and reconnecting (with a [`RESYNC`]) when it drops.
-async fn listen(pg: tokio_postgres::Config, events: broadcast::Sender<String>) {
+async fn listen(pg: tokio_postgres::Config, tls: MakeRustlsConnect, events: broadcast::Sender<String>) {
     let mut first = true;
     loop {
-        match pg.connect(NoTls).await {
+        match pg.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let listening = async {
@@ -232,7 +277,7 @@ impl Reader for TxReader<'_> {
                 begun?;
                 Ok::<_, tokio_postgres::Error>(row?.map(|r| r.get::<_, Vec<u8>>(0)))
             })?
-            .map_err(db_error)
+            .map_err(db_failure)
     }
 
     fn prefetch(&self, keys: &[Vec<u8>]) -> Result<()> {
@@ -248,7 +293,7 @@ impl Reader for TxReader<'_> {
                 begun?;
                 rows
             })?
-            .map_err(db_error)?;
+            .map_err(db_failure)?;
         let mut ahead = self.ahead.borrow_mut();
         for key in keys {
             ahead.insert(key.clone(), None);
@@ -314,7 +359,7 @@ fn scan(
                 begun?;
                 rows
             })?
-            .map_err(db_error)?;
+            .map_err(db_failure)?;
         let full = rows.len() as i64 == PAGE;
         for row in &rows {
             let (key, value): (&[u8], &[u8]) = (row.get(0), row.get(1));
@@ -337,16 +382,16 @@ impl Backend for Postgres {
     fn spaces(&self) -> Result<Vec<String>> {
         let client = self.client()?;
         let rows = self.run(async move { client.query("SELECT DISTINCT space FROM kv ORDER BY space", &[]).await })?;
-        Ok(rows.map_err(db_error)?.iter().map(|r| r.get(0)).collect())
+        Ok(rows.map_err(db_failure)?.iter().map(|r| r.get(0)).collect())
     }
 
     fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         // One hand-off to the database's runtime for the connection and the query together.
         let (pool, space, key) = (self.pool.clone(), space.to_owned(), key.to_vec());
         self.run(async move {
-            let client = pool.get().await.map_err(db_error)?;
-            let statement = client.prepare_cached(GET).await.map_err(db_error)?;
-            let row = client.query_opt(&statement, &[&space, &key]).await.map_err(db_error)?;
+            let client = pool.get().await.map_err(db_failure)?;
+            let statement = client.prepare_cached(GET).await.map_err(db_failure)?;
+            let row = client.query_opt(&statement, &[&space, &key]).await.map_err(db_failure)?;
             Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
         })?
     }
@@ -371,7 +416,7 @@ impl Backend for Postgres {
         };
         let outcome = stage(&reader).and_then(|batch| {
             let (c, name, begin) = (client.clone(), space.to_owned(), reader.begin.borrow_mut().take());
-            self.run(async move { apply(&c, &name, begin, batch).await })?.map_err(db_error)
+            self.run(async move { apply(&c, &name, begin, batch).await })?.map_err(db_failure)
         });
         match outcome {
             Ok(()) => {
@@ -401,13 +446,13 @@ impl Backend for Postgres {
     fn lock(&self, key: &str, wait: Duration) -> LockFuture {
         let (session, key, handle) = (self.locks.clone(), key.to_owned(), self.handle.clone());
         let task = self.handle.spawn(async move { session.lock(key, wait, handle).await });
-        Box::pin(async move { task.await.map_err(db_error)? })
+        Box::pin(async move { task.await.map_err(db_failure)? })
     }
 
     fn announce(&self, payload: &str) -> Result<()> {
         let (client, payload) = (self.client()?, payload.to_owned());
         self.run(async move { client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await })?
-            .map_err(db_error)?;
+            .map_err(db_failure)?;
         Ok(())
     }
 
@@ -484,6 +529,7 @@ fn lock_id(kind: &str, name: &str) -> i64 {
 /// If the connection is lost PostgreSQL releases its locks, as it does when the host dies.
 struct LockSession {
     pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
@@ -496,7 +542,7 @@ impl LockSession {
         if slot.is_some() {
             tracing::error!("the connection holding this host's resource locks was lost; reconnecting");
         }
-        let (client, connection) = self.pg.connect(NoTls).await.map_err(db_error)?;
+        let (client, connection) = self.pg.connect(self.tls.clone()).await.map_err(db_failure)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!("the lock connection ended: {e}");
@@ -515,7 +561,7 @@ impl LockSession {
             let row = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_id("key", &key)])
                 .await
-                .map_err(db_error)?;
+                .map_err(db_failure)?;
             if row.get::<_, bool>(0) {
                 return Ok(Some(Box::new(SessionLock { client, key, handle })));
             }
