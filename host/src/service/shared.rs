@@ -49,7 +49,7 @@ async fn listen(service: Weak<Service>, mut events: tokio::sync::broadcast::Rece
             Ok(event) => {
                 if let Some((id, sha)) = event.strip_prefix(UPLOADED).and_then(|rest| rest.split_once(' ')) {
                     if let Ok(addon) = live.addon(id)
-                        && let Err(e) = live.prepare(&addon, sha).await
+                        && let Err(e) = live.prepare(&addon, sha).await.map(drop)
                     {
                         tracing::warn!(addon = id, "could not prepare a version another host stored: {e}");
                     }
@@ -94,7 +94,7 @@ impl Service {
         if addon.plugin().sha256 == sha {
             return Ok(());
         }
-        let plugin = self.prepare(addon, &sha).await?;
+        let (plugin, _) = self.prepare(addon, &sha).await?;
         let _serial = addon.swap_lock.lock().await;
         // A later activation (here or elsewhere) may have landed while this one compiled.
         let (registry, id) = (self.registry.clone(), addon.id().to_owned());
@@ -110,18 +110,6 @@ impl Service {
             "plugin swapped (activated by another host)"
         );
         Ok(())
-    }
-
-    /// The plugin of a stored version, compiled (or from the compile cache) once per host.
-    async fn prepare(&self, addon: &Arc<Addon>, sha: &str) -> Result<Arc<crate::runtime::Plugin>, ServiceError> {
-        if let Some(plugin) = addon.loaded(sha) {
-            return Ok(plugin);
-        }
-        let (registry, id, wanted) = (self.registry.clone(), addon.id().to_owned(), sha.to_owned());
-        let bytes = blocking(move || Ok(registry.blob(&id, &wanted)?)).await?.ok_or_else(|| {
-            ServiceError::host("preparing a stored version", anyhow::anyhow!("the bytes of version {sha} are missing"))
-        })?;
-        Ok(self.compile(addon, Arc::new(bytes)).await?.0)
     }
 
     /// Queue the jobs overdue by more than [`ADOPT_AFTER_MS`] that this host has neither

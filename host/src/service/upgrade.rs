@@ -40,7 +40,7 @@ pub struct Uploaded {
 
 impl Service {
     /// Compile (or fetch from the cache) a plugin on the blocking pool.
-    pub(super) async fn compile(&self, addon: &Addon, bytes: Arc<Vec<u8>>) -> Result<(Arc<Plugin>, u64), ServiceError> {
+    async fn compile(&self, addon: &Addon, bytes: Arc<Vec<u8>>) -> Result<(Arc<Plugin>, u64), ServiceError> {
         let sha = hex::encode(Sha256::digest(bytes.as_slice()));
         if let Some(plugin) = addon.loaded(&sha) {
             return Ok((plugin, 0));
@@ -112,21 +112,22 @@ impl Service {
     }
 
     async fn activate_meta(&self, addon: &Addon, meta: VersionMeta) -> Result<VersionMeta, ServiceError> {
-        // A version loaded in this process swaps in without reading and hashing its bytes.
-        if let Some(plugin) = addon.loaded(&meta.sha256) {
-            self.swap(addon, plugin, &meta, 0).await?;
-            return Ok(meta);
-        }
-        let (registry, id, sha) = (self.registry.clone(), addon.id().to_owned(), meta.sha256.clone());
-        let bytes = blocking(move || Ok(registry.blob(&id, &sha)?)).await?.ok_or_else(|| {
-            ServiceError::host(
-                "reading a stored plugin",
-                anyhow::anyhow!("the bytes of version {} are missing", meta.seq),
-            )
-        })?;
-        let (plugin, compile_ms) = self.compile(addon, Arc::new(bytes)).await?;
+        let (plugin, compile_ms) = self.prepare(addon, &meta.sha256).await?;
         self.swap(addon, plugin, &meta, compile_ms).await?;
         Ok(meta)
+    }
+
+    /// The plugin of a stored version: the one this process loaded already (no reading and
+    /// hashing of its bytes), or its stored bytes compiled (or from the compile cache).
+    pub(super) async fn prepare(&self, addon: &Addon, sha: &str) -> Result<(Arc<Plugin>, u64), ServiceError> {
+        if let Some(plugin) = addon.loaded(sha) {
+            return Ok((plugin, 0));
+        }
+        let (registry, id, wanted) = (self.registry.clone(), addon.id().to_owned(), sha.to_owned());
+        let bytes = blocking(move || Ok(registry.blob(&id, &wanted)?)).await?.ok_or_else(|| {
+            ServiceError::host("reading a stored plugin", anyhow::anyhow!("the bytes of version {sha} are missing"))
+        })?;
+        self.compile(addon, Arc::new(bytes)).await
     }
 
     /// The atomic swap, recorded durably.
