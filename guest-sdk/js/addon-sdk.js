@@ -1,4 +1,4 @@
-// addon-sdk for JavaScript plugins: the host's imports (`addon:provider@0.1.1`) with the
+// addon-sdk for JavaScript plugins: the host's imports (`addon:provider@0.1.2`) with the
 // same shape as the Rust SDK — replies with variables and a message, errors that map to the
 // same statuses, a key-value store with string and JSON helpers, logging, config, secrets,
 // time and randomness. Build with componentize-js against `wit/` (world `plugin`), leaving
@@ -10,12 +10,12 @@
 // Request fields are camelCase (`req.resourceId`, `req.appTitle`, `req.plan`, `req.platform`
 // is "bitrise" or "xervo"); absent options are `undefined`.
 
-import * as kvHost from 'addon:provider/kv@0.1.1';
-import { log as logHost } from 'addon:provider/log@0.1.1';
-import * as configHost from 'addon:provider/config@0.1.1';
-import * as envHost from 'addon:provider/env@0.1.1';
-import * as jobsHost from 'addon:provider/jobs@0.1.1';
-import * as httpHost from 'addon:provider/http@0.1.1';
+import * as kvHost from 'addon:provider/kv@0.1.2';
+import { log as logHost } from 'addon:provider/log@0.1.2';
+import * as configHost from 'addon:provider/config@0.1.2';
+import * as envHost from 'addon:provider/env@0.1.2';
+import * as jobsHost from 'addon:provider/jobs@0.1.2';
+import * as httpHost from 'addon:provider/http@0.1.2';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -1,4 +1,4 @@
-"""addon-sdk for Python plugins: the host's imports (``addon:provider@0.1.1``) with the same
+"""addon-sdk for Python plugins: the host's imports (``addon:provider@0.1.2``) with the same
 shape as the Rust SDK — replies with variables and a message, errors that map to the same
 statuses, a key-value store with string and JSON helpers, logging, config, secrets, time and
 randomness, jobs and outbound HTTP. Build with

@@ -41,6 +41,9 @@
 //! A plugin runs in a fresh sandbox for every call, with no filesystem, network or
 //! environment: everything it keeps between calls goes through [`kv()`], whose writes are
 //! committed only if the call succeeds.
+//!
+//! A plugin may also serve the add-on's own dashboard (behind the platforms' SSO) and an API
+//! for the app's builds: see [`web`].
 
 // A partner reads this crate's docs first: every public item has one.
 #![deny(missing_docs)]
@@ -65,6 +68,7 @@ pub mod jobs;
 mod reply;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod web;
 
 pub use bindings::addon::provider::types::{EnvVar, Platform};
 pub use bindings::{ChangePlanRequest, DeprovisionRequest, ProvisionRequest};

@@ -38,6 +38,7 @@ pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
         .route("/admin/addons/{addon_id}/jobs", routing::get(jobs))
         .route("/admin/addons/{addon_id}/jobs/{job_id}/retry", routing::post(retry_job))
         .route("/admin/addons/{addon_id}/jobs/{job_id}", routing::delete(drop_job))
+        .route("/admin/addons/{addon_id}/resources/{resource_id}/api-token", routing::post(rotate_api_token))
         .layer(DefaultBodyLimit::max(max_plugin_bytes))
 }
 
@@ -230,4 +231,19 @@ async fn drop_job(
     let (_, id) = path_params(path)?;
     service.drop_job(&addon, &id).await?;
     Ok(Json(json!({ "dropped": id })).into_response())
+}
+
+/// Replace an app's build API token (a leaked one, say): the old token gets 401 at once, and
+/// the new one is answered here (and in the app's variables on its next provision).
+async fn rotate_api_token(
+    State(service): State<Arc<Service>>,
+    AddonAdmin { addon, who }: AddonAdmin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ServiceError> {
+    let (_, resource) = path_params(path)?;
+    crate::http::check_resource_id("resource_id", &resource)?;
+    let token = service.rotate_api_token(&addon, &resource).await?;
+    tracing::info!(addon = addon.id(), resource, by = who, "build API token rotated");
+    let var = addon.config.web.token_var(addon.id());
+    Ok(Json(json!({ "resource_id": resource, "variable": var, "token": token })).into_response())
 }

@@ -28,6 +28,7 @@ pub fn app(service: Arc<Service>) -> Router {
     let platforms = Router::new()
         .merge(crate::bitrise::routes().route_layer(counted("bitrise")))
         .merge(crate::xervo::routes(&service).route_layer(counted("xervo")))
+        .merge(crate::web::routes(&service).route_layer(counted("web")))
         .layer(middleware::map_request(move |req: Request| async move { body::time_limit(req, body_timeout) }));
     let admin = crate::admin::routes(max_plugin)
         .route_layer(counted("admin"))

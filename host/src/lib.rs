@@ -3,7 +3,8 @@
 //! The request path reads top-down: a protocol adapter ([`bitrise`], [`xervo`]) parses the wire format
 //! and calls the [`service`], which authenticates, deduplicates, enforces deadlines and
 //! stores state ([`storage`]), and hands the add-on's own logic to its plugin through the
-//! [`runtime`].
+//! [`runtime`]. The add-on's own pages and build API ([`web`]) take the same path to the
+//! plugin's HTTP handler.
 
 pub(crate) mod admin;
 pub mod app;
@@ -22,6 +23,7 @@ pub mod service;
 pub mod storage;
 pub(crate) mod versions;
 pub(crate) mod watch;
+pub(crate) mod web;
 pub(crate) mod xervo;
 
 pub use app::{app, serve};

@@ -43,7 +43,9 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
         Lang::Python => ("app.py", "guest-sdk/python/addon_sdk.py", COMPONENTIZE_PY),
     };
     let mut hash = Sha256::new();
-    for file in ["wit/provider.wit", sdk, &format!("{dir}/{source}")] {
+    let deps = ["cli", "clocks", "filesystem", "http", "io", "random", "sockets"].map(|d| format!("wit/deps/{d}.wit"));
+    for file in ["wit/provider.wit", sdk, &format!("{dir}/{source}")].into_iter().chain(deps.iter().map(String::as_str))
+    {
         hash.update(std::fs::read(root().join(file)).map_err(|e| format!("{file}: {e}"))?);
     }
     hash.update(pin.as_bytes());
@@ -58,7 +60,9 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
     let world = if text.contains("runJob") || text.contains("def run_job") { "worker" } else { "plugin" };
     let build = out.join(format!("build-{name}"));
     let _ = std::fs::remove_dir_all(&build);
-    copy(&root().join("wit/provider.wit"), &build.join("wit/provider.wit"))?;
+    for file in std::iter::once("wit/provider.wit").chain(deps.iter().map(String::as_str)) {
+        copy(&root().join(file), &build.join(file))?;
+    }
     let built = build.join("out.wasm");
     let mut command = match lang {
         Lang::Js => {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -16,7 +17,7 @@ use super::Offered;
 use crate::config::AddonConfig;
 use crate::error::ServiceError;
 use crate::http::{FormBody, check_resource_id, query};
-use crate::pages::{Dashboard, html, js_string, xml_escape};
+use crate::pages::{Dashboard, js_string, xml_escape};
 use crate::service::{Platform, Record, Service};
 
 const BEAM_SCRIPT: &str = "https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js";
@@ -38,6 +39,7 @@ pub(super) async fn login(
     State(service): State<Arc<Service>>,
     Offered(addon): Offered,
     login_query: Result<Query<LoginQuery>, QueryRejection>,
+    headers: HeaderMap,
     FormBody(form): FormBody<LoginForm>,
 ) -> Result<Response, ServiceError> {
     let secret = addon.bitrise()?.sso_secret.clone();
@@ -50,13 +52,17 @@ pub(super) async fn login(
         .await?
         .filter(Record::is_active)
         .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{id}`", form.app_slug)))?;
-    Ok(html(dashboard(&addon.config, &record, &login_query)))
+    let title = login_query.app_title.as_deref();
+    let page = page(&addon.config, &record, title, login_query.build_slug.as_deref());
+    crate::web::open(&service, &addon, &record, None, &headers, page).await
 }
 
-fn dashboard(addon: &AddonConfig, record: &Record, query: &LoginQuery) -> String {
+/// The host's own dashboard for a Bitrise app, with Beam: for plugins without a page of
+/// their own. `title` is the app's name Bitrise sent with the login, if any.
+pub(crate) fn page(addon: &AddonConfig, record: &Record, title: Option<&str>, build_slug: Option<&str>) -> String {
     let docs = addon.docs_url();
     let title =
-        query.app_title.clone().or_else(|| record.app_title.clone()).unwrap_or_else(|| record.resource_id.clone());
+        title.map(str::to_owned).or_else(|| record.app_title.clone()).unwrap_or_else(|| record.resource_id.clone());
     let beam_init = format!(
         "Beam.init({{ app_slug: {}, app_name: {}, addon_documentation: {} }});",
         js_string(&record.resource_id),
@@ -66,9 +72,7 @@ fn dashboard(addon: &AddonConfig, record: &Record, query: &LoginQuery) -> String
     let head = format!(
         "<script src=\"{BEAM_SCRIPT}\"></script>\n<script>\n//<![CDATA[\ndocument.addEventListener(\"DOMContentLoaded\", function () {{\n  if (window.Beam) {{ {beam_init} }}\n}});\n//]]>\n</script>"
     );
-    let note = query
-        .build_slug
-        .as_deref()
+    let note = build_slug
         .filter(|b| !b.is_empty())
         .map(|b| format!("<p>Opened from build <code>{}</code>.</p>", xml_escape(b)))
         .unwrap_or_default();

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 use crate::http::{JsonBody, PathAddon, PathResource, check_resource_id};
-use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Record, Service, Target, auth};
+use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Service, Target, auth};
 use login::login;
+pub(crate) use login::page as dashboard_page;
 
 pub(crate) fn routes() -> Router<Arc<Service>> {
     Router::new()
@@ -59,8 +60,8 @@ struct EnvsReply<'a> {
 }
 
 impl<'a> EnvsReply<'a> {
-    fn of(record: &'a Record) -> Self {
-        EnvsReply { envs: record.config.iter().map(|(key, value)| Env { key, value }).collect() }
+    fn of(vars: &'a [(String, String)]) -> Self {
+        EnvsReply { envs: vars.iter().map(|(key, value)| Env { key, value }).collect() }
     }
 }
 
@@ -116,7 +117,8 @@ async fn provision(
     request.api_token = Some(body.api_token);
     let done = service.provision(&addon, &caller(), request).await?;
     let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(EnvsReply::of(&done.record))).into_response())
+    let vars = service.exported(&addon, &done.record);
+    Ok((status, Json(EnvsReply::of(&vars))).into_response())
 }
 
 async fn change_plan(

@@ -15,11 +15,13 @@ mod jobs;
 mod limits;
 mod page;
 mod storage;
+mod web;
 mod xervo;
 pub use jobs::JobsConfig;
 pub use limits::Limits;
 pub use page::PageConfig;
 pub use storage::StorageConfig;
+pub use web::WebConfig;
 pub use xervo::{XervoConfig, XervoSettings};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +218,9 @@ pub struct AddonConfig {
     /// How the host's dashboard page presents it (`[addon.page]`).
     #[serde(default)]
     pub page: PageConfig,
+    /// Its dashboard sessions and build API (`[addon.web]`).
+    #[serde(default)]
+    pub web: WebConfig,
 }
 
 impl AddonConfig {
@@ -270,6 +275,7 @@ impl AddonConfig {
             jobs: JobsConfig::default(),
             allowed_outbound: Vec::new(),
             page: PageConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -460,6 +466,11 @@ impl HostConfig {
             }
             addon.jobs.validate(&at)?;
             addon.page.validate(&at)?;
+            let xervo_vars = match &addon.xervo {
+                Some(x) => Some(XervoSettings::resolve(&addon.id, x)?.config_vars),
+                None => None,
+            };
+            addon.web.validate(&at, &addon.id, xervo_vars.as_deref())?;
             crate::runtime::Origins::parse(&addon.allowed_outbound)
                 .map_err(|e| anyhow::anyhow!("{at}: `allowed_outbound`: {e}"))?;
             if l.memory_mib > 4096 {

@@ -26,6 +26,8 @@ pub enum CallFailure {
     InvalidReply(String),
     #[error("returned a reply of {size} bytes, over the {max}-byte limit")]
     ReplyTooLarge { size: usize, max: usize },
+    #[error("answered HTTP with a body over the {max}-byte limit")]
+    ResponseTooLarge { max: usize },
     #[error("could not be run: {0}")]
     Host(String),
     /// The shared database failed a key-value read the call made: nothing was stored, and
@@ -46,7 +48,7 @@ impl CallFailure {
             CallFailure::Trap(_) => "plugin_trap",
             CallFailure::Quota(_) => "quota_exceeded",
             CallFailure::InvalidReply(_) => "invalid_reply",
-            CallFailure::ReplyTooLarge { .. } => "reply_too_large",
+            CallFailure::ReplyTooLarge { .. } | CallFailure::ResponseTooLarge { .. } => "reply_too_large",
             CallFailure::Host(_) => "host_error",
             CallFailure::StorageUnavailable(_) => "storage_error",
             CallFailure::ShuttingDown => "shutting_down",

@@ -24,6 +24,7 @@ pub mod recent;
 mod slots;
 mod state;
 mod tiers;
+mod web;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use engine::EngineInfo;
@@ -41,6 +42,7 @@ pub use jobs::{NewJob, new_id as new_job_id};
 pub use outbound::{Origins, is_public};
 pub use slots::{Share, Slot, SlotRefused};
 pub use state::AddonEnv;
+pub use web::{WebRequest, WebResponse};
 
 use crate::config::{Compiler, ServerConfig};
 use crate::storage::KvTxn;
@@ -98,6 +100,8 @@ pub struct Plugin {
     pub from_cache: bool,
     /// Whether it exports `run-job` (the `worker` world).
     pub runs_jobs: bool,
+    /// Whether it exports `wasi:http/incoming-handler` (the `web` world).
+    pub serves_http: bool,
 }
 
 impl Plugin {
@@ -120,6 +124,8 @@ pub enum Export {
     Deprovision(DeprovisionRequest),
     /// A job, for plugins that export `run-job` (the `worker` world).
     RunJob(Job),
+    /// An HTTP request for plugins that export the handler (the `web` world).
+    Http(WebRequest),
 }
 
 impl Export {
@@ -129,6 +135,7 @@ impl Export {
             Export::ChangePlan(_) => "change-plan",
             Export::Deprovision(_) => "deprovision",
             Export::RunJob(_) => "run-job",
+            Export::Http(_) => "http",
         }
     }
 }
@@ -144,6 +151,7 @@ pub struct Answer {
 pub enum Returned {
     Reply(Result<Answer, ProviderError>),
     Job(Result<(), JobError>),
+    Http(WebResponse),
 }
 
 /// The outcome of a call that ran to completion: what the plugin returned, and the key-value
@@ -196,6 +204,7 @@ impl Runtime {
         let dir = self.cache_dir.as_deref();
         let plugin = |(compiled, from_cache): (Arc<tiers::Compiled>, bool)| Plugin {
             runs_jobs: compiled.runs_jobs,
+            serves_http: compiled.web.is_some(),
             current: Arc::new(RwLock::new(compiled)),
             sha256: sha256.clone(),
             size: bytes.len(),
@@ -254,7 +263,7 @@ impl Runtime {
         let (compiled, metered) = (tiers::read(&plugin.current), self.info.fuel);
         self.guests
             .run(async move {
-                let outcome = run(&compiled.engine, metered, &compiled.pre, env, kv, export, deadline).await;
+                let outcome = run(&compiled, metered, env, kv, export, deadline).await;
                 drop(slot);
                 outcome
             })
@@ -263,9 +272,8 @@ impl Runtime {
 }
 
 async fn run(
-    engine: &Engine,
+    compiled: &tiers::Compiled,
     metered: bool,
-    pre: &bindings::PluginPre<CallState>,
     env: Arc<AddonEnv>,
     kv: KvTxn,
     export: Export,
@@ -292,8 +300,10 @@ async fn run(
         kv: KvCall::new(kv),
         stdout,
         stderr,
+        web: wasmtime_wasi_http::WasiHttpCtx::new(),
+        web_hooks: web::NoOutbound,
     };
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(&compiled.engine, state);
     store.limiter(|s| &mut s.limiter);
     // Yield to the executor at every epoch tick, so the deadline below can fire while the
     // guest computes; past the deadline (should the future still be polled) trap.
@@ -309,7 +319,7 @@ async fn run(
         }
     }
     let deadline_ms = deadline.as_millis() as u64;
-    let call = call_export(pre, &mut store, export);
+    let call = call_export(compiled, &mut store, export);
     // On timeout the call's future (and with it the guest's stack) is already gone; the
     // store follows when this function returns.
     let outcome = tokio::time::timeout(deadline, call).await;
@@ -322,9 +332,14 @@ async fn run(
     };
     let result = match outcome {
         Err(error) => return Err(failure::classify(error, &state, deadline_ms, elapsed)),
-        Ok(r) => r,
+        Ok(Err(failure)) => return Err(failure),
+        Ok(Ok(r)) => r,
     };
-    let refused = matches!(result, Returned::Reply(Err(_)) | Returned::Job(Err(_)));
+    let refused = match &result {
+        Returned::Reply(r) => r.is_err(),
+        Returned::Job(r) => r.is_err(),
+        Returned::Http(response) => response.status >= 500,
+    };
     // A plugin that hit a key-value limit and then gave up failed because of the limit.
     if let (true, Some(quota)) = (refused, &state.kv.quota_violation) {
         return Err(CallFailure::Quota(quota.clone()));
@@ -343,13 +358,15 @@ async fn run(
 
 /// Instantiate and call one export. The platform exports go through the bindings'
 /// pre-resolved export indices; `run-job`, which only `worker` plugins have, is looked up by
-/// name (jobs are not the hot path).
+/// name (jobs are not the hot path). An HTTP handler may fail without trapping (no response,
+/// a response too large): that is the inner error.
 async fn call_export(
-    pre: &bindings::PluginPre<CallState>,
+    compiled: &tiers::Compiled,
     store: &mut Store<CallState>,
     export: Export,
-) -> wasmtime::Result<Returned> {
-    let reply = |r: Result<Answer, ProviderError>| Returned::Reply(r);
+) -> wasmtime::Result<Result<Returned, CallFailure>> {
+    let pre = &compiled.pre;
+    let reply = |r: Result<Answer, ProviderError>| Ok(Returned::Reply(r));
     let answer = |config: Vec<EnvVar>, message| Answer {
         config: config.into_iter().map(|v| (v.key, v.value)).collect(),
         message,
@@ -358,7 +375,13 @@ async fn call_export(
         Export::RunJob(job) => {
             let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
             let run = instance.get_typed_func::<(&Job,), (Result<(), JobError>,)>(&mut *store, "run-job")?;
-            Returned::Job(run.call_async(&mut *store, (&job,)).await?.0)
+            Ok(Returned::Job(run.call_async(&mut *store, (&job,)).await?.0))
+        }
+        Export::Http(request) => {
+            let Some(indices) = &compiled.web else {
+                return Ok(Err(CallFailure::Host("the plugin does not export an HTTP handler".into())));
+            };
+            web::handle(pre.instance_pre(), indices, store, request).await?.map(Returned::Http)
         }
         Export::Provision(req) => {
             let plugin = pre.instantiate_async(&mut *store).await?;

@@ -42,6 +42,9 @@ pub(crate) struct CallState {
     pub(super) http: CallHttp,
     pub(super) stdout: CappedOutput,
     pub(super) stderr: CappedOutput,
+    /// `wasi:http` for plugins that export the HTTP handler (see [`super::web`]).
+    pub(super) web: wasmtime_wasi_http::WasiHttpCtx,
+    pub(super) web_hooks: super::web::NoOutbound,
 }
 
 impl WasiView for CallState {

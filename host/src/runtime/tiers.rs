@@ -14,6 +14,8 @@ use std::time::Instant;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_handler::GuestIndices;
+
 use super::bindings::PluginPre;
 use super::cache;
 use super::state::{self, CallState};
@@ -48,6 +50,8 @@ pub(super) struct Compiled {
     pub(super) compiler: &'static str,
     /// Whether the component exports `run-job`.
     pub(super) runs_jobs: bool,
+    /// The HTTP handler's export, when the component has one (the `web` world).
+    pub(super) web: Option<GuestIndices>,
 }
 
 /// The build a plugin's calls run on now: replaced once, when Cranelift's build arrives.
@@ -64,6 +68,7 @@ impl Tier {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         state::add_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Ok(Tier { engine, linker, name })
     }
 
@@ -84,11 +89,12 @@ impl Tier {
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             LoadError::Link(anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}"))
         })?;
+        let web = super::web::indices(&instance_pre);
         let pre = PluginPre::new(instance_pre).map_err(|e| {
             LoadError::Link(anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}"))
         })?;
         let runs_jobs = component.get_export_index(None, "run-job").is_some();
-        Ok((Arc::new(Compiled { engine: self.engine.clone(), pre, compiler: self.name, runs_jobs }), from_cache))
+        Ok((Arc::new(Compiled { engine: self.engine.clone(), pre, compiler: self.name, runs_jobs, web }), from_cache))
     }
 }
 

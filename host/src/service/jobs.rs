@@ -101,7 +101,9 @@ impl Service {
                     Ran::Retry { error: later.message.clone(), after_ms: later.after_ms }
                 }
                 Returned::Job(Err(JobError::Fail(message))) => Ran::Fail(message.clone()),
-                Returned::Reply(_) => Ran::Retry { error: "run-job returned a reply".into(), after_ms: None },
+                Returned::Reply(_) | Returned::Http(_) => {
+                    Ran::Retry { error: "run-job returned a reply".into(), after_ms: None }
+                }
             },
         }
     }

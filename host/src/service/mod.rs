@@ -22,6 +22,7 @@ mod request;
 mod shared;
 mod startup;
 mod upgrade;
+mod web;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Service {
     app_locks: KeyedLocks,
     /// When each stored job runs next (see `crate::jobs`).
     jobs: Arc<crate::jobs::Queue>,
+    /// Signs dashboard sessions and derives build API tokens (see [`web`]).
+    web_key: Vec<u8>,
 }
 
 /// What a deprovision found.
@@ -216,6 +219,7 @@ impl Service {
         };
         let _lock = self.lock_resource(addon, &resource_id, &budget).await?;
         let existing = stored(addon, &resource_id).await?.filter(Record::is_active);
+        let token_of = existing.clone();
         if existing.as_ref().is_some_and(|r| !r.belongs_to(platform)) {
             return Err(not_yours(&resource_id));
         }
@@ -232,8 +236,9 @@ impl Service {
         let rules = caller.rules.as_ref();
         let record = self
             .run(addon, &budget, export, alias, |answer, version| {
-                check_config(addon, rules, "provision", version, &answer.config)?;
+                check_config(addon, rules, "provision", version, &with_token_var(addon, &answer.config))?;
                 Ok(Record {
+                    api_token: self.issue_token(addon, &resource_id, created_ms, token_of.as_ref()),
                     resource_id: resource_id.clone(),
                     platform: platform.name().to_owned(),
                     app_id: req.app_id.clone(),
@@ -284,7 +289,7 @@ impl Service {
                 let mut next = current.clone();
                 next.plan = plan.to_owned();
                 merge_config(&mut next.config, &answer.config);
-                check_config(addon, rules, "change-plan", version, &next.config)?;
+                check_config(addon, rules, "change-plan", version, &with_token_var(addon, &next.config))?;
                 next.message = answer.message.clone().or(next.message);
                 next.plugin_version = version.to_owned();
                 next.updated_ms = clock::now_ms();
@@ -344,19 +349,32 @@ impl Service {
         make_record: impl Fn(&Answer, &str) -> Result<Record, ServiceError>,
     ) -> Result<Record, ServiceError> {
         let call = export.name();
-        let outcome = self.attempts(addon, budget, export, alias, make_record).await;
+        let finish = |returned: Returned, plugin: &Plugin| {
+            let answer = match returned {
+                Returned::Reply(reply) => reply.map_err(|e| refusal(addon, call, plugin, e))?,
+                Returned::Job(_) | Returned::Http(_) => {
+                    let failure = CallFailure::InvalidReply("not a platform call's reply".into());
+                    return Err(call_failed(addon, call, plugin, failure));
+                }
+            };
+            let record = make_record(&answer, &plugin.sha256)?;
+            Ok(Finish::Keep { resource: Some(record.resource_id.clone()), record: Some(record.clone()), value: record })
+        };
+        let outcome = self.attempts(addon, budget, export, alias, finish).await;
         outcome.inspect_err(|e| self.metrics.failure(addon.id(), call, e.kind()))
     }
 
-    /// [`Service::run`]'s calls: the first, and any re-run after a key-value conflict.
-    async fn attempts(
+    /// [`Service::run`]'s calls (and the HTTP handler's): the first, and any re-run after a
+    /// key-value conflict. `finish` turns what the plugin returned into the value to answer
+    /// and says whether the call's writes (with a record) are kept.
+    async fn attempts<T>(
         &self,
         addon: &Arc<Addon>,
         budget: &Budget,
         export: Export,
         alias: Option<(&str, &str)>,
-        make_record: impl Fn(&Answer, &str) -> Result<Record, ServiceError>,
-    ) -> Result<Record, ServiceError> {
+        finish: impl Fn(Returned, &Plugin) -> Result<Finish<T>, ServiceError>,
+    ) -> Result<T, ServiceError> {
         let plugin = addon.plugin();
         let call = export.name();
         let failed = |failure| ServiceError::CallFailed {
@@ -394,25 +412,26 @@ impl Service {
                 });
             self.metrics.call(addon.id(), call, started.elapsed());
             let completed = completed?;
-            let answer = match completed.result {
-                Returned::Reply(reply) => reply.map_err(|e| refusal(addon, call, &plugin, e))?,
-                Returned::Job(_) => return Err(failed(CallFailure::InvalidReply("a job outcome".into()))),
+            let (record, resource, value) = match finish(completed.result, &plugin)? {
+                Finish::Drop(value) => return Ok(value),
+                Finish::Keep { record, resource, value } => (record, resource, value),
             };
-            let record = make_record(&answer, &plugin.sha256)?;
             let quota = KvQuota::of(limits);
             let mut kv = completed.kv;
             // A deprovision cancels the resource's jobs, except those it enqueues itself.
-            if matches!(export, Export::Deprovision(_)) {
-                kv.jobs.cancel_resource(&record.resource_id);
+            if let (Export::Deprovision(_), Some(resource)) = (&export, &resource) {
+                kv.jobs.cancel_resource(resource);
             }
             let new_jobs =
-                crate::jobs::stage(&mut kv.jobs, &completed.jobs, Some(&record.resource_id), call, clock::now_ms());
-            let (store, bytes) = (addon.store.clone(), record.to_bytes());
-            let (id, alias) = (record.resource_id.clone(), alias.map(|(k, v)| (k.to_owned(), v.to_owned())));
+                crate::jobs::stage(&mut kv.jobs, &completed.jobs, resource.as_deref(), call, clock::now_ms());
+            let store = addon.store.clone();
+            let record = record.map(|r| (r.resource_id.clone(), r.to_bytes()));
+            let alias = alias.map(|(k, v)| (k.to_owned(), v.to_owned()));
             let started = Instant::now();
             let committed = blocking(move || {
                 let alias = alias.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
-                Ok(store.commit(&kv, quota, Some((&id, &bytes)), alias))
+                let record = record.as_ref().map(|(id, bytes)| (id.as_str(), bytes.as_slice()));
+                Ok(store.commit(&kv, quota, record, alias))
             })
             .await?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -421,7 +440,7 @@ impl Service {
                     for job in &new_jobs {
                         self.jobs.push(addon.id(), &job.id, job.due_ms);
                     }
-                    return Ok(record);
+                    return Ok(value);
                 }
                 Err(StorageError::Conflict(key)) => {
                     tracing::debug!(addon = addon.id(), call, key, "key-value conflict; running the call again");
@@ -483,6 +502,17 @@ async fn stored(addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>,
     blocking(move || addon.record(&id)).await
 }
 
+/// What a call's `finish` decided: keep its writes (with a record, for the resource whose
+/// jobs it enqueued), or drop them; either way `value` is the answer.
+enum Finish<T> {
+    Keep { record: Option<Record>, resource: Option<String>, value: T },
+    Drop(T),
+}
+
+fn call_failed(addon: &Addon, call: &'static str, plugin: &Plugin, failure: CallFailure) -> ServiceError {
+    ServiceError::CallFailed { addon: addon.id().to_owned(), call, version: plugin.version().to_owned(), failure }
+}
+
 /// The answer for a resource another platform created: to this platform, it does not exist.
 fn not_yours(resource_id: &str) -> ServiceError {
     ServiceError::NotFound(format!("no provisioned resource `{resource_id}`"))
@@ -527,6 +557,16 @@ fn check_config(
             failure: CallFailure::InvalidReply(problem),
         }),
     }
+}
+
+/// The variables a platform will get, for its rules: the plugin's and, when the add-on
+/// issues build API tokens, the token's (whose value the host makes).
+fn with_token_var(addon: &Addon, config: &[(String, String)]) -> Vec<(String, String)> {
+    let mut vars = config.to_vec();
+    if addon.config.web.build_api {
+        vars.push((addon.config.web.token_var(addon.id()), "abt1.token".into()));
+    }
+    vars
 }
 
 /// Overlay a plan change's variables on the provisioned ones.

@@ -30,6 +30,17 @@ pub struct Record {
     pub plugin_version: String,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// The app's build API token (`[addon.web] build_api`): which one it is, and its SHA-256.
+    /// The token itself is never stored (see `service::web`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<ApiToken>,
+}
+
+/// Which build API token an app holds now: rotation bumps `generation`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiToken {
+    pub generation: u32,
+    pub sha256: String,
 }
 
 impl Record {

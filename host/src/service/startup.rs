@@ -62,6 +62,7 @@ impl Service {
         for addon in &cfg.addons {
             storage.announce(&super::shared::activated(&addon.id))?;
         }
+        let web_key = storage.host_key("web")?;
         let service = Service {
             addons,
             storage,
@@ -73,6 +74,7 @@ impl Service {
             resource_locks: Default::default(),
             app_locks: Default::default(),
             jobs: Default::default(),
+            web_key,
         };
         let queued = service.queue_stored_jobs()?;
         if queued > 0 {

@@ -194,6 +194,29 @@ impl Storage {
         })
     }
 
+    /// The host's secret key named `name` (32 random bytes), made on first use and shared by
+    /// every host on the same storage: it signs dashboard sessions and derives build API
+    /// tokens.
+    pub fn host_key(&self, name: &str) -> Result<Vec<u8>> {
+        let space = self.space("host-keys");
+        if let Some(key) = space.get(name.as_bytes())? {
+            return Ok(key);
+        }
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| StorageError::Database(format!("no randomness for a key: {e}")))?;
+        let mut kept = fresh.to_vec();
+        space.commit(&mut |r| {
+            let mut batch = Batch::default();
+            match r.get(name.as_bytes())? {
+                // Another host made it first: use that one.
+                Some(existing) => kept = existing,
+                None => batch.insert(name.as_bytes(), &fresh[..]),
+            }
+            Ok(batch)
+        })?;
+        Ok(kept)
+    }
+
     /// Mark an SSO token as used, durably. Returns false when it was used before (a replay).
     /// Entries older than `keep_after` (unix seconds) are pruned on the way.
     pub fn claim_sso_token(&self, scope: &str, timestamp: i64, token: &str, keep_after: i64) -> Result<bool> {

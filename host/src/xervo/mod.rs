@@ -6,6 +6,7 @@
 pub(crate) mod manifest;
 mod rules;
 mod sso;
+pub(crate) use sso::page as dashboard_page;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -181,8 +182,9 @@ struct ChangePlanBody {
     plan: String,
 }
 
-fn config_object(record: &Record) -> Value {
-    Value::Object(record.config.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+fn config_object(service: &Service, addon: &Addon, record: &Record) -> Value {
+    let vars = service.exported(addon, record);
+    Value::Object(vars.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
 }
 
 fn option_text(v: Value) -> String {
@@ -231,7 +233,7 @@ async fn provision(
     request.options = body.options.unwrap_or_default().into_iter().map(|(k, v)| (k, option_text(v))).collect();
     let done = service.provision(&addon, &xervo.caller, request).await?;
     let record = &done.record;
-    let reply = json!({ "id": record.resource_id, "config": config_object(record), "message": record.message });
+    let reply = json!({ "id": record.resource_id, "config": config_object(service, &addon, record), "message": record.message });
     Ok(Json(reply).into_response())
 }
 
@@ -243,7 +245,7 @@ async fn change_plan(
 ) -> XervoResult {
     let record = state.service.change_plan(&addon, &xervo.caller, &id, &body.plan).await?;
     let message = record.message.clone().unwrap_or_else(|| format!("Now on {}.", record.plan));
-    Ok(Json(json!({ "message": message, "config": config_object(&record) })).into_response())
+    Ok(Json(json!({ "message": message, "config": config_object(&state.service, &addon, &record) })).into_response())
 }
 
 async fn deprovision(

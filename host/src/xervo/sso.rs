@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -18,10 +18,11 @@ use sha2::{Digest, Sha256};
 
 use super::{Offered, Scalar, Xervo, XervoResult};
 use crate::clock;
+use crate::config::AddonConfig;
 use crate::error::ServiceError;
 use crate::http::{RawBody, check_resource_id, content_type};
-use crate::pages::{Dashboard, html, xml_escape};
-use crate::service::{Platform, auth};
+use crate::pages::{Dashboard, xml_escape};
+use crate::service::{Platform, Record, auth};
 
 /// How long a dashboard ticket stays valid.
 const TICKET_SECS: i64 = 300;
@@ -91,9 +92,14 @@ pub(super) async fn login(
         return Err(ServiceError::NotFound(format!("no resource `{id}`")).into());
     }
     let expires = clock::unix_secs() + TICKET_SECS;
-    let signature = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
-    tracing::info!(addon = %addon_id, resource = %id, email = body.email.as_deref().unwrap_or(""), "SSO login");
-    let location = format!("/addons/{addon_id}/sso/dashboard?ticket={id}.{expires}.{signature}");
+    let email = body.email.unwrap_or_default();
+    let signature = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}.{email}"))?;
+    tracing::info!(addon = %addon_id, resource = %id, email = %email, "SSO login");
+    let mut location = format!("/addons/{addon_id}/sso/dashboard?ticket={id}.{expires}.{signature}");
+    if !email.is_empty() {
+        location.push_str("&email=");
+        location.extend(url::form_urlencoded::byte_serialize(email.as_bytes()));
+    }
     let mut response = StatusCode::FOUND.into_response();
     let value =
         HeaderValue::from_str(&location).map_err(|_| ServiceError::BadRequest("unusable resource id".into()))?;
@@ -105,22 +111,26 @@ pub(super) async fn login(
 #[derive(Debug, Deserialize)]
 pub(super) struct TicketQuery {
     ticket: String,
+    /// The user's email from the SSO post, covered by the ticket's signature.
+    #[serde(default)]
+    email: String,
 }
 
 pub(super) async fn dashboard(
     State(state): State<Arc<Xervo>>,
     Offered { addon, xervo }: Offered,
+    headers: HeaderMap,
     query: Result<Query<TicketQuery>, QueryRejection>,
 ) -> XervoResult {
     let (service, xervo, addon_id) = (&state.service, &xervo.settings, addon.id());
-    let ticket =
-        query.map_err(|_| ServiceError::Forbidden("missing `ticket`; log in through the platform".into()))?.0.ticket;
+    let TicketQuery { ticket, email } =
+        query.map_err(|_| ServiceError::Forbidden("missing `ticket`; log in through the platform".into()))?.0;
     let mut parts = ticket.rsplitn(3, '.');
     let (signature, expires, id) = match (parts.next(), parts.next(), parts.next()) {
         (Some(s), Some(e), Some(i)) => (s, e, i),
         _ => return Err(ServiceError::Forbidden("malformed ticket".into()).into()),
     };
-    let expected = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}"))?;
+    let expected = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}.{email}"))?;
     if !auth::secret_matches(signature, &expected) {
         return Err(ServiceError::Forbidden("invalid ticket".into()).into());
     }
@@ -131,8 +141,14 @@ pub(super) async fn dashboard(
         .record(&addon, Platform::Xervo, id)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
+    let email = Some(email).filter(|e| !e.is_empty());
+    Ok(crate::web::open(service, &addon, &record, email, &headers, page(&addon.config, &record)).await?)
+}
+
+/// The host's own dashboard for a Xervo resource: for plugins without a page of their own.
+pub(crate) fn page(addon: &AddonConfig, record: &Record) -> String {
     let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
     let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
-    let (name, docs_url) = (addon.config.display_name(), addon.config.docs_url());
-    Ok(html(Dashboard { name, docs_url, title: &title, record: &record, head: String::new(), note }.render()))
+    let (name, docs_url) = (addon.display_name(), addon.docs_url());
+    Dashboard { name, docs_url, title: &title, record, head: String::new(), note }.render()
 }

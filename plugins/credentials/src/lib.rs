@@ -6,11 +6,19 @@
 //! so a later provision issues a new one. The variable prefix is the add-on's id in upper
 //! case, which is what Xervo requires of config var names.
 //!
+//! It also serves HTTP (the SDK's `web` module):
+//! - a dashboard, for the app's users after the platform's SSO: the plan, the build API's
+//!   use, and a form that rotates the secret (the new one is shown once);
+//! - a build API: `GET /api/whoami` answers the app's identity and plan, and
+//!   `POST /api/verify` (the secret as the body) answers whether it is the app's current
+//!   secret. Builds call them with the `<ADDON>_API_TOKEN` the host issued at provision.
+//!
 //! Config: `host_url` (required) — the service's public base URL.
 
+use addon_sdk::web::{Request, Response, Surface, Web, escape};
 use addon_sdk::{
     ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
-    export_provider, kv,
+    export_provider, export_web, kv,
 };
 
 struct Credentials;
@@ -57,6 +65,7 @@ impl Provider for Credentials {
     }
 
     fn deprovision(req: DeprovisionRequest) -> Result<()> {
+        kv().delete(&calls_key(&req.resource_id))?;
         let existed = kv().delete(&secret_key(&req.resource_id))?;
         addon_sdk::info!("revoked credentials for {} (existed: {existed})", req.resource_id);
         Ok(())
@@ -64,6 +73,110 @@ impl Provider for Credentials {
 }
 
 export_provider!(Credentials);
+
+fn calls_key(resource_id: &str) -> String {
+    format!("calls/{resource_id}")
+}
+
+/// Count one build API call for the app; the count so far.
+fn count_call(resource_id: &str) -> Result<u64> {
+    let key = calls_key(resource_id);
+    let calls = kv().get_string(&key)?.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0) + 1;
+    kv().set_string(&key, &calls.to_string())?;
+    Ok(calls)
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn page(req: &Request, rotated: Option<&str>) -> Result<Response> {
+    let who = req.identity();
+    let secret = kv().get_string(&secret_key(&who.resource_id))?.unwrap_or_default();
+    let calls = kv().get_string(&calls_key(&who.resource_id))?.unwrap_or_else(|| "0".into());
+    let title = escape(who.app_title.as_deref().unwrap_or(&who.resource_id));
+    let shown = match rotated {
+        Some(fresh) => format!(
+            "<p class=\"notice\" id=\"rotated\">New secret: <code id=\"secret\">{}</code>. Copy it into your app's secrets now; it is not shown again.</p>",
+            escape(fresh)
+        ),
+        None => {
+            format!("<p>Secret: <code id=\"secret\">…{}</code></p>", escape(&secret[secret.len().saturating_sub(4)..]))
+        }
+    };
+    let user = who
+        .user_email
+        .as_deref()
+        .map(|e| format!("<p class=\"muted\">Signed in as {}.</p>", escape(e)))
+        .unwrap_or_default();
+    Ok(Response::html(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>Credentials for {title}</title>{beam}\
+<style>body {{ font: 15px/1.5 system-ui, sans-serif; margin: 0; background: #f6f7fb; color: #1d1d1f; }} main {{ max-width: 640px; margin: 40px auto; background: #fff; padding: 28px 32px; border-radius: 12px; border: 1px solid #dcdfe6; }} .plan {{ background: #5b2ea6; color: #fff; border-radius: 999px; padding: 1px 10px; }} .muted {{ color: #6e6e73; }} .notice {{ background: #eef8ee; padding: 8px 12px; border-radius: 8px; }} button {{ font: inherit; padding: 6px 14px; border-radius: 8px; border: 1px solid #5b2ea6; background: #5b2ea6; color: #fff; cursor: pointer; }}</style>\
+</head><body><main><h1 id=\"title\">Credentials for {title}</h1>\
+<p>Plan: <span class=\"plan\" id=\"plan\">{plan}</span></p>{user}{shown}\
+<p>Build API calls: <strong id=\"calls\">{calls}</strong></p>\
+<form method=\"post\" action=\"{action}\">{csrf}<button type=\"submit\" id=\"rotate\">Rotate the secret</button></form>\
+</main></body></html>",
+        beam = who.beam(),
+        plan = escape(&who.plan),
+        calls = escape(&calls),
+        action = escape(&who.link("/dashboard/rotate")),
+        csrf = who.csrf_field(),
+    )))
+}
+
+fn rotate(req: &Request) -> Result<Response> {
+    let fresh = addon_sdk::random_hex(24);
+    kv().set_string(&secret_key(&req.identity().resource_id), &fresh)?;
+    addon_sdk::info!("rotated the secret of {}", req.identity().resource_id);
+    page(req, Some(&fresh))
+}
+
+fn serve(req: &Request) -> Result<Response> {
+    let who = req.identity();
+    Ok(match (who.surface, req.method(), req.path()) {
+        (Surface::Dashboard, "GET", "/dashboard/" | "/dashboard") => page(req, None)?,
+        (Surface::Dashboard, "POST", "/dashboard/rotate") => rotate(req)?,
+        (Surface::Api, "GET", "/api/whoami") => {
+            let calls = count_call(&who.resource_id)?;
+            Response::json(format!(
+                "{{\"resource_id\":{},\"app_id\":{},\"platform\":\"{}\",\"plan\":{},\"calls\":{calls}}}",
+                json_string(&who.resource_id),
+                json_string(&who.app_id),
+                if who.platform == addon_sdk::Platform::Xervo { "xervo" } else { "bitrise" },
+                json_string(&who.plan),
+            ))
+        }
+        (Surface::Api, "POST", "/api/verify") => {
+            count_call(&who.resource_id)?;
+            let secret = kv().get_string(&secret_key(&who.resource_id))?.unwrap_or_default();
+            let valid = !secret.is_empty() && req.body() == secret.as_bytes();
+            Response::json(format!("{{\"valid\":{valid}}}"))
+        }
+        _ => Response::not_found(),
+    })
+}
+
+impl Web for Credentials {
+    fn handle(req: Request) -> Response {
+        serve(&req).unwrap_or_else(|e| {
+            addon_sdk::warn!("{} {} failed: {e:?}", req.method(), req.path());
+            Response::new(500).header("content-type", "text/plain; charset=utf-8").body("the add-on failed; try again")
+        })
+    }
+}
+
+export_web!(Credentials);
 
 /// The provider's logic, natively, against `addon_sdk::testing`'s host double.
 #[cfg(test)]

@@ -1,0 +1,161 @@
+//! Translation between the client's HTTP and what the plugin's handler sees: the path under
+//! the add-on's surface, the client's headers minus anything the host owns (its session
+//! cookie, the build's token, `x-addon-*`, hop-by-hop headers), plus the verified identity;
+//! and back, the handler's response minus what it may not set.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use bytes::Bytes;
+
+use super::session::COOKIE;
+use crate::runtime::{WebRequest, WebResponse};
+use crate::service::{Platform, Record};
+
+/// Which surface a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    Dashboard,
+    Api,
+}
+
+impl Surface {
+    fn name(self) -> &'static str {
+        match self {
+            Surface::Dashboard => "dashboard",
+            Surface::Api => "api",
+        }
+    }
+}
+
+/// Who the host verified the caller to be.
+pub(crate) struct Identity<'a> {
+    pub surface: Surface,
+    pub addon: &'a str,
+    pub record: &'a Record,
+    pub user_email: Option<&'a str>,
+    pub csrf_token: Option<String>,
+}
+
+/// Headers a proxy never forwards (RFC 9110 §7.6.1), and those the host answers itself.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Values of free text (titles, emails) go percent-encoded, so any UTF-8 fits a header.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b" -_.~@+!*'(),:;/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The request the handler gets for `method path?query` on `identity`'s surface.
+pub(crate) fn request(
+    method: Method,
+    path: &str,
+    query: Option<&str>,
+    client: &HeaderMap,
+    body: Bytes,
+    identity: &Identity<'_>,
+    max_response_bytes: usize,
+) -> Result<WebRequest, String> {
+    let target = match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_owned(),
+    };
+    let uri: Uri = target.parse().map_err(|e| format!("unusable path: {e}"))?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in client {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n.starts_with("x-addon-") || n == "cookie" || n == "authorization" {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    // The client's other cookies pass; the host's session cookie does not.
+    let cookies: Vec<&str> = client
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(name, _)| name != COOKIE))
+        .collect();
+    if !cookies.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    let record = identity.record;
+    let platform = match Platform::from_name(&record.platform) {
+        Platform::Bitrise => "bitrise",
+        Platform::Xervo => "xervo",
+    };
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set("x-addon-surface", identity.surface.name());
+    set("x-addon-resource-id", &record.resource_id);
+    set("x-addon-platform", platform);
+    set("x-addon-app-id", &encode(&record.app_id));
+    set("x-addon-plan", &encode(&record.plan));
+    set("x-addon-base-path", &format!("/addons/{}", identity.addon));
+    if let Some(title) = &record.app_title {
+        set("x-addon-app-title", &encode(title));
+    }
+    if let Some(email) = identity.user_email {
+        set("x-addon-user-email", &encode(email));
+    }
+    if let Some(token) = &identity.csrf_token {
+        set("x-addon-csrf-token", token);
+    }
+    Ok(WebRequest { method, uri, headers, body, max_response_bytes })
+}
+
+/// The client's response from the handler's: its status, headers and body, minus hop-by-hop
+/// headers and any attempt to set the host's session cookie; with safe defaults for caching,
+/// sniffing and referrers where the handler set none.
+pub(crate) fn response(from: WebResponse) -> Response {
+    let status = StatusCode::from_u16(from.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::new(Body::from(from.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in &from.headers {
+        let n = name.as_str();
+        let sets_ours =
+            n == "set-cookie" && value.to_str().is_ok_and(|v| v.trim_start().split('=').next() == Some(COOKIE));
+        if HOP_BY_HOP.contains(&n) || sets_ours {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
+}

@@ -1,0 +1,262 @@
+//! The add-on's own HTTP surfaces, served by its plugin's HTTP handler (the `web` world):
+//!
+//! - `/addons/{id}/dashboard[/...]`: the dashboard, for a platform user whose SSO login
+//!   opened a session ([`open`], called by both platforms' SSO adapters). Without a handler,
+//!   or for a deprovisioned resource, the host's own page answers.
+//! - `/addons/{id}/api/...`: the build API, for the app's builds with the token the host
+//!   issued at provision (`[addon.web] build_api`), rate-limited per app.
+//!
+//! Both verify the caller, then hand the request to the service ([`Service::serve_http`])
+//! with the identity in headers ([`forward`]).
+
+mod forward;
+mod limit;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Router, routing};
+
+use crate::error::ServiceError;
+use crate::pages::{html, xml_escape};
+use crate::service::{Addon, Platform, Record, Service};
+use forward::{Identity, Surface};
+use session::{NoSession, Session};
+
+struct Web {
+    service: Arc<Service>,
+    limits: limit::RateLimits,
+}
+
+pub(crate) fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
+    let state = Arc::new(Web { service: service.clone(), limits: Default::default() });
+    Router::new()
+        .route("/addons/{addon_id}/dashboard", routing::any(dashboard))
+        .route("/addons/{addon_id}/dashboard/", routing::any(dashboard))
+        .route("/addons/{addon_id}/dashboard/{*rest}", routing::any(dashboard))
+        .route("/addons/{addon_id}/api/{*rest}", routing::any(api))
+        .with_state(state)
+}
+
+/// Open a dashboard session for `record` after a valid SSO login, and answer with the
+/// dashboard's first page: the plugin's `GET /dashboard/`, or `builtin`. Answered directly
+/// (not redirected), so clients without a cookie jar (Bitrise's kit, Xervo's dia) see it.
+pub(crate) async fn open(
+    service: &Arc<Service>,
+    addon: &Arc<Addon>,
+    record: &Record,
+    email: Option<String>,
+    headers: &HeaderMap,
+    builtin: String,
+) -> Result<Response, ServiceError> {
+    let web = &addon.config.web;
+    let no_session = || ServiceError::host("opening a session", anyhow::anyhow!("no randomness"));
+    let session = Session::open(addon.id(), &record.resource_id, email, web.session_minutes).ok_or_else(no_session)?;
+    let sealed = session.seal(service.web_key()).ok_or_else(no_session)?;
+    let mut response = if addon.plugin().serves_http && record.is_active() {
+        let csrf_token = Some(session.csrf_token(service.web_key()));
+        let identity = Identity {
+            surface: Surface::Dashboard,
+            addon: addon.id(),
+            record,
+            user_email: session.e.as_deref(),
+            csrf_token,
+        };
+        let request = forward::request(
+            Method::GET,
+            "/dashboard/",
+            None,
+            headers,
+            Default::default(),
+            &identity,
+            web.max_response_bytes,
+        )
+        .map_err(ServiceError::BadRequest)?;
+        forward::response(service.serve_http(addon, &record.resource_id, request).await?)
+    } else {
+        html(builtin)
+    };
+    let cookie = session.cookie(&sealed, is_https(headers), web.session_minutes);
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+/// Whether the client reached the host over https (through a proxy that says so).
+fn is_https(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+    header("x-forwarded-proto").is_some_and(|p| p.split(',').next().map(str::trim) == Some("https"))
+        || header("forwarded").is_some_and(|f| f.contains("proto=https"))
+}
+
+/// The host's own page for `record`, as its platform's SSO shows it.
+fn builtin(addon: &Addon, record: &Record) -> String {
+    match Platform::from_name(&record.platform) {
+        Platform::Bitrise => crate::bitrise::dashboard_page(&addon.config, record, None, None),
+        Platform::Xervo => crate::xervo::dashboard_page(&addon.config, record),
+    }
+}
+
+/// A small page for a browser without a usable session: what happened and what to do.
+fn signed_out(addon: &Addon, why: NoSession) -> Response {
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>{name}</title></head>\
+         <body><main><h1>{name}</h1><p id=\"signed-out\">{why} Open the add-on again from your platform's dashboard.</p></main></body></html>",
+        name = xml_escape(addon.config.display_name()),
+        why = why.message(),
+    );
+    let mut response = html(page);
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response
+}
+
+fn addon_of(web: &Web, params: &HashMap<String, String>) -> Result<Arc<Addon>, ServiceError> {
+    web.service.addon(params.get("addon_id").map_or("", String::as_str))
+}
+
+/// The path the handler sees: `/{surface}` plus what follows it on the add-on's route.
+fn inner_path(surface: &str, params: &HashMap<String, String>, original: &str) -> String {
+    match params.get("rest") {
+        Some(rest) => format!("/{surface}/{rest}"),
+        None if original.ends_with('/') => format!("/{surface}/"),
+        None => format!("/{surface}"),
+    }
+}
+
+async fn dashboard(
+    State(web): State<Arc<Web>>,
+    Path(params): Path<HashMap<String, String>>,
+    request: Request,
+) -> Result<Response, ServiceError> {
+    let addon = addon_of(&web, &params)?;
+    let service = &web.service;
+    let (parts, body) = request.into_parts();
+    let session = match session::cookie_value(&parts.headers) {
+        None => Err(NoSession::Missing),
+        Some(value) => Session::open_sealed(&value, service.web_key(), addon.id()),
+    };
+    let session = match session {
+        Ok(session) => session,
+        Err(why) => return Ok(signed_out(&addon, why)),
+    };
+    let Some(record) = service.resource(&addon, &session.r).await? else {
+        return Ok(signed_out(&addon, NoSession::Invalid));
+    };
+    let path = inner_path("dashboard", &params, parts.uri.path());
+    let root = path == "/dashboard/" || path == "/dashboard";
+    if !record.is_active() || !addon.plugin().serves_http {
+        return Ok(match (parts.method == Method::GET || parts.method == Method::HEAD, root) {
+            (true, true) => html(builtin(&addon, &record)),
+            _ => ServiceError::NotFound(format!("no page `{path}`")).into_response(),
+        });
+    }
+    let web_cfg = &addon.config.web;
+    let body = crate::http::body::read(body, web_cfg.max_request_bytes, "the request body").await?;
+    if !is_safe(&parts.method) {
+        check_csrf(&parts.headers, &body, &session, service.web_key())?;
+    }
+    let csrf_token = Some(session.csrf_token(service.web_key()));
+    let identity = Identity {
+        surface: Surface::Dashboard,
+        addon: addon.id(),
+        record: &record,
+        user_email: session.e.as_deref(),
+        csrf_token,
+    };
+    let query = parts.uri.query();
+    let request =
+        forward::request(parts.method, &path, query, &parts.headers, body, &identity, web_cfg.max_response_bytes)
+            .map_err(ServiceError::BadRequest)?;
+    Ok(forward::response(service.serve_http(&addon, &record.resource_id, request).await?))
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A state-changing dashboard request must carry the session's CSRF token (`x-csrf-token`,
+/// or `_csrf` in a form body) and must not come from another site.
+fn check_csrf(headers: &HeaderMap, body: &[u8], session: &Session, key: &[u8]) -> Result<(), ServiceError> {
+    let refused = |why: &str| ServiceError::Forbidden(format!("CSRF check failed: {why}"));
+    let cross_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site");
+    if cross_site {
+        return Err(refused("the request came from another site"));
+    }
+    let from_header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let is_form = crate::http::content_type(headers).as_deref() == Some("application/x-www-form-urlencoded");
+    let from_form =
+        || url::form_urlencoded::parse(body).find(|(name, _)| name == "_csrf").map(|(_, value)| value.into_owned());
+    let presented = from_header.or_else(|| if is_form { from_form() } else { None });
+    match presented {
+        None => Err(refused("no `_csrf` form field or `x-csrf-token` header")),
+        Some(token) if session.csrf_matches(key, &token) => Ok(()),
+        Some(_) => Err(refused("the token does not belong to this session")),
+    }
+}
+
+async fn api(
+    State(web): State<Arc<Web>>,
+    Path(params): Path<HashMap<String, String>>,
+    request: Request,
+) -> Result<Response, ServiceError> {
+    let addon = addon_of(&web, &params)?;
+    let service = &web.service;
+    let (parts, body) = request.into_parts();
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(token) = token else {
+        let mut response =
+            ServiceError::Unauthorized("send the app's API token as `Authorization: Bearer <token>`".into())
+                .into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(response);
+    };
+    let record = service.api_caller(&addon, token).await?;
+    let cfg = &addon.config.web;
+    if let Err(wait) = web.limits.take(addon.id(), &record.resource_id, cfg.api_rate_per_minute, cfg.api_burst) {
+        return Ok(too_many(cfg.api_rate_per_minute, wait));
+    }
+    if !addon.plugin().serves_http {
+        return Err(ServiceError::NotFound(format!(
+            "add-on `{}` serves no API (its plugin has no HTTP handler)",
+            addon.id()
+        )));
+    }
+    let body = crate::http::body::read(body, cfg.max_request_bytes, "the request body").await?;
+    let identity =
+        Identity { surface: Surface::Api, addon: addon.id(), record: &record, user_email: None, csrf_token: None };
+    let path = inner_path("api", &params, parts.uri.path());
+    let request = forward::request(
+        parts.method,
+        &path,
+        parts.uri.query(),
+        &parts.headers,
+        body,
+        &identity,
+        cfg.max_response_bytes,
+    )
+    .map_err(ServiceError::BadRequest)?;
+    Ok(forward::response(service.serve_http(&addon, &record.resource_id, request).await?))
+}
+
+fn too_many(per_minute: u32, wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let body = serde_json::json!({
+        "error": "rate_limited",
+        "message": format!("this app's builds may make {per_minute} API requests a minute; retry in {secs} s"),
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}

@@ -1,0 +1,157 @@
+//! Dashboard sessions: what a valid SSO login opens, kept by the browser in a signed cookie
+//! (no server-side state, so every host sharing the storage accepts it), and the CSRF token
+//! derived from it.
+//!
+//! The cookie is `HttpOnly`, `SameSite=Lax`, scoped to the add-on's path, `Secure` when the
+//! host is reached over https, and lives `[addon.web] session_minutes`. Its value is the
+//! session as base64url JSON and an HMAC-SHA-256 tag under the host's key.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::clock;
+use crate::service::auth;
+
+/// The cookie's name (its path keeps one add-on's session from reaching another's routes).
+pub(crate) const COOKIE: &str = "addon_session";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Session {
+    /// The add-on.
+    pub a: String,
+    /// The resource.
+    pub r: String,
+    /// The user's email, when the platform gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// Expiry, unix seconds.
+    pub x: i64,
+    /// Random id, which the CSRF token is derived from.
+    pub s: String,
+}
+
+/// Why a request carries no usable session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoSession {
+    Missing,
+    Invalid,
+    Expired,
+}
+
+impl NoSession {
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            NoSession::Missing => "You are not signed in to this add-on.",
+            NoSession::Invalid => "Your session is not valid.",
+            NoSession::Expired => "Your session has expired.",
+        }
+    }
+}
+
+fn tag(key: &[u8], purpose: &str, payload: &str) -> Option<String> {
+    let mut mac = <Hmac<Sha256>>::new_from_slice(key).ok()?;
+    mac.update(purpose.as_bytes());
+    mac.update(b"\0");
+    mac.update(payload.as_bytes());
+    Some(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+impl Session {
+    /// A new session for `resource` of `addon`, lasting `minutes`.
+    pub(crate) fn open(addon: &str, resource: &str, email: Option<String>, minutes: u64) -> Option<Session> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).ok()?;
+        let minutes = i64::try_from(minutes).unwrap_or(i64::MAX / 120);
+        Some(Session {
+            a: addon.to_owned(),
+            r: resource.to_owned(),
+            e: email,
+            x: clock::unix_secs().saturating_add(minutes.saturating_mul(60)),
+            s: hex::encode(id),
+        })
+    }
+
+    /// The cookie value: payload and tag.
+    pub(crate) fn seal(&self, key: &[u8]) -> Option<String> {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).ok()?);
+        let tag = tag(key, "session", &payload)?;
+        Some(format!("{payload}.{tag}"))
+    }
+
+    /// The session in a cookie value, if it is genuine, for `addon`, and not expired.
+    pub(crate) fn open_sealed(value: &str, key: &[u8], addon: &str) -> Result<Session, NoSession> {
+        let (payload, presented) = value.split_once('.').ok_or(NoSession::Invalid)?;
+        let expected = tag(key, "session", payload).ok_or(NoSession::Invalid)?;
+        if !auth::secret_matches(presented, &expected) {
+            return Err(NoSession::Invalid);
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| NoSession::Invalid)?;
+        let session: Session = serde_json::from_slice(&bytes).map_err(|_| NoSession::Invalid)?;
+        if session.a != addon {
+            return Err(NoSession::Invalid);
+        }
+        if session.x <= clock::unix_secs() {
+            return Err(NoSession::Expired);
+        }
+        Ok(session)
+    }
+
+    /// The session's CSRF token, which forms carry back as `_csrf` (or `x-csrf-token`).
+    pub(crate) fn csrf_token(&self, key: &[u8]) -> String {
+        tag(key, "csrf", &self.s).unwrap_or_default()
+    }
+
+    /// Whether `presented` is this session's CSRF token (compared in constant time).
+    pub(crate) fn csrf_matches(&self, key: &[u8], presented: &str) -> bool {
+        let expected = self.csrf_token(key);
+        !expected.is_empty() && auth::secret_matches(presented, &expected)
+    }
+
+    /// The `Set-Cookie` value carrying `sealed` for the add-on's routes.
+    pub(crate) fn cookie(&self, sealed: &str, secure: bool, minutes: u64) -> String {
+        let secure = if secure { "; Secure" } else { "" };
+        format!(
+            "{COOKIE}={sealed}; Path=/addons/{}/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+            self.a,
+            minutes.saturating_mul(60)
+        )
+    }
+}
+
+/// The session cookie's value among a request's `Cookie` headers.
+pub(crate) fn cookie_value(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_opens_only_with_its_key_for_its_addon_until_it_expires() {
+        let session = Session::open("a", "app-1", Some("u@example.com".into()), 5).unwrap();
+        let sealed = session.seal(b"key").unwrap();
+        assert_eq!(Session::open_sealed(&sealed, b"key", "a"), Ok(session.clone()));
+        assert_eq!(Session::open_sealed(&sealed, b"other", "a"), Err(NoSession::Invalid));
+        assert_eq!(Session::open_sealed(&sealed, b"key", "b"), Err(NoSession::Invalid));
+        let (payload, tag) = sealed.split_once('.').unwrap();
+        let forged = format!("{}x.{tag}", &payload[..payload.len() - 1]);
+        assert_eq!(Session::open_sealed(&forged, b"key", "a"), Err(NoSession::Invalid));
+        let mut old = session.clone();
+        old.x = clock::unix_secs() - 1;
+        assert_eq!(Session::open_sealed(&old.seal(b"key").unwrap(), b"key", "a"), Err(NoSession::Expired));
+        assert!(session.csrf_matches(b"key", &session.csrf_token(b"key")));
+        assert!(!session.csrf_matches(b"key", "nope"));
+        assert!(!old.csrf_matches(b"key", &Session::open("a", "app-1", None, 5).unwrap().csrf_token(b"key")));
+    }
+}
