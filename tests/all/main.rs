@@ -9,6 +9,7 @@ mod wit;
 
 mod allocator;
 mod bitrise;
+mod browser;
 mod cli;
 mod concurrency;
 mod config;
@@ -33,4 +34,5 @@ mod outbound;
 mod plans;
 mod sso;
 mod upgrade;
+mod web;
 mod xervo;

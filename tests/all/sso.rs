@@ -34,26 +34,54 @@ async fn valid_login_renders_xhtml_with_beam() {
     let scripts: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("script")).collect();
     assert!(scripts.iter().any(|s| { s.attribute("src").is_some_and(|src| src.contains("@bitrise/beam")) }));
     assert!(reply.text.contains("Beam.init"));
-    // The title from the query, with its `&`, arrives escaped and intact.
+    // This is the credentials plugin's own page (its HTTP handler): the app's title from
+    // the provision, escaped and intact; the secret is not shown in full.
     let title = doc.descendants().find(|n| n.has_tag_name("title")).unwrap().text().unwrap();
-    assert!(title.contains("Title of app #s1 & co"), "{title}");
-    // Variable names are shown, their secret values are not.
-    assert!(reply.text.contains("MYADDON_AUTH_SECRET"));
+    assert!(title.contains("Title of app #s1"), "{title}");
     let secret = host.kv("myaddon")["secret/s1"].clone();
     assert!(!reply.text.contains(&secret));
+}
+
+/// The host's own page (a plugin without an HTTP handler: `storage`) also carries Beam, with
+/// the title Bitrise sent on the login.
+#[tokio::test]
+async fn the_hosts_page_renders_xhtml_with_beam_and_the_logins_title() {
+    let host = TestHost::start();
+    assert_eq!(host.provision("storage", STORAGE_TOKEN, "s1", "free").await.status, 201);
+    let ts = now();
+    let body = format!("app_slug=s1&timestamp={ts}&token={}", sso_token("s1", "sso-of-storage", ts));
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    let uri = "/addons/storage/login?app_title=Title+of+app+%23s1+%26+co&build_slug=b1";
+    let reply = host.send(Method::POST, uri, &headers, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let doc = roxmltree::Document::parse_with_options(
+        &reply.text,
+        roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() },
+    )
+    .expect("the login page must be well-formed XML");
+    assert!(doc.descendants().any(|n| n.attribute("src").is_some_and(|src| src.contains("@bitrise/beam"))));
+    let title = doc.descendants().find(|n| n.has_tag_name("title")).unwrap().text().unwrap();
+    assert!(title.contains("Title of app #s1 & co"), "{title}");
+    // Variable names are shown, their values are not.
+    assert!(reply.text.contains("STORAGE_URL"));
+    let url = host.record("storage", "s1").unwrap().config[0].1.clone();
+    assert!(!reply.text.contains(&url));
 }
 
 /// The host's own dashboard (for plugins without a page) presents the add-on: its name and
 /// documentation link from `[addon.page]`, a stylesheet, the plan and the variable names.
 #[tokio::test]
 async fn the_dashboard_presents_the_partner_name_docs_plan_and_variables() {
+    // `storage` (the quota plugin) has no HTTP handler of its own.
     let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
-        cfg.addons[0].page.name = Some("Credentials <Pro>".into());
-        cfg.addons[0].page.docs_url = Some("https://docs.example.com/credentials?from=bitrise&v=1".into());
+        cfg.addons[1].page.name = Some("Credentials <Pro>".into());
+        cfg.addons[1].page.docs_url = Some("https://docs.example.com/credentials?from=bitrise&v=1".into());
     });
-    assert_eq!(host.provision("myaddon", TOKEN, "s9", "pro").await.status, 201);
+    assert_eq!(host.provision("storage", STORAGE_TOKEN, "s9", "pro").await.status, 201);
     let ts = now();
-    let reply = login(&host, "s9", ts, &sso_token("s9", SSO, ts), &[]).await;
+    let body = format!("app_slug=s9&timestamp={ts}&token={}", sso_token("s9", "sso-of-storage", ts));
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    let reply = host.send(Method::POST, "/addons/storage/login", &headers, body).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let doc = roxmltree::Document::parse_with_options(
         &reply.text,
@@ -70,7 +98,7 @@ async fn the_dashboard_presents_the_partner_name_docs_plan_and_variables() {
     let plan = doc.descendants().find(|n| n.attribute("class") == Some("plan")).unwrap();
     assert_eq!(plan.text(), Some("pro"));
     let cells: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("code")).filter_map(|n| n.text()).collect();
-    assert!(cells.contains(&"MYADDON_HOST_URL") && cells.contains(&"MYADDON_AUTH_SECRET"), "{cells:?}");
+    assert!(cells.contains(&"STORAGE_URL") && cells.contains(&"STORAGE_QUOTA_MB"), "{cells:?}");
     assert!(
         reply.text.contains("addon_documentation: \"https://docs.example.com/credentials?from=bitrise\\u0026v=1\""),
         "Beam gets the docs link"

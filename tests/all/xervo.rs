@@ -199,7 +199,8 @@ async fn sso_redirects_to_a_ticketed_dashboard() {
     // The dashboard answers without cookies.
     let page = host.send(Method::GET, &location, &[], "").await;
     assert_eq!(page.status, 200, "{}", page.text);
-    assert!(page.text.contains(&id) && page.text.contains(">test</strong> plan"));
+    // The credentials plugin's own page (its HTTP handler), for this resource and plan.
+    assert!(page.text.contains(&id) && page.text.contains("id=\"plan\">test<"), "{}", page.text);
     roxmltree::Document::parse_with_options(
         &page.text,
         roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() },
@@ -235,14 +236,17 @@ async fn dashboard_tickets_expire() {
     let ts = now();
     let good = sso(&host, "application/json", sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts))).await;
     let location = good.headers["location"].to_str().unwrap().to_owned();
-    let expires: i64 = location.rsplit('.').nth(1).unwrap().parse().unwrap();
+    // `?ticket={id}.{expires}.{signature}&email=...`: the email is signed with the rest.
+    let ticket_part = location.split("ticket=").nth(1).unwrap().split('&').next().unwrap();
+    let expires: i64 = ticket_part.rsplit('.').nth(1).unwrap().parse().unwrap();
     assert!((ts + 290..=ts + 310).contains(&expires), "expires {expires}, {} s from now", expires - ts);
 
     let ticket = |expires: i64| {
         let key = Sha256::digest(format!("addon-host dashboard ticket:myaddon:{XERVO_SALT}").as_bytes());
         let mut mac = <Hmac<Sha256>>::new_from_slice(&key).unwrap();
-        mac.update(format!("{id}.{expires}").as_bytes());
-        format!("/addons/myaddon/sso/dashboard?ticket={id}.{expires}.{}", hex::encode(mac.finalize().into_bytes()))
+        mac.update(format!("{id}.{expires}.u@example.com").as_bytes());
+        let signature = hex::encode(mac.finalize().into_bytes());
+        format!("/addons/myaddon/sso/dashboard?ticket={id}.{expires}.{signature}&email=u%40example.com")
     };
     assert_eq!(ticket(expires), location, "the test signs tickets as the host does");
     assert_eq!(host.send(Method::GET, &ticket(now() + 60), &[], "").await.status, 200);

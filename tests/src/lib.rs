@@ -4,6 +4,7 @@
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 mod addon_toml;
+pub mod browser;
 pub mod languages;
 pub mod native;
 pub use addon_toml::{AddonToml, addons_toml};

@@ -12,6 +12,17 @@ pub(super) enum Script {
 }
 
 const WIT: &str = include_str!("../../../wit/provider.wit");
+/// The WASI 0.2 packages the contract's `web` world names: generators resolve the whole
+/// package, so they travel with it.
+const WIT_DEPS: [(&str, &str); 7] = [
+    ("wit/deps/cli.wit", include_str!("../../../wit/deps/cli.wit")),
+    ("wit/deps/clocks.wit", include_str!("../../../wit/deps/clocks.wit")),
+    ("wit/deps/filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
+    ("wit/deps/http.wit", include_str!("../../../wit/deps/http.wit")),
+    ("wit/deps/io.wit", include_str!("../../../wit/deps/io.wit")),
+    ("wit/deps/random.wit", include_str!("../../../wit/deps/random.wit")),
+    ("wit/deps/sockets.wit", include_str!("../../../wit/deps/sockets.wit")),
+];
 const JS_SDK: &str = include_str!("../../../guest-sdk/js/addon-sdk.js");
 const PY_SDK: &str = include_str!("../../../guest-sdk/python/addon_sdk.py");
 /// The generators' releases whose output this host links (see tests/src/languages.rs).
@@ -31,7 +42,7 @@ pub(super) fn files(lang: Script, name: &str, prefix: &str) -> anyhow::Result<(F
                 command: "npm run build",
                 watch: r#"["app.js", "addon-sdk.js"]"#,
             };
-            let files = vec![
+            let mut files = vec![
                 ("package.json", PACKAGE_JSON.replace("{NAME}", name).replace("{JS}", COMPONENTIZE_JS)),
                 ("app.js", APP_JS.to_owned()),
                 ("addon-sdk.js", JS_SDK.to_owned()),
@@ -40,6 +51,7 @@ pub(super) fn files(lang: Script, name: &str, prefix: &str) -> anyhow::Result<(F
                 ("README.md", readme(JS_README)),
                 (".gitignore", "/node_modules\n/plugin.wasm\n/data\n".to_owned()),
             ];
+            files.extend(WIT_DEPS.iter().map(|(path, text)| (*path, (*text).to_owned())));
             (files, "npm install && addon-host serve --watch".into())
         }
         Script::Python => {
@@ -48,7 +60,7 @@ pub(super) fn files(lang: Script, name: &str, prefix: &str) -> anyhow::Result<(F
                 command: "componentize-py -d wit -w plugin componentize app -o plugin.wasm",
                 watch: r#"["app.py", "addon_sdk.py"]"#,
             };
-            let files = vec![
+            let mut files = vec![
                 ("app.py", APP_PY.to_owned()),
                 ("addon_sdk.py", PY_SDK.to_owned()),
                 ("wit/provider.wit", WIT.to_owned()),
@@ -56,6 +68,7 @@ pub(super) fn files(lang: Script, name: &str, prefix: &str) -> anyhow::Result<(F
                 ("README.md", readme(PY_README)),
                 (".gitignore", "/.venv\n/plugin.wasm\n/data\n__pycache__/\n".to_owned()),
             ];
+            files.extend(WIT_DEPS.iter().map(|(path, text)| (*path, (*text).to_owned())));
             let next = format!(
                 "python3 -m venv .venv && . .venv/bin/activate && pip install componentize-py=={COMPONENTIZE_PY} && addon-host serve --watch"
             );

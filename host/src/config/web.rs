@@ -16,8 +16,8 @@ pub struct WebConfig {
     pub api_rate_per_minute: u32,
     /// Requests one app may make at once above the rate before being answered 429.
     pub api_burst: u32,
-    /// How long a dashboard session opened by an SSO login lasts.
-    pub session_minutes: u64,
+    /// How long a dashboard session opened by an SSO login lasts, in seconds.
+    pub session_secs: u64,
     /// Largest request body forwarded to the handler (dashboard and API).
     pub max_request_bytes: usize,
     /// Largest response body the handler may answer.
@@ -31,7 +31,7 @@ impl Default for WebConfig {
             api_token_var: None,
             api_rate_per_minute: 600,
             api_burst: 60,
-            session_minutes: 60,
+            session_secs: 3_600,
             max_request_bytes: 1 << 20,
             max_response_bytes: 4 << 20,
         }
@@ -48,7 +48,7 @@ impl WebConfig {
         for (name, value) in [
             ("api_rate_per_minute", u64::from(self.api_rate_per_minute)),
             ("api_burst", u64::from(self.api_burst)),
-            ("session_minutes", self.session_minutes),
+            ("session_secs", self.session_secs),
             ("max_request_bytes", self.max_request_bytes as u64),
             ("max_response_bytes", self.max_response_bytes as u64),
         ] {

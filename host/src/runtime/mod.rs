@@ -151,7 +151,7 @@ pub struct Answer {
 pub enum Returned {
     Reply(Result<Answer, ProviderError>),
     Job(Result<(), JobError>),
-    Http(WebResponse),
+    Http(Box<WebResponse>),
 }
 
 /// The outcome of a call that ran to completion: what the plugin returned, and the key-value
@@ -381,7 +381,7 @@ async fn call_export(
             let Some(indices) = &compiled.web else {
                 return Ok(Err(CallFailure::Host("the plugin does not export an HTTP handler".into())));
             };
-            web::handle(pre.instance_pre(), indices, store, request).await?.map(Returned::Http)
+            web::handle(pre.instance_pre(), indices, store, request).await?.map(|r| Returned::Http(Box::new(r)))
         }
         Export::Provision(req) => {
             let plugin = pre.instantiate_async(&mut *store).await?;

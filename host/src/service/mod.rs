@@ -504,6 +504,7 @@ async fn stored(addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>,
 
 /// What a call's `finish` decided: keep its writes (with a record, for the resource whose
 /// jobs it enqueued), or drop them; either way `value` is the answer.
+#[allow(clippy::large_enum_variant, reason = "one lives briefly on the stack per call")]
 enum Finish<T> {
     Keep { record: Option<Record>, resource: Option<String>, value: T },
     Drop(T),

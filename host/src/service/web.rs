@@ -45,9 +45,9 @@ impl Service {
         let budget = Budget::start(Duration::from_millis(addon.config.limits.deadline_ms + 1_000));
         let finish = |returned: Returned, plugin: &crate::runtime::Plugin| match returned {
             Returned::Http(response) if (200..400).contains(&response.status) => {
-                Ok(Finish::Keep { record: None, resource: Some(resource.to_owned()), value: response })
+                Ok(Finish::Keep { record: None, resource: Some(resource.to_owned()), value: *response })
             }
-            Returned::Http(response) => Ok(Finish::Drop(response)),
+            Returned::Http(response) => Ok(Finish::Drop(*response)),
             Returned::Reply(_) | Returned::Job(_) => {
                 Err(call_failed(addon, "http", plugin, CallFailure::InvalidReply("not an HTTP response".into())))
             }

@@ -55,7 +55,7 @@ pub(crate) async fn open(
 ) -> Result<Response, ServiceError> {
     let web = &addon.config.web;
     let no_session = || ServiceError::host("opening a session", anyhow::anyhow!("no randomness"));
-    let session = Session::open(addon.id(), &record.resource_id, email, web.session_minutes).ok_or_else(no_session)?;
+    let session = Session::open(addon.id(), &record.resource_id, email, web.session_secs).ok_or_else(no_session)?;
     let sealed = session.seal(service.web_key()).ok_or_else(no_session)?;
     let mut response = if addon.plugin().serves_http && record.is_active() {
         let csrf_token = Some(session.csrf_token(service.web_key()));
@@ -80,7 +80,7 @@ pub(crate) async fn open(
     } else {
         html(builtin)
     };
-    let cookie = session.cookie(&sealed, is_https(headers), web.session_minutes);
+    let cookie = session.cookie(&sealed, is_https(headers), web.session_secs);
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

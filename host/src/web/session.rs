@@ -3,7 +3,7 @@
 //! derived from it.
 //!
 //! The cookie is `HttpOnly`, `SameSite=Lax`, scoped to the add-on's path, `Secure` when the
-//! host is reached over https, and lives `[addon.web] session_minutes`. Its value is the
+//! host is reached over https, and lives `[addon.web] session_secs`. Its value is the
 //! session as base64url JSON and an HMAC-SHA-256 tag under the host's key.
 
 use base64::Engine as _;
@@ -60,16 +60,16 @@ fn tag(key: &[u8], purpose: &str, payload: &str) -> Option<String> {
 }
 
 impl Session {
-    /// A new session for `resource` of `addon`, lasting `minutes`.
-    pub(crate) fn open(addon: &str, resource: &str, email: Option<String>, minutes: u64) -> Option<Session> {
+    /// A new session for `resource` of `addon`, lasting `secs`.
+    pub(crate) fn open(addon: &str, resource: &str, email: Option<String>, secs: u64) -> Option<Session> {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).ok()?;
-        let minutes = i64::try_from(minutes).unwrap_or(i64::MAX / 120);
+        let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
         Some(Session {
             a: addon.to_owned(),
             r: resource.to_owned(),
             e: email,
-            x: clock::unix_secs().saturating_add(minutes.saturating_mul(60)),
+            x: clock::unix_secs().saturating_add(secs),
             s: hex::encode(id),
         })
     }
@@ -111,13 +111,9 @@ impl Session {
     }
 
     /// The `Set-Cookie` value carrying `sealed` for the add-on's routes.
-    pub(crate) fn cookie(&self, sealed: &str, secure: bool, minutes: u64) -> String {
+    pub(crate) fn cookie(&self, sealed: &str, secure: bool, secs: u64) -> String {
         let secure = if secure { "; Secure" } else { "" };
-        format!(
-            "{COOKIE}={sealed}; Path=/addons/{}/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-            self.a,
-            minutes.saturating_mul(60)
-        )
+        format!("{COOKIE}={sealed}; Path=/addons/{}/; Max-Age={}; HttpOnly; SameSite=Lax{secure}", self.a, secs)
     }
 }
 

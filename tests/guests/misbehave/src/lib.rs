@@ -200,3 +200,91 @@ impl Provider for Misbehave {
 }
 
 export_provider!(Misbehave);
+
+/// Its HTTP handler: the path's last segment picks the behaviour, on either surface.
+impl addon_sdk::web::Web for Misbehave {
+    fn handle(req: addon_sdk::web::Request) -> addon_sdk::web::Response {
+        use addon_sdk::web::Response;
+        let who = req.identity().clone();
+        let what = req.path().rsplit('/').next().unwrap_or_default().to_owned();
+        match what.as_str() {
+            // What reached the plugin: the identity and every header, as JSON.
+            "echo" => {
+                let headers: Vec<String> = [("method", req.method()), ("path", req.path()), ("query", req.query())]
+                    .iter()
+                    .map(|(k, v)| format!("{k:?}:{v:?}"))
+                    .chain(
+                        [
+                            "cookie",
+                            "authorization",
+                            "x-addon-resource-id",
+                            "x-addon-platform",
+                            "x-addon-plan",
+                            "x-addon-app-title",
+                            "x-addon-user-email",
+                            "x-addon-surface",
+                            "x-addon-csrf-token",
+                            "x-addon-base-path",
+                            "x-addon-injected",
+                            "x-custom",
+                        ]
+                        .iter()
+                        .map(|h| format!("{h:?}:{:?}", req.header(h).unwrap_or(""))),
+                    )
+                    .chain([
+                        format!("\"body_len\":{}", req.body().len()),
+                        format!("\"resource\":{:?}", who.resource_id),
+                        format!("\"app_title\":{:?}", who.app_title.unwrap_or_default()),
+                    ])
+                    .collect();
+                Response::json(format!("{{{}}}", headers.join(",")))
+            }
+            "loop" => loop {
+                std::hint::black_box(&req);
+            },
+            "memory" => {
+                let big = vec![7u8; 1 << 30];
+                Response::text(big.len().to_string())
+            }
+            "panic" => panic!("misbehave's handler panicked on purpose"),
+            "huge" => Response::text("x".repeat(8 << 20)),
+            "slow" => {
+                spin(req.query_value("ms").and_then(|m| m.parse().ok()).unwrap_or(200));
+                Response::text("slow done")
+            }
+            // A key-value write, kept when the answer is 2xx and dropped when it is 500.
+            "write" | "write-then-500" => {
+                let value = req.query_value("v").unwrap_or_else(|| "w".into());
+                if let Err(e) = kv().set_string("marker", &value) {
+                    return Response::new(500).body(format!("{e:?}"));
+                }
+                Response::text(format!("wrote {value}")).status(if what == "write" { 200 } else { 500 })
+            }
+            "marker" => Response::text(marker().unwrap_or_default()),
+            "set-cookie" => Response::text("cookies")
+                .header("set-cookie", "addon_session=forged; Path=/")
+                .header("set-cookie", "theirs=1; Path=/"),
+            // Outbound wasi:http, which the host refuses.
+            "outbound" => {
+                use addon_sdk::web::wasi::http::{outgoing_handler, types};
+                let request = types::OutgoingRequest::new(types::Fields::new());
+                let _ = request.set_scheme(Some(&types::Scheme::Https));
+                let _ = request.set_authority(Some("example.com"));
+                let _ = request.set_path_with_query(Some("/"));
+                let future = match outgoing_handler::handle(request, None) {
+                    Ok(future) => future,
+                    Err(e) => return Response::new(502).body(format!("refused: {e:?}")),
+                };
+                future.subscribe().block();
+                match future.get() {
+                    Some(Ok(Ok(_))) => Response::text("sent"),
+                    Some(Ok(Err(e))) => Response::new(502).body(format!("refused: {e:?}")),
+                    other => Response::new(502).body(format!("no response: {other:?}")),
+                }
+            }
+            _ => Response::not_found(),
+        }
+    }
+}
+
+addon_sdk::export_web!(Misbehave);
