@@ -1,6 +1,8 @@
 //! Sustained concurrent traffic against the real binary: 64 clients, each on its own apps,
 //! across two add-ons (the credentials and quota examples) and both protocols, mixing
 //! provision, identical repeat, SSO login, plan change and deprovision for several seconds.
+//! The credentials example also serves HTTP: its SSO login answers with the page its handler
+//! renders, and its clients call its build API with the token their provision returned.
 //!
 //! It fails on any unexpected status, on any request that takes longer than Bitrise's 10 s
 //! budget, and when `/healthz` takes longer than 1 s at any moment; afterwards every
@@ -38,8 +40,9 @@ fn config() -> String {
     let creds = AddonToml::new("creds", addon_host_tests::PLUGIN_CREDENTIALS)
         .plans(&["free", "pro"])
         .bitrise(CRED_TOKEN, CRED_SSO)
-        .xervo(CRED_PASSWORD, CRED_SALT, &["CREDS_HOST_URL", "CREDS_AUTH_SECRET"])
-        .config("host_url", "https://creds.example.com");
+        .xervo(CRED_PASSWORD, CRED_SALT, &["CREDS_HOST_URL", "CREDS_AUTH_SECRET", "CREDS_API_TOKEN"])
+        .config("host_url", "https://creds.example.com")
+        .build_api();
     let quota = AddonToml::new("quota", addon_host_tests::PLUGIN_QUOTA)
         .plans(&["free", "pro", "enterprise"])
         .bitrise(QUOTA_TOKEN, QUOTA_SSO)
@@ -191,6 +194,27 @@ async fn lifecycle(http: &Http, role: Role, app: &str, keep: bool, tally: &Tally
         }
     }
     tally.requests.fetch_add(3, Ordering::Relaxed);
+    if role.addon == "creds" {
+        // The build API, with the token from the provision's reply: it reaches the plugin
+        // as this app.
+        let vars: serde_json::Value = serde_json::from_str(&reply).map_err(|e| format!("{e}: {reply}"))?;
+        let api_token = match role.protocol {
+            Protocol::Bitrise => vars["envs"]
+                .as_array()
+                .and_then(|envs| envs.iter().find(|e| e["key"] == "CREDS_API_TOKEN"))
+                .and_then(|e| e["value"].as_str()),
+            Protocol::Xervo => vars["config"]["CREDS_API_TOKEN"].as_str(),
+        }
+        .ok_or_else(|| format!("no CREDS_API_TOKEN in {reply}"))?
+        .to_owned();
+        let bearer = format!("Bearer {api_token}");
+        let got = http.call("GET", &format!("{base}/api/whoami"), &[("Authorization", &bearer)], "").await?;
+        let whoami = expect("build API call", got, 200)?;
+        if !whoami.contains(&format!("\"resource_id\":\"{resource}\"")) {
+            return Err(format!("build API call of {resource} answered for another app: {whoami}"));
+        }
+        tally.requests.fetch_add(1, Ordering::Relaxed);
+    }
     if keep {
         tally.kept.lock().await.push(Kept { role, body, reply });
         return Ok(());

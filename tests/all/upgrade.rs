@@ -27,7 +27,13 @@ async fn served_version(host: &TestHost, slug: &str) -> String {
 // every request, which the upload below would notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn swapping_under_load_fails_no_request() {
-    let host = Arc::new(TestHost::start());
+    // Its plugin also serves HTTP: build API traffic runs through the swaps as well.
+    let host = Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        let versioned = cfg.addons.iter_mut().find(|a| a.id == "versioned").unwrap();
+        versioned.web.build_api = true;
+        // Traffic as fast as the host answers, past the default per-app rate limit.
+        versioned.web.api_rate_per_minute = 1_000_000;
+    }));
     let a = host.service.addon("versioned").unwrap().plugin().sha256.clone();
     let pushed = push(&host, addon_host_tests::PLUGIN_VERSIONED_B, false).await;
     assert_eq!(pushed.status, 201, "{}", pushed.text);
@@ -35,8 +41,23 @@ async fn swapping_under_load_fails_no_request() {
     assert_eq!(pushed.json()["version"]["uploaded_by"], "ops");
     assert_eq!(served_version(&host, "before").await, "a", "an upload without activation changes nothing");
 
+    let api_token = host.provision("versioned", VERSIONED_TOKEN, "api-app", "free").await.env("VERSIONED_API_TOKEN");
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let api_counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let api_traffic = {
+        let (host, stop, api_counts) = (host.clone(), stop.clone(), api_counts.clone());
+        tokio::spawn(async move {
+            let auth = format!("Bearer {api_token}");
+            while !stop.load(Ordering::Relaxed) {
+                let reply =
+                    host.send(Method::GET, "/addons/versioned/api/version", &[("authorization", &auth)], "").await;
+                assert_eq!(reply.status, 200, "a build API request failed during swaps: {}", reply.text);
+                assert!(reply.text == "a" || reply.text == "b", "unknown version {}", reply.text);
+                api_counts[usize::from(reply.text == "b")].fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
     // The version that answered each app's provision, and each app's plan change.
     let answered: Arc<Mutex<HashMap<String, (String, String)>>> = Arc::default();
     let mut traffic = Vec::new();
@@ -112,6 +133,10 @@ async fn swapping_under_load_fails_no_request() {
     for t in traffic {
         requests += t.await.expect("a request failed during the swaps");
     }
+    api_traffic.await.expect("a build API request failed during the swaps");
+    let (api_a, api_b) = (api_counts[0].load(Ordering::Relaxed), api_counts[1].load(Ordering::Relaxed));
+    println!("build API requests during the swaps: {api_a} on a, {api_b} on b");
+    assert!(api_a > 0 && api_b > 0, "the HTTP handler's traffic saw both versions");
     // The last swap (a rollback to version 1) is what serves now.
     let list = host.admin(Method::GET, "/admin/addons/versioned/plugins", "").await.json();
     let active: Vec<_> = list["versions"].as_array().unwrap().iter().filter(|v| v["active"] == true).collect();

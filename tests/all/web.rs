@@ -10,14 +10,20 @@ use crate::support::*;
 
 const MISBEHAVE_SSO: &str = "sso-of-misbehave";
 
-/// A host whose `myaddon` (credentials) and `misbehave` add-ons issue build API tokens.
+/// Make the test config's `myaddon` (credentials) and `misbehave` add-ons issue build API
+/// tokens.
+pub(crate) fn enable_build_api(cfg: &mut addon_host::config::HostConfig) {
+    for addon in cfg.addons.iter_mut().filter(|a| a.id == "myaddon" || a.id == "misbehave") {
+        addon.web.build_api = true;
+        let var = addon.web.token_var(&addon.id);
+        addon.xervo.as_mut().unwrap().config_vars.push(var);
+    }
+}
+
+/// A host whose `myaddon` and `misbehave` add-ons issue build API tokens.
 pub(crate) fn web_host(change: impl FnOnce(&mut addon_host::config::HostConfig)) -> TestHost {
     TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
-        for addon in cfg.addons.iter_mut().filter(|a| a.id == "myaddon" || a.id == "misbehave") {
-            addon.web.build_api = true;
-            let var = addon.web.token_var(&addon.id);
-            addon.xervo.as_mut().unwrap().config_vars.push(var);
-        }
+        enable_build_api(cfg);
         change(cfg);
     })
 }

@@ -15,6 +15,7 @@ pub struct AddonToml {
     xervo: Option<Xervo>,
     config: Vec<(String, String)>,
     secrets: Vec<(String, String)>,
+    build_api: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -75,6 +76,12 @@ impl AddonToml {
         self
     }
 
+    /// Issue build API tokens and serve `/addons/{id}/api/...` (`[addon.web] build_api`).
+    pub fn build_api(mut self) -> Self {
+        self.build_api = true;
+        self
+    }
+
     /// The `[[addon]]` table and its sub-tables.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
@@ -99,6 +106,9 @@ impl AddonToml {
             if !x.regions.is_empty() {
                 writeln!(out, "regions = {:?}", x.regions)?;
             }
+        }
+        if self.build_api {
+            writeln!(out, "[addon.web]\nbuild_api = true")?;
         }
         for (table, pairs) in [("config", &self.config), ("secrets", &self.secrets)] {
             if !pairs.is_empty() {

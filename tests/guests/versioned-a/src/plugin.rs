@@ -19,3 +19,17 @@ impl Provider for Versioned {
 }
 
 export_provider!(Versioned);
+
+/// Its HTTP handler answers with its version (and records it), so swaps can be watched on
+/// the HTTP surfaces too.
+impl addon_sdk::web::Web for Versioned {
+    fn handle(req: addon_sdk::web::Request) -> addon_sdk::web::Response {
+        let key = format!("http-by/{}", req.identity().resource_id);
+        match kv().set_string(&key, VERSION) {
+            Ok(()) => addon_sdk::web::Response::text(VERSION),
+            Err(e) => addon_sdk::web::Response::new(500).body(format!("{e:?}")),
+        }
+    }
+}
+
+addon_sdk::export_web!(Versioned);
