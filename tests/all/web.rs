@@ -228,6 +228,14 @@ async fn an_sso_login_opens_a_session_for_the_plugins_dashboard_with_csrf_checks
     .expect("the credentials dashboard is well-formed XHTML, as Bitrise's kit requires");
     let cookie = session_cookie(&login);
     assert!(!login.headers["set-cookie"].to_str().unwrap().contains("Secure"), "plain http");
+    assert_eq!(login.headers["x-frame-options"], "DENY", "no other site may frame the dashboard's forms");
+    // Behind a TLS-terminating proxy that says so, the cookie is `Secure`. (Another second's
+    // token: the first login used this second's.)
+    let ts = now() - 1;
+    let body = format!("app_slug=d1&timestamp={ts}&token={}", sso_token("d1", SSO, ts));
+    let proxied = [("content-type", "application/x-www-form-urlencoded"), ("x-forwarded-proto", "https")];
+    let secure = host.send(Method::POST, "/addons/myaddon/login", &proxied, body).await;
+    assert!(secure.headers["set-cookie"].to_str().unwrap().contains("; Secure"), "{:?}", secure.headers);
 
     let page = host.send(Method::GET, "/addons/myaddon/dashboard/", &[("cookie", &cookie)], "").await;
     assert_eq!(page.status, 200, "{}", page.text);

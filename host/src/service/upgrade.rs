@@ -36,6 +36,10 @@ pub struct Uploaded {
     /// The compiler whose build serves the version now: "winch" until Cranelift's build of a
     /// large plugin replaces it (see `server.compiler`).
     pub compiler: &'static str,
+    /// What the version exports beyond the platform calls: `run-job` (jobs) and the HTTP
+    /// handler (the add-on's pages and build API).
+    pub runs_jobs: bool,
+    pub serves_http: bool,
 }
 
 impl Service {
@@ -80,11 +84,12 @@ impl Service {
         })
         .await?;
         tracing::info!(addon = addon.id(), version = version.seq, sha256 = %version.sha256, by, compile_ms, "plugin uploaded");
-        let compiler = plugin.compiler();
+        let (compiler, runs_jobs, serves_http) = (plugin.compiler(), plugin.runs_jobs, plugin.serves_http);
         if activate {
             self.swap(addon, plugin, &version, compile_ms).await?;
         }
-        Ok(Uploaded { version, created: existing.is_none(), activated: activate, compile_ms, compiler })
+        let created = existing.is_none();
+        Ok(Uploaded { version, created, activated: activate, compile_ms, compiler, runs_jobs, serves_http })
     }
 
     /// Make a stored version (by sequence number or sha256 prefix) the active one.

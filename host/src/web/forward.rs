@@ -133,7 +133,8 @@ pub(crate) fn request(
 
 /// The client's response from the handler's: its status, headers and body, minus hop-by-hop
 /// headers and any attempt to set the host's session cookie; with safe defaults for caching,
-/// sniffing and referrers where the handler set none.
+/// sniffing, referrers and framing (no other site may frame the dashboard's forms) where the
+/// handler set none.
 pub(crate) fn response(from: WebResponse) -> Response {
     let status = StatusCode::from_u16(from.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::new(Body::from(from.body));
@@ -148,6 +149,11 @@ pub(crate) fn response(from: WebResponse) -> Response {
         }
         headers.append(name.clone(), value.clone());
     }
+    let framing_set = headers.contains_key(header::X_FRAME_OPTIONS)
+        || headers
+            .get_all(header::CONTENT_SECURITY_POLICY)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("frame-ancestors")));
     for (name, value) in [
         (header::CACHE_CONTROL, "no-store"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -156,6 +162,9 @@ pub(crate) fn response(from: WebResponse) -> Response {
         if !headers.contains_key(&name) {
             headers.insert(name, HeaderValue::from_static(value));
         }
+    }
+    if !framing_set {
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     response
 }
