@@ -6,7 +6,8 @@
 //
 // A plugin exports `provision(req)`, and optionally `changePlan(req)` and `deprovision(req)`.
 // A plugin that enqueues jobs (`jobs.enqueue`) also exports `runJob(job)` (wrap it with
-// `jobHandler`) and is built against the world `worker` instead.
+// `jobHandler`) and is built against the world `worker` instead. A plugin that serves HTTP
+// (its dashboard and build API, `addon-web.js`) is built against the world `web`.
 // Request fields are camelCase (`req.resourceId`, `req.appTitle`, `req.plan`, `req.platform`
 // is "bitrise" or "xervo"); absent options are `undefined`.
 
@@ -124,6 +125,11 @@ export const retry = (message, afterMs) => ({
 });
 /** From `runJob`: give up; the job goes to the dead-letter list. */
 export const fail = (message) => ({ tag: 'fail', val: message });
+
+/** `runJob` for a plugin that enqueues no jobs (the `web` world includes `worker`). */
+export const noJobs = (job) => {
+  throw fail(`this plugin runs no jobs (got one of kind ${job.kind})`);
+};
 
 /**
  * Wrap `runJob`: the job gets `text` (its payload as a string); a thrown `retry(...)` or

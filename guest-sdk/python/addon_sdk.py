@@ -22,7 +22,10 @@ from wit_world.imports import http as _http
 from wit_world.imports import jobs as _jobs
 from wit_world.imports import kv as _kv
 from wit_world.imports import log as _log
-from wit_world.imports import types
+try:
+    from wit_world.imports import types
+except ImportError:  # the `web` world also imports wasi:http's `types`: ours is renamed
+    from wit_world.imports import addon_provider_types as types
 
 
 class Reply:

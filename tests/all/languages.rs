@@ -360,3 +360,51 @@ async fn js_and_python_plugins_run_jobs_and_call_allowed_origins() {
         }
     }
 }
+
+/// JavaScript and Python plugins of the `web` world serve the add-on's build API and its
+/// dashboard through the SDKs' HTTP layers (`addon-web.js`, `addon_web.py`): the identity the
+/// host verified reaches them, their writes are kept, and the CSRF check stands in front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_and_python_plugins_serve_their_dashboard_and_build_api() {
+    for (lang, dir, id) in [(Lang::Js, "tests/guests/web-js", "webjs"), (Lang::Python, "tests/guests/web-py", "webpy")]
+    {
+        let Some(plugin) = built(lang, dir).await else { continue };
+        let token = format!("{id}-shared-token-0123");
+        let sso = format!("{id}-sso-secret-0123");
+        let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+            let mut addon = addon_host::config::AddonConfig::on_bitrise(id, &plugin, &token, &sso);
+            addon.web.build_api = true;
+            cfg.addons.push(addon);
+        });
+        let reply = host.provision_titled(id, &token, "app1", "pro", "Ünïcode & co").await;
+        let api_token = crate::web::token_in(&reply, &format!("{}_API_TOKEN", id.to_ascii_uppercase()));
+        let path = format!("/addons/{id}/api/whoami");
+        for calls in [1, 2] {
+            let whoami = crate::web::api(&host, Method::GET, &path, &api_token, "").await;
+            assert_eq!(whoami.status, 200, "{dir}: {}", whoami.text);
+            let seen = whoami.json();
+            assert_eq!(seen["resourceId"], "app1", "{dir}");
+            assert_eq!(seen["plan"], "pro", "{dir}");
+            assert_eq!(seen["surface"], "api", "{dir}");
+            assert_eq!(seen["appTitle"], "Ünïcode & co", "{dir}");
+            assert_eq!(seen["calls"], calls, "{dir}: the handler's writes are kept");
+        }
+        assert_eq!(crate::web::api(&host, Method::GET, &path, "abt1.app1.x", "").await.status, 401, "{dir}");
+
+        let ts = now();
+        let form = format!("app_slug=app1&timestamp={ts}&token={}", sso_token("app1", &sso, ts));
+        let headers = [("content-type", "application/x-www-form-urlencoded")];
+        let login = host.send(Method::POST, &format!("/addons/{id}/login"), &headers, form).await;
+        assert_eq!(login.status, 200, "{dir}: {}", login.text);
+        assert!(login.text.contains("<h1 id=\"plan\">pro</h1>"), "{dir}: {}", login.text);
+        let cookie = crate::web::session_cookie(&login);
+        let csrf = login.text.split("name=\"_csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let post = [("cookie", cookie.as_str()), ("content-type", "application/x-www-form-urlencoded")];
+        let note = format!("/addons/{id}/dashboard/note");
+        let refused = host.send(Method::POST, &note, &post, "note=forged").await;
+        assert_eq!(refused.status, 403, "{dir}: {}", refused.text);
+        let saved = host.send(Method::POST, &note, &post, format!("_csrf={csrf}&note=hello+there")).await;
+        assert_eq!((saved.status.as_u16(), saved.text.as_str()), (200, "<p>saved</p>"), "{dir}");
+        assert_eq!(host.kv(id)["note/app1"], "hello there", "{dir}");
+    }
+}

@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 pub const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
+/// The SDKs' HTTP handler layers, for plugins of the `web` world.
+const WEB_JS: &str = "guest-sdk/js/addon-web.js";
+const WEB_PY: &str = "guest-sdk/python/addon_web.py";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     Js,
@@ -55,9 +59,16 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
         return Ok(wasm);
     }
 
-    // A plugin that runs jobs exports `run-job`: the `worker` world.
+    // A plugin that serves HTTP exports `wasi:http/incoming-handler`: the `web` world; one
+    // that runs jobs exports `run-job`: the `worker` world.
     let text = std::fs::read_to_string(root().join(dir).join(source)).map_err(|e| format!("{dir}: {e}"))?;
-    let world = if text.contains("runJob") || text.contains("def run_job") { "worker" } else { "plugin" };
+    let world = if text.contains("incomingHandler") || text.contains("class IncomingHandler") {
+        "web"
+    } else if text.contains("runJob") || text.contains("def run_job") {
+        "worker"
+    } else {
+        "plugin"
+    };
     let build = out.join(format!("build-{name}"));
     let _ = std::fs::remove_dir_all(&build);
     for file in std::iter::once("wit/provider.wit").chain(deps.iter().map(String::as_str)) {
@@ -69,17 +80,21 @@ pub fn build(lang: Lang, dir: &str) -> Result<PathBuf, String> {
             let bin = install(lang)?.join("componentize-js");
             // The repository's layout, so the plugin's relative import of the SDK resolves.
             copy(&root().join(sdk), &build.join(sdk))?;
+            copy(&root().join(WEB_JS), &build.join(WEB_JS))?;
             copy(&root().join(dir).join(source), &build.join(dir).join(source))?;
             let mut c = Command::new(bin);
             c.arg(format!("{dir}/{source}"))
                 .args(["--wit", "wit", "--world-name", world, "-o", "out.wasm"])
-                // The host offers no wasi:http: leave out what would import it.
+                // Leave out StarlingMonkey's own fetch() and fetch-event: outbound calls go
+                // through the SDK's `http` (which the host checks), and a `web` plugin exports
+                // its handler itself (addon-web.js).
                 .args(["-d", "http", "-d", "fetch-event"]);
             c
         }
         Lang::Python => {
             let bin = install(lang)?.join("componentize-py");
             copy(&root().join(sdk), &build.join("addon_sdk.py"))?;
+            copy(&root().join(WEB_PY), &build.join("addon_web.py"))?;
             copy(&root().join(dir).join(source), &build.join(source))?;
             let mut c = Command::new(bin);
             c.args(["-d", "wit", "-w", world, "componentize", "app", "-o", "out.wasm"]);

@@ -208,6 +208,11 @@ impl addon_sdk::web::Web for Misbehave {
         let who = req.identity().clone();
         let what = req.path().rsplit('/').next().unwrap_or_default().to_owned();
         match what.as_str() {
+            // The dashboard's first page: well-formed XHTML with Beam, as Bitrise's kit wants.
+            "" | "dashboard" => Response::html(format!(
+                "<!DOCTYPE html><html><head>{}</head><body><p>misbehave</p></body></html>",
+                who.beam()
+            )),
             // What reached the plugin: the identity and every header, as JSON.
             "echo" => {
                 let headers: Vec<String> = [("method", req.method()), ("path", req.path()), ("query", req.query())]

@@ -24,8 +24,12 @@ export_provider!(Versioned);
 /// the HTTP surfaces too.
 impl addon_sdk::web::Web for Versioned {
     fn handle(req: addon_sdk::web::Request) -> addon_sdk::web::Response {
-        let key = format!("http-by/{}", req.identity().resource_id);
-        match kv().set_string(&key, VERSION) {
+        let who = req.identity();
+        if req.path() == "/dashboard/" {
+            let page = format!("<!DOCTYPE html><html><head>{}</head><body><p>version {VERSION}</p></body></html>", who.beam());
+            return addon_sdk::web::Response::html(page);
+        }
+        match kv().set_string(&format!("http-by/{}", who.resource_id), VERSION) {
             Ok(()) => addon_sdk::web::Response::text(VERSION),
             Err(e) => addon_sdk::web::Response::new(500).body(format!("{e:?}")),
         }

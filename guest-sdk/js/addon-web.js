@@ -1,0 +1,138 @@
+// addon-web for JavaScript plugins: serve the add-on's dashboard and build API from the
+// plugin (the `web` world of `wit/`, whose export is the standard
+// `wasi:http/incoming-handler`). The host authenticates every request and passes who is
+// calling in `x-addon-*` headers; this module reads them into `req.identity`.
+//
+//   import { webHandler, html, json, notFound, escape } from './addon-web.js';
+//   export const incomingHandler = webHandler((req) => {
+//     if (req.method === 'GET' && req.path === '/dashboard/') return html(`<h1>${escape(req.identity.plan)}</h1>`);
+//     return notFound();
+//   });
+//
+// Build against the world `web` (`--world-name web`), which includes `worker`: export
+// `runJob` too (`noJobs` from addon-sdk.js when the plugin runs none).
+
+import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from 'wasi:http/types@0.2.12';
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Escape text for HTML (and XHTML) content and attribute values. */
+export const escape = (text) =>
+  String(text).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+
+/** A response: `{ status, headers, body }` (body a string or bytes). */
+export const response = (status, body = '', headers = {}) => ({ status, headers, body });
+export const html = (page) => response(200, page, { 'content-type': 'text/html; charset=utf-8' });
+export const json = (value) => response(200, JSON.stringify(value), { 'content-type': 'application/json' });
+export const text = (value) => response(200, String(value), { 'content-type': 'text/plain; charset=utf-8' });
+export const redirect = (location) => response(303, '', { location });
+export const notFound = () => response(404, 'not found', { 'content-type': 'text/plain; charset=utf-8' });
+
+const METHODS = { get: 'GET', head: 'HEAD', post: 'POST', put: 'PUT', delete: 'DELETE', connect: 'CONNECT', options: 'OPTIONS', trace: 'TRACE', patch: 'PATCH' };
+
+const decode = (value) => {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
+};
+
+function identityOf(headers) {
+  const get = (name) => headers[name];
+  const csrf = get('x-addon-csrf-token');
+  return {
+    surface: get('x-addon-surface') === 'api' ? 'api' : 'dashboard',
+    resourceId: get('x-addon-resource-id'),
+    platform: get('x-addon-platform'),
+    appId: get('x-addon-app-id'),
+    plan: get('x-addon-plan'),
+    appTitle: get('x-addon-app-title') === undefined ? undefined : decode(get('x-addon-app-title')),
+    userEmail: get('x-addon-user-email') === undefined ? undefined : decode(get('x-addon-user-email')),
+    csrfToken: csrf,
+    basePath: get('x-addon-base-path') ?? '',
+    /** A hidden form field with the CSRF token: the host refuses dashboard posts without it. */
+    csrfField: () => `<input type="hidden" name="_csrf" value="${escape(csrf ?? '')}"/>`,
+    /** An absolute path on this host for one of the add-on's routes. */
+    link: (path) => `${get('x-addon-base-path') ?? ''}${path}`,
+  };
+}
+
+function readBody(request) {
+  const incoming = request.consume();
+  const stream = incoming.stream();
+  const chunks = [];
+  let size = 0;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = stream.blockingRead(65536n);
+    } catch (e) {
+      if (e && e.payload && e.payload.tag === 'closed') break;
+      throw e;
+    }
+    chunks.push(chunk);
+    size += chunk.length;
+  }
+  const body = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, at);
+    at += chunk.length;
+  }
+  return body;
+}
+
+function readRequest(request) {
+  const method = request.method();
+  const target = request.pathWithQuery() ?? '/';
+  const [path, query = ''] = target.split(/\?(.*)/s);
+  const headers = {};
+  for (const [name, value] of request.headers().entries()) headers[name.toLowerCase()] = decoder.decode(value);
+  const body = readBody(request);
+  const form = () => Object.fromEntries(new URLSearchParams(decoder.decode(body)));
+  return {
+    method: METHODS[method.tag] ?? String(method.val).toUpperCase(),
+    path,
+    query: Object.fromEntries(new URLSearchParams(query)),
+    headers,
+    body,
+    text: () => decoder.decode(body),
+    json: () => JSON.parse(decoder.decode(body)),
+    form,
+    identity: identityOf(headers),
+  };
+}
+
+function writeResponse({ status = 200, headers = {}, body = '' }, responseOut) {
+  const bytes = typeof body === 'string' ? encoder.encode(body) : body;
+  const fields = Fields.fromList(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), encoder.encode(String(v))]));
+  const outgoing = new OutgoingResponse(fields);
+  outgoing.setStatusCode(status);
+  const sink = outgoing.body();
+  ResponseOutparam.set(responseOut, { tag: 'ok', val: outgoing });
+  const stream = sink.write();
+  for (let at = 0; at < bytes.length; at += 4096) stream.blockingWriteAndFlush(bytes.subarray(at, at + 4096));
+  // The stream is a child of the body: it goes before the body is finished.
+  if (typeof stream[Symbol.dispose] === 'function') stream[Symbol.dispose]();
+  OutgoingBody.finish(sink, undefined);
+}
+
+/**
+ * The plugin's `incomingHandler` export from `fn(req)`, which returns a response. A thrown
+ * error answers 500 saying so.
+ */
+export function webHandler(fn) {
+  return {
+    handle(request, responseOut) {
+      let answer;
+      try {
+        answer = fn(readRequest(request));
+      } catch (e) {
+        answer = response(500, `the add-on failed: ${e && e.message ? e.message : e}`, { 'content-type': 'text/plain; charset=utf-8' });
+      }
+      writeResponse(answer, responseOut);
+    },
+  };
+}
