@@ -351,3 +351,20 @@ pub fn deprovision_request(resource_id: &str, plan: &str) -> DeprovisionRequest 
         plan: plan.into(),
     }
 }
+
+/// The identity the host verified, as a plugin's HTTP handler gets it: a Bitrise app
+/// `resource_id` on `plan`, on `surface` (the dashboard has a CSRF token, the API none), for
+/// add-on `test` at `/addons/test`.
+pub fn identity(surface: crate::web::Surface, resource_id: &str, plan: &str) -> crate::web::Identity {
+    crate::web::Identity {
+        surface,
+        resource_id: resource_id.into(),
+        platform: Platform::Bitrise,
+        app_id: resource_id.into(),
+        plan: plan.into(),
+        app_title: None,
+        user_email: None,
+        csrf_token: (surface == crate::web::Surface::Dashboard).then(|| "test-csrf-token".into()),
+        base_path: "/addons/test".into(),
+    }
+}

@@ -17,9 +17,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, routing};
+use bytes::Bytes;
 
 use crate::error::ServiceError;
 use crate::pages::{html, xml_escape};
@@ -168,11 +170,24 @@ async fn dashboard(
         user_email: session.e.as_deref(),
         csrf_token,
     };
-    let query = parts.uri.query();
-    let request =
-        forward::request(parts.method, &path, query, &parts.headers, body, &identity, web_cfg.max_response_bytes)
-            .map_err(ServiceError::BadRequest)?;
-    Ok(forward::response(service.serve_http(&addon, &record.resource_id, request).await?))
+    forward_to_plugin(service, &addon, &parts, &path, body, &identity).await
+}
+
+/// Hand `identity`'s request (`path` as the handler sees it) to the plugin's handler, and
+/// its answer back to the client.
+async fn forward_to_plugin(
+    service: &Arc<Service>,
+    addon: &Arc<Addon>,
+    parts: &Parts,
+    path: &str,
+    body: Bytes,
+    identity: &Identity<'_>,
+) -> Result<Response, ServiceError> {
+    let max_response = addon.config.web.max_response_bytes;
+    let (method, query) = (parts.method.clone(), parts.uri.query());
+    let request = forward::request(method, path, query, &parts.headers, body, identity, max_response)
+        .map_err(ServiceError::BadRequest)?;
+    Ok(forward::response(service.serve_http(addon, &identity.record.resource_id, request).await?))
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -235,17 +250,7 @@ async fn api(
     let identity =
         Identity { surface: Surface::Api, addon: addon.id(), record: &record, user_email: None, csrf_token: None };
     let path = inner_path("api", &params, parts.uri.path());
-    let request = forward::request(
-        parts.method,
-        &path,
-        parts.uri.query(),
-        &parts.headers,
-        body,
-        &identity,
-        cfg.max_response_bytes,
-    )
-    .map_err(ServiceError::BadRequest)?;
-    Ok(forward::response(service.serve_http(&addon, &record.resource_id, request).await?))
+    forward_to_plugin(service, &addon, &parts, &path, body, &identity).await
 }
 
 fn too_many(per_minute: u32, wait: std::time::Duration) -> Response {

@@ -208,6 +208,40 @@ mod tests {
         assert_ne!(renewed.vars()[1], vars[1], "a new provision after deprovision gets a new secret");
     }
 
+    /// The dashboard shows the plan and a CSRF-protected rotation form; rotating replaces
+    /// the secret and shows the new one; the build API counts calls and checks secrets.
+    #[test]
+    fn the_dashboard_rotates_the_secret_and_the_api_counts_and_verifies() {
+        use addon_sdk::testing::identity;
+        let host = host();
+        host.call(|| Credentials::provision(provision_request("app-1", "pro"))).unwrap();
+        let old = host.kv_string("secret/app-1").unwrap();
+        let serve = |req: Request| host.call(|| Ok::<_, ()>(Credentials::handle(req))).unwrap();
+
+        let page = serve(Request::new("GET", "/dashboard/", identity(Surface::Dashboard, "app-1", "pro")));
+        assert_eq!(page.status, 200);
+        let text = page.body_text();
+        assert!(text.contains("id=\"plan\">pro<") && text.contains("value=\"test-csrf-token\""), "{text}");
+        assert!(text.contains("action=\"/addons/test/dashboard/rotate\""), "{text}");
+        assert!(!text.contains(&old), "the secret is not shown in full");
+
+        let rotated = serve(Request::new("POST", "/dashboard/rotate", identity(Surface::Dashboard, "app-1", "pro")));
+        let new = host.kv_string("secret/app-1").unwrap();
+        assert_ne!(new, old);
+        assert!(rotated.body_text().contains(&new), "the new secret is shown once");
+
+        let api = |method: &str, path: &str, body: &str| {
+            serve(Request::new(method, path, identity(Surface::Api, "app-1", "pro")).with_body(body.as_bytes()))
+        };
+        assert!(api("GET", "/api/whoami", "").body_text().contains("\"calls\":1"));
+        assert_eq!(api("POST", "/api/verify", &new).body_text(), "{\"valid\":true}");
+        assert_eq!(api("POST", "/api/verify", &old).body_text(), "{\"valid\":false}");
+        assert_eq!(host.kv_string("calls/app-1").as_deref(), Some("3"));
+        // The dashboard's routes are not the API's, and the other way round.
+        assert_eq!(api("POST", "/dashboard/rotate", "").status, 404);
+        assert_eq!(serve(Request::new("GET", "/api/whoami", identity(Surface::Dashboard, "app-1", "pro"))).status, 404);
+    }
+
     #[test]
     fn without_host_url_it_fails_and_keeps_nothing() {
         let host = TestHost::new();
