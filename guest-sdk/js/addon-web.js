@@ -39,6 +39,20 @@ const decode = (value) => {
   }
 };
 
+// A JavaScript string literal that is also safe inside inline script and XHTML.
+const jsString = (s) => JSON.stringify(String(s)).replace(/[<>&']/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
+function beam(headers) {
+  if (headers['x-addon-platform'] !== 'bitrise' || headers['x-addon-surface'] !== 'dashboard') return '';
+  const slug = headers['x-addon-resource-id'] ?? '';
+  const title = headers['x-addon-app-title'] === undefined ? slug : decode(headers['x-addon-app-title']);
+  return (
+    '<script src="https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js"></script>' +
+    '<script>\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { ' +
+    `if (window.Beam) { Beam.init({ app_slug: ${jsString(slug)}, app_name: ${jsString(title)} }); } });\n//]]>\n</script>`
+  );
+}
+
 function identityOf(headers) {
   const get = (name) => headers[name];
   const csrf = get('x-addon-csrf-token');
@@ -56,6 +70,8 @@ function identityOf(headers) {
     csrfField: () => `<input type="hidden" name="_csrf" value="${escape(csrf ?? '')}"/>`,
     /** An absolute path on this host for one of the add-on's routes. */
     link: (path) => `${get('x-addon-base-path') ?? ''}${path}`,
+    /** Bitrise's Beam navigation header for `<head>` (every page reached through Bitrise's SSO must show it); empty elsewhere. */
+    beam: () => beam(headers),
   };
 }
 

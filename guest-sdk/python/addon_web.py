@@ -79,6 +79,25 @@ class Identity:
         """An absolute path on this host for one of the add-on's routes."""
         return f"{self.base_path}{path}"
 
+    def beam(self) -> str:
+        """Bitrise's Beam navigation header for ``<head>`` (every page reached through
+        Bitrise's SSO must show it); empty elsewhere."""
+        if self.platform != "bitrise" or self.surface != "dashboard":
+            return ""
+
+        def js(s: str) -> str:
+            out = json.dumps(s)
+            for c in "<>&'":
+                out = out.replace(c, "\\u%04x" % ord(c))
+            return out
+
+        init = f"Beam.init({{ app_slug: {js(self.resource_id)}, app_name: {js(self.app_title or self.resource_id)} }});"
+        return (
+            '<script src="https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js"></script>'
+            '<script>\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { '
+            f"if (window.Beam) {{ {init} }} }});\n//]]>\n</script>"
+        )
+
 
 @dataclass
 class Request:

@@ -25,7 +25,8 @@ fn with_storage(storage: &str) -> String {
     let myaddon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
         .plans(&["free", "pro"])
         .bitrise(TOKEN, "shared-hosts-sso-secret-0123")
-        .config("host_url", "https://myaddon.example.com");
+        .config("host_url", "https://myaddon.example.com")
+        .build_api();
     let versioned = AddonToml::new("versioned", addon_host_tests::PLUGIN_VERSIONED_A)
         .bitrise(VERSIONED_TOKEN, "versioned-sso-0123");
     format!(
@@ -108,6 +109,43 @@ async fn identical_provisions_at_three_hosts_make_one_plugin_call() {
         calls += provision_calls(host, "myaddon").await;
     }
     assert_eq!(calls, 1, "64 identical provisions over three hosts made one plugin call");
+}
+
+/// A build API token is the same whichever host issued it (they share the key in the
+/// database), works at every host, and a rotation through one host revokes it at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_api_token_works_and_is_revoked_at_every_host() {
+    let (_dirs, hosts) = three_hosts().await;
+    let token_of = |body: &str| {
+        let reply: serde_json::Value = serde_json::from_str(body).unwrap();
+        let envs = reply["envs"].as_array().unwrap();
+        envs.iter().find(|e| e["key"] == "MYADDON_API_TOKEN").unwrap()["value"].as_str().unwrap().to_owned()
+    };
+    let (status, body) = provision(&hosts[0].addr, "myaddon", TOKEN, "api-app").await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let token = token_of(&body);
+    for host in &hosts[1..] {
+        let (status, again) = provision(&host.addr, "myaddon", TOKEN, "api-app").await.unwrap();
+        assert_eq!((status, token_of(&again)), (200, token.clone()), "a replay at another host, the same token");
+    }
+    let whoami = async |host: &Server, token: &str| {
+        let bearer = format!("Bearer {token}");
+        exchange(&host.addr, "GET", "/addons/myaddon/api/whoami", &[("Authorization", &bearer)], "").await
+    };
+    for host in &hosts {
+        let (status, body) = whoami(host, &token).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""resource_id":"api-app""#), "{body}");
+    }
+    let bearer = format!("Bearer {ADMIN}");
+    let path = "/admin/addons/myaddon/resources/api-app/api-token";
+    let (status, rotated) = exchange(&hosts[1].addr, "POST", path, &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{rotated}");
+    let fresh = serde_json::from_str::<serde_json::Value>(&rotated).unwrap()["token"].as_str().unwrap().to_owned();
+    for host in &hosts {
+        assert_eq!(whoami(host, &token).await.0, 401, "the rotated token, at every host");
+        assert_eq!(whoami(host, &fresh).await.0, 200);
+    }
 }
 
 /// An SSO login token works once, whichever host it reaches first: the others refuse it.

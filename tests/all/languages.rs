@@ -397,6 +397,13 @@ async fn js_and_python_plugins_serve_their_dashboard_and_build_api() {
         let login = host.send(Method::POST, &format!("/addons/{id}/login"), &headers, form).await;
         assert_eq!(login.status, 200, "{dir}: {}", login.text);
         assert!(login.text.contains("<h1 id=\"plan\">pro</h1>"), "{dir}: {}", login.text);
+        // Bitrise's Beam header from the SDK's helper, with the app's title escaped for script.
+        assert!(login.text.contains("@bitrise/beam") && login.text.contains("\\u0026 co"), "{dir}: {}", login.text);
+        roxmltree::Document::parse_with_options(
+            &login.text,
+            roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() },
+        )
+        .unwrap_or_else(|e| panic!("{dir}: the page is not well-formed XHTML ({e}): {}", login.text));
         let cookie = crate::web::session_cookie(&login);
         let csrf = login.text.split("name=\"_csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
         let post = [("cookie", cookie.as_str()), ("content-type", "application/x-www-form-urlencoded")];

@@ -23,7 +23,7 @@ export const incomingHandler = webHandler((req) => {
     return json({ resourceId: who.resourceId, plan: who.plan, surface: who.surface, appTitle: who.appTitle, calls, lang: 'js' });
   }
   if (req.method === 'GET' && req.path === '/dashboard/') {
-    return html(`<!DOCTYPE html><html><body><h1 id="plan">${escape(who.plan)}</h1><form method="post" action="${who.link('/dashboard/note')}">${who.csrfField()}</form></body></html>`);
+    return html(`<!DOCTYPE html><html><head>${who.beam()}</head><body><h1 id="plan">${escape(who.plan)}</h1><form method="post" action="${who.link('/dashboard/note')}">${who.csrfField()}</form></body></html>`);
   }
   if (req.method === 'POST' && req.path === '/dashboard/note') {
     kv.setString(`note/${who.resourceId}`, req.form().note ?? '');

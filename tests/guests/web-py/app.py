@@ -24,7 +24,8 @@ class IncomingHandler(WebHandler):
                                   "appTitle": who.app_title, "calls": calls, "lang": "python"})
         if req.method == "GET" and req.path == "/dashboard/":
             form = f'<form method="post" action="{who.link("/dashboard/note")}">{who.csrf_field()}</form>'
-            return html(f'<!DOCTYPE html><html><body><h1 id="plan">{escape(who.plan)}</h1>{form}</body></html>')
+            head = f"<head>{who.beam()}</head>"
+            return html(f'<!DOCTYPE html><html>{head}<body><h1 id="plan">{escape(who.plan)}</h1>{form}</body></html>')
         if req.method == "POST" and req.path == "/dashboard/note":
             kv.set_string(f"note/{who.resource_id}", req.form().get("note", ""))
             return html("<p>saved</p>")
