@@ -41,6 +41,8 @@
 //! Each request runs in a fresh instance under the add-on's deadline and memory cap, like
 //! every call. Its key-value writes and jobs are kept only when it answers 2xx or 3xx.
 
+use std::collections::BTreeMap;
+
 use crate::Platform;
 
 #[doc(hidden)]
@@ -190,6 +192,33 @@ impl Request {
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
+
+    /// Match the request against `method` and a path `pattern` whose `{name}` segments
+    /// capture one segment each: `req.route("GET", "/api/builds/{id}")` gives `{"id": "42"}`
+    /// for `GET /api/builds/42`, and `None` for anything else. A pattern ending in `/` also
+    /// matches the path without it.
+    pub fn route(&self, method: &str, pattern: &str) -> Option<BTreeMap<String, String>> {
+        if !self.method.eq_ignore_ascii_case(method) {
+            return None;
+        }
+        let trim = |p: &'_ str| -> String { p.trim_end_matches('/').to_owned() };
+        let (path, pattern) = (trim(&self.path), trim(pattern));
+        let (mut parts, mut wanted) = (path.split('/'), pattern.split('/'));
+        let mut params = BTreeMap::new();
+        loop {
+            match (parts.next(), wanted.next()) {
+                (None, None) => return Some(params),
+                (Some(part), Some(want)) => match want.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                    Some(name) if !part.is_empty() => {
+                        params.insert(name.to_owned(), percent_decode(part.as_bytes(), false));
+                    }
+                    None if part == want => {}
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+    }
 }
 
 /// A response: status, headers, body.
@@ -328,6 +357,43 @@ pub(crate) fn percent_decode(bytes: &[u8], plus_is_space: bool) -> String {
 mod serve;
 #[doc(hidden)]
 pub use serve::serve as __serve;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::testing::identity;
+
+    #[test]
+    fn routes_capture_segments_and_forms_decode() {
+        let req = Request::new("get", "/api/builds/4%202/logs?tail=10&q=a+b", identity(Surface::Api, "app", "pro"));
+        let params = req.route("GET", "/api/builds/{id}/logs").unwrap();
+        assert_eq!(params["id"], "4 2");
+        assert_eq!(req.route("POST", "/api/builds/{id}/logs"), None);
+        assert_eq!(req.route("GET", "/api/builds/{id}"), None);
+        assert_eq!(req.route("GET", "/api/builds/{id}/logs/{more}"), None);
+        assert_eq!(req.query_value("q").as_deref(), Some("a b"));
+        assert_eq!(req.query_value("tail").as_deref(), Some("10"));
+        let root = Request::new("GET", "/dashboard", identity(Surface::Dashboard, "app", "pro"));
+        assert!(root.route("GET", "/dashboard/").is_some());
+        let form = root.with_body("_csrf=t&note=caf%C3%A9+au+lait&empty=");
+        assert_eq!(form.form_value("note").as_deref(), Some("café au lait"));
+        assert_eq!(form.form_value("empty").as_deref(), Some(""));
+        assert_eq!(form.form_value("missing"), None);
+    }
+
+    #[test]
+    fn beam_is_for_bitrise_dashboards_and_escapes_the_title() {
+        let mut who = identity(Surface::Dashboard, "app", "pro");
+        who.app_title = Some("</script><b>&".into());
+        let beam = who.beam();
+        assert!(beam.contains("@bitrise/beam") && !beam.contains("</script><b>"), "{beam}");
+        assert!(who.csrf_field().contains("value=\"test-csrf-token\""));
+        assert_eq!(who.link("/dashboard/x"), "/addons/test/dashboard/x");
+        who.platform = Platform::Xervo;
+        assert_eq!(who.beam(), "");
+        assert_eq!(identity(Surface::Api, "app", "pro").beam(), "");
+    }
+}
 
 /// Export a [`Web`] implementation as the plugin's `wasi:http/incoming-handler`. Use it
 /// once per crate, next to [`export_provider!`](crate::export_provider).
