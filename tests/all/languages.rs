@@ -21,8 +21,19 @@ use crate::support::*;
 
 /// The component built from `dir`, or `None` (said loudly) when its generator is not
 /// available here; in CI (`ADDON_REQUIRE_GUEST_LANGS`) that is a failure.
+///
+/// Every guest plugin of the suite is built first (each once, then from its hash): the
+/// generators take a core for half a minute a build, and a test timing Cranelift's background
+/// compile must not share the machine with them.
 pub(crate) async fn built(lang: Lang, dir: &'static str) -> Option<String> {
-    match tokio::task::spawn_blocking(move || languages::build(lang, dir)).await.unwrap() {
+    let all = move || {
+        for (lang, dir) in ALL_GUESTS {
+            // Each one's own test reports its failure.
+            let _ = languages::build(lang, dir);
+        }
+        languages::build(lang, dir)
+    };
+    match tokio::task::spawn_blocking(all).await.unwrap() {
         Ok(path) => Some(path.to_str().unwrap().to_owned()),
         Err(why) if languages::required() => panic!("ADDON_REQUIRE_GUEST_LANGS is set, and {dir} did not build: {why}"),
         Err(why) => {
@@ -31,6 +42,23 @@ pub(crate) async fn built(lang: Lang, dir: &'static str) -> Option<String> {
         }
     }
 }
+
+/// The JavaScript and Python plugins the suite builds.
+const ALL_GUESTS: [(Lang, &str); 8] = [
+    (Lang::Js, "plugins/credentials-js"),
+    (Lang::Python, "plugins/credentials-py"),
+    (Lang::Js, "tests/guests/misbehave-js"),
+    (Lang::Python, "tests/guests/misbehave-py"),
+    (Lang::Js, "tests/guests/jobs-js"),
+    (Lang::Python, "tests/guests/jobs-py"),
+    (Lang::Js, "tests/guests/web-js"),
+    (Lang::Python, "tests/guests/web-py"),
+];
+
+/// Held by the tests that compile the 12–18 MB JavaScript and Python components with
+/// Cranelift while they time something: one at a time, so neither waits minutes for the
+/// other's compilations on two cores (their watchdogs start after it is taken).
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The compile cache every test host shares (see `support::config`).
 pub(crate) const SHARED_CACHE: &str = "addon-host-tests-compiled";
@@ -117,7 +145,9 @@ async fn the_host_swaps_between_rust_and_javascript_under_traffic() {
 }
 
 /// Four clients provisioning new apps on `myaddon`, each followed by a repeat that must
-/// answer the same; every request must succeed.
+/// answer the same; every request must succeed. A steady stream rather than a flood: each
+/// client pauses 10 ms between apps, so the traffic leaves the 2-core machine room for the
+/// compilations it runs beside.
 struct Traffic {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicUsize>,
@@ -140,6 +170,7 @@ impl Traffic {
                         assert_eq!((again.status.as_u16(), again.text), (200, first.text), "a repeat changed");
                         served.fetch_add(1, Ordering::Relaxed);
                         i += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 })
             })
@@ -177,6 +208,7 @@ async fn status(host: &TestHost) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_serves_from_winch_first_then_from_cranelift_under_traffic() {
     let Some(js) = built(Lang::Js, "plugins/credentials-js").await else { return };
+    let _heavy = HEAVY.lock().await;
     // A cache of its own, so nothing of the JS plugin is compiled yet.
     let cache = tempfile::tempdir().unwrap();
     let private = |cfg: &mut addon_host::config::HostConfig| cfg.server.compile_cache = Some(cache.path().into());
@@ -220,6 +252,7 @@ async fn a_large_upload_serves_from_winch_first_then_from_cranelift_under_traffi
 async fn a_looping_js_call_and_a_memory_hungry_python_call_are_stopped() {
     let js = built(Lang::Js, "tests/guests/misbehave-js").await;
     let py = built(Lang::Python, "tests/guests/misbehave-py").await;
+    let _heavy = HEAVY.lock().await;
     for compiler in [Compiler::Cranelift, Compiler::Winch] {
         misbehaviour_is_stopped(compiler, &js, &py).await;
     }
