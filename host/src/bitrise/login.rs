@@ -53,7 +53,7 @@ pub(super) async fn login(
         .filter(Record::is_active)
         .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{id}`", form.app_slug)))?;
     let title = login_query.app_title.as_deref();
-    let page = page(&addon.config, &record, title, login_query.build_slug.as_deref());
+    let page = || page(&addon.config, &record, title, login_query.build_slug.as_deref());
     crate::web::open(&service, &addon, &record, None, &headers, page).await
 }
 

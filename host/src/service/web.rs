@@ -89,7 +89,7 @@ impl Service {
         }
         let generation = existing.and_then(|r| r.api_token.as_ref()).map_or(1, |t| t.generation);
         let token = derive_token(&self.web_key, addon.id(), resource_id, created_ms, generation).ok()?;
-        Some(ApiToken { generation, sha256: hex::encode(Sha256::digest(token.as_bytes())) })
+        Some(ApiToken { generation, sha256: token_hash(&token) })
     }
 
     /// The resource a build's token belongs to. Every way of being wrong (malformed, another
@@ -108,8 +108,7 @@ impl Service {
             .ok_or_else(refused)?;
         let record = stored(addon, resource).await?.filter(Record::is_active).ok_or_else(refused)?;
         let expected = record.api_token.as_ref().ok_or_else(refused)?;
-        let presented = hex::encode(Sha256::digest(token.as_bytes()));
-        if !super::auth::secret_matches(&presented, &expected.sha256) {
+        if !super::auth::secret_matches(&token_hash(token), &expected.sha256) {
             return Err(refused());
         }
         Ok(record)
@@ -128,7 +127,7 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
         let generation = record.api_token.as_ref().map_or(1, |t| t.generation.saturating_add(1));
         let token = derive_token(&self.web_key, addon.id(), resource_id, record.created_ms, generation)?;
-        record.api_token = Some(ApiToken { generation, sha256: hex::encode(Sha256::digest(token.as_bytes())) });
+        record.api_token = Some(ApiToken { generation, sha256: token_hash(&token) });
         record.updated_ms = clock::now_ms();
         let (store, id, bytes) = (addon.store.clone(), record.resource_id.clone(), record.to_bytes());
         let quota = KvQuota::of(&addon.config.limits);
@@ -136,6 +135,11 @@ impl Service {
         tracing::info!(addon = addon.id(), resource = resource_id, generation, "build API token rotated");
         Ok(token)
     }
+}
+
+/// What the record keeps of a token: its SHA-256, in hex.
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 fn derive_token(

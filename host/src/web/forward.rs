@@ -87,13 +87,8 @@ pub(crate) fn request(
         headers.append(name.clone(), value.clone());
     }
     // The client's other cookies pass; the host's session cookie does not.
-    let cookies: Vec<&str> = client
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(name, _)| name != COOKIE))
+    let cookies: Vec<&str> = super::session::cookies(client)
+        .filter(|pair| pair.split_once('=').is_none_or(|(name, _)| name != COOKIE))
         .collect();
     if !cookies.is_empty()
         && let Ok(value) = HeaderValue::from_str(&cookies.join("; "))

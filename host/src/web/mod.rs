@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, routing};
@@ -45,7 +44,7 @@ pub(crate) fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
 }
 
 /// Open a dashboard session for `record` after a valid SSO login, and answer with the
-/// dashboard's first page: the plugin's `GET /dashboard/`, or `builtin`. Answered directly
+/// dashboard's first page: the plugin's `GET /dashboard/`, or the page `builtin` renders. Answered directly
 /// (not redirected), so clients without a cookie jar (Bitrise's kit, Xervo's dia) see it.
 pub(crate) async fn open(
     service: &Arc<Service>,
@@ -53,40 +52,35 @@ pub(crate) async fn open(
     record: &Record,
     email: Option<String>,
     headers: &HeaderMap,
-    builtin: String,
+    builtin: impl FnOnce() -> String,
 ) -> Result<Response, ServiceError> {
     let web = &addon.config.web;
     let no_session = || ServiceError::host("opening a session", anyhow::anyhow!("no randomness"));
     let session = Session::open(addon.id(), &record.resource_id, email, web.session_secs).ok_or_else(no_session)?;
     let sealed = session.seal(service.web_key()).ok_or_else(no_session)?;
     let mut response = if addon.plugin().serves_http && record.is_active() {
-        let csrf_token = Some(session.csrf_token(service.web_key()));
-        let identity = Identity {
-            surface: Surface::Dashboard,
-            addon: addon.id(),
-            record,
-            user_email: session.e.as_deref(),
-            csrf_token,
-        };
-        let request = forward::request(
-            Method::GET,
-            "/dashboard/",
-            None,
-            headers,
-            Default::default(),
-            &identity,
-            web.max_response_bytes,
-        )
-        .map_err(ServiceError::BadRequest)?;
-        forward::response(service.serve_http(addon, &record.resource_id, request).await?)
+        let identity = dashboard_identity(addon, record, &session, service.web_key());
+        forward_to_plugin(service, addon, Method::GET, "/dashboard/", None, headers, Default::default(), &identity)
+            .await?
     } else {
-        html(builtin)
+        html(builtin())
     };
     let cookie = session.cookie(&sealed, is_https(headers), web.session_secs);
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)
+}
+
+/// Who a dashboard session is, for the handler: its resource, user and CSRF token.
+fn dashboard_identity<'a>(addon: &'a Addon, record: &'a Record, session: &'a Session, key: &[u8]) -> Identity<'a> {
+    Identity {
+        surface: Surface::Dashboard,
+        addon: addon.id(),
+        record,
+        user_email: session.e.as_deref(),
+        csrf_token: Some(session.csrf_token(key)),
+    }
 }
 
 /// Whether the client reached the host over https (through a proxy that says so).
@@ -162,30 +156,26 @@ async fn dashboard(
     if !is_safe(&parts.method) {
         check_csrf(&parts.headers, &body, &session, service.web_key())?;
     }
-    let csrf_token = Some(session.csrf_token(service.web_key()));
-    let identity = Identity {
-        surface: Surface::Dashboard,
-        addon: addon.id(),
-        record: &record,
-        user_email: session.e.as_deref(),
-        csrf_token,
-    };
-    forward_to_plugin(service, &addon, &parts, &path, body, &identity).await
+    let identity = dashboard_identity(&addon, &record, &session, service.web_key());
+    forward_to_plugin(service, &addon, parts.method.clone(), &path, parts.uri.query(), &parts.headers, body, &identity)
+        .await
 }
 
 /// Hand `identity`'s request (`path` as the handler sees it) to the plugin's handler, and
 /// its answer back to the client.
+#[allow(clippy::too_many_arguments, reason = "one request's parts, named")]
 async fn forward_to_plugin(
     service: &Arc<Service>,
     addon: &Arc<Addon>,
-    parts: &Parts,
+    method: Method,
     path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
     body: Bytes,
     identity: &Identity<'_>,
 ) -> Result<Response, ServiceError> {
     let max_response = addon.config.web.max_response_bytes;
-    let (method, query) = (parts.method.clone(), parts.uri.query());
-    let request = forward::request(method, path, query, &parts.headers, body, identity, max_response)
+    let request = forward::request(method, path, query, headers, body, identity, max_response)
         .map_err(ServiceError::BadRequest)?;
     Ok(forward::response(service.serve_http(addon, &identity.record.resource_id, request).await?))
 }
@@ -250,7 +240,8 @@ async fn api(
     let identity =
         Identity { surface: Surface::Api, addon: addon.id(), record: &record, user_email: None, csrf_token: None };
     let path = inner_path("api", &params, parts.uri.path());
-    forward_to_plugin(service, &addon, &parts, &path, body, &identity).await
+    forward_to_plugin(service, &addon, parts.method.clone(), &path, parts.uri.query(), &parts.headers, body, &identity)
+        .await
 }
 
 fn too_many(per_minute: u32, wait: std::time::Duration) -> Response {

@@ -117,16 +117,23 @@ impl Session {
     }
 }
 
-/// The session cookie's value among a request's `Cookie` headers.
-pub(crate) fn cookie_value(headers: &axum::http::HeaderMap) -> Option<String> {
+/// Every `name=value` pair of a request's `Cookie` headers, trimmed.
+pub(crate) fn cookies(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+}
+
+/// The session cookie's value among a request's `Cookie` headers.
+pub(crate) fn cookie_value(headers: &axum::http::HeaderMap) -> Option<String> {
+    cookies(headers)
+        .filter_map(|pair| pair.split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, v)| v.to_owned())
 }
 
 #[cfg(test)]

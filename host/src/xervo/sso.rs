@@ -142,7 +142,7 @@ pub(super) async fn dashboard(
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
     let email = Some(email).filter(|e| !e.is_empty());
-    Ok(crate::web::open(service, &addon, &record, email, &headers, page(&addon.config, &record)).await?)
+    Ok(crate::web::open(service, &addon, &record, email, &headers, || page(&addon.config, &record)).await?)
 }
 
 /// The host's own dashboard for a Xervo resource: for plugins without a page of their own.
