@@ -19,11 +19,21 @@ pub struct StorageConfig {
     /// database's CA bundle). Without it, Mozilla's roots. TLS itself follows the URL's
     /// `sslmode`: `disable`, `prefer` (the default) or `require`.
     pub ca_file: Option<std::path::PathBuf>,
+    /// sled only: how a commit is made durable in the write-ahead log. `range` (the default,
+    /// as sled's own flush: `sync_file_range`) or `data` (`fdatasync`, which also empties a
+    /// disk's volatile write cache, so a power cut cannot lose an acknowledged commit).
+    pub sync: crate::storage::SyncMode,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { postgres: None, pool_size: 16, connect_timeout_ms: 5_000, ca_file: None }
+        StorageConfig {
+            postgres: None,
+            pool_size: 16,
+            connect_timeout_ms: 5_000,
+            ca_file: None,
+            sync: crate::storage::SyncMode::default(),
+        }
     }
 }
 
@@ -31,6 +41,6 @@ impl std::fmt::Debug for StorageConfig {
     /// The URL may carry a password: say only which backend it is.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backend = if self.postgres.is_some() { "postgres" } else { "sled" };
-        write!(f, "StorageConfig {{ backend: {backend}, pool_size: {} }}", self.pool_size)
+        write!(f, "StorageConfig {{ backend: {backend}, pool_size: {}, sync: {:?} }}", self.pool_size, self.sync)
     }
 }

@@ -1,11 +1,12 @@
 //! Group commit: how a write becomes durable before its caller may answer 2xx.
 //!
-//! sled 0.34's `flush_async` deadlocks under concurrent commits (sled #1308, #1412), and one
-//! blocking `flush` per request pays one fsync per request. Here every writer, after applying
-//! its write, takes a ticket and waits until the tickets up to its own are flushed. Whoever
-//! finds no flush under way becomes the leader: it flushes once for every write applied before
-//! it started, on its own thread, and wakes the others. One request alone pays one fsync and
-//! no thread hand-off; many at once share each fsync, so throughput grows with concurrency.
+//! sled 0.34's `flush_async` deadlocks under concurrent commits (sled #1308, #1412), and a
+//! flush per request pays one sync per request. Here every writer, after applying its write
+//! and appending it to the write-ahead log ([`super::wal`]), waits until the log is durable
+//! up to its entry. Whoever finds no write under way becomes the leader: it writes and syncs
+//! everything appended before it started, on its own thread, and wakes the others. One
+//! request alone pays one sync and no thread hand-off; many at once share each sync, so
+//! throughput grows with concurrency.
 //!
 //! Writers call this from blocking threads only, never from an async worker.
 //!
@@ -20,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::backend::{Backend, Batch};
+use super::wal::Wal;
 use super::{Result, StorageError};
 
 /// How often the watchdog commits its heartbeat.
@@ -27,15 +29,14 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Durability {
     db: sled::Db,
+    pub(super) wal: Wal,
     state: Mutex<State>,
     flushed: Condvar,
 }
 
 #[derive(Default)]
 struct State {
-    /// Tickets handed out: one per write applied.
-    applied: u64,
-    /// Every ticket up to this one is durable.
+    /// Every log entry up to this one is durable.
     durable: u64,
     /// A leader is flushing.
     flushing: bool,
@@ -57,18 +58,12 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Durability {
-    pub(super) fn new(db: sled::Db) -> Durability {
-        Durability { db, state: Mutex::new(State::default()), flushed: Condvar::new() }
+    pub(super) fn new(db: sled::Db, wal: Wal) -> Durability {
+        let durable = wal.last();
+        Durability { db, wal, state: Mutex::new(State { durable, ..State::default() }), flushed: Condvar::new() }
     }
 
-    /// Take a ticket for a write that has just been applied.
-    pub(super) fn ticket(&self) -> u64 {
-        let mut st = lock(&self.state);
-        st.applied += 1;
-        st.applied
-    }
-
-    /// Block until the write holding `ticket` (and every one before it) is durable.
+    /// Block until the log entry `ticket` (and every one before it) is durable.
     pub(super) fn wait(&self, ticket: u64) -> Result<()> {
         let mut st = lock(&self.state);
         loop {
@@ -84,19 +79,19 @@ impl Durability {
                 st = self.flushed.wait(st).unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            // Lead: flush everything applied so far, then wake the followers.
-            let target = st.applied;
+            // Lead: write out everything appended so far, then wake the followers.
             st.flushing = true;
+            let target = self.wal.last();
             drop(st);
-            let outcome = self.db.flush();
+            let outcome = self.wal.write_out(&self.db);
             st = lock(&self.state);
             st.flushing = false;
             st.flushes += 1;
             match outcome {
-                Ok(_) => st.durable = st.durable.max(target),
+                Ok(upto) => st.durable = st.durable.max(upto),
                 Err(e) => {
                     tracing::error!("storage flush failed: {e}");
-                    st.failed = Some((target, e.to_string()));
+                    st.failed = Some((target.max(ticket), e.to_string()));
                 }
             }
             self.flushed.notify_all();
@@ -105,13 +100,12 @@ impl Durability {
 
     /// Make everything applied so far durable.
     pub(super) fn flush(&self) -> Result<()> {
-        let ticket = self.ticket();
-        self.wait(ticket)
+        self.wait(self.wal.last())
     }
 
     pub(super) fn stats(&self) -> CommitStats {
-        let st = lock(&self.state);
-        CommitStats { writes: st.applied, flushes: st.flushes }
+        let flushes = lock(&self.state).flushes;
+        CommitStats { writes: self.wal.appended(), flushes }
     }
 }
 

@@ -18,6 +18,7 @@ mod durable;
 mod jobs;
 mod postgres;
 mod sled;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,7 @@ use durable::Watchdog;
 pub use durable::{CommitStats, Stall};
 pub use jobs::JobWrites;
 pub use postgres::RESYNC;
+pub use wal::SyncMode;
 
 const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";
@@ -116,7 +118,11 @@ impl Storage {
 
     /// sled in `dir`, with a chosen stall limit (see [`Storage::stall`]).
     pub fn open_with(dir: &Path, stall_limit: Duration) -> Result<Storage> {
-        Ok(Self::on(Arc::new(sled::Sled::open(dir)?), stall_limit))
+        Self::open_synced(dir, stall_limit, SyncMode::default())
+    }
+
+    fn open_synced(dir: &Path, stall_limit: Duration, sync: SyncMode) -> Result<Storage> {
+        Ok(Self::on(Arc::new(sled::Sled::open(dir, sync)?), stall_limit))
     }
 
     /// The backend the server's config names: PostgreSQL when `[server.storage] postgres`
@@ -125,7 +131,7 @@ impl Storage {
         let stall_limit = Duration::from_millis(server.stall_after_ms);
         match &server.storage.postgres {
             Some(url) => Ok(Self::on(Arc::new(postgres::Postgres::connect(&server.storage, url)?), stall_limit)),
-            None => Self::open_with(&server.data_dir, stall_limit),
+            None => Self::open_synced(&server.data_dir, stall_limit, server.storage.sync),
         }
     }
 

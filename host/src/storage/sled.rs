@@ -2,7 +2,8 @@
 //! the whole service.
 //!
 //! Commits to a space are serialised by a mutex of this process (nothing else opens the
-//! directory), applied as one sled batch, and made durable by the group commit in
+//! directory), applied as one sled batch, logged in the write-ahead log ([`super::wal`],
+//! in `wal/` beside sled's files) and made durable by the group commit in
 //! [`super::durable`]. Every call blocks: callers in async code run it where blocking is
 //! allowed, never on a runtime worker, because sled can block.
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use super::backend::{Backend, LockFuture, Reader, Stage};
 use super::durable::Durability;
+use super::wal::{META, SyncMode, Wal};
 use super::{CommitStats, Result};
 
 /// A space's tree and the lock its commits take.
@@ -26,14 +28,15 @@ pub(super) struct Sled {
 }
 
 impl Sled {
-    pub(super) fn open(dir: &Path) -> Result<Sled> {
-        // No periodic background flush: every write the host acknowledges is flushed by the
-        // group commit (and the watchdog commits every second). sled's flusher holds its
+    pub(super) fn open(dir: &Path, sync: SyncMode) -> Result<Sled> {
+        // No periodic background flush: every write the host acknowledges is durable in the
+        // write-ahead log, and sled is flushed at its checkpoints. sled's flusher holds its
         // global concurrency-control lock while it writes, so a batch waiting behind it, and
         // every read queued behind that batch, stalled for the length of a disk write
         // (reads of up to 0.5 s were measured under load).
         let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
-        let durable = Durability::new(db.clone());
+        let wal = Wal::open(&dir.join("wal"), &db, sync)?;
+        let durable = Durability::new(db.clone(), wal);
         Ok(Sled { db, spaces: Mutex::default(), durable })
     }
 
@@ -58,6 +61,9 @@ impl Reader for TreeReader<'_> {
     fn scan(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         for pair in self.0.scan_prefix(prefix) {
             let (k, v) = pair?;
+            if k.starts_with(META) {
+                continue;
+            }
             if !visit(&k, &v) {
                 break;
             }
@@ -86,22 +92,15 @@ impl Backend for Sled {
 
     fn commit(&self, space: &str, stage: &mut Stage<'_>) -> Result<()> {
         let (tree, lock) = self.space(space)?;
-        {
+        let entry = {
             let _serial = lock.lock().unwrap_or_else(PoisonError::into_inner);
             let staged = stage(&TreeReader(&tree))?;
             if staged.is_empty() {
                 return Ok(());
             }
-            let mut batch = sled::Batch::default();
-            for (key, value) in staged.writes {
-                match value {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
-                }
-            }
-            tree.apply_batch(batch)?;
-        }
-        self.durable.wait(self.durable.ticket())
+            self.durable.wal.append(&tree, space, &staged.writes)?
+        };
+        self.durable.wait(entry)
     }
 
     fn flush(&self) -> Result<()> {
