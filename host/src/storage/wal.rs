@@ -117,9 +117,13 @@ impl Wal {
         segments.sort_by_key(|(first, _)| *first);
         let (replayed, last) = replay(db, segments.iter().flat_map(|(_, entries)| entries))?;
         if replayed > 0 {
-            db.flush()?;
-            tracing::info!(replayed, "storage: replayed commits from the write-ahead log");
+            tracing::warn!(replayed, "storage: the last stop was unclean; replayed commits from the write-ahead log");
         }
+        // Always, even with nothing replayed: a sled database that was never flushed has no
+        // stable position, and then its recovery keeps the blob files (large values) a killed
+        // process left behind, whose names the next writes reuse (sled fails with "File
+        // exists"). After this flush, recovery removes such files.
+        db.flush()?;
         for file in &files {
             file.set_len(0).map_err(|e| io("truncating", e))?;
         }
