@@ -84,6 +84,8 @@ struct Writer {
     offset: u64,
     /// How far each file holds written blocks.
     zeroed: [u64; 2],
+    /// A file this full hands over to the other ([`ROTATE_AT`]).
+    rotate_at: u64,
     sync: SyncMode,
     /// Once a write has failed the log cannot be trusted past it: every later commit fails.
     broken: Option<String>,
@@ -101,6 +103,10 @@ impl Wal {
     /// Open the log in `dir`, replay into `db` what it holds that sled lost, checkpoint, and
     /// start a fresh log.
     pub(super) fn open(dir: &Path, db: &sled::Db, sync: SyncMode) -> Result<Wal> {
+        Self::open_with(dir, db, sync, ROTATE_AT)
+    }
+
+    fn open_with(dir: &Path, db: &sled::Db, sync: SyncMode, rotate_at: u64) -> Result<Wal> {
         std::fs::create_dir_all(dir).map_err(|e| io("creating its directory", e))?;
         let open = |name: &str| {
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(name))
@@ -139,6 +145,7 @@ impl Wal {
                 active: 0,
                 offset: HEADER,
                 zeroed: [HEADER, 0],
+                rotate_at,
                 sync,
                 broken: None,
             }),
@@ -209,7 +216,7 @@ impl Writer {
     /// about to be written; then sled is flushed, which makes every entry of the file left
     /// behind redundant before that file's next turn.
     fn rotate_if_full(&mut self, first: u64, len: u64, db: &sled::Db) -> Result<()> {
-        if self.offset + len <= ROTATE_AT || self.offset == HEADER {
+        if self.offset + len <= self.rotate_at || self.offset == HEADER {
             return Ok(());
         }
         let next = 1 - self.active;
@@ -512,5 +519,42 @@ mod tests {
         assert_eq!((replayed, last), (0, 5));
         assert_eq!(tree.get("b").expect("get").as_deref(), Some(&b"2"[..]));
         assert_eq!(applied(&tree).expect("mark"), 5);
+    }
+
+    #[test]
+    fn the_log_takes_turns_between_its_files_and_a_restart_recovers_every_entry() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wal_dir = dir.path().join("wal");
+        let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled opens");
+        let tree = db.open_tree("addon/a").expect("tree");
+        let wal = Wal::open_with(&wal_dir, &db, SyncMode::Range, 2048).expect("log opens");
+        let mut last = 0;
+        for i in 0..200u32 {
+            let writes = writes(&[(&format!("k{}", i % 50), Some(&i.to_string()))]);
+            let seq = wal.append(&tree, "addon/a", &writes).expect("appends");
+            assert_eq!(seq, last + 1, "sequence numbers follow each other");
+            last = seq;
+            if i % 3 == 0 {
+                assert_eq!(wal.write_out(&db).expect("writes out"), seq);
+            }
+        }
+        assert_eq!(wal.write_out(&db).expect("writes out"), last);
+        assert_eq!(wal.appended(), 200);
+        // Both files hold a header; together they hold the newest entries in sequence.
+        let files: Vec<_> = ["0", "1"].iter().map(|f| std::fs::read(wal_dir.join(f)).expect("reads")).collect();
+        let mut segments: Vec<_> = files.iter().filter_map(|f| parse(f)).collect();
+        assert_eq!(segments.len(), 2, "the log moved to its second file");
+        segments.sort_by_key(|(first, _)| *first);
+        let newest = &segments[1];
+        assert_eq!(newest.0 + newest.1.len() as u64 - 1, last, "the newest file ends with the last entry");
+        assert!(newest.0 > 1, "an earlier file was checkpointed and reused");
+        drop(wal);
+        // A restart on the same sled replays nothing sled already has, and starts after `last`.
+        let wal = Wal::open_with(&wal_dir, &db, SyncMode::Range, 2048).expect("log reopens");
+        assert_eq!(wal.last(), last);
+        for i in 150..200u32 {
+            let key = format!("k{}", i % 50);
+            assert_eq!(tree.get(&key).expect("get").as_deref(), Some(i.to_string().as_bytes()));
+        }
     }
 }
