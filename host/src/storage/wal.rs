@@ -108,9 +108,8 @@ impl Wal {
 
     fn open_with(dir: &Path, db: &sled::Db, sync: SyncMode, rotate_at: u64) -> Result<Wal> {
         std::fs::create_dir_all(dir).map_err(|e| io("creating its directory", e))?;
-        let open = |name: &str| {
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(name))
-        };
+        let open =
+            |name: &str| OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(name));
         let files = [open("0").map_err(|e| io("opening", e))?, open("1").map_err(|e| io("opening", e))?];
         let mut segments = Vec::new();
         for file in &files {
