@@ -44,3 +44,18 @@ impl std::fmt::Debug for StorageConfig {
         write!(f, "StorageConfig {{ backend: {backend}, pool_size: {}, sync: {:?} }}", self.pool_size, self.sync)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SyncMode;
+
+    #[test]
+    fn sync_is_range_by_default_and_names_its_modes() {
+        assert_eq!(StorageConfig::default().sync, SyncMode::Range);
+        let data: StorageConfig = toml::from_str("sync = \"data\"").expect("parses");
+        assert_eq!(data.sync, SyncMode::Data);
+        let wrong = toml::from_str::<StorageConfig>("sync = \"always\"").expect_err("an unknown mode is refused");
+        assert!(wrong.to_string().contains("always"), "{wrong}");
+    }
+}
