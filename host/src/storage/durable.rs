@@ -28,7 +28,6 @@ use super::{Result, StorageError};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Durability {
-    db: sled::Db,
     pub(super) wal: Wal,
     state: Mutex<State>,
     flushed: Condvar,
@@ -58,9 +57,9 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Durability {
-    pub(super) fn new(db: sled::Db, wal: Wal) -> Durability {
+    pub(super) fn new(wal: Wal) -> Durability {
         let durable = wal.last();
-        Durability { db, wal, state: Mutex::new(State { durable, ..State::default() }), flushed: Condvar::new() }
+        Durability { wal, state: Mutex::new(State { durable, ..State::default() }), flushed: Condvar::new() }
     }
 
     /// Block until the log entry `ticket` (and every one before it) is durable.
@@ -83,7 +82,7 @@ impl Durability {
             st.flushing = true;
             let target = self.wal.last();
             drop(st);
-            let outcome = self.wal.write_out(&self.db);
+            let outcome = self.wal.write_out();
             st = lock(&self.state);
             st.flushing = false;
             st.flushes += 1;

@@ -2,10 +2,10 @@
 //! the whole service.
 //!
 //! Commits to a space are serialised by a mutex of this process (nothing else opens the
-//! directory), applied as one sled batch, logged in the write-ahead log ([`super::wal`],
-//! in `wal/` beside sled's files) and made durable by the group commit in
-//! [`super::durable`]. Every call blocks: callers in async code run it where blocking is
-//! allowed, never on a runtime worker, because sled can block.
+//! directory), applied as single sled writes, logged in the write-ahead log ([`super::wal`],
+//! in `wal/` beside sled's files, which also makes them atomic across a crash) and made
+//! durable by the group commit in [`super::durable`]. Every call blocks: callers in async
+//! code run it where blocking is allowed, never on a runtime worker, because sled can block.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,7 +36,7 @@ impl Sled {
         // (reads of up to 0.5 s were measured under load).
         let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let wal = Wal::open(&dir.join("wal"), &db, sync)?;
-        let durable = Durability::new(db.clone(), wal);
+        let durable = Durability::new(wal);
         Ok(Sled { db, spaces: Mutex::default(), durable })
     }
 

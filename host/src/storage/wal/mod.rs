@@ -73,6 +73,8 @@ struct Pending {
 }
 
 struct Writer {
+    /// The database the log stands in front of, flushed at each checkpoint.
+    db: sled::Db,
     files: Arc<[File; 2]>,
     active: usize,
     /// Where the next entry goes in the active file.
@@ -140,6 +142,7 @@ impl Wal {
         Ok(Wal {
             pending: Mutex::new(Pending { bytes: Vec::new(), first: next, next, appended: 0 }),
             writer: Mutex::new(Writer {
+                db: db.clone(),
                 files,
                 active: 0,
                 offset: HEADER,
@@ -190,7 +193,7 @@ impl Wal {
 
     /// Write and sync every entry appended so far; the last sequence number now durable.
     /// Called by one thread at a time (the group commit's leader).
-    pub(super) fn write_out(&self, db: &sled::Db) -> Result<u64> {
+    pub(super) fn write_out(&self) -> Result<u64> {
         let mut w = lock(&self.writer);
         if let Some(why) = &w.broken {
             return Err(StorageError::Flush(why.clone()));
@@ -204,7 +207,7 @@ impl Wal {
         if bytes.is_empty() {
             return Ok(last);
         }
-        let outcome = w.rotate_if_full(first, bytes.len() as u64, db).and_then(|()| w.write(&bytes));
+        let outcome = w.rotate_if_full(first, bytes.len() as u64).and_then(|()| w.write(&bytes));
         if let Err(e) = &outcome {
             tracing::error!("the write-ahead log failed; no commit can be made durable any more: {e}");
             w.broken = Some(e.to_string());
@@ -217,7 +220,7 @@ impl Writer {
     /// Move to the other file when this one is full: its header names `first`, the entry
     /// about to be written; then sled is flushed (in the background), which makes every
     /// entry of the file left behind redundant before that file's next turn.
-    fn rotate_if_full(&mut self, first: u64, len: u64, db: &sled::Db) -> Result<()> {
+    fn rotate_if_full(&mut self, first: u64, len: u64) -> Result<()> {
         if self.offset + len <= self.rotate_at || self.offset == HEADER {
             return Ok(());
         }
@@ -232,7 +235,7 @@ impl Writer {
         self.grower.growth.written(next, HEADER);
         self.active = next;
         self.offset = HEADER;
-        let db = db.clone();
+        let db = self.db.clone();
         let checkpoint = std::thread::Builder::new().name("storage-checkpoint".into()).spawn(move || {
             db.flush()?;
             Ok(())
@@ -295,10 +298,10 @@ mod tests {
             assert_eq!(seq, last + 1, "sequence numbers follow each other");
             last = seq;
             if i % 3 == 0 {
-                assert_eq!(wal.write_out(&db).expect("writes out"), seq);
+                assert_eq!(wal.write_out().expect("writes out"), seq);
             }
         }
-        assert_eq!(wal.write_out(&db).expect("writes out"), last);
+        assert_eq!(wal.write_out().expect("writes out"), last);
         assert_eq!(wal.appended(), 200);
         // Both files hold a header; together they hold the newest entries in sequence.
         let files: Vec<_> = ["0", "1"].iter().map(|f| std::fs::read(wal_dir.join(f)).expect("reads")).collect();
@@ -326,7 +329,7 @@ mod tests {
         let wal = Wal::open_with(&dir.path().join("wal"), &db, SyncMode::Data, ROTATE_AT).expect("log opens");
         for i in 0..5u32 {
             let seq = wal.append(&tree, "addon/a", &writes(&[("k", Some(&i.to_string()))])).expect("appends");
-            assert_eq!(wal.write_out(&db).expect("writes out"), seq);
+            assert_eq!(wal.write_out().expect("writes out"), seq);
         }
         let log = std::fs::read(dir.path().join("wal/0")).expect("reads");
         assert_eq!(parse(&log).map(|(first, entries)| (first, entries.len())), Some((1, 5)));
