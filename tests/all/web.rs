@@ -230,8 +230,9 @@ async fn an_sso_login_opens_a_session_for_the_plugins_dashboard_with_csrf_checks
     assert!(!login.headers["set-cookie"].to_str().unwrap().contains("Secure"), "plain http");
     assert_eq!(login.headers["x-frame-options"], "DENY", "no other site may frame the dashboard's forms");
     // Behind a TLS-terminating proxy that says so, the cookie is `Secure`. (Another second's
-    // token: the first login used this second's.)
-    let ts = now() - 1;
+    // token, well inside the 300 s window: the first login used the second it ran in, and
+    // `now() - 1` would be that second if the clock has ticked since.)
+    let ts = now() - 60;
     let body = format!("app_slug=d1&timestamp={ts}&token={}", sso_token("d1", SSO, ts));
     let proxied = [("content-type", "application/x-www-form-urlencoded"), ("x-forwarded-proto", "https")];
     let secure = host.send(Method::POST, "/addons/myaddon/login", &proxied, body).await;
