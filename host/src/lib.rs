@@ -27,3 +27,5 @@ pub(crate) mod web;
 pub(crate) mod xervo;
 
 pub use app::{app, serve};
+/// The allocator the host's binaries install (`#[global_allocator]`), see `main.rs`.
+pub use mimalloc::MiMalloc as Allocator;

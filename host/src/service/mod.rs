@@ -496,8 +496,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
 }
 
-/// A stored record, read where blocking is allowed (a sled read can wait for its writers).
+/// A stored record: read in place when the backend's reads never wait (sled), else where
+/// blocking is allowed (PostgreSQL's go over the network).
 async fn stored(addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>, ServiceError> {
+    if !addon.store.reads_wait() {
+        return addon.record(resource_id);
+    }
     let (addon, id) = (addon.clone(), resource_id.to_owned());
     blocking(move || addon.record(&id)).await
 }

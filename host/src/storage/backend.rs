@@ -64,6 +64,13 @@ pub(crate) trait Backend: Send + Sync {
 
     fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// Whether [`Backend::get`] may wait on something else (the network, a lock a commit
+    /// holds). Async callers then read where blocking is allowed; otherwise they may read in
+    /// place, saving a thread hand-off per read.
+    fn reads_wait(&self) -> bool {
+        true
+    }
+
     /// The names of the spaces holding data (for copying one backend into another).
     fn spaces(&self) -> Result<Vec<String>>;
 

@@ -258,6 +258,11 @@ pub(crate) struct Space {
 }
 
 impl Space {
+    /// See [`Backend::reads_wait`].
+    pub(crate) fn reads_wait(&self) -> bool {
+        self.backend.reads_wait()
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.backend.get(&self.name, key)
     }
@@ -296,6 +301,12 @@ fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
 }
 
 impl AddonStore {
+    /// Whether a read may wait on the network or a writer (see [`Backend::reads_wait`]):
+    /// async callers then read where blocking is allowed.
+    pub fn reads_wait(&self) -> bool {
+        self.space.reads_wait()
+    }
+
     pub fn record(&self, resource_id: &str) -> Result<Option<Vec<u8>>> {
         self.space.get(&prefixed(RECORD, resource_id))
     }

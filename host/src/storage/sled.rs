@@ -82,6 +82,13 @@ impl Backend for Sled {
         Ok(names.filter(|n| n != "__sled__default").collect())
     }
 
+    /// sled's reads take no lock a writer holds (commits are plain single writes, never
+    /// sled transactions, so its concurrency control never excludes readers) and are served
+    /// from its page cache; only a page evicted from the cache is read back from disk.
+    fn reads_wait(&self) -> bool {
+        false
+    }
+
     fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         TreeReader(&self.space(space)?.0).get(key)
     }

@@ -3,6 +3,10 @@
 //!
 //! Usage: `native-credentials DATA_DIR` — prints `listening on http://ADDR` when ready.
 
+// The host's allocator, so that the benchmark compares the two designs and not two allocators.
+#[global_allocator]
+static ALLOCATOR: addon_host::Allocator = addon_host::Allocator;
+
 fn main() -> anyhow::Result<()> {
     let dir = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: native-credentials DATA_DIR"))?;
     let router = addon_host_tests::native::router(std::path::Path::new(&dir))?;
