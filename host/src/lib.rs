@@ -9,6 +9,7 @@
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod bitrise;
+mod blocking;
 pub mod cli;
 mod clock;
 pub mod config;

@@ -431,9 +431,14 @@ impl Service {
             let committed = blocking(move || {
                 let alias = alias.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
                 let record = record.as_ref().map(|(id, bytes)| (id.as_str(), bytes.as_slice()));
-                Ok(store.commit(&kv, quota, record, alias))
+                Ok(store.commit_unsynced(&kv, quota, record, alias))
             })
             .await?;
+            let committed = match committed {
+                Ok(Some(unsynced)) => unsynced.durable().await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             match committed {
                 Ok(()) => {
@@ -478,22 +483,12 @@ impl Service {
     }
 }
 
-/// Run storage work (and the plugin calls that read storage) where blocking is allowed: sled
-/// can block, and a runtime worker must never wait on it.
-///
-/// On a multi-thread runtime this is `block_in_place`: the request's thread stops being a
-/// worker (its queued tasks move to another worker at once) and does the work itself, which
-/// saves the two thread wake-ups of a hop to the blocking pool and back on every request. The
-/// work cannot be abandoned half-way by a dropped request either: it runs inside one poll.
-/// Elsewhere (a current-thread runtime, as in some tests) it goes to the blocking pool.
+/// Run storage work where blocking is allowed (see [`crate::blocking`]): sled can block, and
+/// a runtime worker must never wait on it.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
-        return tokio::task::block_in_place(work);
-    }
-    tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
+    crate::blocking::off_worker(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
 }
 
 /// A stored record: read in place when the backend's reads never wait (sled), else where

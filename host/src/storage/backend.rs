@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use super::durable::Unsynced;
 use super::{CommitStats, Result};
 
 /// Reads inside a commit (see [`Backend::commit`]).
@@ -81,6 +82,14 @@ pub(crate) trait Backend: Send + Sync {
     /// the latest), then apply its batch atomically; returns once the batch is durable. An
     /// error from `stage` writes nothing.
     fn commit(&self, space: &str, stage: &mut Stage<'_>) -> Result<()>;
+
+    /// [`Backend::commit`], except that it may return before the batch is durable, when
+    /// another thread is already making earlier commits durable: the caller then awaits
+    /// [`Unsynced::durable`] before answering, without holding a thread meanwhile. `None`
+    /// once durable (the default: a plain commit).
+    fn commit_unsynced(&self, space: &str, stage: &mut Stage<'_>) -> Result<Option<Unsynced>> {
+        self.commit(space, stage).map(|()| None)
+    }
 
     /// Make everything committed so far durable (commits already are; this is for the
     /// writes of a shutdown).

@@ -8,7 +8,11 @@
 //! request alone pays one sync and no thread hand-off; many at once share each sync, so
 //! throughput grows with concurrency.
 //!
-//! Writers call this from blocking threads only, never from an async worker.
+//! Writers call [`Durability::wait`] from blocking threads only, never from an async worker.
+//! A request's commit leads a write itself when none is under way; when one is, it returns
+//! [`Unsynced`] and awaits the write without holding a thread. Under load, one thread writes
+//! the log while the requests whose entries it covers wait as tasks: before, each of them
+//! blocked a thread of its own (two hundred threads at 64 connections, on two cores).
 //!
 //! A watchdog thread commits a heartbeat through the same path every second. When none has
 //! become durable for longer than the stall limit, [`Watchdog::stall`] reports it: `/healthz`
@@ -30,7 +34,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 pub(crate) struct Durability {
     pub(super) wal: Wal,
     state: Mutex<State>,
+    /// Wakes threads blocked in [`Durability::wait`] when a write ends...
     flushed: Condvar,
+    /// ...and the tasks awaiting [`Unsynced::durable`].
+    written: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -43,6 +50,73 @@ struct State {
     failed: Option<(u64, String)>,
     /// Flushes done, and the writes they made durable (for the statistics).
     flushes: u64,
+}
+
+impl State {
+    /// `Some` once `ticket` is durable, or its write failed.
+    fn settled(&self, ticket: u64) -> Option<Result<bool>> {
+        if self.durable >= ticket {
+            return Some(Ok(true));
+        }
+        match &self.failed {
+            Some((upto, why)) if *upto >= ticket => Some(Err(StorageError::Flush(why.clone()))),
+            _ => None,
+        }
+    }
+}
+
+/// A commit applied and logged while another thread writes the log: await
+/// [`Unsynced::durable`] before answering. One dropped before it is durable (its request
+/// cancelled) waits in its destructor, so that no lock its request holds is released, and
+/// no repeat answered from what it wrote, before the commit is durable.
+pub struct Unsynced {
+    durability: Arc<Durability>,
+    ticket: u64,
+    settled: bool,
+}
+
+impl Unsynced {
+    pub(super) fn new(durability: Arc<Durability>, ticket: u64) -> Unsynced {
+        Unsynced { durability, ticket, settled: false }
+    }
+
+    /// Wait until the commit is durable: as a task while another thread's write is under
+    /// way, leading the next write (where blocking is allowed) when none is.
+    pub async fn durable(mut self) -> Result<()> {
+        loop {
+            let written = self.durability.written.notified();
+            tokio::pin!(written);
+            // Registered before the state is read, so a write ending in between still wakes it.
+            written.as_mut().enable();
+            let flushing = {
+                let st = lock(&self.durability.state);
+                if let Some(done) = st.settled(self.ticket) {
+                    self.settled = true;
+                    return done.map(|_| ());
+                }
+                st.flushing
+            };
+            if flushing {
+                written.await;
+                continue;
+            }
+            let (durability, ticket) = (self.durability.clone(), self.ticket);
+            let outcome = crate::blocking::off_worker(move || durability.wait(ticket)).await;
+            self.settled = true;
+            return outcome.map_err(|e| StorageError::Flush(format!("the log write's task failed: {e}")))?;
+        }
+    }
+}
+
+impl Drop for Unsynced {
+    fn drop(&mut self) {
+        if !self.settled {
+            let (durability, ticket) = (&self.durability, self.ticket);
+            if let Err(e) = crate::blocking::off_worker_now(|| durability.wait(ticket)) {
+                tracing::error!("a cancelled request's commit did not become durable: {e}");
+            }
+        }
+    }
 }
 
 /// How the group commit has been doing, for benchmarks and the status endpoint.
@@ -59,22 +133,32 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Durability {
     pub(super) fn new(wal: Wal) -> Durability {
         let durable = wal.last();
-        Durability { wal, state: Mutex::new(State { durable, ..State::default() }), flushed: Condvar::new() }
+        Durability {
+            wal,
+            state: Mutex::new(State { durable, ..State::default() }),
+            flushed: Condvar::new(),
+            written: tokio::sync::Notify::new(),
+        }
     }
 
     /// Block until the log entry `ticket` (and every one before it) is durable.
     pub(super) fn wait(&self, ticket: u64) -> Result<()> {
+        self.settle(ticket, true).map(|_| ())
+    }
+
+    /// Make `ticket` durable, leading a write of the log when none is under way. `Ok(true)`
+    /// once it is durable; `Ok(false)` when another thread's write is under way and `block`
+    /// is false (the caller then awaits [`Unsynced::durable`]).
+    pub(super) fn settle(&self, ticket: u64, block: bool) -> Result<bool> {
         let mut st = lock(&self.state);
         loop {
-            if st.durable >= ticket {
-                return Ok(());
-            }
-            if let Some((upto, why)) = &st.failed
-                && *upto >= ticket
-            {
-                return Err(StorageError::Flush(why.clone()));
+            if let Some(done) = st.settled(ticket) {
+                return done;
             }
             if st.flushing {
+                if !block {
+                    return Ok(false);
+                }
                 st = self.flushed.wait(st).unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
@@ -94,6 +178,7 @@ impl Durability {
                 }
             }
             self.flushed.notify_all();
+            self.written.notify_waiters();
         }
     }
 
@@ -209,5 +294,95 @@ fn report(beats: &Beats) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::wal::{SyncMode, Wal};
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> (sled::Db, sled::Tree, Arc<Durability>) {
+        let db = sled::Config::new().path(dir.join("db")).open().expect("sled opens");
+        let tree = db.open_tree("addon/a").expect("tree");
+        let wal = Wal::open(&dir.join("wal"), &db, SyncMode::Range).expect("log opens");
+        (db, tree, Arc::new(Durability::new(wal)))
+    }
+
+    fn append(durability: &Durability, tree: &sled::Tree, value: &str) -> u64 {
+        let writes = [(b"k".to_vec(), Some(value.as_bytes().to_vec()))].into_iter().collect();
+        durability.wal.append(tree, "addon/a", &writes).expect("appends")
+    }
+
+    /// Another thread's write: `flushing` until `finish` runs it and wakes every waiter.
+    fn begin_write(durability: &Durability) {
+        lock(&durability.state).flushing = true;
+    }
+
+    fn finish_write(durability: &Durability) {
+        let upto = durability.wal.write_out().expect("writes out");
+        let mut st = lock(&durability.state);
+        st.flushing = false;
+        st.durable = st.durable.max(upto);
+        durability.flushed.notify_all();
+        durability.written.notify_waiters();
+    }
+
+    #[test]
+    fn a_commit_leads_the_write_when_none_is_under_way_and_waits_as_a_task_otherwise() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_db, tree, durability) = open(dir.path());
+        let first = append(&durability, &tree, "1");
+        assert!(durability.settle(first, false).expect("settles"), "no write under way: it leads one itself");
+        assert!(lock(&durability.state).durable >= first);
+
+        begin_write(&durability);
+        let second = append(&durability, &tree, "2");
+        assert!(!durability.settle(second, false).expect("settles"), "a write is under way: it must wait");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        let waiting = runtime.spawn(Unsynced::new(durability.clone(), second).durable());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "not durable yet, so not answered");
+        // The write under way did not cover it (it was appended after the write began, as
+        // far as the waiter knows): the waiter, woken, leads the next write itself.
+        lock(&durability.state).flushing = false;
+        durability.written.notify_waiters();
+        runtime.block_on(waiting).expect("joins").expect("durable");
+        assert!(lock(&durability.state).durable >= second);
+    }
+
+    #[test]
+    fn a_waiter_woken_by_the_write_covering_it_answers_without_writing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_db, tree, durability) = open(dir.path());
+        begin_write(&durability);
+        let ticket = append(&durability, &tree, "1");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        let waiting = runtime.spawn(Unsynced::new(durability.clone(), ticket).durable());
+        std::thread::sleep(Duration::from_millis(50));
+        finish_write(&durability);
+        runtime.block_on(waiting).expect("joins").expect("durable");
+        assert_eq!(lock(&durability.state).flushes, 0, "the other thread's write covered it");
+    }
+
+    #[test]
+    fn a_cancelled_commit_still_waits_for_durability_before_it_lets_go() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_db, tree, durability) = open(dir.path());
+        begin_write(&durability);
+        let ticket = append(&durability, &tree, "1");
+        let unsynced = Unsynced::new(durability.clone(), ticket);
+        let writer = {
+            let durability = durability.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                finish_write(&durability);
+            })
+        };
+        let started = Instant::now();
+        drop(unsynced);
+        assert!(lock(&durability.state).durable >= ticket, "dropped only once durable");
+        assert!(started.elapsed() >= Duration::from_millis(100), "the drop waited for the write under way");
+        writer.join().expect("writer thread");
     }
 }

@@ -30,7 +30,7 @@ pub use backend::Held;
 pub(crate) use backend::{Batch, Reader};
 pub use copy::Copied;
 use durable::Watchdog;
-pub use durable::{CommitStats, Stall};
+pub use durable::{CommitStats, Stall, Unsynced};
 pub use jobs::JobWrites;
 pub use postgres::RESYNC;
 pub use wal::SyncMode;
@@ -285,6 +285,14 @@ impl Space {
     pub(crate) fn commit(&self, stage: &mut dyn FnMut(&dyn Reader) -> Result<Batch>) -> Result<()> {
         self.backend.commit(&self.name, stage)
     }
+
+    /// See [`Backend::commit_unsynced`].
+    pub(crate) fn commit_unsynced(
+        &self,
+        stage: &mut dyn FnMut(&dyn Reader) -> Result<Batch>,
+    ) -> Result<Option<Unsynced>> {
+        self.backend.commit_unsynced(&self.name, stage)
+    }
 }
 
 /// One add-on's space.
@@ -379,6 +387,18 @@ impl AddonStore {
         alias: Option<(&str, &str)>,
     ) -> Result<()> {
         self.space.commit(&mut |r| stage(r, txn, quota, record, alias))
+    }
+
+    /// [`AddonStore::commit`], returning before the commit is durable when another thread is
+    /// writing the log: then await [`Unsynced::durable`] before answering.
+    pub fn commit_unsynced(
+        &self,
+        txn: &KvTxn,
+        quota: KvQuota,
+        record: Option<(&str, &[u8])>,
+        alias: Option<(&str, &str)>,
+    ) -> Result<Option<Unsynced>> {
+        self.space.commit_unsynced(&mut |r| stage(r, txn, quota, record, alias))
     }
 }
 

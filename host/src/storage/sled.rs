@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::backend::{Backend, LockFuture, Reader, Stage};
-use super::durable::Durability;
+use super::durable::{Durability, Unsynced};
 use super::wal::{META, SyncMode, Wal};
 use super::{CommitStats, Result};
 
@@ -24,7 +24,7 @@ pub(super) struct Sled {
     db: sled::Db,
     /// Each space, opened on first use.
     spaces: Mutex<HashMap<String, SpaceOf>>,
-    durable: Durability,
+    durable: Arc<Durability>,
 }
 
 impl Sled {
@@ -36,8 +36,20 @@ impl Sled {
         // (reads of up to 0.5 s were measured under load).
         let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let wal = Wal::open(&dir.join("wal"), &db, sync)?;
-        let durable = Durability::new(wal);
+        let durable = Arc::new(Durability::new(wal));
         Ok(Sled { db, spaces: Mutex::default(), durable })
+    }
+
+    /// Stage and apply a commit under its space's lock, and log it: its log entry, if it
+    /// wrote anything.
+    fn apply(&self, space: &str, stage: &mut Stage<'_>) -> Result<Option<u64>> {
+        let (tree, lock) = self.space(space)?;
+        let _serial = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let staged = stage(&TreeReader(&tree))?;
+        if staged.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.durable.wal.append(&tree, space, &staged.writes)?))
     }
 
     fn space(&self, name: &str) -> Result<SpaceOf> {
@@ -98,16 +110,15 @@ impl Backend for Sled {
     }
 
     fn commit(&self, space: &str, stage: &mut Stage<'_>) -> Result<()> {
-        let (tree, lock) = self.space(space)?;
-        let entry = {
-            let _serial = lock.lock().unwrap_or_else(PoisonError::into_inner);
-            let staged = stage(&TreeReader(&tree))?;
-            if staged.is_empty() {
-                return Ok(());
-            }
-            self.durable.wal.append(&tree, space, &staged.writes)?
-        };
-        self.durable.wait(entry)
+        match self.apply(space, stage)? {
+            Some(entry) => self.durable.wait(entry),
+            None => Ok(()),
+        }
+    }
+
+    fn commit_unsynced(&self, space: &str, stage: &mut Stage<'_>) -> Result<Option<Unsynced>> {
+        let Some(entry) = self.apply(space, stage)? else { return Ok(None) };
+        Ok((!self.durable.settle(entry, false)?).then(|| Unsynced::new(self.durable.clone(), entry)))
     }
 
     fn flush(&self) -> Result<()> {
