@@ -9,8 +9,10 @@
 //! that nothing the call read has changed since (optimistic concurrency). A call that fails
 //! is simply dropped, leaving the space untouched.
 //!
-//! Every write this module offers returns only once it is durable, and every call blocks:
-//! callers in async code run it where blocking is allowed, never on a runtime worker.
+//! Every write this module offers returns only once it is durable (or, for
+//! [`AddonStore::commit_unsynced`], hands back the [`Unsynced`] wait), and every call blocks:
+//! callers in async code run it where blocking is allowed, never on a runtime worker. Reads
+//! are the exception where the backend says they never wait ([`AddonStore::reads_wait`]).
 
 mod backend;
 mod copy;

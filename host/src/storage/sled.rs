@@ -4,8 +4,9 @@
 //! Commits to a space are serialised by a mutex of this process (nothing else opens the
 //! directory), applied as single sled writes, logged in the write-ahead log ([`super::wal`],
 //! in `wal/` beside sled's files, which also makes them atomic across a crash) and made
-//! durable by the group commit in [`super::durable`]. Every call blocks: callers in async
-//! code run it where blocking is allowed, never on a runtime worker, because sled can block.
+//! durable by the group commit in [`super::durable`]. Commits block: callers in async code
+//! run them where blocking is allowed, never on a runtime worker. Reads never wait on a
+//! writer, so they may run in place (see `reads_wait`).
 
 use std::collections::HashMap;
 use std::path::Path;
