@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::backend::{Backend, Batch};
-use super::wal::Wal;
+use super::wal::{Started, Wal};
 use super::{Result, StorageError};
 
 /// How often the watchdog commits its heartbeat.
@@ -50,6 +50,37 @@ struct State {
     failed: Option<(u64, String)>,
     /// Flushes done, and the writes they made durable (for the statistics).
     flushes: u64,
+}
+
+/// A write of the log this thread leads ([`Durability::lead`]). Dropping it (always, even
+/// after an error of the caller's) waits for the write, records what it made durable, and
+/// wakes every waiter: until then no other write can start.
+pub(super) struct Lead<'a> {
+    durability: &'a Durability,
+    /// Every entry up to this one is in the write (at least).
+    target: u64,
+    started: Option<Result<Started>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let Some(started) = self.started.take() else { return };
+        let d = self.durability;
+        let outcome = started.and_then(|s| d.wal.finish_write(s));
+        let mut st = lock(&d.state);
+        st.flushing = false;
+        st.flushes += 1;
+        match outcome {
+            Ok(upto) => st.durable = st.durable.max(upto),
+            Err(e) => {
+                tracing::error!("storage flush failed: {e}");
+                st.failed = Some((self.target, e.to_string()));
+            }
+        }
+        drop(st);
+        d.flushed.notify_all();
+        d.written.notify_waiters();
+    }
 }
 
 impl State {
@@ -162,24 +193,33 @@ impl Durability {
                 st = self.flushed.wait(st).unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            // Lead: write out everything appended so far, then wake the followers.
+            // Lead: write out everything appended so far; the lead's end wakes the others.
             st.flushing = true;
-            let target = self.wal.last();
             drop(st);
-            let outcome = self.wal.write_out();
+            drop(self.start_lead());
             st = lock(&self.state);
-            st.flushing = false;
-            st.flushes += 1;
-            match outcome {
-                Ok(upto) => st.durable = st.durable.max(upto),
-                Err(e) => {
-                    tracing::error!("storage flush failed: {e}");
-                    st.failed = Some((target.max(ticket), e.to_string()));
-                }
-            }
-            self.flushed.notify_all();
-            self.written.notify_waiters();
         }
+    }
+
+    /// Lead a write of everything logged so far if none is under way: the write is started,
+    /// so that the caller can apply its commit while the disk works, and dropping the
+    /// [`Lead`] waits for it and wakes the others.
+    /// Only for entry `seq` with every entry before it durable already: a commit with
+    /// others waiting for the log leaves the write to the group commit.
+    pub(super) fn lead(&self, seq: u64) -> Option<Lead<'_>> {
+        let mut st = lock(&self.state);
+        if st.flushing || st.durable + 1 != seq {
+            return None;
+        }
+        st.flushing = true;
+        drop(st);
+        Some(self.start_lead())
+    }
+
+    /// Start the write of a lead (`flushing` is set).
+    fn start_lead(&self) -> Lead<'_> {
+        let target = self.wal.last();
+        Lead { durability: self, target, started: Some(self.wal.start_write()) }
     }
 
     /// Make everything applied so far durable.

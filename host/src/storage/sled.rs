@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,7 +20,14 @@ use super::wal::{META, SyncMode, Wal};
 use super::{CommitStats, Result};
 
 /// A space's tree and the lock its commits take.
-type SpaceOf = (sled::Tree, Arc<Mutex<()>>);
+type SpaceOf = (sled::Tree, Arc<CommitLock>);
+
+/// A space's commit lock, and how many commits are waiting for it.
+#[derive(Default)]
+struct CommitLock {
+    lock: Mutex<()>,
+    queued: AtomicUsize,
+}
 
 pub(super) struct Sled {
     db: sled::Db,
@@ -41,16 +49,31 @@ impl Sled {
         Ok(Sled { db, spaces: Mutex::default(), durable })
     }
 
-    /// Stage and apply a commit under its space's lock, and log it: its log entry, if it
-    /// wrote anything.
+    /// Stage, log and apply a commit under its space's lock: its log entry, if it wrote
+    /// anything. A commit alone (no other being applied, waiting for the space's lock or
+    /// waiting for the log)
+    /// leads a write of the log itself, started before its apply so that the disk works while
+    /// sled does, and waited for after the space's lock is released: a request at one
+    /// connection took ~20 µs less. Under load, that write would lengthen the time the space's
+    /// lock is held (the p99 at 64 connections rose by a fifth), so a commit that is not
+    /// alone applies first and then joins the group commit.
     fn apply(&self, space: &str, stage: &mut Stage<'_>) -> Result<Option<u64>> {
         let (tree, lock) = self.space(space)?;
-        let _serial = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let staged = stage(&TreeReader(&tree))?;
-        if staged.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(self.durable.wal.append(&tree, space, &staged.writes)?))
+        let (entry, lead, applied) = {
+            lock.queued.fetch_add(1, Ordering::Relaxed);
+            let _serial = lock.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            lock.queued.fetch_sub(1, Ordering::Relaxed);
+            let staged = stage(&TreeReader(&tree))?;
+            if staged.is_empty() {
+                return Ok(None);
+            }
+            let (seq, bytes, alone) = self.durable.wal.log(space, &staged.writes);
+            let alone = alone && lock.queued.load(Ordering::Relaxed) == 0;
+            let lead = if alone { self.durable.lead(seq) } else { None };
+            (seq, lead, self.durable.wal.apply(&tree, seq, &bytes, &staged.writes))
+        };
+        drop(lead);
+        applied.map(|()| Some(entry))
     }
 
     fn space(&self, name: &str) -> Result<SpaceOf> {

@@ -4,9 +4,12 @@
 //! whose every job wakes all seven of its idle threads; the flushing thread then waits to be
 //! woken back. Measured on the 2-core development VM, that is ~135 µs per commit, of which the
 //! disk's own `sync_file_range` is ~45 µs. So commits are made durable here instead: each
-//! commit, once applied to sled, is appended to this log, and the group commit's leader
-//! ([`super::durable`]) writes and syncs what was appended, on its own thread, with no hand-off.
-//! sled is flushed only at a checkpoint, when the log moves to its other file.
+//! commit is logged here, then applied to sled, and the group commit's leader
+//! ([`super::durable`]) writes and syncs what was logged, on its own thread, with no hand-off.
+//! A commit that finds no write under way leads one itself, and starts it before applying
+//! its writes, so the disk works while sled does. sled is flushed only at a checkpoint, when
+//! the log moves to its other file; that move first waits for the entries of the file left
+//! behind that are still being applied.
 //!
 //! Two files, `wal/0` and `wal/1`, take turns. A file starts with a header naming the
 //! sequence number of its first entry; entries follow with consecutive numbers, each with its
@@ -19,7 +22,8 @@
 //! commit together (apply 75-90 µs as a batch, 23 µs as writes). Atomicity across a crash
 //! comes from the log instead ([`recovery`]): sled recovers a prefix of its own writes, and
 //! a commit writes, in order, its whole entry under the space's pending key (one atomic
-//! write), its writes, then the space's applied mark (the entry's sequence number). A reader
+//! write), its writes, then the space's applied mark (the entry's sequence number); an entry
+//! logged but not (wholly) applied when the process stopped is applied at the restart. A reader
 //! may see part of a commit while it is applied, as it could always see a commit land between
 //! two of its reads: what a plugin read is checked again when it commits.
 //!
@@ -30,11 +34,11 @@ mod entry;
 mod grow;
 mod recovery;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::{Result, StorageError};
 use entry::{HEADER, encode, header, parse};
@@ -60,8 +64,13 @@ pub enum SyncMode {
 
 pub(super) struct Wal {
     pending: Mutex<Pending>,
+    /// Signalled when an entry that a move to the other file waits for is applied.
+    applied: Condvar,
     /// Taken by the group commit's leader only (one at a time).
     writer: Mutex<Writer>,
+    /// Once a write or an apply has failed the log cannot be trusted past it: every later
+    /// commit fails. (Taken last, after any other lock of the log.)
+    broken: Mutex<Option<String>>,
 }
 
 struct Pending {
@@ -70,6 +79,19 @@ struct Pending {
     first: u64,
     next: u64,
     appended: u64,
+    /// Entries logged (so perhaps written out already) but not yet applied to sled.
+    applying: BTreeSet<u64>,
+    /// A move to the other file waits for entries in `applying`.
+    mover_waits: bool,
+}
+
+/// A write of the log started by [`Wal::start_write`], to be waited for by
+/// [`Wal::finish_write`].
+pub(super) struct Started {
+    /// The last entry it holds.
+    last: u64,
+    /// Its file, offset and length (none when there was nothing to write).
+    range: Option<(usize, u64, u64)>,
 }
 
 struct Writer {
@@ -86,8 +108,6 @@ struct Writer {
     /// commits do not wait for it; the next move waits for it.
     checkpoint: Option<std::thread::JoinHandle<Result<()>>>,
     sync: SyncMode,
-    /// Once a write has failed the log cannot be trusted past it: every later commit fails.
-    broken: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,7 +160,16 @@ impl Wal {
         let grower = Grower::start(files.clone(), [HEADER, 0])?;
         grower.growth.ensure(0, HEADER)?;
         Ok(Wal {
-            pending: Mutex::new(Pending { bytes: Vec::new(), first: next, next, appended: 0 }),
+            pending: Mutex::new(Pending {
+                bytes: Vec::new(),
+                first: next,
+                next,
+                appended: 0,
+                applying: BTreeSet::new(),
+                mover_waits: false,
+            }),
+            applied: Condvar::new(),
+            broken: Mutex::new(None),
             writer: Mutex::new(Writer {
                 db: db.clone(),
                 files,
@@ -150,36 +179,67 @@ impl Wal {
                 rotate_at,
                 checkpoint: None,
                 sync,
-                broken: None,
             }),
         })
     }
 
-    /// Apply a commit to `tree` (the space `space`) and append it to the log, in one order
-    /// for all; its sequence number, for [`super::durable::Durability::wait`].
+    /// Log a commit to the space `space` and apply it to `tree`, the space's tree: its
+    /// sequence number, for [`super::durable::Durability::wait`]. ([`Wal::log`] then
+    /// [`Wal::apply`], for callers with no write to start in between.)
+    #[cfg(test)]
     pub(super) fn append(
         &self,
         tree: &sled::Tree,
         space: &str,
         writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ) -> Result<u64> {
+        let (seq, entry, _) = self.log(space, writes);
+        self.apply(tree, seq, &entry, writes)?;
+        Ok(seq)
+    }
+
+    /// Give a commit its sequence number and add its entry to what the next write of the
+    /// log writes out: the number, the entry, and whether no other commit was being applied
+    /// (so that starting a write before applying delays nobody). The caller holds its space's commit lock
+    /// from before this until [`Wal::apply`] has returned, so a space's entries are applied
+    /// in their order. The entry may be written out before it is applied: that is how a
+    /// commit's disk write overlaps its apply.
+    pub(super) fn log(&self, space: &str, writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> (u64, Vec<u8>, bool) {
+        let mut entry = Vec::new();
         let mut p = lock(&self.pending);
         let seq = p.next;
-        let start = p.bytes.len();
-        encode(&mut p.bytes, seq, space, writes.iter());
-        if let Err(e) = apply(tree, seq, &p.bytes[start..], writes.iter()) {
-            // sled failed in the middle of a commit: nothing more can be trusted to it until
-            // a restart completes the commit from its pending entry.
-            p.bytes.truncate(start);
-            drop(p);
-            tracing::error!("storage: applying a commit failed: {e}");
-            // (The writer's lock is taken before the pending one elsewhere: never the reverse.)
-            lock(&self.writer).broken = Some(format!("applying a commit failed: {e}"));
-            return Err(e);
-        }
+        encode(&mut entry, seq, space, writes.iter());
+        p.bytes.extend_from_slice(&entry);
+        let alone = p.applying.is_empty();
+        p.applying.insert(seq);
         p.next += 1;
         p.appended += 1;
-        Ok(seq)
+        (seq, entry, alone)
+    }
+
+    /// Apply the logged commit `seq` (its encoded `entry`) to `tree`.
+    pub(super) fn apply(
+        &self,
+        tree: &sled::Tree,
+        seq: u64,
+        entry: &[u8],
+        writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<()> {
+        let outcome = apply(tree, seq, entry, writes.iter());
+        {
+            let mut p = lock(&self.pending);
+            p.applying.remove(&seq);
+            if p.mover_waits {
+                self.applied.notify_all();
+            }
+        }
+        if let Err(e) = &outcome {
+            // sled failed in the middle of a commit: nothing more can be trusted to it until
+            // a restart completes the commit from its pending entry (or its logged entry).
+            tracing::error!("storage: applying a commit failed: {e}");
+            *lock(&self.broken) = Some(format!("applying a commit failed: {e}"));
+        }
+        outcome
     }
 
     /// The last sequence number appended.
@@ -191,13 +251,20 @@ impl Wal {
         lock(&self.pending).appended
     }
 
-    /// Write and sync every entry appended so far; the last sequence number now durable.
+    /// Write and sync every entry logged so far; the last sequence number now durable.
     /// Called by one thread at a time (the group commit's leader).
+    #[cfg(test)]
     pub(super) fn write_out(&self) -> Result<u64> {
+        let started = self.start_write()?;
+        self.finish_write(started)
+    }
+
+    /// Write every entry logged so far and start making it durable, without waiting for the
+    /// disk; [`Wal::finish_write`] waits. Called by one thread at a time (the group commit's
+    /// leader), which calls `finish_write` before the next `start_write`.
+    pub(super) fn start_write(&self) -> Result<Started> {
         let mut w = lock(&self.writer);
-        if let Some(why) = &w.broken {
-            return Err(StorageError::Flush(why.clone()));
-        }
+        self.check()?;
         let (bytes, first, last) = {
             let mut p = lock(&self.pending);
             let next = p.next;
@@ -205,25 +272,65 @@ impl Wal {
             (std::mem::take(&mut p.bytes), first, p.next - 1)
         };
         if bytes.is_empty() {
-            return Ok(last);
+            return Ok(Started { last, range: None });
         }
-        let outcome = w.rotate_if_full(first, bytes.len() as u64).and_then(|()| w.write(&bytes));
-        if let Err(e) = &outcome {
-            tracing::error!("the write-ahead log failed; no commit can be made durable any more: {e}");
-            w.broken = Some(e.to_string());
+        let outcome = self.rotate_if_full(&mut w, first, bytes.len() as u64).and_then(|()| w.start(&bytes));
+        match outcome {
+            Ok(range) => Ok(Started { last, range: Some(range) }),
+            Err(e) => Err(self.fail(e)),
         }
-        outcome.map(|()| last)
+    }
+
+    /// Wait until the write `started` is durable; the last sequence number it made durable.
+    pub(super) fn finish_write(&self, started: Started) -> Result<u64> {
+        let Some((file, offset, len)) = started.range else { return Ok(started.last) };
+        let w = lock(&self.writer);
+        match w.finish(file, offset, len) {
+            Ok(()) => Ok(started.last),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        match &*lock(&self.broken) {
+            Some(why) => Err(StorageError::Flush(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: StorageError) -> StorageError {
+        tracing::error!("the write-ahead log failed; no commit can be made durable any more: {e}");
+        *lock(&self.broken) = Some(e.to_string());
+        e
+    }
+
+    /// Move to the other file when this one is full: its header names `first`, the entry
+    /// about to be written; then sled is flushed (in the background), which makes every
+    /// entry of the file left behind redundant before that file's next turn. Entries are
+    /// logged before they are applied, so the move first waits for those of the file left
+    /// behind that are still being applied (a matter of microseconds): the flush must hold
+    /// them all.
+    fn rotate_if_full(&self, w: &mut Writer, first: u64, len: u64) -> Result<()> {
+        if w.offset + len <= w.rotate_at || w.offset == HEADER {
+            return Ok(());
+        }
+        {
+            let mut p = lock(&self.pending);
+            while p.applying.range(..first).next().is_some() {
+                p.mover_waits = true;
+                p = self.applied.wait(p).unwrap_or_else(PoisonError::into_inner);
+            }
+            p.mover_waits = false;
+        }
+        w.rotate(first)
     }
 }
 
 impl Writer {
-    /// Move to the other file when this one is full: its header names `first`, the entry
-    /// about to be written; then sled is flushed (in the background), which makes every
-    /// entry of the file left behind redundant before that file's next turn.
-    fn rotate_if_full(&mut self, first: u64, len: u64) -> Result<()> {
-        if self.offset + len <= self.rotate_at || self.offset == HEADER {
-            return Ok(());
-        }
+    /// Move to the other file; its header names `first`, the entry about to be written. Then
+    /// checkpoint: flush sled in the background, so that the file left behind is redundant
+    /// before its next turn.
+    fn rotate(&mut self, first: u64) -> Result<()> {
         // The file about to be reused must be redundant: the previous checkpoint must be done.
         if let Some(previous) = self.checkpoint.take() {
             previous.join().map_err(|_| StorageError::Flush("the storage checkpoint panicked".into()))??;
@@ -244,25 +351,39 @@ impl Writer {
         Ok(())
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Write `bytes` at the end of the active file and start its way to the disk: the
+    /// range written, for [`Writer::finish`].
+    fn start(&mut self, bytes: &[u8]) -> Result<(usize, u64, u64)> {
         let (active, offset, len) = (self.active, self.offset, bytes.len() as u64);
         self.grower.growth.ensure(active, offset + len)?;
         let file = &self.files[active];
         file.write_all_at(bytes, offset).map_err(|e| io("writing", e))?;
-        match self.sync {
-            SyncMode::Range => sync_range(file, offset, len).map_err(|e| io("syncing", e))?,
-            SyncMode::Data => file.sync_data().map_err(|e| io("syncing", e))?,
+        if self.sync == SyncMode::Range {
+            sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE).map_err(|e| io("syncing", e))?;
         }
         self.offset += len;
-        Ok(())
+        Ok((active, offset, len))
+    }
+
+    /// Wait until the range [`Writer::start`] wrote is durable.
+    fn finish(&self, file: usize, offset: u64, len: u64) -> Result<()> {
+        let file = &self.files[file];
+        match self.sync {
+            SyncMode::Range => sync_range(file, offset, len, SYNC_AND_WAIT).map_err(|e| io("syncing", e)),
+            SyncMode::Data => file.sync_data().map_err(|e| io("syncing", e)),
+        }
     }
 }
 
-/// `sync_file_range` with sled's flags: wait for earlier writes of the range, write it, and
+/// sled's flags for `sync_file_range`: wait for earlier writes of the range, write it, and
 /// wait for that write.
-fn sync_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+const SYNC_AND_WAIT: libc::c_uint =
+    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+
+/// `sync_file_range` of a range with `flags`: [`SYNC_AND_WAIT`] makes it durable;
+/// `SYNC_FILE_RANGE_WRITE` alone starts its write to the disk without waiting.
+fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::unix::io::AsRawFd;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return file.sync_data();
     };
@@ -319,6 +440,54 @@ mod tests {
             let key = format!("k{}", i % 50);
             assert_eq!(tree.get(&key).expect("get").as_deref(), Some(i.to_string().as_bytes()));
         }
+    }
+
+    #[test]
+    fn an_entry_written_out_before_it_was_applied_is_applied_at_the_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wal_dir = dir.path().join("wal");
+        let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled opens");
+        let tree = db.open_tree("addon/a").expect("tree");
+        let wal = Wal::open(&wal_dir, &db, SyncMode::Range).expect("log opens");
+        let applied = writes(&[("k", Some("1"))]);
+        wal.append(&tree, "addon/a", &applied).expect("appends");
+        // Logged and durable, then the process stops before applying it.
+        let (seq, _, _) = wal.log("addon/a", &writes(&[("k", Some("2")), ("other", Some("x"))]));
+        assert_eq!(wal.write_out().expect("writes out"), seq);
+        drop(wal);
+        assert_eq!(tree.get("k").expect("get").as_deref(), Some(&b"1"[..]), "not applied before the stop");
+        let wal = Wal::open(&wal_dir, &db, SyncMode::Range).expect("log reopens");
+        assert_eq!(wal.last(), seq);
+        assert_eq!(tree.get("k").expect("get").as_deref(), Some(&b"2"[..]));
+        assert_eq!(tree.get("other").expect("get").as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn a_move_to_the_other_file_waits_for_the_entries_still_being_applied() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled opens");
+        let tree = db.open_tree("addon/a").expect("tree");
+        let wal = Arc::new(Wal::open_with(&dir.path().join("wal"), &db, SyncMode::Range, 1024).expect("log opens"));
+        // An entry logged (and written out) whose apply is slow.
+        let slow = writes(&[("slow", Some("applied"))]);
+        let (seq, entry, _) = wal.log("addon/a", &slow);
+        wal.write_out().expect("writes out");
+        let applier = {
+            let (wal, tree) = (wal.clone(), tree.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                wal.apply(&tree, seq, &entry, &slow).expect("applies");
+            })
+        };
+        // Enough entries to fill the first file: the move to the second must wait for it.
+        let started = std::time::Instant::now();
+        for i in 0..40u32 {
+            wal.append(&tree, "addon/a", &writes(&[("k", Some(&format!("{i:0>40}")))])).expect("appends");
+            wal.write_out().expect("writes out");
+        }
+        assert!(started.elapsed() >= std::time::Duration::from_millis(150), "the move waited for the apply");
+        assert_eq!(tree.get("slow").expect("get").as_deref(), Some(&b"applied"[..]));
+        applier.join().expect("applier");
     }
 
     #[test]
