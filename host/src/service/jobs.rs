@@ -173,8 +173,7 @@ impl Service {
 
     async fn commit_job(&self, addon: &Arc<Addon>, txn: KvTxn) -> Result<Result<(), StorageError>, ServiceError> {
         let quota = KvQuota::of(&addon.config.limits);
-        let store = addon.store.clone();
-        blocking(move || Ok(store.commit(&txn, quota, None, None))).await
+        super::commit(addon.store.clone(), txn, quota, None, None).await
     }
 
     /// The add-on's jobs for operators, oldest first, optionally only those in `state`.

@@ -38,7 +38,7 @@ use crate::runtime::{
     Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Returned, Runtime,
     SlotRefused,
 };
-use crate::storage::{KvQuota, Storage, StorageError};
+use crate::storage::{AddonStore, KvQuota, KvTxn, Storage, StorageError};
 use crate::versions::Registry;
 pub use addon::Addon;
 pub use record::{Record, Status};
@@ -424,21 +424,10 @@ impl Service {
             }
             let new_jobs =
                 crate::jobs::stage(&mut kv.jobs, &completed.jobs, resource.as_deref(), call, clock::now_ms());
-            let store = addon.store.clone();
             let record = record.map(|r| (r.resource_id.clone(), r.to_bytes()));
             let alias = alias.map(|(k, v)| (k.to_owned(), v.to_owned()));
             let started = Instant::now();
-            let committed = blocking(move || {
-                let alias = alias.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
-                let record = record.as_ref().map(|(id, bytes)| (id.as_str(), bytes.as_slice()));
-                Ok(store.commit_unsynced(&kv, quota, record, alias))
-            })
-            .await?;
-            let committed = match committed {
-                Ok(Some(unsynced)) => unsynced.durable().await,
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
+            let committed = commit(addon.store.clone(), kv, quota, record, alias).await?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             match committed {
                 Ok(()) => {
@@ -489,6 +478,30 @@ pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {
     crate::blocking::off_worker(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
+}
+
+/// Commit a call's writes (with a record and an alias) durably: staged and applied where
+/// blocking is allowed, then, when another thread is writing the log, awaited as a task
+/// rather than on a blocked thread (see [`AddonStore::commit_unsynced`]). The outer error is
+/// the host's, the inner one the storage's answer (a conflict, a quota).
+pub(crate) async fn commit(
+    store: AddonStore,
+    txn: KvTxn,
+    quota: KvQuota,
+    record: Option<(String, Vec<u8>)>,
+    alias: Option<(String, String)>,
+) -> Result<Result<(), StorageError>, ServiceError> {
+    let applied = blocking(move || {
+        let record = record.as_ref().map(|(id, bytes)| (id.as_str(), bytes.as_slice()));
+        let alias = alias.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
+        Ok(store.commit_unsynced(&txn, quota, record, alias))
+    })
+    .await?;
+    Ok(match applied {
+        Ok(Some(unsynced)) => unsynced.durable().await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    })
 }
 
 /// A stored record: read in place when the backend's reads never wait (sled), else where

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::record::ApiToken;
-use super::{Addon, Budget, Finish, Record, Service, blocking, call_failed, stored};
+use super::{Addon, Budget, Finish, Record, Service, call_failed, stored};
 use crate::clock;
 use crate::error::ServiceError;
 use crate::runtime::{CallFailure, Export, Returned, WebRequest, WebResponse};
@@ -131,7 +131,8 @@ impl Service {
         record.updated_ms = clock::now_ms();
         let (store, id, bytes) = (addon.store.clone(), record.resource_id.clone(), record.to_bytes());
         let quota = KvQuota::of(&addon.config.limits);
-        blocking(move || Ok(store.commit(&store.begin(), quota, Some((&id, &bytes)), None)?)).await?;
+        let txn = store.begin();
+        super::commit(store, txn, quota, Some((id, bytes)), None).await??;
         tracing::info!(addon = addon.id(), resource = resource_id, generation, "build API token rotated");
         Ok(token)
     }
