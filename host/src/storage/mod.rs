@@ -41,7 +41,11 @@ const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";
 /// Platform app identities → resource ids (`a/{platform}/{app_id}`).
 const ALIAS: &[u8] = b"a/";
-/// Running totals of the key-value data, kept in the same transactions that change it.
+/// Running totals of the key-value data (bytes, then keys: two big-endian u64), kept in the
+/// same commits that change it. One key, so a commit reads and writes one value for both.
+const KV_USAGE: &[u8] = b"m/kv_usage";
+/// The totals as two keys, as spaces written before [`KV_USAGE`] hold them: still read, and
+/// removed by the first commit that writes `KV_USAGE`.
 const KV_BYTES: &[u8] = b"m/kv_bytes";
 const KV_KEYS: &[u8] = b"m/kv_keys";
 
@@ -81,6 +85,24 @@ pub struct KvUsage {
 
 fn counter(v: Option<Vec<u8>>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_be_bytes)
+}
+
+/// A space's key-value totals, and whether they are still kept as the two legacy keys.
+fn usage(get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>>) -> Result<(KvUsage, bool)> {
+    if let Some(v) = get(KV_USAGE)? {
+        let half = |h: Option<&[u8]>| h.and_then(|h| <[u8; 8]>::try_from(h).ok()).map_or(0, u64::from_be_bytes);
+        return Ok((KvUsage { bytes: half(v.get(..8)), keys: half(v.get(8..)) }, false));
+    }
+    let (bytes, keys) = (get(KV_BYTES)?, get(KV_KEYS)?);
+    let legacy = bytes.is_some() || keys.is_some();
+    Ok((KvUsage { bytes: counter(bytes), keys: counter(keys) }, legacy))
+}
+
+fn usage_value(usage: KvUsage) -> [u8; 16] {
+    let mut v = [0; 16];
+    v[..8].copy_from_slice(&usage.bytes.to_be_bytes());
+    v[8..].copy_from_slice(&usage.keys.to_be_bytes());
+    v
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +349,7 @@ impl AddonStore {
     }
 
     pub fn kv_usage(&self) -> Result<KvUsage> {
-        Ok(KvUsage { bytes: counter(self.space.get(KV_BYTES)?), keys: counter(self.space.get(KV_KEYS)?) })
+        Ok(usage(|key| self.space.get(key))?.0)
     }
 
     /// The resource an app identity maps to.
@@ -413,7 +435,7 @@ fn stage(
     record: Option<(&str, &[u8])>,
     alias: Option<(&str, &str)>,
 ) -> Result<Batch> {
-    let mut ahead: Vec<Vec<u8>> = vec![KV_BYTES.to_vec(), KV_KEYS.to_vec()];
+    let mut ahead: Vec<Vec<u8>> = vec![KV_USAGE.to_vec()];
     ahead.extend(txn.reads.keys().chain(txn.writes.keys()).map(|k| prefixed(KV, k)));
     ahead.extend(jobs::keys_read(&txn.jobs));
     tree.prefetch(&ahead)?;
@@ -423,7 +445,8 @@ fn stage(
         }
     }
     let mut batch = Batch::default();
-    let (mut bytes, mut keys) = (counter(tree.get(KV_BYTES)?) as i128, counter(tree.get(KV_KEYS)?) as i128);
+    let (usage, legacy) = usage(|key| tree.get(key))?;
+    let (mut bytes, mut keys) = (i128::from(usage.bytes), i128::from(usage.keys));
     let (mut grew_bytes, mut grew_keys) = (false, false);
     let mut call_growth: i128 = 0;
     for (key, value) in &txn.writes {
@@ -465,8 +488,11 @@ fn stage(
         )));
     }
     if !txn.writes.is_empty() {
-        batch.insert(KV_BYTES, (bytes.max(0) as u64).to_be_bytes());
-        batch.insert(KV_KEYS, (keys.max(0) as u64).to_be_bytes());
+        batch.insert(KV_USAGE, usage_value(KvUsage { bytes: bytes.max(0) as u64, keys: keys.max(0) as u64 }));
+        if legacy {
+            batch.remove(KV_BYTES.to_vec());
+            batch.remove(KV_KEYS.to_vec());
+        }
     }
     if let Some((id, bytes)) = record {
         batch.insert(prefixed(RECORD, id), bytes);

@@ -126,3 +126,25 @@ fn a_commit_is_on_disk_when_it_returns() {
     let storage = Storage::open(dir.path()).unwrap();
     assert_eq!(storage.addon("a").unwrap().kv_get("k").unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+/// A space written when the totals were two keys: they are read, carried into the one key by
+/// the next commit that changes them, and the two old keys are removed.
+#[test]
+fn totals_kept_as_two_legacy_keys_are_read_and_moved_to_one() {
+    let (_dir, store) = open();
+    store
+        .space
+        .commit(&mut |_| {
+            let mut batch = Batch::default();
+            batch.insert(KV_BYTES, 100u64.to_be_bytes());
+            batch.insert(KV_KEYS, 7u64.to_be_bytes());
+            Ok(batch)
+        })
+        .unwrap();
+    assert_eq!(store.kv_usage().unwrap(), KvUsage { bytes: 100, keys: 7 });
+    put(&store, &[("k", "vv")], KvQuota::UNLIMITED).unwrap();
+    assert_eq!(store.kv_usage().unwrap(), KvUsage { bytes: 103, keys: 8 });
+    assert_eq!(store.space.get(KV_BYTES).unwrap(), None);
+    assert_eq!(store.space.get(KV_KEYS).unwrap(), None);
+    assert!(store.space.get(KV_USAGE).unwrap().is_some());
+}

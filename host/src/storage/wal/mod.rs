@@ -22,8 +22,8 @@
 //! commit together (apply 75-90 µs as a batch, 23 µs as writes). Atomicity across a crash
 //! comes from the log instead ([`recovery`]): sled recovers a prefix of its own writes, and
 //! a commit writes, in order, its whole entry under the space's pending key (one atomic
-//! write), its writes, then the space's applied mark (the entry's sequence number); an entry
-//! logged but not (wholly) applied when the process stopped is applied at the restart. A reader
+//! write, whose sequence number is the space's mark), then its writes; an entry logged but
+//! not (wholly) applied when the process stopped is applied at the restart. A reader
 //! may see part of a commit while it is applied, as it could always see a commit land between
 //! two of its reads: what a plugin read is checked again when it commits.
 //!
@@ -225,7 +225,7 @@ impl Wal {
         entry: &[u8],
         writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ) -> Result<()> {
-        let outcome = apply(tree, seq, entry, writes.iter());
+        let outcome = apply(tree, entry, writes.iter());
         {
             let mut p = lock(&self.pending);
             p.applying.remove(&seq);
