@@ -121,7 +121,10 @@ pub fn main() -> anyhow::Result<()> {
     // The kit's in-process host speaks only when something is wrong: its report is the output.
     let quiet = matches!(cli.command, Command::Test(_));
     let default_filter = if quiet { "off" } else { "info,cranelift=warn,wasmtime=warn" };
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
+    // Colours only on a terminal (and never under NO_COLOR): a log file or journal gets plain
+    // lines, and formatting each request's span without escape codes is cheaper too.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(colour).with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
     );
     match format {

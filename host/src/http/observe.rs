@@ -10,8 +10,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::service::Service;
@@ -21,28 +20,82 @@ pub(crate) const REQUEST_ID: &str = "x-request-id";
 /// Error bodies are small; one larger than this is passed on without its id.
 const MAX_ERROR_BODY: usize = 1 << 20;
 
-/// The layers, outermost first, to put around the whole router.
+/// The layer to put around the whole router: [`observe`]. One middleware rather than a layer
+/// per concern (tower-http's request-id, propagation and trace layers and two of our own):
+/// each layer wrapped the request's future, and some cloned and boxed their inner service
+/// per request.
 pub(crate) fn layers<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
-    // `Router::layer` wraps what is already there: the last added runs first.
-    router
-        .layer(axum::middleware::from_fn(error_ids))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            // At error level so that no log filter drops the span: it only carries the id.
-            tracing::error_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
-        }))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeId))
-        .layer(axum::middleware::map_request(drop_unusable_id))
+    router.layer(axum::middleware::from_fn(observe))
+}
+
+/// Give the request an id (the client's when usable, see [`usable_id`]; else a made-up one),
+/// run it inside a span carrying the id, return the id in the response's header and in a
+/// JSON error body, and log a failed request (5xx) with its status and time.
+async fn observe(mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get(REQUEST_ID).filter(|v| usable_id(v)) {
+        Some(id) => id.clone(),
+        None => {
+            let made = HeaderValue::from_str(&uuid_shaped(next_id()))
+                .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"));
+            req.headers_mut().insert(REQUEST_ID, made.clone());
+            made
+        }
+    };
+    let text = id.to_str().unwrap_or_default();
+    // At error level so that no log filter drops the span: it only carries the id.
+    let span = tracing::error_span!("request", id = %text, method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    let latency_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), latency_ms, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), latency_ms, "request finished");
+        }
+    });
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json && (status.is_client_error() || status.is_server_error()) {
+        response = with_id_in_body(response, text).await;
+    }
+    response.headers_mut().entry(REQUEST_ID).or_insert(id);
+    response
+}
+
+/// A client's id is kept if it is 1-128 visible ASCII characters; otherwise it is replaced,
+/// so nothing a client sends can forge log structure or bloat every line.
+fn usable_id(v: &HeaderValue) -> bool {
+    let bytes = v.as_bytes();
+    (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Add `request_id` to a JSON error body, whoever made it (a handler, an extractor, the
+/// fallback).
+async fn with_id_in_body(response: Response, id: &str) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "error body too large").into_response();
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("request_id".into(), id.into());
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Body::from(serde_json::Value::Object(fields).to_string())
+        }
+        _ => Body::from(bytes),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Made-up request ids: UUID-shaped (version 4 layout), unique in the process and across
 /// restarts (a random start), without a system call per request as `Uuid::new_v4` makes
 /// (it drew ~1% of a provision's CPU). They only need to be unique: a client may send any
 /// id of its own.
-#[derive(Clone, Copy)]
-struct MakeId;
-
 fn next_id() -> u128 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -69,55 +122,6 @@ fn uuid_shaped(bits: u128) -> String {
     let bits = (bits & !(0xF << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let hex = format!("{bits:032x}");
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-}
-
-impl MakeRequestId for MakeId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid_shaped(next_id())).ok().map(RequestId::new)
-    }
-}
-
-/// A client's id is kept if it is 1-128 visible ASCII characters; otherwise it is replaced,
-/// so nothing a client sends can forge log structure or bloat every line.
-async fn drop_unusable_id(mut req: Request) -> Request {
-    let usable = req.headers().get(REQUEST_ID).is_none_or(|v| {
-        let bytes = v.as_bytes();
-        (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic())
-    });
-    if !usable {
-        req.headers_mut().remove(REQUEST_ID);
-    }
-    req
-}
-
-/// Add `request_id` to a JSON error body, whoever made it (a handler, an extractor, the
-/// fallback).
-async fn error_ids(req: Request, next: Next) -> Response {
-    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let response = next.run(req).await;
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let Some(id) =
-        id.filter(|_| is_json && (response.status().is_client_error() || response.status().is_server_error()))
-    else {
-        return response;
-    };
-    let (mut parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "error body too large").into_response();
-    };
-    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(mut fields)) => {
-            fields.insert("request_id".into(), id.into());
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Body::from(serde_json::Value::Object(fields).to_string())
-        }
-        _ => Body::from(bytes),
-    };
-    Response::from_parts(parts, body)
 }
 
 /// Count each answer of a protocol's routes by add-on, protocol, route and status. The
