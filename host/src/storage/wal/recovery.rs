@@ -28,11 +28,17 @@ pub(super) fn apply<'a>(
 ) -> Result<()> {
     tree.insert(PENDING, entry)?;
     for (key, value) in writes {
-        match value {
-            Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
-            None => tree.remove(key.as_slice())?,
-        };
+        write(tree, key, value.as_deref())?;
     }
+    Ok(())
+}
+
+/// One write of a commit: `None` removes the key.
+fn write(tree: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    match value {
+        Some(v) => tree.insert(key, v)?,
+        None => tree.remove(key)?,
+    };
     Ok(())
 }
 
@@ -52,10 +58,7 @@ pub(super) fn settle(tree: &sled::Tree) -> Result<u64> {
     for (key, value) in &entry.writes {
         if tree.get(key)?.as_deref() != value.as_deref() {
             cut = true;
-            match value {
-                Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
-                None => tree.remove(key.as_slice())?,
-            };
+            write(tree, key, value.as_deref())?;
         }
     }
     if cut {
