@@ -67,7 +67,7 @@ impl AddonStore {
 
     /// Jobs stored now.
     pub fn job_count(&self) -> Result<u64> {
-        Ok(counter(self.space.get(JOB_COUNT)?))
+        Ok(counter(self.space.get(JOB_COUNT)?.as_deref()))
     }
 }
 
@@ -86,7 +86,7 @@ pub(super) fn stage_jobs(tree: &dyn Reader, writes: &JobWrites, max_jobs: u64, b
     if writes.is_empty() {
         return Ok(());
     }
-    let before = counter(tree.get(JOB_COUNT)?) as i128;
+    let before = counter(tree.get(JOB_COUNT)?.as_deref()) as i128;
     let (mut count, mut added) = (before, 0i128);
     if let Some(resource) = &writes.cancel {
         let prefix = index_key(resource, "");

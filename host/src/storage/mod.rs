@@ -83,19 +83,19 @@ pub struct KvUsage {
     pub keys: u64,
 }
 
-fn counter(v: Option<Vec<u8>>) -> u64 {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_be_bytes)
+/// A stored big-endian u64 count (0 when absent or malformed).
+fn counter(v: Option<&[u8]>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes)
 }
 
 /// A space's key-value totals, and whether they are still kept as the two legacy keys.
 fn usage(get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>>) -> Result<(KvUsage, bool)> {
     if let Some(v) = get(KV_USAGE)? {
-        let half = |h: Option<&[u8]>| h.and_then(|h| <[u8; 8]>::try_from(h).ok()).map_or(0, u64::from_be_bytes);
-        return Ok((KvUsage { bytes: half(v.get(..8)), keys: half(v.get(8..)) }, false));
+        return Ok((KvUsage { bytes: counter(v.get(..8)), keys: counter(v.get(8..)) }, false));
     }
     let (bytes, keys) = (get(KV_BYTES)?, get(KV_KEYS)?);
     let legacy = bytes.is_some() || keys.is_some();
-    Ok((KvUsage { bytes: counter(bytes), keys: counter(keys) }, legacy))
+    Ok((KvUsage { bytes: counter(bytes.as_deref()), keys: counter(keys.as_deref()) }, legacy))
 }
 
 fn usage_value(usage: KvUsage) -> [u8; 16] {
