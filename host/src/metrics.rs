@@ -86,6 +86,8 @@ pub struct Metrics {
     pub flushes: Counter,
     pub connections: Gauge,
     pub calls_in_flight: Gauge,
+    pub spare_instances: Gauge,
+    pub calls_on_spares: Counter,
 }
 
 impl Default for Metrics {
@@ -116,6 +118,8 @@ impl Metrics {
             flushes: Counter::default(),
             connections: Gauge::default(),
             calls_in_flight: Gauge::default(),
+            spare_instances: Gauge::default(),
+            calls_on_spares: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -160,6 +164,16 @@ impl Metrics {
         r.register("addon_host_flushes", "Storage flushes (group commits)", m.flushes.clone());
         r.register("addon_host_connections", "Open HTTP connections", m.connections.clone());
         r.register("addon_host_calls_in_flight", "Plugin calls running on the host now", m.calls_in_flight.clone());
+        r.register(
+            "addon_host_spare_instances",
+            "Plugin instances made ahead of their call, ready now",
+            m.spare_instances.clone(),
+        );
+        r.register(
+            "addon_host_calls_on_spare_instances",
+            "Plugin calls that ran in an instance made ahead of them",
+            m.calls_on_spares.clone(),
+        );
         m
     }
 

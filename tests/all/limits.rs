@@ -254,13 +254,23 @@ async fn the_request_budget_bounds_calls_and_lock_waits() {
 }
 
 /// Every call runs in a fresh instance: nothing a call leaves in the guest's memory (here a
-/// global counter) is seen by the next.
+/// global counter) is seen by the next — also when the next runs in a spare instance, made
+/// ahead of it after the previous call.
 #[tokio::test]
 async fn no_state_carries_over_between_calls() {
     let host = TestHost::start();
+    let runtime = host.service.runtime();
     for i in 0..3 {
+        if i > 0 {
+            let waited = Instant::now();
+            while runtime.spares().0 == 0 {
+                assert!(waited.elapsed() < Duration::from_secs(10), "no spare instance was made after call {i}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let reply = host.provision("misbehave", MISBEHAVE_TOKEN, &format!("fresh-{i}"), "static").await;
         assert_eq!(reply.status, 201, "{}", reply.text);
         assert_eq!(reply.env("MISBEHAVE_STATIC"), "1", "call {i} saw an earlier call's memory");
     }
+    assert_eq!(runtime.spares().1, 2, "the second and third calls ran in spare instances");
 }

@@ -170,6 +170,9 @@ pub(crate) async fn scrape(service: &Arc<Service>) -> Response {
         metrics.plugin_version.get_or_create(&labels).set(1);
     }
     metrics.calls_in_flight.set(service.runtime().calls_in_flight() as i64);
+    let (spares, on_spares) = service.runtime().spares();
+    metrics.spare_instances.set(spares as i64);
+    Metrics::catch_up(&metrics.calls_on_spares, on_spares);
     let commits = service.storage().commit_stats();
     Metrics::catch_up(&metrics.durable_writes, commits.writes);
     Metrics::catch_up(&metrics.flushes, commits.flushes);

@@ -53,6 +53,8 @@ fn pooling(slots: u32, max_memory_bytes: u64, fuel: bool, winch: bool) -> anyhow
     // Each slot holds everything one call may use (see the call's limiter), so a call can
     // never exhaust the pool for others.
     use super::state::{INSTANCES_PER_CALL, MEMORIES_PER_CALL, TABLES_PER_CALL};
+    // Spare instances (see `spares`) have capacity of their own, apart from the calls'.
+    let slots = slots + super::spares::MAX_SPARES;
     pool.total_component_instances(slots)
         .total_core_instances(slots * INSTANCES_PER_CALL)
         .total_memories(slots * MEMORIES_PER_CALL)

@@ -14,7 +14,10 @@ use crate::storage::{KvTxn, StorageError};
 
 /// What one call did with its key-value store.
 pub(crate) struct KvCall {
-    pub(crate) txn: KvTxn,
+    /// `None` in a spare instance while it is made: there is no call yet.
+    pub(crate) txn: Option<KvTxn>,
+    /// Set when the guest used the store while its instance was made (its start function).
+    pub(crate) used_early: bool,
     /// The first request refused for exceeding a limit: if the call then fails, it failed
     /// because of that limit.
     pub(crate) quota_violation: Option<String>,
@@ -24,7 +27,19 @@ pub(crate) struct KvCall {
 
 impl KvCall {
     pub(crate) fn new(txn: KvTxn) -> KvCall {
-        KvCall { txn, quota_violation: None, held_bytes: 0 }
+        KvCall { txn: Some(txn), used_early: false, quota_violation: None, held_bytes: 0 }
+    }
+
+    /// The store of an instance made ahead of its call (see [`super::spares`]).
+    pub(crate) fn before_call() -> KvCall {
+        KvCall { txn: None, used_early: false, quota_violation: None, held_bytes: 0 }
+    }
+
+    fn txn(&mut self) -> Result<&mut KvTxn, KvFailure> {
+        if self.txn.is_none() {
+            self.used_early = true;
+        }
+        self.txn.as_mut().ok_or(KvFailure::Early)
     }
 }
 
@@ -41,6 +56,8 @@ pub(crate) enum KvFailure {
     Refused(KvError),
     #[error("the host's key-value storage failed")]
     Storage(#[from] StorageError),
+    #[error("the key-value store is used before any call, while the instance is made")]
+    Early,
 }
 
 impl From<KvError> for KvFailure {
@@ -76,7 +93,8 @@ impl KvView<'_> {
                 format!("value of {} bytes for `{key}` exceeds the {}-byte limit", v.len(), limits.max_value_bytes);
             return Err(self.quota(msg));
         }
-        if !self.call.txn.is_pending(key) && self.call.txn.write_count() >= limits.max_writes_per_call {
+        let txn = self.call.txn()?;
+        if !txn.is_pending(key) && txn.write_count() >= limits.max_writes_per_call {
             let msg = format!("more than {} key-value writes in one call", limits.max_writes_per_call);
             return Err(self.quota(msg));
         }
@@ -99,25 +117,25 @@ impl KvView<'_> {
 impl kv::Host for KvView<'_> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, KvFailure> {
         self.check_key(&key)?;
-        let value = self.call.txn.get(&key)?;
+        let value = self.call.txn()?.get(&key)?;
         self.hold(key.len() + value.as_ref().map_or(0, Vec::len))?;
         Ok(value)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), KvFailure> {
         self.check_write(&key, Some(&value))?;
-        self.call.txn.set(&key, value);
+        self.call.txn()?.set(&key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> Result<bool, KvFailure> {
         self.check_write(&key, None)?;
-        Ok(self.call.txn.delete(&key)?)
+        Ok(self.call.txn()?.delete(&key)?)
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, KvFailure> {
         let budget = self.limits.max_call_host_bytes.saturating_sub(self.call.held_bytes);
-        let keys = self.call.txn.list_keys(&prefix, budget)?;
+        let keys = self.call.txn()?.list_keys(&prefix, budget)?;
         let Some(keys) = keys else {
             let msg = format!("listing `{prefix}` would exceed this call's {} bytes of host memory", {
                 self.limits.max_call_host_bytes
@@ -135,13 +153,14 @@ impl kv::Host for KvView<'_> {
         new: Option<Vec<u8>>,
     ) -> Result<bool, KvFailure> {
         self.check_write(&key, new.as_deref())?;
-        Ok(self.call.txn.compare_and_swap(&key, expected.as_deref(), new)?)
+        Ok(self.call.txn()?.compare_and_swap(&key, expected.as_deref(), new)?)
     }
 
     fn convert_kv_error(&mut self, failure: KvFailure) -> wasmtime::Result<KvError> {
         match failure {
             KvFailure::Refused(e) => Ok(e),
             KvFailure::Storage(e) => Err(wasmtime::Error::new(e).context("key-value storage failed")),
+            KvFailure::Early => Err(wasmtime::Error::msg(KvFailure::Early.to_string())),
         }
     }
 }

@@ -127,6 +127,11 @@ impl CallHttp {
     pub(crate) fn new(origins: Arc<Origins>, until: Instant, max_requests: usize, max_response_bytes: usize) -> Self {
         CallHttp { origins, until, made: 0, max_requests, max_response_bytes }
     }
+
+    /// Requests the call has made.
+    pub(crate) fn made(&self) -> usize {
+        self.made
+    }
 }
 
 impl http::Host for &mut CallHttp {

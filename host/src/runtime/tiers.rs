@@ -7,6 +7,7 @@
 //! on. Both builds land in the compile cache, so the next start serves optimised code at once.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Instant;
@@ -16,7 +17,7 @@ use wasmtime::component::Linker;
 
 use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_handler::GuestIndices;
 
-use super::bindings::PluginPre;
+use super::bindings::{PluginIndices, PluginPre};
 use super::cache;
 use super::state::{self, CallState};
 
@@ -47,11 +48,15 @@ impl LoadError {
 pub(super) struct Compiled {
     pub(super) engine: Engine,
     pub(super) pre: PluginPre<CallState>,
+    /// The platform exports' indices, to call them in an instance made beforehand.
+    pub(super) indices: PluginIndices,
     pub(super) compiler: &'static str,
     /// Whether the component exports `run-job`.
     pub(super) runs_jobs: bool,
     /// The HTTP handler's export, when the component has one (the `web` world).
     pub(super) web: Option<GuestIndices>,
+    /// Set when its start function uses per-call imports: it gets no spare instances.
+    pub(super) no_spares: AtomicBool,
 }
 
 /// The build a plugin's calls run on now: replaced once, when Cranelift's build arrives.
@@ -93,8 +98,11 @@ impl Tier {
         let pre = PluginPre::new(instance_pre).map_err(|e| {
             LoadError::Link(anyhow::anyhow!("the component does not export the addon:provider/plugin world: {e:#}"))
         })?;
+        let indices = PluginIndices::new(pre.instance_pre()).map_err(|e| LoadError::Link(anyhow::anyhow!("{e:#}")))?;
         let runs_jobs = component.get_export_index(None, "run-job").is_some();
-        Ok((Arc::new(Compiled { engine: self.engine.clone(), pre, compiler: self.name, runs_jobs, web }), from_cache))
+        let engine = self.engine.clone();
+        let no_spares = AtomicBool::new(false);
+        Ok((Arc::new(Compiled { engine, pre, indices, compiler: self.name, runs_jobs, web, no_spares }), from_cache))
     }
 }
 

@@ -78,9 +78,9 @@ pub(super) fn indices(pre: &wasmtime::component::InstancePre<CallState>) -> Opti
     GuestIndices::new(pre).ok()
 }
 
-/// Instantiate and call the handler with `request`; the response, or why there is none.
+/// Call the handler of `instance` with `request`; the response, or why there is none.
 pub(super) async fn handle(
-    pre: &wasmtime::component::InstancePre<CallState>,
+    instance: &wasmtime::component::Instance,
     indices: &GuestIndices,
     store: &mut Store<CallState>,
     request: WebRequest,
@@ -95,8 +95,7 @@ pub(super) async fn handle(
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let req = store.data_mut().http().new_incoming_request(Scheme::Http, incoming)?;
     let out = store.data_mut().http().new_response_outparam(sender)?;
-    let instance = pre.instantiate_async(&mut *store).await?;
-    let guest = indices.load(&mut *store, &instance)?;
+    let guest = indices.load(&mut *store, instance)?;
     let call = async {
         let called = guest.call_handle(&mut *store, req, out).await;
         // What the guest left behind (an outparam never set, a body never finished) goes
