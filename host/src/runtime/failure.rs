@@ -1,13 +1,13 @@
 //! Why a plugin call failed, told apart so the platform gets the right status and the
-//! partner a message that says what their plugin did.
+//! partner a message that says what their plugin did; and what a finished call comes to.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use wasmtime::Trap;
 
-use super::Answer;
 use super::state::CallState;
+use super::{Answer, Completed, Returned};
 use crate::config::Limits;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +138,47 @@ pub(super) fn check_answer(answer: Answer, limits: &Limits) -> Result<Answer, Ca
 fn valid_var_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_')) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What a finished call comes to, from what it returned and the state it left.
+pub(super) fn settle(
+    outcome: Result<wasmtime::Result<Result<Returned, CallFailure>>, tokio::time::error::Elapsed>,
+    state: &mut CallState,
+    limits: &Limits,
+    deadline_ms: u64,
+    elapsed: Duration,
+) -> Result<Completed, CallFailure> {
+    let Ok(outcome) = outcome else {
+        tracing::warn!(addon = %state.log.addon, call = state.log.call, deadline_ms, "plugin call cancelled at its deadline");
+        return Err(CallFailure::Deadline { deadline_ms });
+    };
+    let result = match outcome {
+        Err(error) => return Err(classify(error, state, deadline_ms, elapsed)),
+        Ok(Err(failure)) => return Err(failure),
+        Ok(Ok(r)) => r,
+    };
+    let refused = match &result {
+        Returned::Reply(r) => r.is_err(),
+        Returned::Job(r) => r.is_err(),
+        Returned::Http(response) => response.status >= 500,
+    };
+    // A plugin that hit a key-value limit and then gave up failed because of the limit.
+    if let (true, Some(quota)) = (refused, &state.kv.quota_violation) {
+        return Err(CallFailure::Quota(quota.clone()));
+    }
+    // So did one refused memory that then gave up: JS and Python engines report a refused
+    // growth as their own "out of memory" error instead of trapping.
+    if refused && state.limiter.memory_denied {
+        return Err(CallFailure::Memory { memory_mib: limits.memory_mib });
+    }
+    let result = match result {
+        Returned::Reply(Ok(answer)) => Returned::Reply(Ok(check_answer(answer, limits)?)),
+        other => other,
+    };
+    let Some(kv) = state.kv.txn.take() else {
+        return Err(CallFailure::Host("the call's key-value transaction is missing".into()));
+    };
+    Ok(Completed { result, kv, jobs: std::mem::take(&mut state.jobs.enqueued), elapsed })
 }
 
 #[cfg(test)]

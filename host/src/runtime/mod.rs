@@ -30,11 +30,12 @@ mod tiers;
 mod web;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
 use wasmtime::component::Instance;
 
@@ -88,6 +89,8 @@ pub struct Runtime {
     info: EngineInfo,
     guests: Arc<guests::Guests>,
     spares: Arc<spares::Spares>,
+    /// Finished calls whose store is not dropped yet (they still hold their host slot).
+    retiring: Arc<AtomicUsize>,
     _ticker: engine::EpochTicker,
 }
 
@@ -189,6 +192,7 @@ impl Runtime {
             info,
             guests: Arc::new(guests::Guests::start()?),
             spares: Arc::new(spares::Spares::new()),
+            retiring: Arc::new(AtomicUsize::new(0)),
             _ticker: ticker,
         })
     }
@@ -242,7 +246,8 @@ impl Runtime {
 
     /// Plugin calls holding a host slot now.
     pub fn calls_in_flight(&self) -> usize {
-        (self.info.slots as usize).saturating_sub(self.slots.available_permits())
+        let taken = (self.info.slots as usize).saturating_sub(self.slots.available_permits());
+        taken.saturating_sub(self.retiring.load(Ordering::Relaxed))
     }
 
     /// A slot for one call of the add-on owning `share`, waiting until `until` at most.
@@ -252,7 +257,8 @@ impl Runtime {
 
     /// Run one export of `plugin` in a fresh instance, within `deadline` (the add-on's
     /// deadline, or less when the request's budget has less left). `slot` is released when
-    /// the instance is gone: when this returns, or when this future is dropped.
+    /// the instance is gone: when this future is dropped, or after this returns, when the
+    /// finished call's store is dropped in the background (with the next spare's making).
     pub async fn call(
         &self,
         slot: Slot,
@@ -264,30 +270,40 @@ impl Runtime {
     ) -> Result<Completed, CallFailure> {
         let (compiled, metered) = (tiers::read(&plugin.current), self.info.fuel);
         let spare = self.spares.take(&compiled, &env);
-        let outcome = {
+        let ran = {
             let (compiled, env) = (compiled.clone(), env.clone());
             self.guests
                 .run(async move {
-                    let outcome = run(&compiled, metered, env, kv, export, deadline, spare).await;
-                    drop(slot);
-                    outcome
+                    let (outcome, dead) = run(&compiled, metered, env, kv, export, deadline, spare).await;
+                    // A finished call's store keeps its host slot until it is dropped, below.
+                    Ok((outcome, dead.map(|store| (store, slot.finish()))))
                 })
                 .await
         };
-        self.make_spare(compiled, metered, env);
+        let (outcome, dead) = ran.unwrap_or_else(|failure| (Err(failure), None));
+        self.make_spare(compiled, metered, env, dead);
         outcome
     }
 
     /// Have a spare instance of `compiled` made for the add-on's next call, unless it has one
     /// or none can be made now (see [`spares`]).
-    fn make_spare(&self, compiled: Arc<tiers::Compiled>, metered: bool, env: Arc<AddonEnv>) {
+    /// `dead`, the store of the call that just finished, is dropped there too.
+    fn make_spare(
+        &self,
+        compiled: Arc<tiers::Compiled>,
+        metered: bool,
+        env: Arc<AddonEnv>,
+        dead: Option<(Store<CallState>, OwnedSemaphorePermit)>,
+    ) {
         let mut evicted = Vec::new();
         let claimed = self.spares.claim(&compiled, &env, &mut evicted);
-        if claimed.is_none() && evicted.is_empty() {
+        if claimed.is_none() && evicted.is_empty() && dead.is_none() {
             return;
         }
         let (spares, guests) = (self.spares.clone(), self.guests.clone());
+        let dead = dead.map(|(store, slot)| spares::Retiring::new(store, slot, &self.retiring));
         let work = async move {
+            drop(dead);
             drop(evicted);
             let Some(permit) = claimed else { return };
             let make = {
@@ -319,7 +335,7 @@ async fn run(
     export: Export,
     deadline: Duration,
     spare: Option<spares::Ready>,
-) -> Result<Completed, CallFailure> {
+) -> (Result<Completed, CallFailure>, Option<Store<CallState>>) {
     let started = Instant::now();
     let limits = env.limits.clone();
     let (mut store, instance, _permit) = match spare {
@@ -327,50 +343,25 @@ async fn run(
             let (kv, log, jobs, http) = store::per_call(&env, Some(kv), export.name(), started + deadline);
             let state = store.data_mut();
             (state.kv, state.log, state.jobs, state.http) = (kv, log, jobs, http);
-            store::arm(&mut store, metered, deadline)?;
+            if let Err(e) = store::arm(&mut store, metered, deadline) {
+                return (Err(e), None);
+            }
             (store, Some(instance), Some(permit))
         }
-        None => (store::new_store(compiled, metered, env, Some(kv), export.name(), deadline)?, None, None),
+        None => match store::new_store(compiled, metered, env, Some(kv), export.name(), deadline) {
+            Ok(store) => (store, None, None),
+            Err(e) => return (Err(e), None),
+        },
     };
     let deadline_ms = deadline.as_millis() as u64;
     let call = call_export(compiled, &mut store, instance, export);
     // On timeout the call's future (and with it the guest's stack) is already gone; the
-    // store follows when this function returns.
+    // store follows when the caller drops it.
     let outcome = tokio::time::timeout(deadline, call).await;
     let elapsed = started.elapsed();
     store.data_mut().flush_output();
-    let state = store.into_data();
-    let Ok(outcome) = outcome else {
-        tracing::warn!(addon = %state.log.addon, call = state.log.call, deadline_ms, "plugin call cancelled at its deadline");
-        return Err(CallFailure::Deadline { deadline_ms });
-    };
-    let result = match outcome {
-        Err(error) => return Err(failure::classify(error, &state, deadline_ms, elapsed)),
-        Ok(Err(failure)) => return Err(failure),
-        Ok(Ok(r)) => r,
-    };
-    let refused = match &result {
-        Returned::Reply(r) => r.is_err(),
-        Returned::Job(r) => r.is_err(),
-        Returned::Http(response) => response.status >= 500,
-    };
-    // A plugin that hit a key-value limit and then gave up failed because of the limit.
-    if let (true, Some(quota)) = (refused, &state.kv.quota_violation) {
-        return Err(CallFailure::Quota(quota.clone()));
-    }
-    // So did one refused memory that then gave up: JS and Python engines report a refused
-    // growth as their own "out of memory" error instead of trapping.
-    if refused && state.limiter.memory_denied {
-        return Err(CallFailure::Memory { memory_mib: limits.memory_mib });
-    }
-    let result = match result {
-        Returned::Reply(Ok(answer)) => Returned::Reply(Ok(failure::check_answer(answer, &limits)?)),
-        other => other,
-    };
-    let Some(kv) = state.kv.txn else {
-        return Err(CallFailure::Host("the call's key-value transaction is missing".into()));
-    };
-    Ok(Completed { result, kv, jobs: state.jobs.enqueued, elapsed })
+    // The store is returned to be dropped off the request's path (see `Runtime::call`).
+    (failure::settle(outcome, store.data_mut(), &limits, deadline_ms, elapsed), Some(store))
 }
 
 /// Call one export, in `instance` (a spare) or in one made now. The platform exports go

@@ -64,7 +64,15 @@ impl Share {
 /// Dropping it frees both; the runtime drops it only after the call's instance is gone.
 pub struct Slot {
     _share: OwnedSemaphorePermit,
-    _host: OwnedSemaphorePermit,
+    host: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The call has returned: its place in the add-on's share is free, while the host slot
+    /// (the pool capacity its instance holds) stays taken until the instance is dropped.
+    pub(super) fn finish(self) -> OwnedSemaphorePermit {
+        self.host
+    }
 }
 
 /// Counts a waiting call for as long as it waits (also when the wait is cancelled).
@@ -94,7 +102,7 @@ pub(super) async fn acquire(host: &Arc<Semaphore>, share: &Share, until: Instant
         Ok(permit) => permit,
         Err(_) => wait(host.clone(), until).await?,
     };
-    Ok(Slot { _share: own, _host: host })
+    Ok(Slot { _share: own, host })
 }
 
 async fn wait(semaphore: Arc<Semaphore>, until: Instant) -> Result<OwnedSemaphorePermit, SlotRefused> {

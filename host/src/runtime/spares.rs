@@ -10,11 +10,15 @@
 //! call's own imports (key-value, jobs, HTTP) there would see a call that does not exist yet,
 //! so such a plugin's spare is thrown away and the plugin gets no spares again.
 //!
+//! The finished call's store is dropped in the same background task ([`Retiring`]: it keeps
+//! its host slot, the pool capacity it holds, until then), so tearing an instance down is
+//! off the request's path too; its place in the add-on's share is free when the call returns.
+//!
 //! Spares are few ([`MAX_SPARES`], the most recently called plugins keep theirs) and take
 //! pool capacity of their own, sized apart from the call slots, so they never keep a call
 //! from running. A spare not taken within [`STALE`] is dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -175,4 +179,26 @@ fn no_spares(compiled: &Compiled, store: &Store<CallState>) -> Option<Ready> {
     tracing::info!(%addon, "the plugin's start function uses per-call imports; its instances are made at each call");
     compiled.no_spares.store(true, Ordering::Relaxed);
     None
+}
+
+/// A finished call's store on its way to be dropped, with the host slot it holds until then.
+pub(super) struct Retiring {
+    store: Option<Store<CallState>>,
+    slot: Option<OwnedSemaphorePermit>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Retiring {
+    pub(super) fn new(store: Store<CallState>, slot: OwnedSemaphorePermit, count: &Arc<AtomicUsize>) -> Retiring {
+        count.fetch_add(1, Ordering::Relaxed);
+        Retiring { store: Some(store), slot: Some(slot), count: count.clone() }
+    }
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        drop(self.slot.take());
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
 }
