@@ -14,9 +14,10 @@
 //! its host slot, the pool capacity it holds, until then), so tearing an instance down is
 //! off the request's path too; its place in the add-on's share is free when the call returns.
 //!
-//! Spares are few ([`MAX_SPARES`], the most recently called plugins keep theirs) and take
-//! pool capacity of their own, sized apart from the call slots, so they never keep a call
-//! from running. A spare not taken within [`STALE`] is dropped.
+//! Spares are few ([`MAX_SPARES`]; when all are taken, one unused for [`EVICT_AFTER`] makes
+//! room for another plugin's, so hot plugins keep theirs and many cold ones cannot churn
+//! them) and take pool capacity of their own, sized apart from the call slots, so they never
+//! keep a call from running. A spare not taken within [`STALE`] is dropped.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +34,8 @@ use super::tiers::Compiled;
 pub(crate) const MAX_SPARES: u32 = 8;
 /// A spare unused this long is dropped (its plugin has gone quiet, or was replaced).
 const STALE: Duration = Duration::from_secs(10);
+/// When every spare is taken, one unused this long makes room for another plugin's.
+const EVICT_AFTER: Duration = Duration::from_millis(100);
 
 /// A fresh instance in its own store, and the pool capacity it holds until the store drops.
 pub(super) struct Ready {
@@ -83,9 +86,9 @@ impl Spares {
     }
 
     /// Claim the making of a spare for this build and add-on: `None` when it has one (ready
-    /// or being made), when the plugin makes no spares, or when no capacity is free even
-    /// after dropping the oldest spare. What this evicts is returned to be dropped by the
-    /// caller, off the lock.
+    /// or being made), when the plugin makes no spares, or when no capacity is free. What
+    /// this evicts (stale spares, or the oldest to make room) is handed to the caller to
+    /// drop, off the lock and off the request's path.
     pub(super) fn claim(
         &self,
         compiled: &Arc<Compiled>,
@@ -108,17 +111,16 @@ impl Spares {
                 i += 1;
             }
         }
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Make room: the least recently made spare goes (its permit frees when it drops).
-                let oldest = entries.iter().enumerate().filter(|(_, e)| e.ready.is_some()).min_by_key(|(_, e)| e.made);
-                let at = oldest.map(|(at, _)| at)?;
-                let ready = entries.swap_remove(at).ready?;
-                let Ready { store, instance: _, permit } = ready;
-                drop(store);
-                permit
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            // Full: make room for a later call by dropping the oldest spare, if it has waited
+            // longer than a hot plugin's would. Its permit frees when the caller drops it, off
+            // the lock. This call makes none, so with many plugins taking turns spares are
+            // made for nothing at most MAX_SPARES times per EVICT_AFTER.
+            let oldest = entries.iter().enumerate().filter(|(_, e)| e.ready.is_some()).min_by_key(|(_, e)| e.made);
+            if let Some((at, _)) = oldest.filter(|(_, e)| now - e.made > EVICT_AFTER) {
+                evicted.extend(entries.swap_remove(at).ready);
             }
+            return None;
         };
         entries.push(Entry { compiled: compiled.clone(), env: env.clone(), made: now, ready: None });
         Some(permit)
