@@ -286,8 +286,8 @@ impl Runtime {
     }
 
     /// Have a spare instance of `compiled` made for the add-on's next call, unless it has one
-    /// or none can be made now (see [`spares`]).
-    /// `dead`, the store of the call that just finished, is dropped there too.
+    /// or none can be made now (see [`spares`]); `dead`, the store of the call that just
+    /// finished, is dropped in the same background task.
     fn make_spare(
         &self,
         compiled: Arc<tiers::Compiled>,
@@ -334,22 +334,22 @@ async fn run(
     kv: KvTxn,
     export: Export,
     deadline: Duration,
-    spare: Option<spares::Ready>,
+    spare: Option<(Store<CallState>, Instance)>,
 ) -> (Result<Completed, CallFailure>, Option<Store<CallState>>) {
     let started = Instant::now();
     let limits = env.limits.clone();
-    let (mut store, instance, _permit) = match spare {
-        Some(spares::Ready { mut store, instance, permit }) => {
+    let (mut store, instance) = match spare {
+        Some((mut store, instance)) => {
             let (kv, log, jobs, http) = store::per_call(&env, Some(kv), export.name(), started + deadline);
             let state = store.data_mut();
             (state.kv, state.log, state.jobs, state.http) = (kv, log, jobs, http);
             if let Err(e) = store::arm(&mut store, metered, deadline) {
                 return (Err(e), None);
             }
-            (store, Some(instance), Some(permit))
+            (store, Some(instance))
         }
         None => match store::new_store(compiled, metered, env, Some(kv), export.name(), deadline) {
-            Ok(store) => (store, None, None),
+            Ok(store) => (store, None),
             Err(e) => return (Err(e), None),
         },
     };

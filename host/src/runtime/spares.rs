@@ -37,11 +37,12 @@ const STALE: Duration = Duration::from_secs(10);
 /// When every spare is taken, one unused this long makes room for another plugin's.
 const EVICT_AFTER: Duration = Duration::from_millis(100);
 
-/// A fresh instance in its own store, and the pool capacity it holds until the store drops.
+/// A fresh instance in its own store, and the pool capacity it holds until a call takes it.
 pub(super) struct Ready {
-    pub(super) store: Store<CallState>,
-    pub(super) instance: Instance,
-    pub(super) permit: OwnedSemaphorePermit,
+    store: Store<CallState>,
+    instance: Instance,
+    /// Held for as long as the spare waits; dropped when a call takes it.
+    _permit: OwnedSemaphorePermit,
 }
 
 struct Entry {
@@ -77,12 +78,14 @@ impl Spares {
         (entries.iter().filter(|e| e.ready.is_some()).count(), self.taken.load(Ordering::Relaxed))
     }
 
-    /// The spare made for this build and add-on, if one is ready.
-    pub(super) fn take(&self, compiled: &Arc<Compiled>, env: &Arc<AddonEnv>) -> Option<Ready> {
+    /// The spare made for this build and add-on, if one is ready. Its permit goes back: the
+    /// taking call's own slot covers the instance from now on.
+    pub(super) fn take(&self, compiled: &Arc<Compiled>, env: &Arc<AddonEnv>) -> Option<(Store<CallState>, Instance)> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let at = entries.iter().position(|e| e.is(compiled, env) && e.ready.is_some())?;
         self.taken.fetch_add(1, Ordering::Relaxed);
-        entries.swap_remove(at).ready
+        let Ready { store, instance, .. } = entries.swap_remove(at).ready?;
+        Some((store, instance))
     }
 
     /// Claim the making of a spare for this build and add-on: `None` when it has one (ready
@@ -103,14 +106,8 @@ impl Spares {
             return None;
         }
         let now = Instant::now();
-        let mut i = 0;
-        while i < entries.len() {
-            if entries[i].ready.is_some() && now - entries[i].made > STALE {
-                evicted.extend(entries.swap_remove(i).ready);
-            } else {
-                i += 1;
-            }
-        }
+        let stale = entries.extract_if(.., |e| e.ready.is_some() && now - e.made > STALE);
+        evicted.extend(stale.filter_map(|e| e.ready));
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             // Full: make room for a later call by dropping the oldest spare, if it has waited
             // longer than a hot plugin's would. Its permit frees when the caller drops it, off
@@ -173,7 +170,7 @@ pub(super) async fn make(
     if state.kv.used_early || !state.jobs.enqueued.is_empty() || state.http.made() > 0 {
         return no_spares(compiled, &store);
     }
-    Some(Ready { store, instance, permit })
+    Some(Ready { store, instance, _permit: permit })
 }
 
 fn no_spares(compiled: &Compiled, store: &Store<CallState>) -> Option<Ready> {
