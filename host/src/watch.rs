@@ -53,13 +53,7 @@ pub(crate) fn spawn(service: Arc<Service>, cfg: &HostConfig) -> anyhow::Result<(
         let (tx, rx) = mpsc::unbounded_channel();
         let plugin = addon.plugin.clone();
         let (watched, wanted): (Vec<(PathBuf, RecursiveMode)>, Wanted) = match &addon.build {
-            Some(build) => (
-                build.watch.iter().map(|p| (p.clone(), RecursiveMode::Recursive)).collect(),
-                Box::new(|p: &Path| {
-                    !p.components()
-                        .any(|c| c == Component::Normal("target".as_ref()) || c == Component::Normal(".git".as_ref()))
-                }),
-            ),
+            Some(build) => sources(&build.watch),
             // The folder, not the file: builds often replace the file rather than write it.
             None => {
                 let folder = plugin.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
@@ -89,6 +83,39 @@ pub(crate) fn spawn(service: Arc<Service>, cfg: &HostConfig) -> anyhow::Result<(
         });
     }
     Ok(())
+}
+
+/// What to watch for a build's `watch` list, and which changed paths count. Folders are
+/// watched recursively; a file is watched through its folder, never by its own inode: an
+/// editor's rename-style save (`sed -i`, vim, many IDEs) replaces the inode, which ends a
+/// watch on it for good. Changes under a `target` or `.git` folder inside a watched folder
+/// never count, so a build does not start itself again.
+fn sources(paths: &[PathBuf]) -> (Vec<(PathBuf, RecursiveMode)>, Wanted) {
+    let (mut folders, mut files, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+    for path in paths {
+        let entry = if path.is_dir() {
+            folders.push(path.clone());
+            (path.clone(), RecursiveMode::Recursive)
+        } else {
+            files.push(path.clone());
+            let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (folder.to_path_buf(), RecursiveMode::NonRecursive)
+        };
+        if !watched.contains(&entry) {
+            watched.push(entry);
+        }
+    }
+    let wanted = move |changed: &Path| {
+        files.iter().any(|f| f == changed)
+            || folders.iter().any(|folder| {
+                changed.strip_prefix(folder).is_ok_and(|inside| {
+                    !inside
+                        .components()
+                        .any(|c| c == Component::Normal("target".as_ref()) || c == Component::Normal(".git".as_ref()))
+                })
+            })
+    };
+    (watched, Box::new(wanted))
 }
 
 async fn run(
@@ -134,7 +161,10 @@ async fn rebuild(id: &str, build: &BuildConfig) -> bool {
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     let lines: Vec<&str> = text.lines().collect();
     let shown = lines[lines.len().saturating_sub(SHOWN_LINES)..].join("\n");
-    tracing::warn!(addon = id, "build failed ({}), the running version keeps serving:\n{shown}", output.status);
+    tracing::warn!(addon = id, "build failed ({}), the running version keeps serving; its output:", output.status);
+    // The partner's own compiler, in development mode: its lines as they are (the log
+    // escapes the newlines of whatever passes through it).
+    eprintln!("{shown}");
     false
 }
 
@@ -158,5 +188,69 @@ async fn reload(service: &Service, id: &str, path: &PathBuf) {
             "reloaded changed plugin"
         ),
         Err(e) => tracing::warn!(addon = id, "changed plugin refused, the previous version keeps serving: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use notify::Watcher;
+
+    use super::*;
+
+    /// Save `path` the way `sed -i` and many editors do: write a new file, rename it over.
+    fn save_by_rename(path: &Path, text: &str) {
+        let temp = path.with_extension("swp");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, path).unwrap();
+    }
+
+    /// A watched file saved by rename, twice: each save is seen (a watch on the file's own
+    /// inode ends with the first save, and the second goes unseen). Changes under `target/`
+    /// in a watched folder and to unwatched files beside a watched one do not count.
+    #[test]
+    fn rename_saves_are_seen_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, folder) = (dir.path().join("app.js"), dir.path().join("src"));
+        std::fs::write(&file, "1").unwrap();
+        std::fs::create_dir_all(folder.join("target")).unwrap();
+        let (watched, wanted) = sources(&[file.clone(), folder.clone()]);
+        let (tx, rx) = mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                for path in event.paths.iter().filter(|p| wanted(p)) {
+                    let _ = tx.send(path.clone());
+                }
+            }
+        })
+        .unwrap();
+        for (path, mode) in &watched {
+            watcher.watch(path, *mode).unwrap();
+        }
+        let seen = |expected: &Path| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(path) if path == expected => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+            false
+        };
+        for round in 0..3 {
+            save_by_rename(&file, &format!("edit {round}"));
+            assert!(seen(&file), "rename save {round} of a watched file was not seen");
+        }
+        save_by_rename(&folder.join("lib.rs"), "x");
+        assert!(seen(&folder.join("lib.rs")));
+        std::fs::write(folder.join("target/out"), "x").unwrap();
+        std::fs::write(dir.path().join("Cargo.lock"), "x").unwrap();
+        std::thread::sleep(QUIET);
+        let noise: Vec<PathBuf> =
+            rx.try_iter().filter(|p| p.starts_with(folder.join("target")) || p.ends_with("Cargo.lock")).collect();
+        assert!(noise.is_empty(), "unwatched changes counted: {noise:?}");
     }
 }

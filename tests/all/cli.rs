@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use addon_host_tests::AddonToml;
 use tokio::process::Command;
 
-use crate::process::{Server, exchange, spawn, spawn_config_with, spawn_with};
+use crate::process::{Server, exchange, spawn, spawn_command, spawn_with};
 
 const TOKEN: &str = "cli-shared-token";
 
@@ -192,6 +192,9 @@ async fn a_new_project_builds_tests_and_serves() {
         .await
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let next = printed.lines().find_map(|l| l.strip_prefix("next: ")).expect("`new` says what to run next").to_owned();
+    assert_eq!(next, format!("cd {} && addon-host serve --watch", project.display()));
     // An id with '-': its variables use '_', and Xervo (which cannot take such an id) is left out.
     let dashed = dir.path().join("dashed");
     let out = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
@@ -234,8 +237,22 @@ async fn a_new_project_builds_tests_and_serves() {
 
     let generated = std::fs::read_to_string(&config).unwrap();
     let token = generated.split("shared_token = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    // The partner's loop: `serve --watch` builds, serves, and rebuilds on each saved change.
-    let server = spawn_config_with(&config, &["--watch"]).await;
+    // The partner's loop, started with exactly the command `new` printed (from its parent
+    // folder, `addon-host` on the PATH, no --config): it builds, serves, and rebuilds on each
+    // saved change. Only the port is the test's: ADDON_HOST_LISTEN, as a partner may set it.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_addon-host-e2e"), bin.join("addon-host")).unwrap();
+    let mut command = Command::new("sh");
+    command
+        // `exec`: the server is the shell's process, so the test's kill reaches it.
+        .args(["-c", &next.replace("&& addon-host", "&& exec addon-host")])
+        .current_dir(dir.path())
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("ADDON_HOST_LISTEN", "127.0.0.1:0")
+        .env_remove("ADDON_HOST_CONFIG")
+        .env_remove("CARGO_TARGET_DIR");
+    let server = spawn_command(command, config.clone()).await;
     let headers = [("Authentication", token.as_str()), ("Content-Type", "application/json")];
     let provision = |slug: String| {
         let (addr, headers) = (server.addr.clone(), headers);
@@ -251,16 +268,22 @@ async fn a_new_project_builds_tests_and_serves() {
     let source = project.join("src/lib.rs");
     let original = std::fs::read_to_string(&source).unwrap();
     assert!(original.contains(r#""{}/apps/{}""#), "the template changed: {original}");
-    std::fs::write(&source, original.replace(r#""{}/apps/{}""#, r#""{}/v2/apps/{}""#)).unwrap();
-    let started = Instant::now();
-    for n in 0.. {
-        let (status, reply) = provision(format!("edit-{n}")).await;
-        assert_eq!(status, 201, "{reply}");
-        if reply.contains(&format!("https://hello.example.com/v2/apps/edit-{n}")) {
-            break;
+    // Two edits, each saved by rename as `sed -i` and many editors do: both are served.
+    for version in ["v2", "v3"] {
+        let edited = original.replace(r#""{}/apps/{}""#, &format!(r#""{{}}/{version}/apps/{{}}""#));
+        let temp = project.join("src/.lib.rs.swp");
+        std::fs::write(&temp, edited).unwrap();
+        std::fs::rename(&temp, &source).unwrap();
+        let started = Instant::now();
+        for n in 0.. {
+            let (status, reply) = provision(format!("{version}-{n}")).await;
+            assert_eq!(status, 201, "{reply}");
+            if reply.contains(&format!("https://hello.example.com/{version}/apps/{version}-{n}")) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(180), "the {version} edit was never served: {reply}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        assert!(started.elapsed() < Duration::from_secs(180), "the edit was never built and served: {reply}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A change that does not compile: the compiler's error is shown, the last good build serves.
     std::fs::write(&source, format!("{original}\nfn broken( {{\n")).unwrap();
@@ -268,5 +291,5 @@ async fn a_new_project_builds_tests_and_serves() {
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("error: ") && log.contains("src/lib.rs"), "the build error is not shown: {log}");
     let (status, reply) = provision("after-broken".into()).await;
-    assert!(status == 201 && reply.contains("/v2/apps/after-broken"), "{reply}");
+    assert!(status == 201 && reply.contains("/v3/apps/after-broken"), "{reply}");
 }

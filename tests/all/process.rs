@@ -69,6 +69,12 @@ pub(crate) async fn spawn_config_with(config: &std::path::Path, extra: &[&str]) 
     start(command, config.to_path_buf()).await
 }
 
+/// Start `command` (which runs `addon-host serve` in the end, e.g. through `sh -c`), reading
+/// `config`; wait until it listens.
+pub(crate) async fn spawn_command(command: Command, config: std::path::PathBuf) -> Server {
+    start(command, config).await
+}
+
 /// [`spawn`] with the process's address space limited to `kib` KiB (`ulimit -v`).
 pub(crate) async fn spawn_limited(dir: &std::path::Path, addons: &str, kib: u64) -> Server {
     let config = write_config(dir, addons);
@@ -83,6 +89,14 @@ pub(crate) fn limited(kib: u64, config: &std::path::Path) -> Command {
         .arg(kib.to_string())
         .arg(config);
     command
+}
+
+impl Server {
+    /// `GET path` with the admin token the host showed at its first start.
+    pub(crate) async fn as_admin(&self, path: &str) -> (u16, String) {
+        let token = self.banner.iter().find_map(|l| l.split("stored): ").nth(1)).expect("admin token line");
+        exchange(&self.addr, "GET", path, &[("authorization", &format!("Bearer {token}"))], "").await
+    }
 }
 
 /// Write a config file for a spawned host: `extra` goes under `[server]` up to its first table.

@@ -302,8 +302,10 @@ impl HostConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         let mut cfg: HostConfig =
             toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
+        // Relative paths are taken from the config's folder, made absolute first: a bare file
+        // name's parent is "", which is no folder a build can run in.
+        let absolute = std::path::absolute(path).with_context(|| format!("locating config {}", path.display()))?;
+        cfg.resolve_paths(absolute.parent().unwrap_or(Path::new("/")));
         let invalid = || format!("invalid config {}", path.display());
         cfg.inline_manifests().with_context(invalid)?;
         cfg.validate().with_context(invalid)?;
