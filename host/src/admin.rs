@@ -115,7 +115,15 @@ async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Respons
             "versions": versions.len(),
         }));
     }
-    Ok(Json(json!({ "engine": service.runtime().info(), "addons": addons })).into_response())
+    let storage = service.storage();
+    Ok(Json(json!({
+        "engine": service.runtime().info(),
+        "storage": storage.kind(),
+        "commits": storage.commit_stats(),
+        "stall": storage.stall(),
+        "addons": addons,
+    }))
+    .into_response())
 }
 
 async fn list(

@@ -80,22 +80,15 @@ fn stalled(stall: &crate::storage::Stall) -> String {
     format!("no durable commit for {} ms (limit {} ms)", stall.for_ms, stall.limit_ms)
 }
 
-/// Liveness for load balancers and supervisors: 503 while durable commits have stopped
-/// making progress (see [`crate::storage::Stall`]). Never touches storage itself.
+/// Health for load balancers and supervisors, on the public port: whether the host serves,
+/// and 503 while durable commits have stopped making progress (see
+/// [`crate::storage::Stall`]). It names nothing else: which add-ons, plugins, engine and
+/// storage the host has is the operator's to see, on `/admin/status`. Never touches storage.
 async fn health(State(service): State<Arc<Service>>) -> Response {
-    let addons: Vec<_> =
-        service.addons().map(|a| json!({ "id": a.id(), "plugin_version": a.plugin().sha256 })).collect();
-    let engine = service.runtime().info();
-    let commits = service.storage().commit_stats();
-    let storage = service.storage().kind();
     match service.storage().stall() {
-        None => {
-            Json(json!({ "status": "ok", "engine": engine, "storage": storage, "commits": commits, "addons": addons }))
-                .into_response()
-        }
+        None => Json(json!({ "status": "ok" })).into_response(),
         Some(stall) => {
-            let body = json!({ "status": "stalled", "error": "storage_stalled", "message": stalled(&stall), "stall": stall,
-                "storage": storage, "commits": commits, "engine": engine, "addons": addons });
+            let body = json!({ "status": "stalled", "error": "storage_stalled", "message": stalled(&stall) });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }

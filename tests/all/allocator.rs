@@ -1,6 +1,6 @@
 //! The instance allocator: `auto` uses the pooling allocator when the machine lets the host
 //! reserve its address space and falls back to on-demand allocation when it cannot, saying
-//! so in `/healthz`; `pooling` asked for explicitly refuses to start instead. The limit is a
+//! so on `/admin/status`; `pooling` asked for explicitly refuses to start instead. The limit is a
 //! real `ulimit -v` on the real binary.
 
 use serde_json::Value;
@@ -11,8 +11,13 @@ use crate::process::*;
 /// on-demand instances one at a time.
 const ADDRESS_SPACE_KIB: u64 = 16 << 20;
 
-fn engine(health: &str) -> Value {
-    serde_json::from_str::<Value>(health).unwrap()["engine"].clone()
+/// The engine on `/admin/status`; `/healthz`, public, says only that the host serves.
+async fn engine(server: &Server) -> Value {
+    let (status, health) = exchange(&server.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!((status, health.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, text) = server.as_admin("/admin/status").await;
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["engine"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,18 +26,14 @@ async fn auto_falls_back_to_on_demand_when_the_pool_cannot_be_reserved() {
 
     let dir = tempfile::tempdir().unwrap();
     let unlimited = spawn(dir.path(), &addons).await;
-    let (status, health) = exchange(&unlimited.addr, "GET", "/healthz", &[], "").await;
-    assert_eq!(status, 200, "{health}");
-    assert_eq!(engine(&health)["allocator"], "pooling", "{health}");
+    assert_eq!(engine(&unlimited).await["allocator"], "pooling");
     drop(unlimited);
 
     let dir = tempfile::tempdir().unwrap();
     let limited = spawn_limited(dir.path(), &addons, ADDRESS_SPACE_KIB).await;
-    let (status, health) = exchange(&limited.addr, "GET", "/healthz", &[], "").await;
-    assert_eq!(status, 200, "{health}");
-    let engine = engine(&health);
-    assert_eq!(engine["allocator"], "on-demand", "{health}");
-    assert!(!engine["pooling_error"].as_str().unwrap_or_default().is_empty(), "{health}");
+    let engine = engine(&limited).await;
+    assert_eq!(engine["allocator"], "on-demand", "{engine}");
+    assert!(!engine["pooling_error"].as_str().unwrap_or_default().is_empty(), "{engine}");
     assert!(limited.logged("pooling allocator unavailable", std::time::Duration::from_secs(5)).await);
     // And it serves.
     let auth = [("authentication", "allocator-token-0123"), ("content-type", "application/json")];

@@ -44,7 +44,8 @@ async fn three_hosts() -> (Vec<tempfile::TempDir>, Vec<Server>) {
     let mut hosts = Vec::new();
     for dir in &dirs {
         let host = spawn(dir.path(), &config).await;
-        let (status, health) = exchange(&host.addr, "GET", "/healthz", &[], "").await;
+        let bearer = format!("Bearer {ADMIN}");
+        let (status, health) = exchange(&host.addr, "GET", "/admin/status", &[("authorization", &bearer)], "").await;
         assert_eq!(status, 200, "{health}");
         assert!(health.contains(r#""storage":"postgres""#), "{health}");
         hosts.push(host);
