@@ -17,6 +17,7 @@ pub mod conformance;
 pub mod error;
 pub(crate) mod http;
 pub mod jobs;
+mod logs;
 pub mod metrics;
 pub(crate) mod pages;
 pub mod runtime;

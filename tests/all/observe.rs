@@ -193,3 +193,24 @@ async fn metrics_listener_and_json_logs_on_the_real_binary() {
     let flood: serde_json::Value = serde_json::from_str(flood).unwrap();
     assert_eq!(flood["span"]["id"], "json-79", "{flood}");
 }
+
+/// The text log on the real binary: text a plugin (or a caller) chooses never makes a line
+/// of its own. The misbehaving plugin logs, prints and refuses with a newline followed by a
+/// forged host line; each stays inside the event that carried it, escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_text_cannot_forge_a_line_of_the_hosts_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let addons = addon_host_tests::AddonToml::new("misbehave", addon_host_tests::PLUGIN_MISBEHAVE)
+        .bitrise("misbehave-token-0123", "sso-secret")
+        .to_toml();
+    let server = spawn(dir.path(), &addons).await;
+    let auth = [("authentication", "misbehave-token-0123"), ("content-type", "application/json")];
+    let body = r#"{"plan":"log-forge","app_slug":"forger","api_token":"t"}"#;
+    let (status, reply) = exchange(&server.addr, "POST", "/addons/misbehave/provision", &auth, body).await;
+    assert_eq!(status, 422, "{reply}");
+    assert!(server.logged("by stderr", std::time::Duration::from_secs(10)).await, "the plugin's lines were not logged");
+    let log = server.log.lock().unwrap().clone();
+    let forged: Vec<_> = log.iter().filter(|l| l.starts_with("2030-01-01") || l.contains("\u{1b}[2K")).collect();
+    assert!(forged.is_empty(), "plugin text made lines of its own: {forged:?}\n{log:?}");
+    assert!(log.iter().any(|l| l.contains("innocent\\n2030-01-01") && l.contains("by log")), "{log:?}");
+}

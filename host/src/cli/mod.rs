@@ -124,12 +124,14 @@ pub fn main() -> anyhow::Result<()> {
     // Colours only on a terminal (and never under NO_COLOR): a log file or journal gets plain
     // lines, and formatting each request's span without escape codes is cheaper too.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(colour).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-    );
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt().with_ansi(colour);
     match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+        // One event, one line, whatever text partners and callers put in it.
+        LogFormat::Text => {
+            logs.with_writer(crate::logs::EscapedStderr { colour }).with_env_filter(filter()).init();
+        }
+        LogFormat::Json => logs.json().with_writer(std::io::stderr).with_env_filter(filter()).init(),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -221,7 +223,7 @@ fn check(config: &std::path::Path) -> anyhow::Result<()> {
     let cfg = HostConfig::load(config)?;
     let mut server = cfg.server.clone();
     server.compile_cache = Some(PathBuf::new());
-    let runtime = crate::runtime::Runtime::new(&server, cfg.max_memory_bytes(), cfg.uses_fuel())?;
+    let runtime = crate::runtime::Runtime::new(&server, cfg.max_memory_bytes(), cfg.uses_fuel(), None)?;
     for addon in &cfg.addons {
         let at = || format!("add-on `{}`", addon.id);
         if let Some(x) = &addon.xervo {
