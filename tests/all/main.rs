@@ -33,6 +33,7 @@ mod observe;
 mod outbound;
 mod plans;
 mod sso;
+mod tenants;
 mod upgrade;
 mod web;
 mod xervo;

@@ -85,7 +85,7 @@ struct Row {
 fn compile_time(dir: &std::path::Path, plugin: &str, compiler: Compiler) -> anyhow::Result<Duration> {
     let mut cold = config(dir, plugin, 128, false);
     cold.server.compiler = compiler;
-    let runtime = addon_host::runtime::Runtime::new(&cold.server, cold.max_memory_bytes(), false)?;
+    let runtime = addon_host::runtime::Runtime::new(&cold.server, cold.max_memory_bytes(), false, None)?;
     let started = Instant::now();
     runtime.load(&std::fs::read(plugin)?)?;
     Ok(started.elapsed())

@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     // time), median of 5.
     let uncached = ServerConfig { compile_cache: Some("".into()), ..ServerConfig::default() };
     let fresh = |bytes: &[u8]| -> anyhow::Result<Duration> {
-        let runtime = Runtime::new(&uncached, 64 << 20, false)?;
+        let runtime = Runtime::new(&uncached, 64 << 20, false, None)?;
         let t = Instant::now();
         runtime.load(bytes)?;
         Ok(t.elapsed())
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     // compiled alone, and right after the credentials example on the same engine.
     let quota = std::fs::read(addon_host_tests::PLUGIN_QUOTA)?;
     let quota_alone = fresh(&quota)?;
-    let runtime = Runtime::new(&uncached, 64 << 20, false)?;
+    let runtime = Runtime::new(&uncached, 64 << 20, false, None)?;
     runtime.load(&base)?;
     let t = Instant::now();
     runtime.load(&quota)?;

@@ -98,7 +98,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Load again from the compile cache, as after a restart or for a rollback.
-    let fresh = addon_host::runtime::Runtime::new(&cfg.server, cfg.max_memory_bytes(), false)?;
+    let key = service.storage().host_key(addon_host::runtime::CACHE_KEY)?;
+    let fresh = addon_host::runtime::Runtime::new(&cfg.server, cfg.max_memory_bytes(), false, Some(key))?;
     let artefact = dir.path().join("native.cwasm");
     std::fs::write(&artefact, compile(&base)?.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?)?;
     let (mut native_cached, mut hosted_cached) = (Vec::new(), Vec::new());

@@ -12,6 +12,9 @@
 //! add-ons).
 
 mod cache;
+pub use cache::CompileCache;
+/// The name of the host key (in storage) that tags the compile cache's artefacts.
+pub const CACHE_KEY: &str = "compile-cache";
 mod engine;
 mod failure;
 mod fragments;
@@ -29,7 +32,6 @@ mod store;
 mod tiers;
 mod web;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -85,7 +87,7 @@ pub struct Runtime {
     /// Plugins at least this large start on baseline code (in "tiered" mode).
     tier_above: usize,
     slots: Arc<Semaphore>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<Arc<CompileCache>>,
     info: EngineInfo,
     guests: Arc<guests::Guests>,
     spares: Arc<spares::Spares>,
@@ -168,16 +170,23 @@ pub struct Completed {
 }
 
 impl Runtime {
-    pub fn new(server: &ServerConfig, max_memory_bytes: u64, fuel: bool) -> anyhow::Result<Runtime> {
+    /// The runtime for `server`'s engine settings. `cache_key` is the key the compile
+    /// cache's artefacts are tagged with (the host's `compile-cache` key in storage): without
+    /// it nothing is cached, since nothing could be trusted.
+    pub fn new(
+        server: &ServerConfig,
+        max_memory_bytes: u64,
+        fuel: bool,
+        cache_key: Option<Vec<u8>>,
+    ) -> anyhow::Result<Runtime> {
         let (engine, info) = engine::build(server, max_memory_bytes, fuel)?;
         let primary = if server.compiler == Compiler::Winch { "winch" } else { "cranelift" };
         let primary = Arc::new(Tier::new(engine, primary)?);
-        let cache_dir = server.cache_dir();
+        let cache = server.cache_dir().zip(cache_key).map(|(dir, key)| Arc::new(CompileCache::new(dir, key)));
         let baseline = match server.compiler {
-            Compiler::Tiered => Some((
-                Tier::new(engine::baseline(fuel)?, "winch")?,
-                Optimizer::start(primary.clone(), cache_dir.clone())?,
-            )),
+            Compiler::Tiered => {
+                Some((Tier::new(engine::baseline(fuel)?, "winch")?, Optimizer::start(primary.clone(), cache.clone())?))
+            }
             Compiler::Cranelift | Compiler::Winch => None,
         };
         let mut engines = vec![primary.engine.clone()];
@@ -188,7 +197,7 @@ impl Runtime {
             baseline,
             tier_above: usize::try_from(server.tier_above_kib.saturating_mul(1024)).unwrap_or(usize::MAX),
             slots: Arc::new(Semaphore::new(server.max_concurrent_calls as usize)),
-            cache_dir,
+            cache,
             info,
             guests: Arc::new(guests::Guests::start()?),
             spares: Arc::new(spares::Spares::new()),
@@ -207,7 +216,7 @@ impl Runtime {
     /// cache is served from Winch's build until Cranelift's replaces it (see [`tiers`]).
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Plugin> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let dir = self.cache_dir.as_deref();
+        let dir = self.cache.as_deref();
         let plugin = |(compiled, from_cache): (Arc<tiers::Compiled>, bool)| Plugin {
             runs_jobs: compiled.runs_jobs,
             serves_http: compiled.web.is_some(),

@@ -6,19 +6,18 @@
 //! background and swaps that build in between two calls; a call keeps the build it started
 //! on. Both builds land in the compile cache, so the next start serves optimised code at once.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Instant;
 
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 
 use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_handler::GuestIndices;
 
 use super::bindings::{PluginIndices, PluginPre};
-use super::cache;
+use super::cache::CompileCache;
 use super::state::{self, CallState};
 
 /// One compiler's engine and the linker of the host's imports for it.
@@ -78,20 +77,36 @@ impl Tier {
     }
 
     /// Whether this tier's build of the plugin is in the cache.
-    pub(super) fn cached(&self, cache_dir: Option<&Path>, sha256: &str) -> bool {
-        cache::holds(&self.engine, cache_dir, sha256)
+    pub(super) fn cached(&self, cache: Option<&CompileCache>, sha256: &str) -> bool {
+        cache.is_some_and(|c| c.holds(&self.engine, sha256))
     }
 
-    /// Compile (or load from the cache) and link; the flag says whether it came from the cache.
+    /// Compile (or load from the cache) and link; the flag says whether it came from the
+    /// cache. A fresh build is cached only once it has linked as a plugin.
     pub(super) fn load(
         &self,
-        cache_dir: Option<&Path>,
+        cache: Option<&CompileCache>,
         bytes: &[u8],
         sha256: &str,
     ) -> Result<(Arc<Compiled>, bool), LoadError> {
-        let (component, from_cache) =
-            cache::compile(&self.engine, cache_dir, bytes, sha256).map_err(LoadError::Compile)?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        let (component, from_cache) = match cache.and_then(|c| c.load(&self.engine, sha256)) {
+            Some(component) => (component, true),
+            None => (
+                Component::new(&self.engine, bytes)
+                    .map_err(|e| LoadError::Compile(anyhow::anyhow!("not a valid component: {e:#}")))?,
+                false,
+            ),
+        };
+        let compiled = self.link(&component)?;
+        if let Some(cache) = cache.filter(|_| !from_cache) {
+            cache.store(&self.engine, sha256, &component);
+        }
+        Ok((compiled, from_cache))
+    }
+
+    /// Link a component as a plugin: it must implement the contract's worlds.
+    fn link(&self, component: &Component) -> Result<Arc<Compiled>, LoadError> {
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
             LoadError::Link(anyhow::anyhow!("the component cannot be linked as an addon:provider plugin: {e:#}"))
         })?;
         let web = super::web::indices(&instance_pre);
@@ -102,7 +117,7 @@ impl Tier {
         let runs_jobs = component.get_export_index(None, "run-job").is_some();
         let engine = self.engine.clone();
         let no_spares = AtomicBool::new(false);
-        Ok((Arc::new(Compiled { engine, pre, indices, compiler: self.name, runs_jobs, web, no_spares }), from_cache))
+        Ok(Arc::new(Compiled { engine, pre, indices, compiler: self.name, runs_jobs, web, no_spares }))
     }
 }
 
@@ -122,14 +137,14 @@ pub(super) struct Optimizer {
 }
 
 impl Optimizer {
-    pub(super) fn start(tier: Arc<Tier>, cache_dir: Option<PathBuf>) -> anyhow::Result<Optimizer> {
+    pub(super) fn start(tier: Arc<Tier>, cache: Option<Arc<CompileCache>>) -> anyhow::Result<Optimizer> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("optimizer".into()).spawn(move || {
             while let Ok(job) = queue.recv() {
                 if job.current.strong_count() == 0 {
                     continue;
                 }
-                optimize(&tier, cache_dir.as_deref(), job);
+                optimize(&tier, cache.as_deref(), job);
             }
         })?;
         Ok(Optimizer { jobs })
@@ -143,10 +158,10 @@ impl Optimizer {
     }
 }
 
-fn optimize(tier: &Tier, cache_dir: Option<&Path>, job: Job) {
+fn optimize(tier: &Tier, cache: Option<&CompileCache>, job: Job) {
     let started = Instant::now();
     let version = &job.sha256[..12];
-    match tier.load(cache_dir, &job.bytes, &job.sha256) {
+    match tier.load(cache, &job.bytes, &job.sha256) {
         Ok((compiled, _)) => {
             let Some(current) = job.current.upgrade() else { return };
             *current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = compiled;

@@ -27,7 +27,8 @@ impl Service {
             Some(_) => "opening the PostgreSQL storage".to_owned(),
             None => format!("opening data dir {}", cfg.server.data_dir.display()),
         })?;
-        let runtime = Arc::new(Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel())?);
+        let cache_key = storage.host_key(crate::runtime::CACHE_KEY)?;
+        let runtime = Arc::new(Runtime::new(&cfg.server, cfg.max_memory_bytes(), cfg.uses_fuel(), Some(cache_key))?);
         let registry = Registry::open(&storage)?;
         let admins = auth::AdminKeys::load(&cfg.server.admins, &storage)?;
         let metrics = Arc::new(Metrics::new());
