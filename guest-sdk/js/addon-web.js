@@ -63,7 +63,8 @@ function identityOf(headers) {
     appId: get('x-addon-app-id'),
     plan: get('x-addon-plan'),
     appTitle: get('x-addon-app-title') === undefined ? undefined : decode(get('x-addon-app-title')),
-    userEmail: get('x-addon-user-email') === undefined ? undefined : decode(get('x-addon-user-email')),
+    /** The email the SSO post named: no platform signs it; show it, never authorise by it. */
+    unverifiedEmail: get('x-addon-unverified-email') === undefined ? undefined : decode(get('x-addon-unverified-email')),
     csrfToken: csrf,
     basePath: get('x-addon-base-path') ?? '',
     /** A hidden form field with the CSRF token: the host refuses dashboard posts without it. */

@@ -67,7 +67,8 @@ class Identity:
     app_id: str
     plan: str
     app_title: Optional[str]
-    user_email: Optional[str]
+    # The email the SSO post named: no platform signs it; show it, never authorise by it.
+    unverified_email: Optional[str]
     csrf_token: Optional[str]
     base_path: str
 
@@ -124,7 +125,7 @@ def _identity(headers: dict) -> Identity:
         app_id=headers.get("x-addon-app-id", ""),
         plan=headers.get("x-addon-plan", ""),
         app_title=decoded("x-addon-app-title"),
-        user_email=decoded("x-addon-user-email"),
+        unverified_email=decoded("x-addon-unverified-email"),
         csrf_token=headers.get("x-addon-csrf-token"),
         base_path=headers.get("x-addon-base-path", ""),
     )

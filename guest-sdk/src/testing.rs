@@ -363,7 +363,7 @@ pub fn identity(surface: crate::web::Surface, resource_id: &str, plan: &str) -> 
         app_id: resource_id.into(),
         plan: plan.into(),
         app_title: None,
-        user_email: None,
+        unverified_email: None,
         csrf_token: (surface == crate::web::Surface::Dashboard).then(|| "test-csrf-token".into()),
         base_path: "/addons/test".into(),
     }

@@ -284,11 +284,47 @@ async fn an_sso_login_opens_a_session_for_the_plugins_dashboard_with_csrf_checks
     let misbehave = session_cookie(&bitrise_login(&host, "misbehave", "d1", MISBEHAVE_SSO).await);
     let reply = host.send(Method::GET, "/addons/misbehave/dashboard/set-cookie", &[("cookie", &misbehave)], "").await;
     let set: Vec<_> = reply.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
-    assert_eq!(set, ["theirs=1; Path=/"]);
+    assert_eq!(set, ["theirs=1; Path=/addons/misbehave/"]);
     let seen = host.send(Method::GET, "/addons/misbehave/dashboard/echo", &[("cookie", &misbehave)], "").await.json();
     assert_eq!(seen["x-addon-surface"], "dashboard");
     assert_eq!(seen["x-addon-resource-id"], "d1");
     assert!(seen["x-addon-csrf-token"].as_str().unwrap().len() > 20);
+}
+
+/// A handler's answer reaches the browser through an allow-list: none of the headers that
+/// act beyond the add-on's own answer (the host's cookie in any spelling, cookies for other
+/// hosts or paths, service-worker scope, site-data clearing, CORS with credentials, framing,
+/// alternative services, the host's `x-addon-*`) and no 1xx switch of protocol; a policy
+/// that denies framing is always on.
+#[tokio::test]
+async fn a_handler_cannot_send_headers_that_act_beyond_its_own_answer() {
+    let host = web_host(|_| {});
+    host.provision("misbehave", MISBEHAVE_TOKEN, "h1", "static").await;
+    let cookie = session_cookie(&bitrise_login(&host, "misbehave", "h1", MISBEHAVE_SSO).await);
+    let reply = host.send(Method::GET, "/addons/misbehave/dashboard/hostile", &[("cookie", &cookie)], "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let set: Vec<_> = reply.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert!(set.is_empty(), "cookies passed: {set:?}");
+    for name in [
+        "service-worker-allowed",
+        "clear-site-data",
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "alt-svc",
+        "x-addon-resource-id",
+    ] {
+        assert!(!reply.headers.contains_key(name), "{name} passed: {:?}", reply.headers);
+    }
+    assert_eq!(reply.headers["x-frame-options"], "DENY");
+    let csp = reply.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'self'"), "{csp}");
+    // The session still works: nothing replaced it.
+    let page = host.send(Method::GET, "/addons/misbehave/dashboard/", &[("cookie", &cookie)], "").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+
+    let switched = host.send(Method::GET, "/addons/misbehave/dashboard/switch", &[("cookie", &cookie)], "").await;
+    assert_error(&switched, 500, "invalid_reply", "status 101");
+    assert!(!switched.headers.contains_key("upgrade"), "{:?}", switched.headers);
 }
 
 #[tokio::test]
@@ -348,7 +384,12 @@ async fn xervo_sso_lands_on_the_plugins_dashboard_without_a_cookie_and_passes_th
     assert!(landing.text.contains("Signed in as ada+x@example.com"), "{}", landing.text);
     assert!(!landing.text.contains("@bitrise/beam"), "Beam is Bitrise's");
     session_cookie(&landing);
-    // The email is covered by the ticket's signature.
+    // The ticket is single-use: the same URL again (from a log, the history, a shared link)
+    // opens no second session.
+    let again = host.send(Method::GET, &location, &[], "").await;
+    assert_error(&again, 403, "forbidden", "already used");
+    assert!(!again.headers.contains_key("set-cookie"), "{:?}", again.headers);
+    // The email is covered by the ticket's signature, and reaches the plugin as unverified.
     let forged = location.replace("email=ada", "email=eve");
-    assert_eq!(host.send(Method::GET, &forged, &[], "").await.status, 403);
+    assert_error(&host.send(Method::GET, &forged, &[], "").await, 403, "forbidden", "invalid ticket");
 }

@@ -78,8 +78,10 @@ pub struct Identity {
     pub plan: String,
     /// The app's name, when the platform gave one.
     pub app_title: Option<String>,
-    /// The logged-in user's email (dashboard, when the platform sends it).
-    pub user_email: Option<String>,
+    /// The email the platform's SSO post named (dashboard, when it sends one). **Unverified**:
+    /// no platform signs it, so anyone who can post a login could put any address here.
+    /// Show it; never decide access by it. Every other field is verified by the host.
+    pub unverified_email: Option<String>,
     /// The session's CSRF token (dashboard only).
     pub csrf_token: Option<String>,
     /// Where the add-on's routes start on this host (`/addons/{id}`).

@@ -84,7 +84,7 @@ fn identity(headers: &[(String, String)]) -> Result<Identity, String> {
         app_id: get("x-addon-app-id").unwrap_or_default(),
         plan: get("x-addon-plan").unwrap_or_default(),
         app_title: decoded("x-addon-app-title"),
-        user_email: decoded("x-addon-user-email"),
+        unverified_email: decoded("x-addon-unverified-email"),
         csrf_token: get("x-addon-csrf-token"),
         base_path: get("x-addon-base-path").unwrap_or_default(),
     })

@@ -470,6 +470,22 @@ impl Service {
         }
         Ok(())
     }
+
+    /// Claim a single-use credential the host issued itself (a dashboard ticket): true the
+    /// first time `nonce` is presented in `scope`, durably, so that no host sharing the
+    /// storage accepts it again. `issued` (unix seconds) and `lifetime_secs` say when it can
+    /// be forgotten.
+    pub async fn claim_once(
+        &self,
+        scope: &str,
+        issued: i64,
+        nonce: &str,
+        lifetime_secs: i64,
+    ) -> Result<bool, ServiceError> {
+        let (storage, scope, nonce) = (self.storage.clone(), scope.to_owned(), nonce.to_owned());
+        let keep_after = clock::unix_secs() - 2 * lifetime_secs;
+        blocking(move || Ok(storage.claim_sso_token(&scope, issued, &nonce, keep_after)?)).await
+    }
 }
 
 /// Run storage work where blocking is allowed (see [`crate::blocking`]): sled can block, and

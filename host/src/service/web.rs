@@ -44,6 +44,11 @@ impl Service {
         // the commit and a re-run).
         let budget = Budget::start(Duration::from_millis(addon.config.limits.deadline_ms + 1_000));
         let finish = |returned: Returned, plugin: &crate::runtime::Plugin| match returned {
+            // 1xx (an upgrade to another protocol among them) is the host's to answer.
+            Returned::Http(response) if !(200..600).contains(&response.status) => {
+                let why = format!("answered HTTP status {}; a handler may answer 200-599", response.status);
+                Err(call_failed(addon, "http", plugin, CallFailure::InvalidReply(why)))
+            }
             Returned::Http(response) if (200..400).contains(&response.status) => {
                 Ok(Finish::Keep { record: None, resource: Some(resource.to_owned()), value: *response })
             }

@@ -1,15 +1,13 @@
-//! Translation between the client's HTTP and what the plugin's handler sees: the path under
-//! the add-on's surface, the client's headers minus anything the host owns (its session
-//! cookie, the build's token, `x-addon-*`, hop-by-hop headers), plus the verified identity;
-//! and back, the handler's response minus what it may not set.
+//! What the plugin's handler sees of a client's request: the path under the add-on's
+//! surface, the client's headers minus anything the host owns (its session cookie, the
+//! build's token, `x-addon-*`, hop-by-hop headers), plus the verified identity. The way back,
+//! what a handler's answer may say to the client, is [`super::answer`].
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use bytes::Bytes;
 
 use super::session::COOKIE;
-use crate::runtime::{WebRequest, WebResponse};
+use crate::runtime::WebRequest;
 use crate::service::{Platform, Record};
 
 /// Which surface a request came through.
@@ -20,7 +18,7 @@ pub(crate) enum Surface {
 }
 
 impl Surface {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Surface::Dashboard => "dashboard",
             Surface::Api => "api",
@@ -33,7 +31,7 @@ pub(crate) struct Identity<'a> {
     pub surface: Surface,
     pub addon: &'a str,
     pub record: &'a Record,
-    pub user_email: Option<&'a str>,
+    pub unverified_email: Option<&'a str>,
     pub csrf_token: Option<String>,
 }
 
@@ -117,49 +115,11 @@ pub(crate) fn request(
     if let Some(title) = &record.app_title {
         set("x-addon-app-title", &encode(title));
     }
-    if let Some(email) = identity.user_email {
-        set("x-addon-user-email", &encode(email));
+    if let Some(email) = identity.unverified_email {
+        set("x-addon-unverified-email", &encode(email));
     }
     if let Some(token) = &identity.csrf_token {
         set("x-addon-csrf-token", token);
     }
     Ok(WebRequest { method, uri, headers, body, max_response_bytes })
-}
-
-/// The client's response from the handler's: its status, headers and body, minus hop-by-hop
-/// headers and any attempt to set the host's session cookie; with safe defaults for caching,
-/// sniffing, referrers and framing (no other site may frame the dashboard's forms) where the
-/// handler set none.
-pub(crate) fn response(from: WebResponse) -> Response {
-    let status = StatusCode::from_u16(from.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = Response::new(Body::from(from.body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    for (name, value) in &from.headers {
-        let n = name.as_str();
-        let sets_ours =
-            n == "set-cookie" && value.to_str().is_ok_and(|v| v.trim_start().split('=').next() == Some(COOKIE));
-        if HOP_BY_HOP.contains(&n) || sets_ours {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
-    let framing_set = headers.contains_key(header::X_FRAME_OPTIONS)
-        || headers
-            .get_all(header::CONTENT_SECURITY_POLICY)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("frame-ancestors")));
-    for (name, value) in [
-        (header::CACHE_CONTROL, "no-store"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "same-origin"),
-    ] {
-        if !headers.contains_key(&name) {
-            headers.insert(name, HeaderValue::from_static(value));
-        }
-    }
-    if !framing_set {
-        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    }
-    response
 }

@@ -9,6 +9,7 @@
 //! Both verify the caller, then hand the request to the service ([`Service::serve_http`])
 //! with the identity in headers ([`forward`]).
 
+mod answer;
 mod forward;
 mod limit;
 mod session;
@@ -78,7 +79,7 @@ fn dashboard_identity<'a>(addon: &'a Addon, record: &'a Record, session: &'a Ses
         surface: Surface::Dashboard,
         addon: addon.id(),
         record,
-        user_email: session.e.as_deref(),
+        unverified_email: session.e.as_deref(),
         csrf_token: Some(session.csrf_token(key)),
     }
 }
@@ -177,7 +178,8 @@ async fn forward_to_plugin(
     let max_response = addon.config.web.max_response_bytes;
     let request = forward::request(method, path, query, headers, body, identity, max_response)
         .map_err(ServiceError::BadRequest)?;
-    Ok(forward::response(service.serve_http(addon, &identity.record.resource_id, request).await?))
+    let answer = service.serve_http(addon, &identity.record.resource_id, request).await?;
+    Ok(answer::response(answer, identity.surface, Some(&format!("/addons/{}", addon.id()))))
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -237,8 +239,13 @@ async fn api(
         )));
     }
     let body = crate::http::body::read(body, cfg.max_request_bytes, "the request body").await?;
-    let identity =
-        Identity { surface: Surface::Api, addon: addon.id(), record: &record, user_email: None, csrf_token: None };
+    let identity = Identity {
+        surface: Surface::Api,
+        addon: addon.id(),
+        record: &record,
+        unverified_email: None,
+        csrf_token: None,
+    };
     let path = inner_path("api", &params, parts.uri.path());
     forward_to_plugin(service, &addon, parts.method.clone(), &path, parts.uri.query(), &parts.headers, body, &identity)
         .await

@@ -1,8 +1,9 @@
 //! Xervo SSO. The platform (or the user's browser) POSTs `{id, timestamp, token, email,
 //! nav-data}` as JSON or a form, with `token = hex(sha1(id:sso_salt:timestamp))`; Heroku v3's
 //! `resource_id` / `resource_token` are accepted too. A valid, fresh, unused token gets a 302
-//! to the dashboard with a short-lived signed ticket in the URL, because the platform's
-//! client follows the redirect without cookies. The dashboard also answers for a resource
+//! to the dashboard with a short-lived, single-use signed ticket in the URL, because the
+//! platform's client follows the redirect without cookies. The `email` the post carries is
+//! covered by no platform signature: the plugin gets it as unverified. The dashboard also answers for a resource
 //! that was just deprovisioned, saying so.
 
 use std::collections::BTreeMap;
@@ -93,9 +94,12 @@ pub(super) async fn login(
     }
     let expires = clock::unix_secs() + TICKET_SECS;
     let email = body.email.unwrap_or_default();
-    let signature = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}.{email}"))?;
-    tracing::info!(addon = %addon_id, resource = %id, email = %email, "SSO login");
-    let mut location = format!("/addons/{addon_id}/sso/dashboard?ticket={id}.{expires}.{signature}");
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| ServiceError::host("making a dashboard ticket", anyhow::anyhow!("{e}")))?;
+    let nonce = hex::encode(nonce);
+    let signature = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}.{nonce}.{email}"))?;
+    tracing::info!(addon = %addon_id, resource = %id, "SSO login");
+    let mut location = format!("/addons/{addon_id}/sso/dashboard?ticket={id}.{expires}.{nonce}.{signature}");
     if !email.is_empty() {
         location.push_str("&email=");
         location.extend(url::form_urlencoded::byte_serialize(email.as_bytes()));
@@ -111,7 +115,8 @@ pub(super) async fn login(
 #[derive(Debug, Deserialize)]
 pub(super) struct TicketQuery {
     ticket: String,
-    /// The user's email from the SSO post, covered by the ticket's signature.
+    /// The user's email from the SSO post, covered by the ticket's signature (so it is the
+    /// one posted), though no platform's signature covers the post's.
     #[serde(default)]
     email: String,
 }
@@ -125,17 +130,23 @@ pub(super) async fn dashboard(
     let (service, xervo, addon_id) = (&state.service, &xervo.settings, addon.id());
     let TicketQuery { ticket, email } =
         query.map_err(|_| ServiceError::Forbidden("missing `ticket`; log in through the platform".into()))?.0;
-    let mut parts = ticket.rsplitn(3, '.');
-    let (signature, expires, id) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(s), Some(e), Some(i)) => (s, e, i),
+    let mut parts = ticket.rsplitn(4, '.');
+    let (signature, nonce, expires, id) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(s), Some(n), Some(e), Some(i)) => (s, n, e, i),
         _ => return Err(ServiceError::Forbidden("malformed ticket".into()).into()),
     };
-    let expected = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}.{email}"))?;
+    let expected = sign(&ticket_key(addon_id, &xervo.sso_salt), &format!("{id}.{expires}.{nonce}.{email}"))?;
     if !auth::secret_matches(signature, &expected) {
         return Err(ServiceError::Forbidden("invalid ticket".into()).into());
     }
-    if expires.parse::<i64>().map_or(true, |e| e < clock::unix_secs()) {
+    let Some(expires) = expires.parse::<i64>().ok().filter(|e| *e >= clock::unix_secs()) else {
         return Err(ServiceError::Forbidden("this ticket has expired; log in again through the platform".into()).into());
+    };
+    // Single use: whoever else holds the URL (a log, the history, a shared link) gets nothing.
+    if !service.claim_once(&format!("{addon_id}/xervo-ticket"), expires - TICKET_SECS, nonce, TICKET_SECS).await? {
+        return Err(
+            ServiceError::Forbidden("this ticket was already used; log in again through the platform".into()).into()
+        );
     }
     let record = service
         .record(&addon, Platform::Xervo, id)

@@ -115,7 +115,7 @@ fn page(req: &Request, rotated: Option<&str>) -> Result<Response> {
         }
     };
     let user = who
-        .user_email
+        .unverified_email
         .as_deref()
         .map(|e| format!("<p class=\"muted\">Signed in as {}.</p>", escape(e)))
         .unwrap_or_default();

@@ -141,6 +141,14 @@ impl Provider for Misbehave {
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_FILLED", "8"))
             }
+            // Lines that try to pass for the host's own: a newline, then a timestamp and a
+            // host module, through the log import, stderr and a refusal's message.
+            "log-forge" => {
+                let forged = "2030-01-01T00:00:00Z  INFO addon_host::admin: forged";
+                addon_sdk::warn!("innocent\n{forged} by log\r\n{forged} by crlf\u{1b}[2K");
+                eprintln!("innocent\n{forged} by stderr");
+                Err(Error::invalid(format!("refused\n{forged} by refusal")))
+            }
             "log-then-refuse" => {
                 addon_sdk::warn!("misbehave logs before refusing {}", req.resource_id);
                 Err(Error::invalid("refused after logging"))
@@ -226,7 +234,7 @@ impl addon_sdk::web::Web for Misbehave {
                             "x-addon-platform",
                             "x-addon-plan",
                             "x-addon-app-title",
-                            "x-addon-user-email",
+                            "x-addon-unverified-email",
                             "x-addon-surface",
                             "x-addon-csrf-token",
                             "x-addon-base-path",
@@ -268,7 +276,23 @@ impl addon_sdk::web::Web for Misbehave {
             "marker" => Response::text(marker().unwrap_or_default()),
             "set-cookie" => Response::text("cookies")
                 .header("set-cookie", "addon_session=forged; Path=/")
-                .header("set-cookie", "theirs=1; Path=/"),
+                .header("set-cookie", "theirs=1; Path=/addons/misbehave/"),
+            // Every header a hostile plugin would like a browser to act on.
+            "hostile" => Response::text("hostile")
+                .header("set-cookie", "addon_session =forged; Path=/addons/victim/")
+                .header("set-cookie", "ADDON_SESSION=forged; Path=/addons/misbehave/")
+                .header("set-cookie", "__Host-addon_session=forged; Path=/; Secure")
+                .header("set-cookie", "tossed=1; Domain=localhost; Path=/")
+                .header("set-cookie", "everywhere=1; Path=/")
+                .header("service-worker-allowed", "/")
+                .header("clear-site-data", "\"*\"")
+                .header("access-control-allow-origin", "*")
+                .header("access-control-allow-credentials", "true")
+                .header("x-frame-options", "ALLOWALL")
+                .header("alt-svc", "h2=\":444\"")
+                .header("x-addon-resource-id", "someone-else"),
+            // A switch to another protocol, which only the host may answer.
+            "switch" => Response::new(101),
             // Outbound wasi:http, which the host refuses.
             "outbound" => {
                 use addon_sdk::web::wasi::http::{outgoing_handler, types};
