@@ -7,6 +7,7 @@
 //! - `GET  /metrics` (Prometheus/OpenMetrics text)
 //! - `GET  /admin/addons/{addon}/plugins`
 //! - `POST /admin/addons/{addon}/plugins[?activate=false]` (body: the component)
+//! - `DELETE /admin/addons/{addon}/plugins/{version}` (not the active one)
 //! - `POST /admin/addons/{addon}/plugins/{version}/activate`
 //! - `POST /admin/addons/{addon}/rollback[?version=V]`
 //! - `GET  /admin/addons/{addon}/logs[?since=SEQ]` (its plugin's recent log lines)
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ServiceError;
+use crate::http::limit::RateLimits;
 use crate::http::{PathAddon, path_params, query};
 use crate::service::Service;
 
@@ -32,6 +34,7 @@ pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
         .route("/admin/status", routing::get(status))
         .route("/metrics", routing::get(metrics))
         .route("/admin/addons/{addon_id}/plugins", routing::get(list).post(upload))
+        .route("/admin/addons/{addon_id}/plugins/{version}", routing::delete(delete_version))
         .route("/admin/addons/{addon_id}/plugins/{version}/activate", routing::post(activate))
         .route("/admin/addons/{addon_id}/rollback", routing::post(rollback))
         .route("/admin/addons/{addon_id}/logs", routing::get(logs))
@@ -40,6 +43,7 @@ pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
         .route("/admin/addons/{addon_id}/jobs/{job_id}", routing::delete(drop_job))
         .route("/admin/addons/{addon_id}/resources/{resource_id}/api-token", routing::post(rotate_api_token))
         .layer(DefaultBodyLimit::max(max_plugin_bytes))
+        .layer(Extension(Arc::new(RateLimits::default())))
 }
 
 /// An admin's bearer token. Listed first in every handler, so nothing else (the add-on, a
@@ -113,6 +117,8 @@ async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Respons
             "serves_http": plugin.serves_http,
             "jobs": service.job_counts(addon).await?,
             "versions": versions.len(),
+            "stored_bytes": versions.iter().map(|v| v.meta.size).sum::<u64>(),
+            "loaded_versions": addon.loaded_versions(),
         }));
     }
     let storage = service.storage();
@@ -146,9 +152,20 @@ fn yes() -> bool {
 async fn upload(
     State(service): State<Arc<Service>>,
     AddonAdmin { who, addon }: AddonAdmin,
+    Extension(limits): Extension<Arc<RateLimits>>,
     upload_query: Result<Query<UploadQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ServiceError> {
+    // Each deployer's uploads are rate-limited before anything is read or compiled.
+    let per_hour = addon.config.deploys.uploads_per_hour;
+    if let Err(retry_after) = limits.take(addon.id(), &who, f64::from(per_hour) / 60.0, per_hour) {
+        let message = format!(
+            "`{who}` may upload {per_hour} plugins an hour to add-on `{}` ([addon.deploys] uploads_per_hour); retry in {} s",
+            addon.id(),
+            retry_after.as_secs_f64().ceil()
+        );
+        return Err(ServiceError::RateLimited { message, retry_after });
+    }
     let bytes = crate::http::body::read(body, service.max_plugin_bytes(), "the plugin").await?;
     if bytes.is_empty() {
         return Err(ServiceError::InvalidPlugin("the body is empty; send the component's bytes".into()));
@@ -157,6 +174,17 @@ async fn upload(
     let done = service.upload(&addon, bytes.to_vec(), &who, activate).await?;
     let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(done)).into_response())
+}
+
+async fn delete_version(
+    State(service): State<Arc<Service>>,
+    AddonAdmin { addon, who }: AddonAdmin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ServiceError> {
+    let (_, version) = path_params(path)?;
+    let deleted = service.delete_version(&addon, &version).await?;
+    tracing::info!(addon = addon.id(), version = deleted.version.seq, by = who, "plugin version deleted by request");
+    Ok(Json(json!({ "deleted": deleted })).into_response())
 }
 
 async fn activate(

@@ -42,7 +42,9 @@ pub fn app(service: Arc<Service>) -> Router {
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(service);
+        .with_state(service.clone());
+    // Each add-on's pages on its own origin, when `server.web_origin` says where.
+    let router = crate::web::by_origin(service.server_config().web_origin.as_ref(), router);
     observe::layers(router)
 }
 

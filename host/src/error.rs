@@ -21,6 +21,15 @@ pub enum ServiceError {
     Gone(String),
     #[error("invalid plugin: {0}")]
     InvalidPlugin(String),
+    /// An upload past the add-on's `[addon.deploys]` limits (the message names the limit).
+    #[error("{0}")]
+    DeployQuota(String),
+    /// The request contradicts the current state (deleting the active version).
+    #[error("{0}")]
+    Conflict(String),
+    /// Too many requests from one caller; retry after the duration.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: std::time::Duration },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -69,6 +78,9 @@ impl ServiceError {
             NotFound(_) => "not_found",
             Gone(_) => "gone",
             InvalidPlugin(_) => "invalid_plugin",
+            DeployQuota(_) => "deploy_quota",
+            Conflict(_) => "conflict",
+            RateLimited { .. } => "rate_limited",
             BadRequest(_) => "bad_request",
             PayloadTooLarge(_) => "payload_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",

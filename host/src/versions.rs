@@ -21,6 +21,34 @@ pub struct VersionMeta {
     pub uploaded_by: String,
 }
 
+/// How many versions, and how many of their bytes, an add-on may store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quota {
+    pub versions: usize,
+    pub bytes: u64,
+}
+
+/// Why a new version does not fit its add-on's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    Versions { limit: usize },
+    Bytes { stored: u64, limit: u64 },
+}
+
+impl Quota {
+    /// Why a new version of `size` bytes does not fit beside `stored`, if it does not.
+    pub(crate) fn refuses(&self, stored: &[VersionMeta], size: u64) -> Option<Full> {
+        let bytes: u64 = stored.iter().map(|m| m.size).sum();
+        if stored.len() >= self.versions {
+            Some(Full::Versions { limit: self.versions })
+        } else if bytes.saturating_add(size) > self.bytes {
+            Some(Full::Bytes { stored: bytes, limit: self.bytes })
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Registry {
     space: Space,
@@ -67,9 +95,26 @@ impl Registry {
         uploaded_by: &str,
         now_ms: u64,
     ) -> Result<VersionMeta> {
+        let stored = self.put_within(addon, sha256, bytes, uploaded_by, now_ms, None)?;
+        stored.map_err(|full| crate::storage::StorageError::Database(format!("unexpected quota: {full:?}")))
+    }
+
+    /// [`Registry::put`] within `quota`, checked under the same commit (so concurrent
+    /// uploads from any host cannot pass it together); a version already stored always fits.
+    pub(crate) fn put_within(
+        &self,
+        addon: &str,
+        sha256: &str,
+        bytes: &[u8],
+        uploaded_by: &str,
+        now_ms: u64,
+        quota: Option<Quota>,
+    ) -> Result<std::result::Result<VersionMeta, Full>> {
         let mut stored = None;
+        let mut full = None;
         self.space.commit(&mut |r| {
             let mut batch = crate::storage::Batch::default();
+            (stored, full) = (None, None);
             let mut versions: Vec<VersionMeta> = Vec::new();
             r.scan(key(addon, "meta/").as_bytes(), &mut |_, v| {
                 versions.extend(serde_json::from_slice::<VersionMeta>(v).ok());
@@ -77,6 +122,10 @@ impl Registry {
             })?;
             if let Some(existing) = versions.iter().find(|m| m.sha256 == sha256) {
                 stored = Some(existing.clone());
+                return Ok(batch);
+            }
+            full = quota.and_then(|q| q.refuses(&versions, bytes.len() as u64));
+            if full.is_some() {
                 return Ok(batch);
             }
             let meta = VersionMeta {
@@ -91,7 +140,35 @@ impl Registry {
             stored = Some(meta);
             Ok(batch)
         })?;
-        stored.ok_or_else(|| crate::storage::StorageError::Database("a version was stored without its entry".into()))
+        if let Some(full) = full {
+            return Ok(Err(full));
+        }
+        stored
+            .map(Ok)
+            .ok_or_else(|| crate::storage::StorageError::Database("a version was stored without its entry".into()))
+    }
+
+    /// Delete a stored version: its entry and its bytes. The version that was stored, if any.
+    pub(crate) fn delete(&self, addon: &str, sha256: &str) -> Result<Option<VersionMeta>> {
+        let mut deleted = None;
+        self.space.commit(&mut |r| {
+            let mut batch = crate::storage::Batch::default();
+            deleted = None;
+            r.scan(key(addon, "meta/").as_bytes(), &mut |k, v| {
+                if let Ok(meta) = serde_json::from_slice::<VersionMeta>(v)
+                    && meta.sha256 == sha256
+                {
+                    batch.remove(k);
+                    deleted = Some(meta);
+                }
+                true
+            })?;
+            if deleted.is_some() {
+                batch.remove(key(addon, &format!("blob/{sha256}")).as_bytes());
+            }
+            Ok(batch)
+        })?;
+        Ok(deleted)
     }
 
     /// Record `sha256` as the active version, remembering the one it replaces.
@@ -113,10 +190,12 @@ impl Registry {
         Ok(activations(self.space.get(key(addon, "activations").as_bytes())?))
     }
 
-    /// The version that was active before the current one.
+    /// The version that was active before the current one (and is still stored).
     pub(crate) fn previous(&self, addon: &str) -> Result<Option<String>> {
         let active = self.active(addon)?;
-        Ok(self.activations(addon)?.into_iter().rev().find(|sha| Some(sha) != active.as_ref()))
+        let stored: Vec<String> = self.versions(addon)?.into_iter().map(|m| m.sha256).collect();
+        let stored = |sha: &String| stored.is_empty() || stored.contains(sha);
+        Ok(self.activations(addon)?.into_iter().rev().find(|sha| Some(sha) != active.as_ref() && stored(sha)))
     }
 
     /// Find a version by sequence number or by a sha256 prefix of at least 6 characters.
@@ -159,6 +238,23 @@ mod tests {
         assert_eq!(reg.versions("a").unwrap(), vec![one.clone(), two]);
         assert_eq!(reg.blob("a", "aaaaaa11").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(reg.blob("b", "aaaaaa11").unwrap(), None, "add-ons never see each other's versions");
+    }
+
+    #[test]
+    fn a_quota_refuses_a_new_version_and_a_deleted_one_frees_its_place() {
+        let (_dir, reg) = registry();
+        let quota = Some(Quota { versions: 2, bytes: 10 });
+        let put = |sha: &str, bytes: &[u8]| reg.put_within("a", sha, bytes, "ops", 1, quota).unwrap();
+        assert!(put("aaaaaa01", b"1234").is_ok());
+        assert_eq!(put("aaaaaa02", b"1234567"), Err(Full::Bytes { stored: 4, limit: 10 }));
+        assert!(put("aaaaaa03", b"12").is_ok());
+        assert_eq!(put("aaaaaa04", b"1"), Err(Full::Versions { limit: 2 }));
+        assert!(put("aaaaaa01", b"1234").is_ok(), "a version already stored always fits");
+        assert_eq!(reg.delete("a", "aaaaaa01").unwrap().map(|m| m.seq), Some(1));
+        assert_eq!(reg.blob("a", "aaaaaa01").unwrap(), None, "its bytes went with it");
+        assert_eq!(reg.delete("a", "aaaaaa01").unwrap(), None);
+        assert_eq!(put("aaaaaa04", b"1").map(|m| m.seq), Ok(3));
+        assert_eq!(reg.versions("a").unwrap().len(), 2);
     }
 
     #[test]

@@ -82,3 +82,94 @@ async fn the_dashboard_in_a_real_browser() {
         assert!(size > 5_000, "{shot}: {size} bytes");
     }
 }
+
+/// Two add-ons on one host, each on its own origin (`server.web_origin`), in Chromium. The
+/// user is logged in to both. The `attacker` add-on's page (its plugin's own script) tries,
+/// against `victim`: reading its dashboard with the user's cookies and scraping the CSRF
+/// token, posting its form, registering a service worker over its pages, tossing session
+/// cookies at it (its session cookie in several spellings, plain ones its plugin would read,
+/// and the host's cookie through attacker's own plugin's `Set-Cookie`). Each fails and
+/// victim's session survives. The same script on victim's own page succeeds at each
+/// step, so the test can fail. The handover link opens one session only, and the old
+/// path-based dashboard URL redirects to the add-on's origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_addons_page_cannot_act_in_anothers() {
+    if let Err(missing) = browser::chromium() {
+        assert!(!browser::required(), "{missing}");
+        eprintln!("skipped: {missing}");
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let template = format!("http://{{addon}}.localhost:{port}");
+    let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.server.web_origin = Some(addon_host::config::WebOrigin::parse(&template).unwrap());
+        for id in ["victim", "attacker"] {
+            let token = format!("{id}-shared-token-0123");
+            let addon = addon_host::config::AddonConfig::on_bitrise(
+                id,
+                addon_host_tests::PLUGIN_MISBEHAVE,
+                &token,
+                &format!("{id}-sso"),
+            );
+            cfg.addons.push(addon);
+        }
+    });
+    for id in ["victim", "attacker"] {
+        let reply = host.provision(id, &format!("{id}-shared-token-0123"), &format!("{id}-app"), "static").await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    let router = host.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let origin = |id: &str| format!("http://{id}.localhost:{port}");
+    let input = serde_json::json!({
+        "base": format!("http://127.0.0.1:{port}"),
+        "origins": { "victim": origin("victim"), "attacker": origin("attacker") },
+        "logins": {
+            "victim": login_fields("victim-app", "victim-sso"),
+            "attacker": login_fields("attacker-app", "attacker-sso"),
+        },
+    });
+    let seen = tokio::task::spawn_blocking(move || browser::run("origins.cjs", input)).await.unwrap();
+    let seen = seen.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{seen:#}");
+
+    // Logged in to both, each on its own origin, with a host-only cookie there.
+    for (id, login) in [("victim", &seen["victimLogin"]), ("attacker", &seen["attackerLogin"])] {
+        assert_eq!(login["status"], 200, "{login}");
+        assert!(login["url"].as_str().unwrap().starts_with(&format!("{}/dashboard/?handover=", origin(id))), "{login}");
+        assert_eq!(login["resource"], format!("{id}-app"));
+    }
+    let cookies = seen["cookies"].as_array().unwrap();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for cookie in cookies {
+        assert_eq!(cookie["name"], "addon_session");
+        assert_eq!(cookie["path"], "/");
+        assert!(cookie["domain"] == "victim.localhost" || cookie["domain"] == "attacker.localhost", "{cookie}");
+    }
+    assert_eq!(seen["replayedLink"]["status"], 401, "a used handover link opened a session");
+    assert!(seen["replayedLink"]["body"].as_str().unwrap().contains("already used"));
+    assert_eq!(seen["oldPath"]["status"], 200);
+    assert!(seen["oldPath"]["url"].as_str().unwrap().starts_with(&origin("victim")));
+
+    // From attacker's origin, nothing reaches victim.
+    let cross = &seen["cross"];
+    assert!(cross["read"].as_str().is_some_and(|r| r.starts_with("blocked")), "victim's page was read: {cross}");
+    assert_eq!(cross["token"], false, "{cross}");
+    assert!(cross["worker"].as_str().unwrap().starts_with("refused"), "{cross}");
+    assert_eq!(seen["markerAfterCross"], "none", "victim's form was posted from attacker's page");
+    assert_eq!(seen["victimAfterCross"]["status"], 200, "victim's session was replaced: {}", seen["victimAfterCross"]);
+    assert!(seen["victimAfterCross"]["body"].as_str().unwrap().contains("victim-app"));
+
+    // The control: on victim's own origin the same script reads, posts, registers and sets a
+    // cookie victim's plugin reads, so each check above can fail.
+    let own = &seen["own"];
+    assert_eq!(own["read"], 200, "{own}");
+    assert_eq!(own["token"], true, "{own}");
+    assert_eq!(own["worker"], "registered", "{own}");
+    assert_eq!(host.kv("victim")["marker"], "attacked-from-victim.localhost");
+    assert_eq!(seen["victimCookiesAfterCross"], "", "attacker's cookies reached victim's plugin");
+    assert!(seen["victimCookiesAfterOwn"].as_str().unwrap().contains("tossed=1"), "{}", seen["victimCookiesAfterOwn"]);
+    // No script, and no plugin's `Set-Cookie`, replaces the (HttpOnly) session on any origin.
+    assert_eq!(seen["victimAfterOwn"]["status"], 200, "{}", seen["victimAfterOwn"]);
+}

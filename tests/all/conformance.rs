@@ -6,7 +6,7 @@ use addon_host_tests::{AddonToml, addons_toml};
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::process::{spawn, write_config};
+use crate::process::{spawn_with, write_config};
 
 /// The `credentials` example (in any language: `plugin`) as `myaddon`, configured as
 /// `addon-host.toml` at the repository root configures it.
@@ -18,8 +18,9 @@ pub(crate) fn credentials(plugin: &str) -> AddonToml {
         .config("host_url", "https://myaddon.example.com")
 }
 
-/// The example add-ons as `addon-host.toml` at the repository root configures them.
-fn examples() -> String {
+/// The example add-ons as `addon-host.toml` at the repository root configures them, each on
+/// its own origin `http://{addon}.localhost:PORT` (the config's `server` lines come first).
+fn examples(port: u16) -> String {
     let myaddon = credentials(addon_host_tests::PLUGIN_CREDENTIALS);
     let storage = AddonToml::new("storage", addon_host_tests::PLUGIN_QUOTA)
         .plans(&["free", "pro", "enterprise"])
@@ -29,7 +30,13 @@ fn examples() -> String {
         .config("free_capacity", "1000")
         .config("docs_url", "https://storage.example.com/docs/plans")
         .secret("signing_key", "kit-signing-key");
-    addons_toml(&[myaddon, storage])
+    let server = format!("web_origin = \"http://{{addon}}.localhost:{port}\"\n");
+    format!("{server}{}", addons_toml(&[myaddon, storage]))
+}
+
+/// A port free now, for a host whose config must name its own port before it starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Run `addon-host test ARGS --json`: whether it exited 0, and its report.
@@ -59,7 +66,9 @@ pub(crate) fn assert_all_pass(ok: bool, report: &Value) {
 #[tokio::test]
 async fn the_kit_passes_the_served_examples_by_url() {
     let dir = tempfile::tempdir().unwrap();
-    let server = spawn(dir.path(), &examples()).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = spawn_with(dir.path(), &examples(port), &["--listen", &listen]).await;
     let config = server.config.to_str().unwrap();
     for addon in ["myaddon", "storage"] {
         let url = format!("http://{}/addons/{addon}", server.addr);
@@ -93,7 +102,8 @@ async fn the_kit_passes_the_served_examples_by_url() {
 #[tokio::test]
 async fn the_kit_passes_the_example_plugin_files() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &examples());
+    // The kit's own host puts each add-on on `{addon}.localhost` at the port it listens on.
+    let config = write_config(dir.path(), &examples(8080));
     let config = config.to_str().unwrap();
     for plugin in [addon_host_tests::PLUGIN_CREDENTIALS, addon_host_tests::PLUGIN_QUOTA] {
         let (ok, report) = kit(&[plugin, "--config", config]).await;

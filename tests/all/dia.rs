@@ -13,7 +13,7 @@ use std::time::Duration;
 use addon_host_tests::AddonToml;
 use tokio::process::Command;
 
-use crate::process::{exchange, spawn};
+use crate::process::{exchange, spawn_with};
 use crate::support::basic;
 
 const PASSWORD: &str = "dia-password-0123456789abcdef";
@@ -73,7 +73,14 @@ fn strip_ansi(s: &str) -> String {
 async fn run_dia(dia: &Path, dir: &Path, args: &[&str]) -> String {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        Command::new(dia).args(args).current_dir(dir).env("HOME", dir).stdin(Stdio::null()).output(),
+        Command::new(dia)
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", dir)
+            // `{addon}.localhost` is this machine, as browsers have it (dia's Node does not).
+            .env("NODE_OPTIONS", format!("--require {}/tests/data/localhost.cjs", addon_host_tests::REPO_ROOT))
+            .stdin(Stdio::null())
+            .output(),
     )
     .await
     .unwrap_or_else(|_| panic!("dia {args:?} hung"))
@@ -117,8 +124,13 @@ async fn dia_against(plugin: &str) {
     let dir = tempfile::tempdir().unwrap();
     // The suite's shared compile cache: each plugin is compiled once per run.
     let cache = std::env::temp_dir().join(crate::languages::SHARED_CACHE);
-    let server_settings = format!("compile_cache = {:?}\n", cache.to_str().unwrap());
-    let mut server = spawn(dir.path(), &format!("{server_settings}{}", config(plugin))).await;
+    // Each add-on on its own origin, as the repository's config has it: SSO lands there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server_settings =
+        format!("compile_cache = {:?}\nweb_origin = \"http://{{addon}}.localhost:{port}\"\n", cache.to_str().unwrap());
+    let listen = format!("127.0.0.1:{port}");
+    let mut server =
+        spawn_with(dir.path(), &format!("{server_settings}{}", config(plugin)), &["--listen", &listen]).await;
     let base_url = format!("http://{}", server.addr);
 
     // The manifest, printed by the host itself.

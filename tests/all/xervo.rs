@@ -236,21 +236,24 @@ async fn dashboard_tickets_expire() {
     let ts = now();
     let good = sso(&host, "application/json", sso_json(&id, ts, &sso_token(&id, XERVO_SALT, ts))).await;
     let location = good.headers["location"].to_str().unwrap().to_owned();
-    // `?ticket={id}.{expires}.{signature}&email=...`: the email is signed with the rest.
+    // `?ticket={id}.{expires}.{nonce}.{signature}&email=...`: the email is signed with the
+    // rest, and the nonce makes the ticket single-use.
     let ticket_part = location.split("ticket=").nth(1).unwrap().split('&').next().unwrap();
-    let expires: i64 = ticket_part.rsplit('.').nth(1).unwrap().parse().unwrap();
+    let mut parts = ticket_part.rsplit('.');
+    let (nonce, expires) = (parts.nth(1).unwrap().to_owned(), parts.next().unwrap().parse::<i64>().unwrap());
     assert!((ts + 290..=ts + 310).contains(&expires), "expires {expires}, {} s from now", expires - ts);
+    assert_eq!(nonce.len(), 32, "{ticket_part}");
 
-    let ticket = |expires: i64| {
+    let ticket = |expires: i64, nonce: &str| {
         let key = Sha256::digest(format!("addon-host dashboard ticket:myaddon:{XERVO_SALT}").as_bytes());
         let mut mac = <Hmac<Sha256>>::new_from_slice(&key).unwrap();
-        mac.update(format!("{id}.{expires}.u@example.com").as_bytes());
+        mac.update(format!("{id}.{expires}.{nonce}.u@example.com").as_bytes());
         let signature = hex::encode(mac.finalize().into_bytes());
-        format!("/addons/myaddon/sso/dashboard?ticket={id}.{expires}.{signature}&email=u%40example.com")
+        format!("/addons/myaddon/sso/dashboard?ticket={id}.{expires}.{nonce}.{signature}&email=u%40example.com")
     };
-    assert_eq!(ticket(expires), location, "the test signs tickets as the host does");
-    assert_eq!(host.send(Method::GET, &ticket(now() + 60), &[], "").await.status, 200);
-    let expired = host.send(Method::GET, &ticket(now() - 1), &[], "").await;
+    assert_eq!(ticket(expires, &nonce), location, "the test signs tickets as the host does");
+    assert_eq!(host.send(Method::GET, &ticket(now() + 60, "fresh-nonce-1"), &[], "").await.status, 200);
+    let expired = host.send(Method::GET, &ticket(now() - 1, "fresh-nonce-2"), &[], "").await;
     assert_error(&expired, 403, "forbidden", "expired");
     // Pushing a real ticket's expiry out breaks its signature.
     let extended = location.replace(&format!(".{expires}."), &format!(".{}.", expires + 3600));

@@ -143,6 +143,8 @@ config_vars = ["{prefix}_URL", "{prefix}_SECRET"]
 [server]
 listen = "127.0.0.1:8080"
 data_dir = "data"
+# The add-on's pages and build API on its own origin (browsers resolve *.localhost here).
+web_origin = "http://{{addon}}.localhost:8080"
 
 [[addon]]
 id = "{name}"

@@ -84,6 +84,9 @@ enum PluginCommand {
     Rollback { addon: String, version: Option<String> },
     /// Activate a stored version (number or sha256 prefix).
     Activate { addon: String, version: String },
+    /// Delete a stored version (number or sha256 prefix) that is not the active one: its
+    /// bytes, its compiled code and its place in the add-on's quota.
+    Delete { addon: String, version: String },
     /// What every add-on is serving.
     Status,
     /// The add-on's recent plugin log lines; `--follow` keeps printing new ones.
@@ -108,6 +111,9 @@ pub(crate) fn run(args: PluginArgs) -> anyhow::Result<()> {
         PluginCommand::Rollback { addon, version: None } => ("POST", format!("/admin/addons/{addon}/rollback"), None),
         PluginCommand::Activate { addon, version } => {
             ("POST", format!("/admin/addons/{addon}/plugins/{version}/activate"), None)
+        }
+        PluginCommand::Delete { addon, version } => {
+            ("DELETE", format!("/admin/addons/{addon}/plugins/{version}"), None)
         }
         PluginCommand::Status => ("GET", "/admin/status".to_owned(), None),
         PluginCommand::Logs { addon, follow } => return logs(base, &auth, addon, *follow),

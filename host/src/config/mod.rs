@@ -11,14 +11,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+mod deploys;
 mod jobs;
 mod limits;
+mod origin;
 mod page;
 mod storage;
 mod web;
 mod xervo;
+pub use deploys::DeployLimits;
 pub use jobs::JobsConfig;
 pub use limits::Limits;
+pub use origin::WebOrigin;
 pub use page::PageConfig;
 pub use storage::StorageConfig;
 pub use web::WebConfig;
@@ -85,6 +89,12 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Log format: `text` (default) or `json` (one object per line). `--log-format` wins.
     pub log_format: LogFormat,
+    /// The origin of each add-on's pages and build API, as a template with `{addon}`:
+    /// `https://{addon}.addons.example.com` (a wildcard DNS name and certificate pointing at
+    /// this host), or `http://{addon}.localhost:8080` in development. Unset, every add-on's
+    /// pages share the host's origin and only cookie paths separate them, which no browser
+    /// treats as a boundary: the host warns at start.
+    pub web_origin: Option<WebOrigin>,
 }
 
 /// How log lines are written.
@@ -146,6 +156,7 @@ impl Default for ServerConfig {
             budgets: Budgets::default(),
             metrics_listen: None,
             log_format: LogFormat::Text,
+            web_origin: None,
         }
     }
 }
@@ -197,6 +208,9 @@ pub struct AddonConfig {
     pub xervo: Option<XervoConfig>,
     #[serde(default)]
     pub limits: Limits,
+    /// What its deploys may store, load and how often (`[addon.deploys]`).
+    #[serde(default)]
+    pub deploys: DeployLimits,
     /// Plain settings the plugin reads with `config::get`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -268,6 +282,7 @@ impl AddonConfig {
             bitrise: Some(BitriseConfig { shared_token: shared_token.to_owned(), sso_secret: sso_secret.to_owned() }),
             xervo: None,
             limits: Limits::default(),
+            deploys: DeployLimits::default(),
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),
             deployers: Vec::new(),
@@ -379,6 +394,17 @@ impl HostConfig {
             if value == 0 {
                 bail!("server.{name} must be greater than 0");
             }
+        }
+        let dns_label = |id: &str| {
+            id.len() <= 63
+                && !id.starts_with('-')
+                && !id.ends_with('-')
+                && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        if self.server.web_origin.is_some()
+            && let Some(addon) = self.addons.iter().find(|a| !dns_label(&a.id))
+        {
+            bail!("add-on id `{}` cannot name an origin (server.web_origin): use a-z, 0-9 and '-'", addon.id);
         }
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");

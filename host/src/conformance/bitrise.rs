@@ -54,7 +54,11 @@ impl Bitrise<'_> {
         let form = format!("app_slug={slug}&timestamp={timestamp}&token={token}");
         let path = format!("/login?app_title=Title+of+app+%23{slug}&build_slug={}", random_hex(8));
         // The kit sends the shared token on login too; a browser would not, and neither need.
-        self.http.send("POST", &self.url(&path), &[self.auth(), FORM], Some(form.as_bytes()))
+        // Like Go's client, it follows redirects (a 303 to the add-on's own origin), without
+        // a cookie jar.
+        let url = self.url(&path);
+        let answer = self.http.send("POST", &url, &[self.auth(), FORM], Some(form.as_bytes()))?;
+        self.http.follow(answer, url)
     }
 }
 

@@ -47,8 +47,26 @@ impl Http {
             // Longer than any platform's budget: a slow provider is reported by the timing
             // check, not cut off here.
             .timeout(Duration::from_secs(60))
+            .resolver(resolve)
             .build();
         Http { agent }
+    }
+
+    /// `GET url`, following redirects as Go's and Node's clients do (up to 10; no cookies,
+    /// no credentials carried): the last answer.
+    pub(super) fn follow(&self, mut answer: Answer, mut url: String) -> Result<Answer, String> {
+        for _ in 0..10 {
+            let Some(location) = answer.header("Location").filter(|_| (301..=308).contains(&answer.status)) else {
+                return Ok(answer);
+            };
+            url = if location.starts_with("http://") || location.starts_with("https://") {
+                location.to_owned()
+            } else {
+                format!("{}{location}", origin(&url))
+            };
+            answer = self.send("GET", &url, &[], None)?;
+        }
+        Err(format!("more than 10 redirects, the last to {url}"))
     }
 
     /// Send one request; `Err` only when no HTTP answer came back.
@@ -81,4 +99,25 @@ impl Http {
         let body = response.into_string().map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
         Ok(Answer { status, headers, body, elapsed: start.elapsed() })
     }
+}
+
+/// `scheme://host[:port]` of `url`.
+pub(super) fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
+}
+
+/// Names under `localhost` are this machine, as browsers and curl have them (RFC 6761):
+/// an add-on's development origin (`http://{addon}.localhost:8080`) is reachable without a
+/// hosts file.
+fn resolve(netloc: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    let (host, port) = netloc.rsplit_once(':').unwrap_or((netloc, "80"));
+    if host.ends_with(".localhost") {
+        let port = port.parse().map_err(|_| std::io::Error::other(format!("bad port in {netloc}")))?;
+        return Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))]);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(netloc).map(Iterator::collect)
 }

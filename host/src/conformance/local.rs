@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::{BitriseTarget, Report, Target, XervoTarget};
-use crate::config::{AddonConfig, AdminConfig, HostConfig, XervoConfig};
+use crate::config::{AddonConfig, AdminConfig, HostConfig, WebOrigin, XervoConfig};
 use crate::service::Service;
 use crate::xervo::manifest::XervoSettings;
 
@@ -178,9 +178,16 @@ struct Served {
 
 impl Served {
     async fn start(cfg: &HostConfig) -> anyhow::Result<Served> {
-        let service = Arc::new(Service::start(cfg)?);
         let listener = tokio::net::TcpListener::bind(cfg.server.listen).await.context("binding 127.0.0.1")?;
+        let port = listener.local_addr()?.port();
         let origin = format!("http://{}", listener.local_addr()?);
+        // An origin per add-on, as the config has it, on this machine: `{addon}.localhost`.
+        let mut cfg = cfg.clone();
+        if cfg.server.web_origin.is_some() {
+            let local = WebOrigin::parse("http://{addon}.localhost").map_err(anyhow::Error::msg)?;
+            cfg.server.web_origin = Some(local.on_port(port));
+        }
+        let service = Arc::new(Service::start(&cfg)?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(crate::serve(listener, service, async move {
             let _ = stopped.await;

@@ -5,7 +5,7 @@
 
 use base64::Engine;
 
-use super::client::{Answer, Http};
+use super::client::{Answer, Http, origin};
 use super::{Report, Target, XervoTarget, expect, random_hex, refused, sso_token, unix_now};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
@@ -70,15 +70,10 @@ impl Xervo<'_> {
         let location = redirect.header("Location").ok_or("a 302 without Location (dia crashes on it)")?;
         let url =
             if location.contains("http") { location.to_owned() } else { format!("{}{location}", origin(&self.sso)) };
-        let page = expect(self.http.send("GET", &url, &[], None), &[200])?;
+        // dia follows the landing's GET redirects, without cookies.
+        let page = expect(self.http.send("GET", &url, &[], None).and_then(|a| self.http.follow(a, url)), &[200])?;
         Ok(format!("302 then 200 ({} bytes) without cookies", page.body.len()))
     }
-}
-
-/// `scheme://host:port` of a URL.
-fn origin(url: &str) -> &str {
-    let after = url.find("://").map_or(0, |i| i + 3);
-    url[after..].find('/').map_or(url, |i| &url[..after + i])
 }
 
 /// Run the Xervo checks; the config of the first provision, when it succeeded.

@@ -5,6 +5,7 @@
 
 pub(crate) mod body;
 mod extract;
+pub(crate) mod limit;
 pub(crate) mod observe;
 mod response;
 pub(crate) mod server;

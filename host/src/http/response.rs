@@ -16,6 +16,8 @@ pub(crate) fn status(error: &ServiceError) -> StatusCode {
     match error {
         UnknownAddon(_) | ProtocolNotEnabled { .. } | NotFound(_) => StatusCode::NOT_FOUND,
         Gone(_) => StatusCode::GONE,
+        DeployQuota(_) | Conflict(_) => StatusCode::CONFLICT,
+        RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Unauthorized(_) => StatusCode::UNAUTHORIZED,
         Forbidden(_) => StatusCode::FORBIDDEN,
         BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -68,11 +70,14 @@ impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = status(&self);
         // A busy host frees up within a second or so; a plugin's own "not now" may last longer.
-        let retry_after = match self {
-            ServiceError::Busy { .. } => Some("1"),
-            ServiceError::Unavailable { .. } => Some("30"),
+        let retry_after = match &self {
+            ServiceError::Busy { .. } => Some("1".to_owned()),
+            ServiceError::Unavailable { .. } => Some("30".to_owned()),
             ServiceError::Storage(StorageError::Database(_))
-            | ServiceError::CallFailed { failure: CallFailure::StorageUnavailable(_), .. } => Some("5"),
+            | ServiceError::CallFailed { failure: CallFailure::StorageUnavailable(_), .. } => Some("5".to_owned()),
+            ServiceError::RateLimited { retry_after, .. } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0).to_string())
+            }
             _ => None,
         };
         let expected = matches!(self, ServiceError::Busy { .. } | ServiceError::Unavailable { .. });
@@ -85,8 +90,8 @@ impl IntoResponse for ServiceError {
             tracing::info!(status = status.as_u16(), "{self}");
         }
         let mut response = (status, axum::Json(body(&self))).into_response();
-        if let Some(secs) = retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        if let Some(value) = retry_after.and_then(|secs| HeaderValue::from_str(&secs).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

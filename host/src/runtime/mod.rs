@@ -243,6 +243,11 @@ impl Runtime {
         Ok(plugin(self.primary.load(dir, bytes, &sha256).map_err(LoadError::into_inner)?))
     }
 
+    /// Remove a deleted version's compiled artefacts from the compile cache; the bytes freed.
+    pub fn forget_compiled(&self, sha256: &str) -> u64 {
+        self.cache.as_ref().map_or(0, |cache| cache.remove(sha256))
+    }
+
     /// An add-on's share of the call slots: `limits.max_concurrent_calls` (default a quarter
     /// of the host's slots) and a wait queue of `limits.max_queued_calls` (default four
     /// times the share).

@@ -1,7 +1,6 @@
 //! One hosted add-on as the service sees it: its configuration, its platform settings, the
 //! plugin serving it now, and its data.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::config::{AddonConfig, BitriseConfig};
@@ -10,6 +9,7 @@ use crate::runtime::{AddonEnv, Plugin, Share};
 use crate::storage::AddonStore;
 
 use super::Record;
+use super::loaded::Loaded;
 
 pub struct Addon {
     pub config: AddonConfig,
@@ -21,8 +21,11 @@ pub struct Addon {
     /// Held by calls re-run after a key-value conflict, so that retries make progress one at
     /// a time instead of colliding again.
     pub(super) retry_lock: tokio::sync::Mutex<()>,
-    /// Versions compiled in this process, by sha256, so a rollback is a pointer swap.
-    pub(super) loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Versions compiled in this process, so a rollback is a pointer swap: the active one,
+    /// the rollback target and the most recently used few (`[addon.deploys]`).
+    pub(super) loaded: Mutex<Loaded>,
+    /// The version the last swap replaced: the rollback target, kept loaded.
+    pub(super) replaced: Mutex<Option<String>>,
     /// Serialises activations, so the recorded and the serving version never disagree.
     pub(super) swap_lock: tokio::sync::Mutex<()>,
     /// Its deploy tokens (hashed): plugin versions of this add-on only.
@@ -39,17 +42,40 @@ impl Addon {
         self.plugin.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Install `plugin` for new calls; returns the one it replaces.
+    /// Install `plugin` for new calls; returns the one it replaces, which becomes the
+    /// rollback target. Loaded versions beyond those and the most recent few are dropped.
     pub(super) fn replace_plugin(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
-        std::mem::replace(&mut *self.plugin.write().unwrap_or_else(PoisonError::into_inner), plugin)
+        let active = plugin.sha256.clone();
+        let from = std::mem::replace(&mut *self.plugin.write().unwrap_or_else(PoisonError::into_inner), plugin);
+        *self.replaced.lock().unwrap_or_else(PoisonError::into_inner) = Some(from.sha256.clone());
+        let keep = [active.as_str(), from.sha256.as_str()];
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).trim(&keep, self.config.deploys.max_loaded_extra);
+        from
     }
 
     pub(super) fn loaded(&self, sha256: &str) -> Option<Arc<Plugin>> {
-        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).get(sha256).cloned()
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).get(sha256)
     }
 
+    /// Keep `plugin` loaded (the most recently used), dropping the least recently used
+    /// versions beyond the active one, the rollback target and `max_loaded_extra`.
     pub(super) fn remember(&self, plugin: Arc<Plugin>) {
-        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).insert(plugin.sha256.clone(), plugin);
+        let active = self.plugin().sha256.clone();
+        let replaced = self.replaced.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default();
+        let new = plugin.sha256.clone();
+        let keep = [active.as_str(), replaced.as_str(), new.as_str()];
+        let extra = self.config.deploys.max_loaded_extra;
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).put(plugin, &keep, extra);
+    }
+
+    /// Forget a deleted version.
+    pub(super) fn forget(&self, sha256: &str) {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).forget(sha256);
+    }
+
+    /// How many versions are loaded (compiled, in memory), for operators.
+    pub fn loaded_versions(&self) -> usize {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Its share of the call slots now: (running, queued, share size), for operators.

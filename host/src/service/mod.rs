@@ -16,6 +16,7 @@
 mod addon;
 pub mod auth;
 mod jobs;
+mod loaded;
 mod locks;
 pub mod record;
 mod request;
@@ -44,7 +45,7 @@ pub use addon::Addon;
 pub use record::{Record, Status};
 pub use request::{Budget, Caller, ConfigRules, NoRules, Platform, Provision, Target};
 pub use shared::follow;
-pub use upgrade::{Uploaded, VersionInfo};
+pub use upgrade::{Deleted, Uploaded, VersionInfo};
 
 /// How many times a call is re-run when another call changed what it read (the request's
 /// budget usually ends the attempts first).

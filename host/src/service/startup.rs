@@ -51,7 +51,8 @@ impl Service {
                 store,
                 share: runtime.share(&addon.limits),
                 retry_lock: tokio::sync::Mutex::new(()),
-                loaded: std::sync::Mutex::new([(plugin.sha256.clone(), plugin)].into_iter().collect()),
+                loaded: std::sync::Mutex::new(super::loaded::Loaded::new(plugin)),
+                replaced: std::sync::Mutex::new(None),
                 swap_lock: tokio::sync::Mutex::new(()),
                 deployers: auth::AdminKeys::fixed(&addon.deployers),
             };
@@ -80,6 +81,13 @@ impl Service {
         let queued = service.queue_stored_jobs()?;
         if queued > 0 {
             tracing::info!(jobs = queued, "stored jobs queued");
+        }
+        let pages = service.addons().filter(|a| a.plugin().serves_http).count();
+        if cfg.server.web_origin.is_none() && pages > 1 {
+            tracing::warn!(
+                "{pages} add-ons serve pages on this host's one origin, where a browser keeps nothing apart: \
+                 set server.web_origin (e.g. \"https://{{addon}}.addons.example.com\") to give each its own"
+            );
         }
         Ok(service)
     }

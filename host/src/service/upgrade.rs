@@ -15,7 +15,7 @@ use crate::clock;
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::runtime::Plugin;
-use crate::versions::VersionMeta;
+use crate::versions::{Full, Quota, VersionMeta};
 
 /// A version as the admin API reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +23,39 @@ pub struct VersionInfo {
     #[serde(flatten)]
     pub meta: VersionMeta,
     pub active: bool,
+}
+
+/// What a deletion did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deleted {
+    pub version: VersionMeta,
+    /// Compiled artefacts of the version removed from this host's compile cache.
+    pub freed_cache_bytes: u64,
+}
+
+/// The add-on's version quota.
+fn quota(addon: &Addon) -> Quota {
+    let deploys = &addon.config.deploys;
+    Quota { versions: deploys.max_versions, bytes: deploys.max_stored_bytes() }
+}
+
+/// The 409 for an upload past the quota, naming the limit and the way out.
+fn over_quota(id: &str, full: Full, size: u64) -> ServiceError {
+    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20));
+    let why = match full {
+        Full::Versions { limit } => {
+            format!("add-on `{id}` already stores {limit} plugin versions, its limit ([addon.deploys] max_versions)")
+        }
+        Full::Bytes { stored, limit } => format!(
+            "add-on `{id}`'s stored versions take {}; this one ({}) would pass its limit of {} ([addon.deploys] max_stored_mib)",
+            mib(stored),
+            mib(size),
+            mib(limit)
+        ),
+    };
+    ServiceError::DeployQuota(format!(
+        "{why}; delete versions it no longer needs: addon-host plugin delete {id} VERSION"
+    ))
 }
 
 /// What an upload did.
@@ -61,7 +94,10 @@ impl Service {
         Ok((plugin, started.elapsed().as_millis() as u64))
     }
 
-    /// Validate and store a new version; activate it unless asked not to.
+    /// Validate and store a new version; activate it unless asked not to. A new version
+    /// must fit the add-on's `[addon.deploys]` quota, checked before it is compiled and again
+    /// as it is stored; development reloads (`by` "watch") make room by deleting the oldest
+    /// versions that are neither active nor the rollback target instead.
     pub async fn upload(
         &self,
         addon: &Addon,
@@ -69,13 +105,19 @@ impl Service {
         by: &str,
         activate: bool,
     ) -> Result<Uploaded, ServiceError> {
+        let sha = hex::encode(Sha256::digest(&bytes));
+        self.make_room(addon, &sha, bytes.len() as u64, by == "watch").await?;
         let bytes = Arc::new(bytes);
         let (plugin, compile_ms) = self.compile(addon, bytes.clone()).await?;
         let (registry, storage, id, sha, by_owned) =
             (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), plugin.sha256.clone(), by.to_owned());
+        let quota = quota(addon);
         let (existing, version) = blocking(move || {
             let existing = registry.get(&id, &sha)?;
-            let version = registry.put(&id, &sha, &bytes, &by_owned, clock::now_ms())?;
+            let version = match registry.put_within(&id, &sha, &bytes, &by_owned, clock::now_ms(), Some(quota))? {
+                Ok(version) => version,
+                Err(full) => return Err(over_quota(&id, full, bytes.len() as u64)),
+            };
             storage.flush()?;
             if !activate {
                 storage.announce(&super::shared::uploaded(&id, &sha))?;
@@ -90,6 +132,69 @@ impl Service {
         }
         let created = existing.is_none();
         Ok(Uploaded { version, created, activated: activate, compile_ms, compiler, runs_jobs, serves_http })
+    }
+
+    /// Refuse an upload of `size` bytes that the quota has no room for, before anything is
+    /// compiled; with `evict`, delete the oldest spare versions until it fits.
+    async fn make_room(&self, addon: &Addon, sha: &str, size: u64, evict: bool) -> Result<(), ServiceError> {
+        let quota = quota(addon);
+        let (registry, id) = (self.registry.clone(), addon.id().to_owned());
+        let versions = blocking(move || Ok(registry.versions(&id)?)).await?;
+        if versions.iter().any(|v| v.sha256 == sha) {
+            return Ok(());
+        }
+        let Some(mut full) = quota.refuses(&versions, size) else { return Ok(()) };
+        if evict {
+            let keep = self.kept_versions(addon);
+            let mut stored = versions;
+            while let Some(at) = stored.iter().position(|v| !keep.contains(&v.sha256)) {
+                let oldest = stored.remove(at);
+                self.delete_stored(addon, &oldest).await?;
+                match quota.refuses(&stored, size) {
+                    None => return Ok(()),
+                    Some(still) => full = still,
+                }
+            }
+        }
+        Err(over_quota(addon.id(), full, size))
+    }
+
+    /// The active version and the rollback target: never deleted to make room.
+    fn kept_versions(&self, addon: &Addon) -> Vec<String> {
+        let replaced = addon.replaced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        std::iter::once(addon.plugin().sha256.clone()).chain(replaced).collect()
+    }
+
+    /// Delete a stored version (by sequence number or sha256 prefix): its bytes, its compiled
+    /// artefacts and its loaded build. The active version cannot be deleted.
+    pub async fn delete_version(&self, addon: &Addon, version: &str) -> Result<Deleted, ServiceError> {
+        let (registry, id, wanted) = (self.registry.clone(), addon.id().to_owned(), version.to_owned());
+        let meta = blocking(move || Ok(registry.resolve(&id, &wanted)?)).await?.ok_or_else(|| {
+            ServiceError::NotFound(format!("add-on `{}` has no plugin version `{version}`", addon.id()))
+        })?;
+        if meta.sha256 == addon.plugin().sha256 {
+            return Err(ServiceError::Conflict(format!(
+                "version {} is the active one; activate another before deleting it",
+                meta.seq
+            )));
+        }
+        let freed_cache_bytes = self.delete_stored(addon, &meta).await?;
+        Ok(Deleted { version: meta, freed_cache_bytes })
+    }
+
+    /// Delete `meta`'s version everywhere this host keeps it; the compile cache bytes freed.
+    async fn delete_stored(&self, addon: &Addon, meta: &VersionMeta) -> Result<u64, ServiceError> {
+        let (registry, storage, id, sha) =
+            (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), meta.sha256.clone());
+        blocking(move || {
+            registry.delete(&id, &sha)?;
+            Ok(storage.flush()?)
+        })
+        .await?;
+        addon.forget(&meta.sha256);
+        let freed = self.runtime.forget_compiled(&meta.sha256);
+        tracing::info!(addon = addon.id(), version = meta.seq, sha256 = %meta.sha256, "plugin version deleted");
+        Ok(freed)
     }
 
     /// Make a stored version (by sequence number or sha256 prefix) the active one.

@@ -6,7 +6,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use bytes::Bytes;
 
-use super::session::COOKIE;
+use super::session::is_session_cookie;
 use crate::runtime::WebRequest;
 use crate::service::{Platform, Record};
 
@@ -29,10 +29,12 @@ impl Surface {
 /// Who the host verified the caller to be.
 pub(crate) struct Identity<'a> {
     pub surface: Surface,
-    pub addon: &'a str,
     pub record: &'a Record,
     pub unverified_email: Option<&'a str>,
     pub csrf_token: Option<String>,
+    /// Where the add-on's routes start for the client: "" on its own origin,
+    /// `/addons/{id}` on the host's shared one.
+    pub base_path: &'a str,
 }
 
 /// Headers a proxy never forwards (RFC 9110 §7.6.1), and those the host answers itself.
@@ -86,7 +88,7 @@ pub(crate) fn request(
     }
     // The client's other cookies pass; the host's session cookie does not.
     let cookies: Vec<&str> = super::session::cookies(client)
-        .filter(|pair| pair.split_once('=').is_none_or(|(name, _)| name != COOKIE))
+        .filter(|pair| pair.split_once('=').is_none_or(|(name, _)| !is_session_cookie(name)))
         .collect();
     if !cookies.is_empty()
         && let Ok(value) = HeaderValue::from_str(&cookies.join("; "))
@@ -111,7 +113,7 @@ pub(crate) fn request(
     set("x-addon-platform", platform);
     set("x-addon-app-id", &encode(&record.app_id));
     set("x-addon-plan", &encode(&record.plan));
-    set("x-addon-base-path", &format!("/addons/{}", identity.addon));
+    set("x-addon-base-path", identity.base_path);
     if let Some(title) = &record.app_title {
         set("x-addon-app-title", &encode(title));
     }

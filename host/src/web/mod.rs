@@ -7,12 +7,18 @@
 //!   issued at provision (`[addon.web] build_api`), rate-limited per app.
 //!
 //! Both verify the caller, then hand the request to the service ([`Service::serve_http`])
-//! with the identity in headers ([`forward`]).
+//! with the identity in headers ([`forward`]); the answer goes back through [`answer`]'s
+//! allow-list. With `server.web_origin`, each add-on's surfaces are on its own origin
+//! ([`origin`]) and an SSO login reaches it through a single-use handover link ([`handover`]).
 
 mod answer;
 mod forward;
-mod limit;
+mod handover;
+mod origin;
 mod session;
+
+pub(crate) use handover::handover;
+pub(crate) use origin::by_origin;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,11 +33,11 @@ use crate::error::ServiceError;
 use crate::pages::{html, xml_escape};
 use crate::service::{Addon, Platform, Record, Service};
 use forward::{Identity, Surface};
-use session::{NoSession, Session};
+use session::{NoSession, Scope, Session};
 
 struct Web {
     service: Arc<Service>,
-    limits: limit::RateLimits,
+    limits: crate::http::limit::RateLimits,
 }
 
 pub(crate) fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
@@ -44,9 +50,9 @@ pub(crate) fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
         .with_state(state)
 }
 
-/// Open a dashboard session for `record` after a valid SSO login, and answer with the
-/// dashboard's first page: the plugin's `GET /dashboard/`, or the page `builtin` renders. Answered directly
-/// (not redirected), so clients without a cookie jar (Bitrise's kit, Xervo's dia) see it.
+/// Open a dashboard session for `record` after a valid SSO login. With `server.web_origin`
+/// that is a redirect (303) to the single-use handover link on the add-on's origin;
+/// without, the session opens here, on the add-on's path ([`land`]).
 pub(crate) async fn open(
     service: &Arc<Service>,
     addon: &Arc<Addon>,
@@ -55,32 +61,70 @@ pub(crate) async fn open(
     headers: &HeaderMap,
     builtin: impl FnOnce() -> String,
 ) -> Result<Response, ServiceError> {
+    if let Some(redirect) = handover(service, addon, record, email.clone(), StatusCode::SEE_OTHER)? {
+        return Ok(redirect);
+    }
+    let scope = Scope::SharedPath { addon: addon.id(), https: is_https(headers) };
+    land(service, addon, record, email, headers, scope, builtin).await
+}
+
+/// A new session for `record`, and the dashboard's first page with its cookie: the plugin's
+/// `GET /dashboard/`, or the page `builtin` renders. Answered directly (not redirected), so
+/// clients without a cookie jar (Bitrise's kit, Xervo's dia) see it.
+async fn land(
+    service: &Arc<Service>,
+    addon: &Arc<Addon>,
+    record: &Record,
+    email: Option<String>,
+    headers: &HeaderMap,
+    scope: Scope<'_>,
+    builtin: impl FnOnce() -> String,
+) -> Result<Response, ServiceError> {
     let web = &addon.config.web;
     let no_session = || ServiceError::host("opening a session", anyhow::anyhow!("no randomness"));
     let session = Session::open(addon.id(), &record.resource_id, email, web.session_secs).ok_or_else(no_session)?;
     let sealed = session.seal(service.web_key()).ok_or_else(no_session)?;
     let mut response = if addon.plugin().serves_http && record.is_active() {
-        let identity = dashboard_identity(addon, record, &session, service.web_key());
+        let base = base_path(addon, scope);
+        let identity = dashboard_identity(record, &session, service.web_key(), &base);
         forward_to_plugin(service, addon, Method::GET, "/dashboard/", None, headers, Default::default(), &identity)
             .await?
     } else {
         html(builtin())
     };
-    let cookie = session.cookie(&sealed, is_https(headers), web.session_secs);
+    let cookie = Session::cookie(&sealed, scope, web.session_secs);
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)
 }
 
+/// Where the add-on's routes start for a client in `scope`.
+fn base_path(addon: &Addon, scope: Scope<'_>) -> String {
+    match scope {
+        Scope::Origin { .. } => String::new(),
+        Scope::SharedPath { .. } => format!("/addons/{}", addon.id()),
+    }
+}
+
+/// The cookie scope of a request: the add-on's own origin, or its path on the host's.
+fn scope_of<'a>(service: &Service, addon: &'a Addon, parts: &axum::http::request::Parts) -> Scope<'a> {
+    match service.server_config().web_origin.as_ref() {
+        Some(origin) if parts.extensions.get::<origin::OwnOrigin>().is_some() => {
+            Scope::Origin { https: origin.is_https() }
+        }
+        _ => Scope::SharedPath { addon: addon.id(), https: is_https(&parts.headers) },
+    }
+}
+
 /// Who a dashboard session is, for the handler: its resource, user and CSRF token.
-fn dashboard_identity<'a>(addon: &'a Addon, record: &'a Record, session: &'a Session, key: &[u8]) -> Identity<'a> {
+fn dashboard_identity<'a>(record: &'a Record, session: &'a Session, key: &[u8], base_path: &'a str) -> Identity<'a> {
     Identity {
         surface: Surface::Dashboard,
-        addon: addon.id(),
         record,
         unverified_email: session.e.as_deref(),
         csrf_token: Some(session.csrf_token(key)),
+        base_path,
     }
 }
 
@@ -133,10 +177,24 @@ async fn dashboard(
     let addon = addon_of(&web, &params)?;
     let service = &web.service;
     let (parts, body) = request.into_parts();
-    let session = match session::cookie_value(&parts.headers) {
-        None => Err(NoSession::Missing),
-        Some(value) => Session::open_sealed(&value, service.web_key(), addon.id()),
-    };
+    let scope = scope_of(service, &addon, &parts);
+    let session = session::cookie_values(&parts.headers)
+        .iter()
+        .map(|value| Session::open_sealed(value, service.web_key(), addon.id()))
+        .reduce(|first, next| first.or(next))
+        .unwrap_or(Err(NoSession::Missing));
+    // A handover link lands here, on the add-on's origin, and opens the session (once).
+    if let (Scope::Origin { .. }, Some(link)) = (scope, handover::link(parts.uri.query())) {
+        match handover::claim(service, &addon, &link).await? {
+            Ok((record, email)) => {
+                let page = || builtin(&addon, &record);
+                return land(service, &addon, &record, email, &parts.headers, scope, page).await;
+            }
+            // A used or stale link (a reload, a shared URL): the browser's own session, if any.
+            Err(why) if session.is_err() => return Ok(signed_out(&addon, why)),
+            Err(_) => {}
+        }
+    }
     let session = match session {
         Ok(session) => session,
         Err(why) => return Ok(signed_out(&addon, why)),
@@ -157,7 +215,8 @@ async fn dashboard(
     if !is_safe(&parts.method) {
         check_csrf(&parts.headers, &body, &session, service.web_key())?;
     }
-    let identity = dashboard_identity(&addon, &record, &session, service.web_key());
+    let base = base_path(&addon, scope);
+    let identity = dashboard_identity(&record, &session, service.web_key(), &base);
     forward_to_plugin(service, &addon, parts.method.clone(), &path, parts.uri.query(), &parts.headers, body, &identity)
         .await
 }
@@ -179,7 +238,8 @@ async fn forward_to_plugin(
     let request = forward::request(method, path, query, headers, body, identity, max_response)
         .map_err(ServiceError::BadRequest)?;
     let answer = service.serve_http(addon, &identity.record.resource_id, request).await?;
-    Ok(answer::response(answer, identity.surface, Some(&format!("/addons/{}", addon.id()))))
+    let shared_path = Some(identity.base_path).filter(|base| !base.is_empty());
+    Ok(answer::response(answer, identity.surface, shared_path))
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -190,9 +250,11 @@ fn is_safe(method: &Method) -> bool {
 /// or `_csrf` in a form body) and must not come from another site.
 fn check_csrf(headers: &HeaderMap, body: &[u8], session: &Session, key: &[u8]) -> Result<(), ServiceError> {
     let refused = |why: &str| ServiceError::Forbidden(format!("CSRF check failed: {why}"));
-    let cross_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site");
-    if cross_site {
-        return Err(refused("the request came from another site"));
+    // Another add-on's origin is `same-site` (a sibling name under one domain): refused
+    // like another site.
+    let from = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if matches!(from, Some("cross-site" | "same-site")) {
+        return Err(refused("the request came from another site or another add-on's origin"));
     }
     let from_header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let is_form = crate::http::content_type(headers).as_deref() == Some("application/x-www-form-urlencoded");
@@ -229,7 +291,9 @@ async fn api(
     };
     let record = service.api_caller(&addon, token).await?;
     let cfg = &addon.config.web;
-    if let Err(wait) = web.limits.take(addon.id(), &record.resource_id, cfg.api_rate_per_minute, cfg.api_burst) {
+    if let Err(wait) =
+        web.limits.take(addon.id(), &record.resource_id, f64::from(cfg.api_rate_per_minute), cfg.api_burst)
+    {
         return Ok(too_many(cfg.api_rate_per_minute, wait));
     }
     if !addon.plugin().serves_http {
@@ -239,13 +303,9 @@ async fn api(
         )));
     }
     let body = crate::http::body::read(body, cfg.max_request_bytes, "the request body").await?;
-    let identity = Identity {
-        surface: Surface::Api,
-        addon: addon.id(),
-        record: &record,
-        unverified_email: None,
-        csrf_token: None,
-    };
+    let base = base_path(&addon, scope_of(service, &addon, &parts));
+    let identity =
+        Identity { surface: Surface::Api, record: &record, unverified_email: None, csrf_token: None, base_path: &base };
     let path = inner_path("api", &params, parts.uri.path());
     forward_to_plugin(service, &addon, parts.method.clone(), &path, parts.uri.query(), &parts.headers, body, &identity)
         .await

@@ -2,9 +2,10 @@
 //! (no server-side state, so every host sharing the storage accepts it), and the CSRF token
 //! derived from it.
 //!
-//! The cookie is `HttpOnly`, `SameSite=Lax`, scoped to the add-on's path, `Secure` when the
-//! host is reached over https, and lives `[addon.web] session_secs`. Its value is the
-//! session as base64url JSON and an HMAC-SHA-256 tag under the host's key.
+//! The cookie is `HttpOnly`, `SameSite=Lax`, host-only on the add-on's own origin (see
+//! [`Scope`]), and lives `[addon.web] session_secs`. Its value is the session as base64url
+//! JSON and an HMAC-SHA-256 tag under the host's key. The same sealing, for another purpose,
+//! makes the single-use handover link that takes a login to the add-on's origin.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,8 +16,21 @@ use sha2::Sha256;
 use crate::clock;
 use crate::service::auth;
 
-/// The cookie's name (its path keeps one add-on's session from reaching another's routes).
+/// The cookie's name. On an add-on's own origin over https it is `__Host-` prefixed
+/// ([`HOST_COOKIE`]): browsers then take it only host-only, `Secure` and on `Path=/`, so no
+/// sibling origin can toss one in.
 pub(crate) const COOKIE: &str = "addon_session";
+pub(crate) const HOST_COOKIE: &str = "__Host-addon_session";
+
+/// Where a session cookie lives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scope<'a> {
+    /// The add-on's own origin: host-only, `Path=/`, `__Host-` and `Secure` under https.
+    Origin { https: bool },
+    /// The host's shared origin (no `server.web_origin`): the add-on's path, `Secure` when
+    /// the client came over https.
+    SharedPath { addon: &'a str, https: bool },
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Session {
@@ -39,6 +53,8 @@ pub(crate) enum NoSession {
     Missing,
     Invalid,
     Expired,
+    /// A single-use handover link presented again.
+    Used,
 }
 
 impl NoSession {
@@ -47,6 +63,7 @@ impl NoSession {
             NoSession::Missing => "You are not signed in to this add-on.",
             NoSession::Invalid => "Your session is not valid.",
             NoSession::Expired => "Your session has expired.",
+            NoSession::Used => "This sign-in link was already used.",
         }
     }
 }
@@ -76,15 +93,26 @@ impl Session {
 
     /// The cookie value: payload and tag.
     pub(crate) fn seal(&self, key: &[u8]) -> Option<String> {
+        self.seal_as(key, "session")
+    }
+
+    /// Sealed for `purpose` ("session", or "handover" for the single-use link that carries
+    /// a login to the add-on's origin): a value sealed for one purpose opens for no other.
+    pub(crate) fn seal_as(&self, key: &[u8], purpose: &str) -> Option<String> {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).ok()?);
-        let tag = tag(key, "session", &payload)?;
+        let tag = tag(key, purpose, &payload)?;
         Some(format!("{payload}.{tag}"))
     }
 
     /// The session in a cookie value, if it is genuine, for `addon`, and not expired.
     pub(crate) fn open_sealed(value: &str, key: &[u8], addon: &str) -> Result<Session, NoSession> {
+        Session::open_sealed_as(value, key, addon, "session")
+    }
+
+    /// [`Session::open_sealed`] for a value sealed for `purpose`.
+    pub(crate) fn open_sealed_as(value: &str, key: &[u8], addon: &str, purpose: &str) -> Result<Session, NoSession> {
         let (payload, presented) = value.split_once('.').ok_or(NoSession::Invalid)?;
-        let expected = tag(key, "session", payload).ok_or(NoSession::Invalid)?;
+        let expected = tag(key, purpose, payload).ok_or(NoSession::Invalid)?;
         if !auth::secret_matches(presented, &expected) {
             return Err(NoSession::Invalid);
         }
@@ -110,10 +138,15 @@ impl Session {
         !expected.is_empty() && auth::secret_matches(presented, &expected)
     }
 
-    /// The `Set-Cookie` value carrying `sealed` for the add-on's routes.
-    pub(crate) fn cookie(&self, sealed: &str, secure: bool, secs: u64) -> String {
+    /// The `Set-Cookie` value carrying `sealed` in `scope`.
+    pub(crate) fn cookie(sealed: &str, scope: Scope<'_>, secs: u64) -> String {
+        let (name, path, secure) = match scope {
+            Scope::Origin { https: true } => (HOST_COOKIE, "/".to_owned(), true),
+            Scope::Origin { https: false } => (COOKIE, "/".to_owned(), false),
+            Scope::SharedPath { addon, https } => (COOKIE, format!("/addons/{addon}/"), https),
+        };
         let secure = if secure { "; Secure" } else { "" };
-        format!("{COOKIE}={sealed}; Path=/addons/{}/; Max-Age={}; HttpOnly; SameSite=Lax{secure}", self.a, secs)
+        format!("{name}={sealed}; Path={path}; Max-Age={secs}; HttpOnly; SameSite=Lax{secure}")
     }
 }
 
@@ -128,12 +161,19 @@ pub(crate) fn cookies(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &
         .filter(|pair| !pair.is_empty())
 }
 
-/// The session cookie's value among a request's `Cookie` headers.
-pub(crate) fn cookie_value(headers: &axum::http::HeaderMap) -> Option<String> {
+/// Whether a cookie name is the host's session cookie.
+pub(crate) fn is_session_cookie(name: &str) -> bool {
+    name == COOKIE || name == HOST_COOKIE
+}
+
+/// Every session cookie value among a request's `Cookie` headers: a tossed or stale one does
+/// not hide the genuine one, which is whichever opens.
+pub(crate) fn cookie_values(headers: &axum::http::HeaderMap) -> Vec<String> {
     cookies(headers)
         .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, _)| is_session_cookie(name))
         .map(|(_, v)| v.to_owned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -147,6 +187,9 @@ mod tests {
         assert_eq!(Session::open_sealed(&sealed, b"key", "a"), Ok(session.clone()));
         assert_eq!(Session::open_sealed(&sealed, b"other", "a"), Err(NoSession::Invalid));
         assert_eq!(Session::open_sealed(&sealed, b"key", "b"), Err(NoSession::Invalid));
+        assert_eq!(Session::open_sealed_as(&sealed, b"key", "a", "handover"), Err(NoSession::Invalid));
+        let handover = session.seal_as(b"key", "handover").unwrap();
+        assert_eq!(Session::open_sealed(&handover, b"key", "a"), Err(NoSession::Invalid), "a link is no cookie");
         let (payload, tag) = sealed.split_once('.').unwrap();
         let forged = format!("{}x.{tag}", &payload[..payload.len() - 1]);
         assert_eq!(Session::open_sealed(&forged, b"key", "a"), Err(NoSession::Invalid));

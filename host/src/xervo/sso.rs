@@ -89,11 +89,17 @@ pub(super) async fn login(
         .ok_or_else(|| ServiceError::BadRequest("missing `token` (or `resource_token`)".into()))?;
     check_resource_id("id", &id)?;
     service.verify_sso(&format!("{addon_id}/xervo"), &id, &xervo.sso_salt, &timestamp, &token).await?;
-    if service.record(&addon, Platform::Xervo, &id).await?.is_none() {
+    let Some(record) = service.record(&addon, Platform::Xervo, &id).await? else {
         return Err(ServiceError::NotFound(format!("no resource `{id}`")).into());
+    };
+    // With an origin per add-on, straight to it (dia wants exactly 302).
+    let email = body.email.unwrap_or_default();
+    let unverified = Some(email.clone()).filter(|e| !e.is_empty());
+    if let Some(redirect) = crate::web::handover(service, &addon, &record, unverified, StatusCode::FOUND)? {
+        tracing::info!(addon = %addon_id, resource = %id, "SSO login");
+        return Ok(redirect);
     }
     let expires = clock::unix_secs() + TICKET_SECS;
-    let email = body.email.unwrap_or_default();
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| ServiceError::host("making a dashboard ticket", anyhow::anyhow!("{e}")))?;
     let nonce = hex::encode(nonce);

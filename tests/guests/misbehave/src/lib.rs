@@ -217,10 +217,25 @@ impl addon_sdk::web::Web for Misbehave {
         let what = req.path().rsplit('/').next().unwrap_or_default().to_owned();
         match what.as_str() {
             // The dashboard's first page: well-formed XHTML with Beam, as Bitrise's kit wants.
+            // With a CSRF-protected form that writes the marker, as real dashboards have.
             "" | "dashboard" => Response::html(format!(
-                "<!DOCTYPE html><html><head>{}</head><body><p>misbehave</p></body></html>",
-                who.beam()
+                "<!DOCTYPE html><html><head>{}</head><body><p>misbehave</p><p id=\"resource\">{}</p>\
+                 <form method=\"post\" action=\"write?v=form\">{}<button id=\"write\">write</button></form></body></html>",
+                who.beam(),
+                who.resource_id,
+                who.csrf_field()
             )),
+            // A hostile page: its script attacks the origin named by `?target=` (tests/browser/).
+            "attack" => Response::html(
+                "<!DOCTYPE html><html><head><meta charset=\"utf-8\"/><title>attack</title>\
+                 <script src=\"attack.js\"></script></head><body><p>attack</p></body></html>",
+            ),
+            "attack.js" => {
+                Response::new(200).header("content-type", "text/javascript").body(include_str!("../attack.js"))
+            }
+            "sw.js" => Response::new(200)
+                .header("content-type", "text/javascript")
+                .body("self.addEventListener('fetch', () => {});"),
             // What reached the plugin: the identity and every header, as JSON.
             "echo" => {
                 let headers: Vec<String> = [("method", req.method()), ("path", req.path()), ("query", req.query())]
