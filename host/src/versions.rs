@@ -52,6 +52,14 @@ impl Quota {
 #[derive(Clone)]
 pub(crate) struct Registry {
     space: Space,
+    /// The components' bytes, as files, on a backend that keeps large values so (sled);
+    /// else in `space` beside their entries.
+    files: Option<crate::storage::Files>,
+}
+
+/// The file of `addon`'s version `sha256`.
+fn file_name(addon: &str, sha256: &str) -> String {
+    format!("{addon}.{sha256}.wasm")
 }
 
 fn key(addon: &str, rest: &str) -> String {
@@ -64,7 +72,7 @@ fn activations(stored: Option<Vec<u8>>) -> Vec<String> {
 
 impl Registry {
     pub(crate) fn open(storage: &Storage) -> Result<Registry> {
-        Ok(Registry { space: storage.space("plugins") })
+        Ok(Registry { space: storage.space("plugins"), files: storage.files("plugins") })
     }
 
     pub(crate) fn versions(&self, addon: &str) -> Result<Vec<VersionMeta>> {
@@ -77,7 +85,31 @@ impl Registry {
     }
 
     pub(crate) fn blob(&self, addon: &str, sha256: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(files) = &self.files
+            && let Some(bytes) = files.get(&file_name(addon, sha256))?
+        {
+            return Ok(Some(bytes));
+        }
+        // Versions stored before their bytes moved to files, and every version on PostgreSQL.
         self.space.get(key(addon, &format!("blob/{sha256}")).as_bytes())
+    }
+
+    /// Copy the components kept as files into `target`'s storage (`addon-host migrate`,
+    /// from sled's data directory into PostgreSQL, which keeps them in its tables); how many.
+    pub(crate) fn copy_files_into(&self, target: &Registry) -> Result<u64> {
+        let Some(files) = &self.files else { return Ok(0) };
+        let mut copied = 0;
+        for name in files.names()? {
+            let Some((addon, sha)) = name.strip_suffix(".wasm").and_then(|n| n.rsplit_once('.')) else { continue };
+            let Some(bytes) = files.get(&name)? else { continue };
+            target.space.commit(&mut |_| {
+                let mut batch = crate::storage::Batch::default();
+                batch.insert(key(addon, &format!("blob/{sha}")), bytes.clone());
+                Ok(batch)
+            })?;
+            copied += 1;
+        }
+        Ok(copied)
     }
 
     pub(crate) fn active(&self, addon: &str) -> Result<Option<String>> {
@@ -110,6 +142,11 @@ impl Registry {
         now_ms: u64,
         quota: Option<Quota>,
     ) -> Result<std::result::Result<VersionMeta, Full>> {
+        // The bytes first, durably, so the entry committed below never names missing bytes.
+        let known = self.versions(addon)?.iter().any(|m| m.sha256 == sha256);
+        if let Some(files) = self.files.as_ref().filter(|_| !known) {
+            files.put(&file_name(addon, sha256), bytes)?;
+        }
         let mut stored = None;
         let mut full = None;
         self.space.commit(&mut |r| {
@@ -135,12 +172,17 @@ impl Registry {
                 uploaded_ms: now_ms,
                 uploaded_by: uploaded_by.to_owned(),
             };
-            batch.insert(key(addon, &format!("blob/{sha256}")), bytes);
+            if self.files.is_none() {
+                batch.insert(key(addon, &format!("blob/{sha256}")), bytes);
+            }
             batch.insert(key(addon, &format!("meta/{:010}", meta.seq)), serde_json::to_vec(&meta).unwrap_or_default());
             stored = Some(meta);
             Ok(batch)
         })?;
         if let Some(full) = full {
+            if let Some(files) = self.files.as_ref().filter(|_| !known) {
+                files.delete(&file_name(addon, sha256))?;
+            }
             return Ok(Err(full));
         }
         stored
@@ -168,6 +210,9 @@ impl Registry {
             }
             Ok(batch)
         })?;
+        if let Some(files) = &self.files {
+            files.delete(&file_name(addon, sha256))?;
+        }
         Ok(deleted)
     }
 

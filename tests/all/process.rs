@@ -162,6 +162,17 @@ pub(crate) async fn try_exchange(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    exchange_bytes(addr, method, path, headers, body.as_bytes()).await
+}
+
+/// [`try_exchange`] with a body of any bytes (a plugin upload).
+pub(crate) async fn exchange_bytes(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n",
@@ -171,10 +182,16 @@ pub(crate) async fn try_exchange(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("Accept-Encoding: gzip\r\nConnection: close\r\n\r\n");
-    req.push_str(body);
     stream.write_all(req.as_bytes()).await?;
+    // A server may answer (a 429, say) and close before taking the whole body: its answer is
+    // what counts, so a failed write is not the end.
+    let sent = stream.write_all(body).await;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    let read = stream.read_to_end(&mut raw).await;
+    if raw.is_empty() {
+        sent?;
+        read?;
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let bad = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("incomplete response: {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;

@@ -281,6 +281,10 @@ fn migrate(config: &std::path::Path, from: Option<PathBuf>, overwrite: bool) -> 
         .with_context(|| format!("opening {} (is a host still running on it?)", from.display()))?;
     let target = crate::storage::Storage::open_config(&cfg.server).context("opening the PostgreSQL storage")?;
     let copied = source.copy_into(&target, overwrite)?;
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "from": from, "copied": copied }))?);
+    // Plugin components kept as files beside sled go into the database's tables.
+    let components =
+        crate::versions::Registry::open(&source)?.copy_files_into(&crate::versions::Registry::open(&target)?)?;
+    let report = serde_json::json!({ "from": from, "copied": copied, "plugin_components": components });
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -63,6 +63,13 @@ pub(crate) trait Backend: Send + Sync {
     /// `sled` or `postgres`, for logs and `/admin/status`.
     fn kind(&self) -> &'static str;
 
+    /// Where this host keeps large values as files ([`super::Files`]), if it does: sled's
+    /// data directory. Without one (PostgreSQL, shared by every host) they are stored in
+    /// the backend itself.
+    fn file_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
     /// Whether [`Backend::get`] may wait on something else (the network, a lock a commit

@@ -17,6 +17,7 @@
 mod backend;
 mod copy;
 mod durable;
+mod files;
 mod jobs;
 mod postgres;
 mod sled;
@@ -33,6 +34,7 @@ pub(crate) use backend::{Batch, Reader};
 pub use copy::Copied;
 use durable::Watchdog;
 pub use durable::{CommitStats, Stall, Unsynced};
+pub(crate) use files::Files;
 pub use jobs::JobWrites;
 pub use postgres::RESYNC;
 pub use wal::SyncMode;

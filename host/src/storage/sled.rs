@@ -31,6 +31,8 @@ struct CommitLock {
 
 pub(super) struct Sled {
     db: sled::Db,
+    /// Where large values live as files (see [`super::files`]).
+    files: std::path::PathBuf,
     /// Each space, opened on first use.
     spaces: Mutex<HashMap<String, SpaceOf>>,
     durable: Arc<Durability>,
@@ -46,7 +48,7 @@ impl Sled {
         let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let wal = Wal::open(&dir.join("wal"), &db, sync)?;
         let durable = Arc::new(Durability::new(wal));
-        Ok(Sled { db, spaces: Mutex::default(), durable })
+        Ok(Sled { db, files: dir.join("files"), spaces: Mutex::default(), durable })
     }
 
     /// Stage, log and apply a commit under its space's lock: its log entry, if it wrote
@@ -111,6 +113,10 @@ impl Reader for TreeReader<'_> {
 impl Backend for Sled {
     fn kind(&self) -> &'static str {
         "sled"
+    }
+
+    fn file_dir(&self) -> Option<&Path> {
+        Some(&self.files)
     }
 
     fn spaces(&self) -> Result<Vec<String>> {
