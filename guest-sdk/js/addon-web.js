@@ -46,9 +46,11 @@ function beam(headers) {
   if (headers['x-addon-platform'] !== 'bitrise' || headers['x-addon-surface'] !== 'dashboard') return '';
   const slug = headers['x-addon-resource-id'] ?? '';
   const title = headers['x-addon-app-title'] === undefined ? slug : decode(headers['x-addon-app-title']);
+  // The host's content security policy runs an inline script only with this answer's nonce.
+  const nonce = headers['x-addon-csp-nonce'] === undefined ? '' : ` nonce="${escape(headers['x-addon-csp-nonce'])}"`;
   return (
     '<script src="https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js"></script>' +
-    '<script>\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { ' +
+    `<script${nonce}>\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { ` +
     `if (window.Beam) { Beam.init({ app_slug: ${jsString(slug)}, app_name: ${jsString(title)} }); } });\n//]]>\n</script>`
   );
 }

@@ -70,6 +70,9 @@ class Identity:
     # The email the SSO post named: no platform signs it; show it, never authorise by it.
     unverified_email: Optional[str]
     csrf_token: Optional[str]
+    # This answer's script nonce: the host's content security policy runs an inline
+    # <script nonce="..."> only with it (beam() uses it).
+    csp_nonce: Optional[str]
     base_path: str
 
     def csrf_field(self) -> str:
@@ -93,9 +96,11 @@ class Identity:
             return out
 
         init = f"Beam.init({{ app_slug: {js(self.resource_id)}, app_name: {js(self.app_title or self.resource_id)} }});"
+        # The host's content security policy runs an inline script only with this answer's nonce.
+        nonce = f' nonce="{escape(self.csp_nonce)}"' if self.csp_nonce else ""
         return (
             '<script src="https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js"></script>'
-            '<script>\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { '
+            f'<script{nonce}>\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { '
             f"if (window.Beam) {{ {init} }} }});\n//]]>\n</script>"
         )
 
@@ -127,6 +132,7 @@ def _identity(headers: dict) -> Identity:
         app_title=decoded("x-addon-app-title"),
         unverified_email=decoded("x-addon-unverified-email"),
         csrf_token=headers.get("x-addon-csrf-token"),
+        csp_nonce=headers.get("x-addon-csp-nonce"),
         base_path=headers.get("x-addon-base-path", ""),
     )
 

@@ -365,6 +365,7 @@ pub fn identity(surface: crate::web::Surface, resource_id: &str, plan: &str) -> 
         app_title: None,
         unverified_email: None,
         csrf_token: (surface == crate::web::Surface::Dashboard).then(|| "test-csrf-token".into()),
+        csp_nonce: None,
         base_path: "/addons/test".into(),
     }
 }

@@ -49,6 +49,7 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(seen["login"]["title"], "Credentials for Browser <App>");
     assert_eq!(seen["login"]["plan"], "pro");
     assert_eq!(seen["beam"], 1, "Bitrise's Beam header is on the page");
+    assert_eq!(seen["csp"], serde_json::json!([]), "the page's policy refused some of it");
     let cookie = &seen["cookie"][0];
     assert_eq!(cookie["name"], "addon_session");
     assert_eq!(cookie["httpOnly"], true);

@@ -32,6 +32,10 @@ const text = (page, selector) => page.locator(selector).first().textContent({ ti
     // Nothing leaves the machine (Beam's script on unpkg.com is not fetched).
     await context.route(/^https?:\/\/(?!127\.0\.0\.1)/, (route) => route.abort());
     const page = await context.newPage();
+    // What the pages' content security policy refused (the Beam header's inline script must
+    // carry the answer's nonce).
+    seen.csp = [];
+    page.on('console', (m) => /Content Security Policy/.test(m.text()) && seen.csp.push(m.text()));
 
     const loginAt = Date.now();
     const login = await ssoLogin(page, input.login);

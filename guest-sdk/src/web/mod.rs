@@ -84,6 +84,9 @@ pub struct Identity {
     pub unverified_email: Option<String>,
     /// The session's CSRF token (dashboard only).
     pub csrf_token: Option<String>,
+    /// This answer's script nonce (dashboard only): the host's default content security
+    /// policy runs an inline `<script nonce="...">` only with it. [`Identity::beam`] uses it.
+    pub csp_nonce: Option<String>,
     /// Where the add-on's routes start on this host (`/addons/{id}`).
     pub base_path: String,
 }
@@ -110,8 +113,9 @@ impl Identity {
         let name = self.app_title.as_deref().unwrap_or(&self.resource_id);
         format!(
             "<script src=\"https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js\"></script>\
-             <script>\n//<![CDATA[\ndocument.addEventListener(\"DOMContentLoaded\", function () {{ \
+             <script{}>\n//<![CDATA[\ndocument.addEventListener(\"DOMContentLoaded\", function () {{ \
              if (window.Beam) {{ Beam.init({{ app_slug: {}, app_name: {} }}); }} }});\n//]]>\n</script>",
+            self.csp_nonce.as_deref().map(|n| format!(" nonce=\"{}\"", escape(n))).unwrap_or_default(),
             js_string(&self.resource_id),
             js_string(name),
         )

@@ -86,6 +86,7 @@ fn identity(headers: &[(String, String)]) -> Result<Identity, String> {
         app_title: decoded("x-addon-app-title"),
         unverified_email: decoded("x-addon-unverified-email"),
         csrf_token: get("x-addon-csrf-token"),
+        csp_nonce: get("x-addon-csp-nonce"),
         base_path: get("x-addon-base-path").unwrap_or_default(),
     })
 }

@@ -53,11 +53,24 @@ const API_CORS: [&str; 5] = [
 const X_RESERVED: [&str; 5] =
     ["x-frame-options", "x-xss-protection", "x-dns-prefetch-control", "x-forwarded-", "x-real-ip"];
 
-/// The policy a plugin's page gets when it sets none: its own scripts, styles and images
-/// (and Bitrise's Beam header), nothing framing it, no plugins, forms posting only to itself.
-const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self' https://unpkg.com/@bitrise/beam@latest/; \
-    style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
-    form-action 'self'; frame-ancestors 'none'";
+/// The policy a plugin's page gets when it sets none: its own scripts, inline ones carrying
+/// the answer's nonce (`x-addon-csp-nonce`; the SDKs' Beam header does) and Bitrise's Beam,
+/// its own styles and images, nothing framing it, no plugins, forms posting only to itself.
+fn dashboard_csp(nonce: Option<&str>) -> String {
+    let nonce = nonce.map(|n| format!(" 'nonce-{n}'")).unwrap_or_default();
+    format!(
+        "default-src 'self'; script-src 'self'{nonce} https://unpkg.com/@bitrise/beam@latest/; \
+         style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// A fresh nonce for one answer's inline scripts.
+pub(crate) fn nonce() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(hex::encode(bytes))
+}
 /// The build API's: an answer that is data, never a page.
 const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
 
@@ -105,7 +118,7 @@ pub(crate) fn cookie_allowed(value: &str, base_path: Option<&str>) -> bool {
 /// The client's response from the handler's. `base_path` is the add-on's path prefix when
 /// its pages share the host's origin (`None` on its own origin). A status outside 200-599
 /// never gets here ([`crate::service::Service::serve_http`] refuses it as the plugin's fault).
-pub(crate) fn response(from: WebResponse, surface: Surface, base_path: Option<&str>) -> Response {
+pub(crate) fn response(from: WebResponse, surface: Surface, base_path: Option<&str>, nonce: Option<&str>) -> Response {
     let status = StatusCode::from_u16(from.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::new(Body::from(from.body));
     *response.status_mut() = status;
@@ -120,23 +133,24 @@ pub(crate) fn response(from: WebResponse, surface: Surface, base_path: Option<&s
             headers.append(name.clone(), value.clone());
         }
     }
-    defaults(headers, surface);
+    defaults(headers, surface, nonce);
     response
 }
 
 /// The host's headers on every plugin answer: framing denied whatever the plugin says, and
 /// where the plugin set none, no caching, no sniffing, same-origin referrers and a CSP.
-fn defaults(headers: &mut HeaderMap, surface: Surface) {
+fn defaults(headers: &mut HeaderMap, surface: Surface, nonce: Option<&str>) {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     let csp = match surface {
-        Surface::Dashboard => DASHBOARD_CSP,
-        Surface::Api => API_CSP,
+        Surface::Dashboard => HeaderValue::from_str(&dashboard_csp(nonce))
+            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'")),
+        Surface::Api => HeaderValue::from_static(API_CSP),
     };
     if headers.contains_key(header::CONTENT_SECURITY_POLICY) {
         // A second policy applies as well as the plugin's, so framing stays denied.
         headers.append(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
     } else {
-        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
     for (name, value) in [
         (header::CACHE_CONTROL, "no-store"),
@@ -203,7 +217,7 @@ mod tests {
         }
         let answer = |surface| {
             let web = WebResponse { status: 200, headers: from.clone(), body: Default::default() };
-            response(web, surface, None)
+            response(web, surface, None, Some("n0nce"))
         };
         let page = answer(Surface::Dashboard);
         let names: Vec<&str> = page.headers().keys().map(HeaderName::as_str).collect();

@@ -35,6 +35,8 @@ pub(crate) struct Identity<'a> {
     /// Where the add-on's routes start for the client: "" on its own origin,
     /// `/addons/{id}` on the host's shared one.
     pub base_path: &'a str,
+    /// The nonce the answer's CSP allows inline scripts by (pages only).
+    pub csp_nonce: Option<String>,
 }
 
 /// Headers a proxy never forwards (RFC 9110 §7.6.1), and those the host answers itself.
@@ -122,6 +124,9 @@ pub(crate) fn request(
     }
     if let Some(token) = &identity.csrf_token {
         set("x-addon-csrf-token", token);
+    }
+    if let Some(nonce) = &identity.csp_nonce {
+        set("x-addon-csp-nonce", nonce);
     }
     Ok(WebRequest { method, uri, headers, body, max_response_bytes })
 }

@@ -125,6 +125,9 @@ fn dashboard_identity<'a>(record: &'a Record, session: &'a Session, key: &[u8], 
         unverified_email: session.e.as_deref(),
         csrf_token: Some(session.csrf_token(key)),
         base_path,
+        // A page's inline scripts run only with this answer's nonce (Beam's initialisation
+        // carries it): an injected one does not.
+        csp_nonce: answer::nonce(),
     }
 }
 
@@ -239,7 +242,7 @@ async fn forward_to_plugin(
         .map_err(ServiceError::BadRequest)?;
     let answer = service.serve_http(addon, &identity.record.resource_id, request).await?;
     let shared_path = Some(identity.base_path).filter(|base| !base.is_empty());
-    Ok(answer::response(answer, identity.surface, shared_path))
+    Ok(answer::response(answer, identity.surface, shared_path, identity.csp_nonce.as_deref()))
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -304,8 +307,14 @@ async fn api(
     }
     let body = crate::http::body::read(body, cfg.max_request_bytes, "the request body").await?;
     let base = base_path(&addon, scope_of(service, &addon, &parts));
-    let identity =
-        Identity { surface: Surface::Api, record: &record, unverified_email: None, csrf_token: None, base_path: &base };
+    let identity = Identity {
+        surface: Surface::Api,
+        record: &record,
+        unverified_email: None,
+        csrf_token: None,
+        base_path: &base,
+        csp_nonce: None,
+    };
     let path = inner_path("api", &params, parts.uri.path());
     forward_to_plugin(service, &addon, parts.method.clone(), &path, parts.uri.query(), &parts.headers, body, &identity)
         .await
