@@ -1,6 +1,7 @@
-//! The HTTP edge against hostile clients, over real TCP on 127.0.0.1: slow headers, slow
+//! The HTTP edge against hostile clients, over real TCP on loopback: slow headers, slow
 //! bodies, idle keep-alive connections, oversized bodies and unauthenticated uploads are
-//! cut off early, and the connection limit holds new clients back until a place frees.
+//! cut off early; past the connection limits (all, per client address) a client is refused
+//! at once; clients that stop reading are cut off and cannot stall anyone else.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -158,8 +159,11 @@ async fn slow_headers_slow_bodies_and_idle_connections_are_cut_off() {
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "an idle keep-alive connection stayed open: {closed:?}");
 }
 
+/// Past `max_connections` a new client is answered 503 at once (it would otherwise wait,
+/// unseen, in the listen backlog), and served again once a place frees. Past
+/// `max_connections_per_client`, the same for that client's address only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_connection_limit_holds_new_clients_back() {
+async fn past_the_connection_limits_a_client_is_refused_at_once() {
     let (_host, addr) = listen(|cfg| cfg.server.max_connections = 2).await;
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -168,12 +172,137 @@ async fn the_connection_limit_holds_new_clients_back() {
         assert!(read_answer(&mut s, Duration::from_secs(3)).await.unwrap().starts_with("HTTP/1.1 200"));
         held.push(s);
     }
-    // A third client gets through the kernel's backlog but is not served...
     let mut third = TcpStream::connect(addr).await.unwrap();
     third.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
-    assert!(read_answer(&mut third, Duration::from_millis(500)).await.is_none(), "served past the limit");
-    // ...until a place frees.
+    let refused = read_answer(&mut third, Duration::from_secs(1)).await.expect("answered at once");
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("\"error\":\"busy\""), "{refused}");
     drop(held.pop());
-    let answer = read_answer(&mut third, Duration::from_secs(3)).await.expect("served once a place freed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    fourth.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut fourth, Duration::from_secs(3)).await.expect("served once a place freed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let (_host, addr) = listen(|cfg| cfg.server.max_connections_per_client = 2).await;
+    let mut from_one: Vec<TcpStream> = Vec::new();
+    for _ in 0..2 {
+        from_one.push(connect_from("127.0.0.2", addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = connect_from("127.0.0.2", addr).await.unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let refused = read_answer(&mut over, Duration::from_secs(1)).await.expect("answered at once");
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("your address"), "{refused}");
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    other.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut other, Duration::from_secs(3)).await.expect("another address is served");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A connection from `source` (a loopback address of its own, as another machine would have)
+/// that reads at most 1 KiB at a time.
+async fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    socket.set_recv_buffer_size(1024)?;
+    socket.connect(addr).await
+}
+
+/// One request on a fresh connection from 127.0.0.1, answered within a second; its time.
+async fn timed(addr: SocketAddr, request: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "no connection within 1 s".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let left = Duration::from_secs(1).saturating_sub(started.elapsed());
+    let answer = read_answer(&mut stream, left).await.ok_or("no answer within 1 s")?;
+    if !answer.starts_with("HTTP/1.1 20") {
+        return Err(answer);
+    }
+    Ok(started.elapsed())
+}
+
+/// 1,024 connections (32 from each of 32 addresses, so no per-address cap spares the host
+/// the work) pipeline requests and never read the answers, and slowloris connections send a
+/// header byte every two seconds, for 20 s (`ADDON_EDGE_SECS`), against the real binary.
+/// Meanwhile a well-behaved client asks `/livez` and provisions an app every 250 ms: each is
+/// answered within a second, and the host's memory stays under [`EDGE_RSS_BOUND`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_and_slowloris_do_not_stall_a_well_behaved_client() {
+    let secs: u64 = std::env::var("ADDON_EDGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::process::spawn(dir.path(), &crate::process::credentials_on_bitrise(TOKEN, "sso")).await;
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let rss_before = server.rss();
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut attackers = Vec::new();
+    for i in 0..1_024 {
+        let stop = stop.clone();
+        attackers.push(tokio::spawn(async move {
+            let Ok(mut stream) = connect_from(&format!("127.0.1.{}", 1 + i % 32), addr).await else { return };
+            let pipelined = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1_000);
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(pipelined.as_bytes())).await;
+            if i < 20 {
+                // Slowloris too, from its own address: a header byte every two seconds.
+                if let Ok(mut slow) = connect_from("127.0.0.3", addr).await {
+                    let _ = slow.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").await;
+                    loop {
+                        tokio::select! {
+                            () = stop.notified() => break,
+                            () = tokio::time::sleep(Duration::from_secs(2)) => {
+                                if slow.write_all(b"a").await.is_err() { break }
+                            }
+                        }
+                    }
+                }
+            }
+            stop.notified().await;
+            drop(stream);
+        }));
+    }
+    let (mut times, mut failures) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    let (mut n, mut rss_peak) = (0, rss_before);
+    while started.elapsed() < Duration::from_secs(secs) {
+        let body = format!(r#"{{"app_slug":"edge-{n}","api_token":"t","plan":"free"}}"#);
+        let provision = format!(
+            "POST /addons/myaddon/provision HTTP/1.1\r\nHost: t\r\nAuthentication: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        for request in ["GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", provision.as_str()] {
+            match timed(addr, request).await {
+                Ok(took) => times.push(took),
+                Err(e) => failures.push(format!("at {:?}: {e}", started.elapsed())),
+            }
+        }
+        rss_peak = rss_peak.max(server.rss());
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.notify_waiters();
+    for attacker in attackers {
+        attacker.abort();
+    }
+    times.sort();
+    let p99 = times.get(times.len() * 99 / 100).copied().unwrap_or_default();
+    println!(
+        "{} answers, p50 {:?}, p99 {:?}, {} failures; host RSS {} MiB before, {} MiB at most",
+        times.len(),
+        times.get(times.len() / 2),
+        p99,
+        failures.len(),
+        rss_before >> 20,
+        rss_peak >> 20
+    );
+    assert!(failures.is_empty(), "the well-behaved client was not answered:\n{}", failures.join("\n"));
+    assert!(
+        rss_peak.saturating_sub(rss_before) < EDGE_RSS_BOUND,
+        "the attack grew the host by {} MiB",
+        (rss_peak - rss_before) >> 20
+    );
+}
+
+/// What 1,044 hostile connections may add to the host's resident memory (the README states it).
+const EDGE_RSS_BOUND: u64 = 128 << 20;

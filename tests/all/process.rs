@@ -92,6 +92,14 @@ pub(crate) fn limited(kib: u64, config: &std::path::Path) -> Command {
 }
 
 impl Server {
+    /// The process's resident memory, in bytes.
+    pub(crate) fn rss(&self) -> u64 {
+        let pid = self.child.id().expect("the host is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().trim_end_matches(" kB"));
+        kib.and_then(|v| v.parse::<u64>().ok()).expect("VmRSS in /proc") << 10
+    }
+
     /// `GET path` with the admin token the host showed at its first start.
     pub(crate) async fn as_admin(&self, path: &str) -> (u16, String) {
         let token = self.banner.iter().find_map(|l| l.split("stored): ").nth(1)).expect("admin token line");

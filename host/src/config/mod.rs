@@ -72,8 +72,16 @@ pub struct ServerConfig {
     /// `/healthz` answers 503 when no durable commit has completed for this long (the
     /// storage watchdog commits a heartbeat every second).
     pub stall_after_ms: u64,
-    /// Connections served at once; further clients wait in the listen backlog.
+    /// Connections served at once; past it a new connection is answered 503 at once and
+    /// closed (instead of waiting unseen in the listen backlog). The host raises its
+    /// open-file limit to make room, up to the hard limit, and warns if it cannot.
     pub max_connections: usize,
+    /// Connections served at once from one client address; past it, the same 503. One
+    /// client's flood of connections then leaves room for everyone else.
+    pub max_connections_per_client: usize,
+    /// A connection whose answer makes no progress (a client that stops reading, with
+    /// pipelined requests or not) for this long is closed.
+    pub write_timeout_ms: u64,
     /// Time a client has to send a request's headers, counted from when the connection is
     /// ready for them: it also closes keep-alive connections idle for this long.
     pub header_timeout_ms: u64,
@@ -149,7 +157,9 @@ impl Default for ServerConfig {
             admins: Vec::new(),
             max_plugin_bytes: 64 << 20,
             stall_after_ms: 5_000,
-            max_connections: 1_024,
+            max_connections: 4_096,
+            max_connections_per_client: 64,
+            write_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             upload_timeout_ms: 120_000,
@@ -385,6 +395,8 @@ impl HostConfig {
         }
         for (name, value) in [
             ("max_connections", self.server.max_connections as u64),
+            ("max_connections_per_client", self.server.max_connections_per_client as u64),
+            ("write_timeout_ms", self.server.write_timeout_ms),
             ("header_timeout_ms", self.server.header_timeout_ms),
             ("body_timeout_ms", self.server.body_timeout_ms),
             ("upload_timeout_ms", self.server.upload_timeout_ms),

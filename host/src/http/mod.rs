@@ -4,6 +4,7 @@
 //! for unknown routes and methods.
 
 pub(crate) mod body;
+mod deadline;
 mod extract;
 pub(crate) mod limit;
 pub(crate) mod observe;
