@@ -100,7 +100,8 @@ class Identity:
         nonce = f' nonce="{escape(self.csp_nonce)}"' if self.csp_nonce else ""
         return (
             '<script src="https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js"></script>'
-            f'<script{nonce}>\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { '
+            f"<script{nonce}>"
+            '\n//<![CDATA[\ndocument.addEventListener("DOMContentLoaded", function () { '
             f"if (window.Beam) {{ {init} }} }});\n//]]>\n</script>"
         )
 

@@ -49,6 +49,13 @@ pub struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CpuLabels {
+    pub addon: String,
+    /// `calls` (guest code, instances made ahead included) or `compile`.
+    pub work: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub addon: String,
     pub version: String,
@@ -57,6 +64,11 @@ pub struct VersionLabels {
 /// Seconds, from 0.5 ms to ~16 s: plugin calls, waits and commits.
 fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Seconds, from 50 µs to ~1.6 s: one call's CPU, and its wait for a core.
+fn cpu_seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
 }
 
 /// Seconds, from 10 ms to ~80 s: compilations.
@@ -70,6 +82,9 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub call_seconds: Histograms<CallLabels>,
+    pub call_cpu_seconds: Histograms<CallLabels>,
+    pub core_wait_seconds: Histograms<CallLabels>,
+    pub cpu_seconds: Family<CpuLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub failures: Family<FailureLabels, Counter>,
     pub replays: Family<AddonLabel, Counter>,
     pub queue_wait_seconds: Histograms<AddonLabel>,
@@ -102,6 +117,9 @@ impl Metrics {
             registry: Registry::default(),
             requests: Family::default(),
             call_seconds: Family::new_with_constructor(seconds),
+            call_cpu_seconds: Family::new_with_constructor(cpu_seconds),
+            core_wait_seconds: Family::new_with_constructor(cpu_seconds),
+            cpu_seconds: Family::default(),
             failures: Family::default(),
             replays: Family::default(),
             queue_wait_seconds: Family::new_with_constructor(seconds),
@@ -128,6 +146,21 @@ impl Metrics {
             m.requests.clone(),
         );
         r.register("addon_plugin_call_seconds", "Plugin call duration by add-on and call", m.call_seconds.clone());
+        r.register(
+            "addon_plugin_call_cpu_seconds",
+            "CPU a plugin call's guest code ran for (measured on its threads), by add-on and call",
+            m.call_cpu_seconds.clone(),
+        );
+        r.register(
+            "addon_plugin_core_wait_seconds",
+            "Time a plugin call waited for a core (server.plugin_cores), by add-on and call",
+            m.core_wait_seconds.clone(),
+        );
+        r.register(
+            "addon_cpu_seconds",
+            "CPU used for the add-on: its guest code (work=calls) and its plugin compiles (work=compile)",
+            m.cpu_seconds.clone(),
+        );
         r.register("addon_call_failures", "Calls that failed, by add-on, call and error kind", m.failures.clone());
         r.register("addon_replays", "Identical repeats answered from the stored reply", m.replays.clone());
         r.register(
@@ -177,9 +210,23 @@ impl Metrics {
         m
     }
 
-    pub fn call(&self, addon: &str, call: &str, took: Duration) {
+    /// A finished call: how long it took, the CPU it used and how long it waited for cores.
+    pub fn call(&self, addon: &str, call: &str, took: Duration, used: crate::runtime::CallCpu) {
         let labels = CallLabels { addon: addon.to_owned(), call: call.to_owned() };
         self.call_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        self.call_cpu_seconds.get_or_create(&labels).observe(used.cpu.as_secs_f64());
+        self.core_wait_seconds.get_or_create(&labels).observe(used.waited.as_secs_f64());
+    }
+
+    /// Raise the add-on's CPU counters to its runtime totals.
+    pub fn cpu(&self, addon: &str, totals: crate::runtime::CpuTotals) {
+        for (work, total) in [("calls", totals.calls), ("compile", totals.compile)] {
+            let counter = self.cpu_seconds.get_or_create(&CpuLabels { addon: addon.to_owned(), work: work.to_owned() });
+            let behind = total.as_secs_f64() - counter.get();
+            if behind > 0.0 {
+                counter.inc_by(behind);
+            }
+        }
     }
 
     pub fn failure(&self, addon: &str, call: &str, kind: &str) {

@@ -92,6 +92,12 @@ pub(crate) fn limited(kib: u64, config: &std::path::Path) -> Command {
 }
 
 impl Server {
+    /// Kill the process and wait until it is gone (its storage lock with it), so that the
+    /// next host on the same data can start.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// The process's resident memory, in bytes.
     pub(crate) fn rss(&self) -> u64 {
         let pid = self.child.id().expect("the host is running");

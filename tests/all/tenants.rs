@@ -55,7 +55,7 @@ async fn a_swapped_compile_cache_file_is_refused_not_run() {
     let server = spawn(dir.path(), &two_addons()).await;
     assert_eq!(served(&server, "victim", VICTIM, "v1").await, "a");
     assert_eq!(served(&server, "other", OTHER, "o1").await, "b");
-    drop(server);
+    server.stop().await;
 
     let cache = dir.path().join("data/compiled");
     assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
@@ -70,7 +70,7 @@ async fn a_swapped_compile_cache_file_is_refused_not_run() {
         server.logged("failed its integrity check", std::time::Duration::from_secs(5)).await,
         "the refused artefact was not reported"
     );
-    drop(server);
+    server.stop().await;
     // It was recompiled and cached again, tagged: the next start loads it without a word.
     let server = spawn(dir.path(), &two_addons()).await;
     assert_eq!(served(&server, "victim", VICTIM, "v3").await, "a");

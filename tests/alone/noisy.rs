@@ -236,3 +236,56 @@ async fn a_queued_call_is_answered_within_its_deadline() {
         }
     }
 }
+
+/// The number after `series` (a whole line's name and labels) in the exposition.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+/// With one core for plugins and four spinning calls of a neighbour wanting it for 3 s each,
+/// a quiet add-on's calls still get the core within a tick and are answered, long before the
+/// spinners' deadline. Red when a spinning call keeps its core until it finishes (it would
+/// hand it on only at its deadline). `/metrics` shows the quiet add-on waited for the core
+/// (the premise: every core was taken) and the CPU each side used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_addon_gets_a_core_while_spinners_hold_them_all() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let host = Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        cfg.server.plugin_cores = Some(1);
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.limits.deadline_ms = 3_000;
+        misbehave.limits.max_concurrent_calls = Some(4);
+    }));
+    let warm = host.provision("myaddon", TOKEN, "warm", "free").await;
+    assert_eq!(warm.status, 201, "{}", warm.text);
+    let spinners: Vec<_> = (0..4)
+        .map(|i| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("spin-{i}"), "loop", "30000").await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    for i in 0..5 {
+        let asked = Instant::now();
+        let reply = host.provision("myaddon", TOKEN, &format!("quiet-{i}"), "free").await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        assert!(asked.elapsed() < Duration::from_secs(1), "quiet call {i} took {:?}", asked.elapsed());
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "the spinners were still running when they were answered");
+    for spinner in spinners {
+        assert_error(&spinner.await.unwrap(), 504, "deadline_exceeded", "deadline");
+    }
+    let text = host.admin(Method::GET, "/metrics", "").await.text;
+    let waited = metric(&text, r#"addon_plugin_core_wait_seconds_sum{addon="myaddon",call="provision"}"#);
+    assert!(waited > 0.0, "the quiet add-on never waited for the core: the spinners did not hold it\n{text}");
+    let spun = metric(&text, r#"addon_cpu_seconds_total{addon="misbehave",work="calls"}"#);
+    let quiet = metric(&text, r#"addon_cpu_seconds_total{addon="myaddon",work="calls"}"#);
+    // One core for 3 s, nearly all of it spinning.
+    assert!(spun > 1.0 && spun < 4.0, "the spinners used {spun} s of CPU on one core in 3 s");
+    assert!(quiet > 0.0 && quiet < spun / 10.0, "the quiet add-on used {quiet} s");
+}

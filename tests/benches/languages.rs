@@ -87,7 +87,7 @@ fn compile_time(dir: &std::path::Path, plugin: &str, compiler: Compiler) -> anyh
     cold.server.compiler = compiler;
     let runtime = addon_host::runtime::Runtime::new(&cold.server, cold.max_memory_bytes(), false, None)?;
     let started = Instant::now();
-    runtime.load(&std::fs::read(plugin)?)?;
+    runtime.load(&std::fs::read(plugin)?, None)?;
     Ok(started.elapsed())
 }
 

@@ -1,10 +1,16 @@
-//! Benchmark: a healthy add-on's provision latency alone, and next to a noisy neighbour on
-//! the same host — an add-on receiving twice its share of calls that sleep in host calls,
-//! spin, hog key-value memory and bomb their memory. Prints p50/p99 of each phase and the
-//! ratio (with noise / alone); the noisy calls' outcomes are counted to show they ran.
+//! Benchmark: a healthy add-on's provisions alone, and next to a noisy neighbour on the same
+//! host, in one run. The neighbour, in turn:
+//! - **spins**: twice its share of clients calling a plan that loops until its deadline;
+//! - **mixes** misbehaviours: calls that sleep in host calls, spin, hog key-value memory and
+//!   bomb their memory (the slowest answer of each kind is printed too);
+//! - **compiles**: uploads the 18 MB Python `credentials` component (a new version, nothing
+//!   cached), which serves from Winch at once while Cranelift's build runs in the background;
+//!   the phase lasts until the optimised build serves.
 //!
-//! Run with `cargo bench -p addon-host-tests --bench noisy`. `BENCH_SECS` (default 4) is the
-//! length of each phase.
+//! For each phase it prints the healthy add-on's throughput, p50 and p99, and their ratios to
+//! the phase alone. Run with `cargo bench -p addon-host-tests --bench noisy`. `BENCH_SECS`
+//! (default 4) is the length of the timed phases; `BENCH_COMPILE=0` skips the compile phase
+//! (it builds the Python plugin with componentize-py first).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,11 +20,12 @@ use std::time::{Duration, Instant};
 use addon_host::config::{AddonConfig, AdminConfig, HostConfig, ServerConfig};
 use addon_host::error::ServiceError;
 use addon_host::service::{Caller, Platform, Provision, Service, Target};
+use addon_host_tests::languages::{self, Lang};
 
 const HEALTHY_CLIENTS: usize = 4;
 const HOST_SLOTS: u32 = 16;
 const NOISY_SHARE: u32 = 4;
-const NOISE: [&str; 4] = ["sleep", "loop", "kv-hog", "memory"];
+const MIXED: [&str; 4] = ["sleep", "loop", "kv-hog", "memory"];
 
 fn config(dir: &std::path::Path) -> HostConfig {
     let mut healthy = AddonConfig::on_bitrise("healthy", addon_host_tests::PLUGIN_CREDENTIALS, &"h".repeat(16), "sso");
@@ -27,10 +34,13 @@ fn config(dir: &std::path::Path) -> HostConfig {
     noisy.limits.deadline_ms = 500;
     noisy.limits.memory_mib = 32;
     noisy.limits.max_concurrent_calls = Some(NOISY_SHARE);
+    noisy.config.insert("host_url".into(), "https://noisy.example.com".into());
     HostConfig {
         server: ServerConfig {
             data_dir: dir.join("data"),
             max_concurrent_calls: HOST_SLOTS,
+            // A real upload compiles: nothing comes from a cache.
+            compile_cache: Some(std::path::PathBuf::new()),
             admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],
             ..ServerConfig::default()
         },
@@ -45,9 +55,27 @@ fn provision(slug: String, plan: &str, title: &str) -> Provision {
     req
 }
 
-/// Drive the healthy add-on for `secs` and return its sorted latencies.
-async fn healthy_phase(service: &Arc<Service>, phase: &str, secs: Duration) -> anyhow::Result<Vec<Duration>> {
+/// The healthy add-on's provisions in one phase: sorted latencies, over how long.
+struct Phase {
+    latencies: Vec<Duration>,
+    took: Duration,
+}
+
+impl Phase {
+    fn per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.took.as_secs_f64()
+    }
+
+    fn pct(&self, p: usize) -> Duration {
+        let sorted = &self.latencies;
+        sorted.get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1))).copied().unwrap_or_default()
+    }
+}
+
+/// Drive the healthy add-on until `done` resolves.
+async fn healthy_phase(service: &Arc<Service>, phase: &str, done: impl Future<Output = ()>) -> anyhow::Result<Phase> {
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
     let mut clients = Vec::new();
     for c in 0..HEALTHY_CLIENTS {
         let (service, stop, phase) = (service.clone(), stop.clone(), phase.to_owned());
@@ -65,61 +93,56 @@ async fn healthy_phase(service: &Arc<Service>, phase: &str, secs: Duration) -> a
             anyhow::Ok(latencies)
         }));
     }
-    tokio::time::sleep(secs).await;
+    done.await;
     stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
+    let took = started.elapsed();
+    let mut latencies = Vec::new();
     for c in clients {
-        all.extend(c.await??);
+        latencies.extend(c.await??);
     }
-    all.sort();
-    Ok(all)
+    latencies.sort();
+    Ok(Phase { latencies, took })
 }
 
-fn pct(sorted: &[Duration], p: usize) -> Duration {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+/// What the neighbour's calls came to.
+#[derive(Default)]
+struct Noise {
+    outcomes: std::sync::Mutex<BTreeMap<String, usize>>,
+    slowest: std::sync::Mutex<BTreeMap<String, Duration>>,
+    failed_at: std::sync::Mutex<Vec<Duration>>,
+    sent: AtomicUsize,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn main() -> anyhow::Result<()> {
-    let secs = Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let dir = tempfile::tempdir()?;
-    let service = Arc::new(Service::start(&config(dir.path()))?);
-    rt.block_on(async {
-        healthy_phase(&service, "warmup", Duration::from_millis(500)).await?;
-        let alone = healthy_phase(&service, "alone", secs).await?;
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let outcomes: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
-        let sent = Arc::new(AtomicUsize::new(0));
-        let answer_times: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::default();
-        let slowest: Arc<std::sync::Mutex<BTreeMap<String, Duration>>> = Arc::default();
-        let mut noisy = Vec::new();
-        for c in 0..2 * NOISY_SHARE as usize {
-            let (service, stop, outcomes, sent, answer_times, slowest) =
-                (service.clone(), stop.clone(), outcomes.clone(), sent.clone(), answer_times.clone(), slowest.clone());
-            noisy.push(tokio::spawn(async move {
+/// Twice the neighbour's share of clients, calling `plans` in turn until `stop`.
+fn flood(
+    service: &Arc<Service>,
+    plans: &'static [&'static str],
+    stop: &Arc<AtomicBool>,
+    noise: &Arc<Noise>,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    (0..2 * NOISY_SHARE as usize)
+        .map(|c| {
+            let (service, stop, noise) = (service.clone(), stop.clone(), noise.clone());
+            tokio::spawn(async move {
                 let addon = service.addon("noisy")?;
                 let caller = Caller::unruled(Platform::Bitrise);
                 let mut i = c;
                 while !stop.load(Ordering::Relaxed) {
-                    let plan = NOISE[i % NOISE.len()];
+                    let plan = plans[i % plans.len()];
                     let started = Instant::now();
-                    let reply = service.provision(&addon, &caller, provision(format!("n-{c}-{i}"), plan, "30000")).await;
+                    let reply =
+                        service.provision(&addon, &caller, provision(format!("n-{c}-{i}"), plan, "30000")).await;
                     let elapsed = started.elapsed();
                     let kind = match reply {
                         Ok(_) => "ok".to_owned(),
                         Err(ServiceError::Busy { .. }) => "busy".to_owned(),
                         Err(e) => {
-                            answer_times.lock().unwrap().push(elapsed);
+                            noise.failed_at.lock().unwrap().push(elapsed);
                             format!("{plan}:{}", e.kind())
                         }
                     };
                     {
-                        let mut slowest = slowest.lock().unwrap();
+                        let mut slowest = noise.slowest.lock().unwrap();
                         let worst = slowest.entry(kind.clone()).or_default();
                         *worst = (*worst).max(elapsed);
                     }
@@ -127,43 +150,144 @@ fn main() -> anyhow::Result<()> {
                         // A platform honours Retry-After; do not spin on refusals.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    *outcomes.lock().unwrap().entry(kind).or_default() += 1;
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    *noise.outcomes.lock().unwrap().entry(kind).or_default() += 1;
+                    noise.sent.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }
                 anyhow::Ok(())
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let with_noise = healthy_phase(&service, "noisy", secs).await?;
-        stop.store(true, Ordering::Relaxed);
-        for n in noisy {
-            n.await??;
-        }
+            })
+        })
+        .collect()
+}
 
-        println!("healthy add-on, {HEALTHY_CLIENTS} clients, {} s per phase (host slots {HOST_SLOTS}, noisy share {NOISY_SHARE}, {} noisy clients)", secs.as_secs(), 2 * NOISY_SHARE);
-        println!("{:<22} {:>10} {:>10} {:>10}", "phase", "provisions", "p50 ms", "p99 ms");
-        for (name, l) in [("alone", &alone), ("next to the neighbour", &with_noise)] {
-            println!("{name:<22} {:>10} {:>10.2} {:>10.2}", l.len(), ms(pct(l, 50)), ms(pct(l, 99)));
+/// The healthy add-on's phase next to the neighbour flooding `plans`.
+async fn next_to(
+    service: &Arc<Service>,
+    name: &str,
+    plans: &'static [&'static str],
+    secs: Duration,
+) -> anyhow::Result<(Phase, Arc<Noise>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise = Arc::new(Noise::default());
+    let flooding = flood(service, plans, &stop, &noise);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let phase = healthy_phase(service, name, tokio::time::sleep(secs)).await?;
+    stop.store(true, Ordering::Relaxed);
+    for f in flooding {
+        f.await??;
+    }
+    Ok((phase, noise))
+}
+
+/// The healthy add-on's phase while the neighbour uploads `plugin` and its optimised build
+/// compiles in the background; how long the upload took, and the optimised build after it.
+async fn next_to_compiles(service: &Arc<Service>, plugin: Vec<u8>) -> anyhow::Result<(Phase, Duration, Duration)> {
+    let (upload, optimised) =
+        (Arc::new(std::sync::Mutex::new(Duration::ZERO)), Arc::new(std::sync::Mutex::new(Duration::ZERO)));
+    let compiles = {
+        let (service, upload, optimised) = (service.clone(), upload.clone(), optimised.clone());
+        async move {
+            let started = Instant::now();
+            let addon = service.addon("noisy").expect("the noisy add-on");
+            if let Err(e) = service.upload(&addon, plugin, "bench", true).await {
+                eprintln!("the upload failed: {e}");
+                return;
+            }
+            *upload.lock().unwrap() = started.elapsed();
+            let swapped = Instant::now();
+            while addon.plugin().compiler() != "cranelift" && started.elapsed() < Duration::from_secs(300) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            *optimised.lock().unwrap() = swapped.elapsed();
         }
+    };
+    let phase = healthy_phase(service, "compile", compiles).await?;
+    let (upload, optimised) = (*upload.lock().unwrap(), *optimised.lock().unwrap());
+    Ok((phase, upload, optimised))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A new version of `plugin` (a custom section that changes its sha256), so nothing about it
+/// is cached.
+fn fresh(mut plugin: Vec<u8>) -> Vec<u8> {
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut section = vec![5u8];
+    section.extend_from_slice(b"noisy");
+    section.extend_from_slice(&(nonce as u64).to_le_bytes());
+    plugin.push(0);
+    plugin.push(section.len() as u8);
+    plugin.extend_from_slice(&section);
+    plugin
+}
+
+fn main() -> anyhow::Result<()> {
+    let secs = Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4));
+    let compile = std::env::var("BENCH_COMPILE").map_or(true, |v| v != "0");
+    let python = if compile {
+        let built = languages::build(Lang::Python, "plugins/credentials-py").map_err(anyhow::Error::msg)?;
+        Some(std::fs::read(built)?)
+    } else {
+        None
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let dir = tempfile::tempdir()?;
+    let service = Arc::new(Service::start(&config(dir.path()))?);
+    rt.block_on(async {
+        healthy_phase(&service, "warmup", tokio::time::sleep(Duration::from_millis(500))).await?;
+        let alone = healthy_phase(&service, "alone", tokio::time::sleep(secs)).await?;
+        let (spin, spin_noise) = next_to(&service, "spin", &["loop"], secs).await?;
+        let (mixed, mixed_noise) = next_to(&service, "mixed", &MIXED, secs).await?;
+        let compiled = match python {
+            Some(plugin) => Some(next_to_compiles(&service, fresh(plugin)).await?),
+            None => None,
+        };
+
         println!(
-            "ratio (neighbour / alone): p50 {:.2}x, p99 {:.2}x, throughput {:.2}x",
-            ms(pct(&with_noise, 50)) / ms(pct(&alone, 50)),
-            ms(pct(&with_noise, 99)) / ms(pct(&alone, 99)),
-            with_noise.len() as f64 / alone.len() as f64
+            "healthy add-on: {HEALTHY_CLIENTS} clients; host slots {HOST_SLOTS}, plugin cores {}, the neighbour's share {NOISY_SHARE} with {} clients",
+            std::thread::available_parallelism().map_or(0, usize::from),
+            2 * NOISY_SHARE
         );
-        println!("noisy calls: {} — {:?}", sent.load(Ordering::Relaxed), outcomes.lock().unwrap());
+        println!("{:<34} {:>9} {:>8} {:>8} {:>9} {:>9}", "phase", "per s", "p50 ms", "p99 ms", "per s ×", "p99 ×");
+        let mut rows = vec![("alone", &alone), ("neighbour spinning", &spin), ("neighbour misbehaving (mixed)", &mixed)];
+        if let Some((phase, _, _)) = &compiled {
+            rows.push(("neighbour compiling 18 MB Python", phase));
+        }
+        for (name, phase) in rows {
+            println!(
+                "{name:<34} {:>9.0} {:>8.2} {:>8.2} {:>8.2}x {:>8.2}x",
+                phase.per_second(),
+                ms(phase.pct(50)),
+                ms(phase.pct(99)),
+                phase.per_second() / alone.per_second(),
+                ms(phase.pct(99)) / ms(alone.pct(99)),
+            );
+        }
+        if let Some((phase, upload, optimised)) = &compiled {
+            println!(
+                "compile phase {:.1} s: the upload answered after {:.1} s (Winch), Cranelift's build served {:.1} s later",
+                phase.took.as_secs_f64(),
+                upload.as_secs_f64(),
+                optimised.as_secs_f64()
+            );
+        }
+        for (name, noise) in [("spinning", &spin_noise), ("mixed", &mixed_noise)] {
+            println!("neighbour's calls ({name}): {} — {:?}", noise.sent.load(Ordering::Relaxed), noise.outcomes.lock().unwrap());
+        }
         let slowest: Vec<String> =
-            slowest.lock().unwrap().iter().map(|(kind, t)| format!("{kind} {:.0} ms", ms(*t))).collect();
-        println!("slowest answer of each kind (busy included): {}", slowest.join(", "));
-        let mut times = answer_times.lock().unwrap().clone();
+            mixed_noise.slowest.lock().unwrap().iter().map(|(kind, t)| format!("{kind} {:.0} ms", ms(*t))).collect();
+        println!("slowest answer of each kind (mixed, busy included): {}", slowest.join(", "));
+        let mut times = mixed_noise.failed_at.lock().unwrap().clone();
         times.sort();
-        if !times.is_empty() {
+        if let Some(max) = times.last() {
+            let at = |p: usize| ms(times[(times.len() * p / 100).min(times.len() - 1)]);
             println!(
                 "misbehaving calls that ran (deadline 500 ms) answered at p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                ms(pct(&times, 50)),
-                ms(pct(&times, 99)),
-                ms(*times.last().unwrap())
+                at(50),
+                at(99),
+                ms(*max)
             );
         }
         anyhow::Ok(())

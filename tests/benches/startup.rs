@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let fresh = |bytes: &[u8]| -> anyhow::Result<Duration> {
         let runtime = Runtime::new(&uncached, 64 << 20, false, None)?;
         let t = Instant::now();
-        runtime.load(bytes)?;
+        runtime.load(bytes, None)?;
         Ok(t.elapsed())
     };
     let mut one: Vec<Duration> = (0..5).map(|i| fresh(&distinct(&base, n + i))).collect::<anyhow::Result<_>>()?;
@@ -80,9 +80,9 @@ fn main() -> anyhow::Result<()> {
     let quota = std::fs::read(addon_host_tests::PLUGIN_QUOTA)?;
     let quota_alone = fresh(&quota)?;
     let runtime = Runtime::new(&uncached, 64 << 20, false, None)?;
-    runtime.load(&base)?;
+    runtime.load(&base, None)?;
     let t = Instant::now();
-    runtime.load(&quota)?;
+    runtime.load(&quota, None)?;
     let quota_after = t.elapsed();
     drop(runtime);
 

@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(loaded.map_err(|e| anyhow::anyhow!("{e:#}"))?);
         let native_time = t.elapsed();
         let t = Instant::now();
-        let plugin = fresh.load(&variant(&base, i.max(1)))?;
+        let plugin = fresh.load(&variant(&base, i.max(1)), None)?;
         let hosted_time = t.elapsed();
         assert!(plugin.from_cache);
         if i > 0 {

@@ -189,9 +189,8 @@ async fn serve(
     if let Some(token) = service.admins().take_generated() {
         println!("addon-host admin token (shown once; only its hash is stored): {token}");
     }
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.server.listen))?;
+    let listener =
+        crate::http::server::bind(cfg.server.listen).with_context(|| format!("binding {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(engine = ?service.runtime().info(), "engine ready");
     for addon in service.addons() {
@@ -231,7 +230,7 @@ fn check(config: &std::path::Path) -> anyhow::Result<()> {
         }
         let bytes =
             std::fs::read(&addon.plugin).with_context(|| format!("{}: reading {}", at(), addon.plugin.display()))?;
-        let plugin = runtime.load(&bytes).with_context(at)?;
+        let plugin = runtime.load(&bytes, None).with_context(at)?;
         print(&format!("ok: {} plugin {} ({} bytes)", addon.id, plugin.version(), plugin.size))?;
     }
     print(&format!("ok: {} add-on(s), engine {:?}", cfg.addons.len(), runtime.info()))

@@ -48,6 +48,9 @@ pub struct Limits {
     /// Calls that may wait for the add-on's share; past that, requests are answered 503
     /// with `Retry-After` at once (default: four times the share).
     pub max_queued_calls: Option<u32>,
+    /// The add-on's weight when calls compete for the cores (`server.plugin_cores`): one with
+    /// weight 2 gets twice the CPU of one with weight 1 when both want more than they get.
+    pub cpu_weight: u32,
     /// Jobs one call may enqueue.
     pub max_jobs_per_call: usize,
     /// Largest payload of one job.
@@ -83,6 +86,7 @@ impl Default for Limits {
             max_call_host_bytes: 8 << 20,
             max_concurrent_calls: None,
             max_queued_calls: None,
+            cpu_weight: 1,
             max_jobs_per_call: 16,
             max_job_payload_bytes: 64 * 1024,
             max_stored_jobs: 1_000_000,

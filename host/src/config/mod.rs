@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub tier_above_kib: u64,
     /// Plugin calls that may run at once across all add-ons; further calls wait.
     pub max_concurrent_calls: u32,
+    /// Calls whose guest code may execute at the same instant (default: the machine's
+    /// cores). Calls hand their core on at every epoch tick, to the waiting call whose
+    /// add-on used the least CPU lately for its `limits.cpu_weight`.
+    pub plugin_cores: Option<usize>,
     /// Admin API credentials. When empty, a token is generated at first start, printed once,
     /// and only its hash is kept.
     pub admins: Vec<AdminConfig>,
@@ -77,7 +81,8 @@ pub struct ServerConfig {
     /// open-file limit to make room, up to the hard limit, and warns if it cannot.
     pub max_connections: usize,
     /// Connections served at once from one client address; past it, the same 503. One
-    /// client's flood of connections then leaves room for everyone else.
+    /// client's flood of connections then leaves room for everyone else. Behind a reverse
+    /// proxy every client has the proxy's address: raise it to `max_connections` there.
     pub max_connections_per_client: usize,
     /// A connection whose answer makes no progress (a client that stops reading, with
     /// pipelined requests or not) for this long is closed.
@@ -153,12 +158,13 @@ impl Default for ServerConfig {
             compiler: Compiler::Tiered,
             tier_above_kib: 1024,
             max_concurrent_calls: 64,
+            plugin_cores: None,
             compile_cache: None,
             admins: Vec::new(),
             max_plugin_bytes: 64 << 20,
             stall_after_ms: 5_000,
             max_connections: 4_096,
-            max_connections_per_client: 64,
+            max_connections_per_client: 256,
             write_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
@@ -420,6 +426,12 @@ impl HostConfig {
         }
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");
+        }
+        if self.server.plugin_cores == Some(0) {
+            bail!("server.plugin_cores must be at least 1");
+        }
+        if let Some(addon) = self.addons.iter().find(|a| !(1..=1_000).contains(&a.limits.cpu_weight)) {
+            bail!("add-on `{}`: limits.cpu_weight must be between 1 and 1000", addon.id);
         }
         for (i, admin) in self.server.admins.iter().enumerate() {
             if admin.name.trim().is_empty() {

@@ -165,6 +165,7 @@ pub(crate) async fn scrape(service: &Arc<Service>) -> Response {
         let (running, queued, _) = addon.calls();
         Metrics::addon_gauge(&metrics.calls_running, addon.id(), running as u64);
         Metrics::addon_gauge(&metrics.calls_queued, addon.id(), queued as u64);
+        metrics.cpu(addon.id(), addon.cpu());
         let labels =
             crate::metrics::VersionLabels { addon: addon.id().to_owned(), version: addon.plugin().sha256.clone() };
         metrics.plugin_version.get_or_create(&labels).set(1);

@@ -96,6 +96,20 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Connections the kernel may hold for the listener before it accepts them. A burst of new
+/// connections past the backlog has its SYNs dropped, and each of those clients waits a
+/// whole second to retry, however idle the host is (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default).
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with room for a burst of [`BACKLOG`] connections.
+pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Raises the process's open-file limit so `max` connections fit beside the host's own files
 /// (storage, plugins, outbound calls), up to the hard limit; warns if that is not enough.
 #[allow(unsafe_code, reason = "getrlimit and setrlimit have no safe wrapper in std")]

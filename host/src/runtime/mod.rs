@@ -13,6 +13,9 @@
 
 mod cache;
 pub use cache::CompileCache;
+mod compile;
+mod cpu;
+pub use cpu::{Account, CpuTotals};
 /// The name of the host key (in storage) that tags the compile cache's artefacts.
 pub const CACHE_KEY: &str = "compile-cache";
 mod engine;
@@ -90,10 +93,28 @@ pub struct Runtime {
     cache: Option<Arc<CompileCache>>,
     info: EngineInfo,
     guests: Arc<guests::Guests>,
+    /// The cores guest code runs on, shared fairly among add-ons (see [`cpu`]).
+    cores: Arc<cpu::Cores>,
+    /// Where uploads compile (see [`compile`]).
+    uploads: compile::Pool,
     spares: Arc<spares::Spares>,
     /// Finished calls whose store is not dropped yet (they still hold their host slot).
     retiring: Arc<AtomicUsize>,
     _ticker: engine::EpochTicker,
+}
+
+/// What one call took of the cores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallCpu {
+    /// CPU its guest code (and the host calls it made) ran for.
+    pub cpu: Duration,
+    /// Time it waited for a core.
+    pub waited: Duration,
+}
+
+/// The machine's cores.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// A compiled plugin, ready to instantiate.
@@ -185,7 +206,11 @@ impl Runtime {
         let cache = server.cache_dir().zip(cache_key).map(|(dir, key)| Arc::new(CompileCache::new(dir, key)));
         let baseline = match server.compiler {
             Compiler::Tiered => {
-                Some((Tier::new(engine::baseline(fuel)?, "winch")?, Optimizer::start(primary.clone(), cache.clone())?))
+                let pool = compile::Pool::tier_up(cores())?;
+                Some((
+                    Tier::new(engine::baseline(fuel)?, "winch")?,
+                    Optimizer::start(primary.clone(), cache.clone(), pool)?,
+                ))
             }
             Compiler::Cranelift | Compiler::Winch => None,
         };
@@ -200,6 +225,8 @@ impl Runtime {
             cache,
             info,
             guests: Arc::new(guests::Guests::start()?),
+            cores: cpu::Cores::new(server.plugin_cores.unwrap_or_else(cores)),
+            uploads: compile::Pool::uploads(cores())?,
             spares: Arc::new(spares::Spares::new()),
             retiring: Arc::new(AtomicUsize::new(0)),
             _ticker: ticker,
@@ -214,7 +241,17 @@ impl Runtime {
     /// naming what is wrong when the bytes are not a component or do not implement the
     /// `plugin` world. In "tiered" mode a large plugin without an optimised build in the
     /// cache is served from Winch's build until Cranelift's replaces it (see [`tiers`]).
-    pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Plugin> {
+    /// With `account` (an upload while the host serves) it compiles on the upload pool and
+    /// the CPU it takes, and its optimised build's, is charged to that add-on (see
+    /// [`compile`]); without it (start-up, the CLI) on the calling thread and rayon's pool.
+    pub fn load(&self, bytes: &[u8], account: Option<&Arc<Account>>) -> anyhow::Result<Plugin> {
+        match account {
+            Some(account) => self.uploads.run(Some(account), || self.load_here(bytes, Some(account))),
+            None => self.load_here(bytes, None),
+        }
+    }
+
+    fn load_here(&self, bytes: &[u8], account: Option<&Arc<Account>>) -> anyhow::Result<Plugin> {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let dir = self.cache.as_deref();
         let plugin = |(compiled, from_cache): (Arc<tiers::Compiled>, bool)| Plugin {
@@ -232,7 +269,7 @@ impl Runtime {
             match baseline.load(dir, bytes, &sha256) {
                 Ok(loaded) => {
                     let plugin = plugin(loaded);
-                    optimizer.queue(bytes, &sha256, &plugin.current);
+                    optimizer.queue(bytes, &sha256, &plugin.current, account.cloned());
                     return Ok(plugin);
                 }
                 Err(LoadError::Link(e)) => return Err(e),
@@ -273,6 +310,7 @@ impl Runtime {
     /// deadline, or less when the request's budget has less left). `slot` is released when
     /// the instance is gone: when this future is dropped, or after this returns, when the
     /// finished call's store is dropped in the background (with the next spare's making).
+    /// Beside the outcome: the CPU the call's guest code took, and its wait for cores.
     pub async fn call(
         &self,
         slot: Slot,
@@ -281,22 +319,24 @@ impl Runtime {
         kv: KvTxn,
         export: Export,
         deadline: Duration,
-    ) -> Result<Completed, CallFailure> {
+    ) -> (Result<Completed, CallFailure>, CallCpu) {
         let (compiled, metered) = (tiers::read(&plugin.current), self.info.fuel);
         let spare = self.spares.take(&compiled, &env);
+        let used = Arc::new(cpu::Used::default());
         let ran = {
-            let (compiled, env) = (compiled.clone(), env.clone());
-            self.guests
-                .run(async move {
-                    let (outcome, dead) = run(&compiled, metered, env, kv, export, deadline, spare).await;
-                    // A finished call's store keeps its host slot until it is dropped, below.
-                    Ok((outcome, dead.map(|store| (store, slot.finish()))))
-                })
-                .await
+            let (compiled, env, account) = (compiled.clone(), env.clone(), env.cpu.clone());
+            let call = Box::pin(async move {
+                let (outcome, dead) = run(&compiled, metered, env, kv, export, deadline, spare).await;
+                // A finished call's store keeps its host slot until it is dropped, below.
+                Ok((outcome, dead.map(|store| (store, slot.finish()))))
+            });
+            let until = Instant::now() + deadline;
+            self.guests.run(cpu::Scheduled::new(call, self.cores.clone(), account, used.clone(), until)).await
         };
         let (outcome, dead) = ran.unwrap_or_else(|failure| (Err(failure), None));
         self.make_spare(compiled, metered, env, dead);
-        outcome
+        let (cpu, waited) = used.read();
+        (outcome, CallCpu { cpu, waited })
     }
 
     /// Have a spare instance of `compiled` made for the add-on's next call, unless it has one
@@ -314,15 +354,17 @@ impl Runtime {
         if claimed.is_none() && evicted.is_empty() && dead.is_none() {
             return;
         }
-        let (spares, guests) = (self.spares.clone(), self.guests.clone());
+        let (spares, guests, cores) = (self.spares.clone(), self.guests.clone(), self.cores.clone());
         let dead = dead.map(|(store, slot)| spares::Retiring::new(store, slot, &self.retiring));
         let work = async move {
             drop(dead);
             drop(evicted);
             let Some(permit) = claimed else { return };
             let make = {
-                let (compiled, env) = (compiled.clone(), env.clone());
-                async move { Ok(spares::make(&compiled, metered, env, permit).await) }
+                let (compiled, env, account) = (compiled.clone(), env.clone(), env.cpu.clone());
+                let until = Instant::now() + Duration::from_millis(env.limits.deadline_ms);
+                let make = Box::pin(async move { Ok(spares::make(&compiled, metered, env, permit).await) });
+                cpu::Scheduled::new(make, cores, account, Arc::default(), until)
             };
             let ready = guests.run(make).await.ok().flatten();
             spares.fill(&compiled, &env, ready);

@@ -29,6 +29,8 @@ pub struct AddonEnv {
     pub recent: Arc<super::recent::RecentLogs>,
     /// The origins it may call (`allowed_outbound`).
     pub origins: Arc<Origins>,
+    /// The CPU its calls and compiles used, which decides its turn for a core.
+    pub cpu: Arc<super::cpu::Account>,
 }
 
 pub(crate) struct CallState {

@@ -127,31 +127,45 @@ struct Job {
     sha256: String,
     /// Weak: a version nobody serves or keeps loaded any more is not compiled.
     current: Weak<RwLock<Arc<Compiled>>>,
+    /// The add-on that uploaded it, charged for the compile.
+    account: Option<Arc<super::cpu::Account>>,
 }
 
 /// The background thread that compiles baseline-served plugins with Cranelift, one at a
-/// time (Cranelift already compiles a component's functions in parallel on every core), and
-/// swaps each build in. It stops when the runtime, and with it the sender, is dropped.
+/// time (Cranelift already compiles a component's functions in parallel, here on the lowest
+/// priority pool, see [`super::compile`]), and swaps each build in. It stops when the runtime, and with it the sender, is dropped.
 pub(super) struct Optimizer {
     jobs: mpsc::Sender<Job>,
 }
 
 impl Optimizer {
-    pub(super) fn start(tier: Arc<Tier>, cache: Option<Arc<CompileCache>>) -> anyhow::Result<Optimizer> {
+    pub(super) fn start(
+        tier: Arc<Tier>,
+        cache: Option<Arc<CompileCache>>,
+        pool: super::compile::Pool,
+    ) -> anyhow::Result<Optimizer> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("optimizer".into()).spawn(move || {
             while let Ok(job) = queue.recv() {
                 if job.current.strong_count() == 0 {
                     continue;
                 }
-                optimize(&tier, cache.as_deref(), job);
+                let account = job.account.clone();
+                pool.run(account.as_deref(), || optimize(&tier, cache.as_deref(), job));
             }
         })?;
         Ok(Optimizer { jobs })
     }
 
-    pub(super) fn queue(&self, bytes: &[u8], sha256: &str, current: &Current) {
-        let job = Job { bytes: bytes.to_vec(), sha256: sha256.to_owned(), current: Arc::downgrade(current) };
+    pub(super) fn queue(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+        current: &Current,
+        account: Option<Arc<super::cpu::Account>>,
+    ) {
+        let current = Arc::downgrade(current);
+        let job = Job { bytes: bytes.to_vec(), sha256: sha256.to_owned(), current, account };
         if self.jobs.send(job).is_err() {
             tracing::warn!(version = &sha256[..12], "the optimizer has stopped; the plugin stays on baseline code");
         }

@@ -83,6 +83,11 @@ impl Addon {
         (self.share.in_use(), self.share.waiting(), self.share.size())
     }
 
+    /// The CPU its calls and compiles have used since the host started.
+    pub fn cpu(&self) -> crate::runtime::CpuTotals {
+        self.env.cpu.totals()
+    }
+
     /// Its plugin's recent log lines after `seq`, and the sequence number to ask from next.
     pub fn recent_logs(&self, seq: u64) -> (Vec<crate::runtime::recent::LogLine>, u64) {
         self.env.recent.since(seq)

@@ -10,7 +10,7 @@ use super::{Addon, Service, blocking};
 use crate::clock;
 use crate::error::ServiceError;
 use crate::jobs::{self, StoredJob};
-use crate::runtime::{Completed, Export, Job, JobError, Returned};
+use crate::runtime::{CallCpu, Completed, Export, Job, JobError, Returned};
 use crate::storage::{KvQuota, KvTxn, StorageError};
 
 /// What a run came to.
@@ -63,8 +63,8 @@ impl Service {
             return Ok(());
         }
         let started = Instant::now();
-        let ran = self.call_run_job(addon, &job).await;
-        self.metrics.call(addon.id(), "run-job", started.elapsed());
+        let (ran, used) = self.call_run_job(addon, &job).await;
+        self.metrics.call(addon.id(), "run-job", started.elapsed(), used);
         match ran {
             Ran::Done(completed) => self.job_done(addon, job, completed, started).await,
             Ran::Retry { error, after_ms } => self.job_failed(addon, job, error, after_ms, false).await,
@@ -72,17 +72,20 @@ impl Service {
         }
     }
 
-    async fn call_run_job(&self, addon: &Arc<Addon>, job: &StoredJob) -> Ran {
+    /// Run the job's call; what it came to, and what it took of the cores.
+    async fn call_run_job(&self, addon: &Arc<Addon>, job: &StoredJob) -> (Ran, CallCpu) {
         let plugin = addon.plugin();
         if !plugin.runs_jobs {
             let error = format!("plugin version {} does not export run-job", plugin.version());
-            return Ran::Retry { error, after_ms: None };
+            return (Ran::Retry { error, after_ms: None }, CallCpu::default());
         }
         let deadline = Duration::from_millis(addon.config.jobs.deadline_ms);
         let until = tokio::time::Instant::now() + deadline;
         let slot = match self.runtime.slot(&addon.share, until).await {
             Ok(slot) => slot,
-            Err(refused) => return Ran::Retry { error: refused.reason().to_owned(), after_ms: None },
+            Err(refused) => {
+                return (Ran::Retry { error: refused.reason().to_owned(), after_ms: None }, CallCpu::default());
+            }
         };
         let run = Job {
             id: job.id.clone(),
@@ -93,7 +96,9 @@ impl Service {
         };
         let deadline = until.saturating_duration_since(tokio::time::Instant::now());
         let export = Export::RunJob(run);
-        match self.runtime.call(slot, &plugin, addon.env.clone(), addon.store.begin(), export, deadline).await {
+        let (outcome, used) =
+            self.runtime.call(slot, &plugin, addon.env.clone(), addon.store.begin(), export, deadline).await;
+        let ran = match outcome {
             Err(failure) => Ran::Retry { error: format!("the plugin {failure}"), after_ms: None },
             Ok(completed) => match &completed.result {
                 Returned::Job(Ok(())) => Ran::Done(completed),
@@ -105,7 +110,8 @@ impl Service {
                     Ran::Retry { error: "run-job returned a reply".into(), after_ms: None }
                 }
             },
-        }
+        };
+        (ran, used)
     }
 
     /// Commit a successful run: its writes, its new jobs, and the job's removal.

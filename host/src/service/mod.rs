@@ -399,19 +399,19 @@ impl Service {
             if deadline < MIN_CALL_TIME {
                 return Err(busy(SlotRefused::TimedOut));
             }
-            let completed = self
+            let (completed, used) = self
                 .runtime
                 .call(slot, &plugin, addon.env.clone(), addon.store.begin(), export.clone(), deadline)
-                .await
-                .map_err(|failure| match failure {
-                    // Name the deadline counted from when the call asked for its slot.
-                    CallFailure::Deadline { .. } => {
-                        let deadline_ms = (until - asked).as_secs_f64() * 1000.0;
-                        failed(CallFailure::Deadline { deadline_ms: deadline_ms.round() as u64 })
-                    }
-                    other => failed(other),
-                });
-            self.metrics.call(addon.id(), call, started.elapsed());
+                .await;
+            let completed = completed.map_err(|failure| match failure {
+                // Name the deadline counted from when the call asked for its slot.
+                CallFailure::Deadline { .. } => {
+                    let deadline_ms = (until - asked).as_secs_f64() * 1000.0;
+                    failed(CallFailure::Deadline { deadline_ms: deadline_ms.round() as u64 })
+                }
+                other => failed(other),
+            });
+            self.metrics.call(addon.id(), call, started.elapsed(), used);
             let completed = completed?;
             let (record, resource, value) = match finish(completed.result, &plugin)? {
                 Finish::Drop(value) => return Ok(value),

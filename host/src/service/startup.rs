@@ -42,6 +42,7 @@ impl Service {
                 limits: addon.limits.clone(),
                 recent: Default::default(),
                 origins: Arc::new(crate::runtime::Origins::parse(&addon.allowed_outbound).map_err(anyhow::Error::msg)?),
+                cpu: crate::runtime::Account::new(addon.limits.cpu_weight),
             };
             let store = storage.addon(&addon.id)?;
             let entry = Addon {
@@ -151,7 +152,7 @@ fn startup_plugin(runtime: &Runtime, registry: &Registry, addon: &AddonConfig) -
     if let Ok(bytes) = &file {
         let sha = hex::encode(sha2::Sha256::digest(bytes));
         if registry.get(&addon.id, &sha)?.is_none() {
-            let plugin = runtime.load(bytes).with_context(|| format!("plugin {}", addon.plugin.display()))?;
+            let plugin = runtime.load(bytes, None).with_context(|| format!("plugin {}", addon.plugin.display()))?;
             registry.put(&addon.id, &sha, bytes, "config", clock::now_ms())?;
             registry.set_active(&addon.id, &sha)?;
             return Ok(plugin);
@@ -166,5 +167,5 @@ fn startup_plugin(runtime: &Runtime, registry: &Registry, addon: &AddonConfig) -
             bytes
         }
     };
-    runtime.load(&bytes).context("loading the active plugin version")
+    runtime.load(&bytes, None).context("loading the active plugin version")
 }

@@ -84,7 +84,8 @@ impl Service {
         }
         let runtime = self.runtime.clone();
         let started = Instant::now();
-        let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        let account = addon.env.cpu.clone();
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes, Some(&account)))
             .await
             .map_err(|e| ServiceError::host("compilation task failed", e))?
             .map_err(|e| ServiceError::InvalidPlugin(format!("{e:#}")))?;

@@ -1,0 +1,315 @@
+//! Fair CPU between add-ons. A deadline bounds how long one call may compute and a share
+//! bounds how many calls an add-on runs, but neither bounds how much of the machine its calls
+//! take: spinning calls held every core for their whole deadline while a quiet add-on's calls
+//! queued behind them in the OS scheduler.
+//!
+//! So guest code runs only while its call holds a *core* of [`Cores`] (`server.plugin_cores`,
+//! default the machine's). A call takes a core for each poll of its future and gives it back
+//! when the poll ends; a spinning guest's poll ends at every epoch tick, so a tick is the
+//! longest anyone waits for a core to come free. A freed core goes to the waiting call whose
+//! add-on has used the least CPU lately for its weight (`limits.cpu_weight`): CPU measured
+//! on the thread that ran each poll, decaying with a half-life of [`HALF_LIFE`]. A call that
+//! finds a core free takes it without a hand-off, so the common call (one short poll) pays
+//! two clock reads and two uncontended lock operations.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// How fast past CPU use stops counting against an add-on.
+const HALF_LIFE: Duration = Duration::from_millis(500);
+
+/// One add-on's CPU: what it used lately (for its turn) and in total (for `/metrics`).
+#[derive(Debug)]
+pub struct Account {
+    weight: f64,
+    /// Decayed CPU seconds, as of the instant beside it.
+    recent: Mutex<(f64, Instant)>,
+    cpu_ns: AtomicU64,
+    waited_ns: AtomicU64,
+    compile_ns: AtomicU64,
+}
+
+/// An add-on's CPU totals since the host started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTotals {
+    /// CPU its calls (and their instances made ahead) ran guest code for.
+    pub calls: Duration,
+    /// Time its calls waited for a core.
+    pub waited: Duration,
+    /// CPU compiling its uploads and their optimised builds.
+    pub compile: Duration,
+}
+
+impl Account {
+    pub fn new(weight: u32) -> Arc<Account> {
+        Arc::new(Account {
+            weight: f64::from(weight.max(1)),
+            recent: Mutex::new((0.0, Instant::now())),
+            cpu_ns: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+            compile_ns: AtomicU64::new(0),
+        })
+    }
+
+    pub fn totals(&self) -> CpuTotals {
+        let load = |n: &AtomicU64| Duration::from_nanos(n.load(Ordering::Relaxed));
+        CpuTotals { calls: load(&self.cpu_ns), waited: load(&self.waited_ns), compile: load(&self.compile_ns) }
+    }
+
+    /// Count `used` against the add-on's turn.
+    fn charge(&self, used: Duration, now: Instant) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.0 = decayed(*recent, now) + used.as_secs_f64();
+        recent.1 = now;
+    }
+
+    /// Compile work done for the add-on: it counts against its turn like its calls' CPU.
+    pub(super) fn charge_compile(&self, used: Duration) {
+        self.compile_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
+        self.charge(used, Instant::now());
+    }
+
+    /// The add-on's place in line: lower goes first.
+    fn rank(&self, now: Instant) -> f64 {
+        decayed(*self.recent.lock().unwrap_or_else(PoisonError::into_inner), now) / self.weight
+    }
+}
+
+fn decayed((value, at): (f64, Instant), now: Instant) -> f64 {
+    let halvings = now.saturating_duration_since(at).as_secs_f64() / HALF_LIFE.as_secs_f64();
+    value * 0.5f64.powf(halvings)
+}
+
+/// The cores guest code may run on, and the calls waiting for one.
+pub(super) struct Cores {
+    state: Mutex<Line>,
+}
+
+struct Line {
+    free: usize,
+    next: u64,
+    waiting: Vec<Waiter>,
+}
+
+struct Waiter {
+    ticket: u64,
+    account: Arc<Account>,
+    /// Past it, the call goes first: it only needs a moment to be answered as timed out.
+    until: Instant,
+    waker: Waker,
+}
+
+impl Cores {
+    pub(super) fn new(cores: usize) -> Arc<Cores> {
+        Arc::new(Cores { state: Mutex::new(Line { free: cores.max(1), next: 0, waiting: Vec::new() }) })
+    }
+
+    fn line(&self) -> std::sync::MutexGuard<'_, Line> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Give back a core: to the best-placed waiter if any (it owns the core from now on, and
+    /// is woken to use it), else to the free ones.
+    fn release(&self) {
+        let mut line = self.line();
+        let now = Instant::now();
+        let best = line
+            .waiting
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i, if now >= w.until { f64::NEG_INFINITY } else { w.account.rank(now) }, w.ticket))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)))
+            .map(|(i, _, _)| i);
+        match best {
+            Some(i) => {
+                let granted = line.waiting.swap_remove(i);
+                drop(line);
+                granted.waker.wake();
+            }
+            None => line.free += 1,
+        }
+    }
+}
+
+/// A call's future, run only while it holds a core (see the module's docs).
+pub(super) struct Scheduled<F> {
+    inner: F,
+    cores: Arc<Cores>,
+    account: Arc<Account>,
+    /// The call's deadline.
+    until: Instant,
+    /// Waiting for a core since then, with this ticket.
+    waiting: Option<(u64, Instant)>,
+    used: Arc<Used>,
+}
+
+/// What one call used, shared with whoever started it.
+#[derive(Default)]
+pub(super) struct Used {
+    cpu_ns: AtomicU64,
+    waited_ns: AtomicU64,
+}
+
+impl Used {
+    /// CPU the call's guest code ran for, and how long it waited for cores.
+    pub(super) fn read(&self) -> (Duration, Duration) {
+        let load = |n: &AtomicU64| Duration::from_nanos(n.load(Ordering::Relaxed));
+        (load(&self.cpu_ns), load(&self.waited_ns))
+    }
+}
+
+impl<F> Scheduled<F> {
+    pub(super) fn new(inner: F, cores: Arc<Cores>, account: Arc<Account>, used: Arc<Used>, until: Instant) -> Self {
+        Scheduled { inner, cores, account, until, waiting: None, used }
+    }
+}
+
+impl<F: Future + Unpin> Future for Scheduled<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if !this.take_core(cx) {
+            return Poll::Pending;
+        }
+        let before = thread_cpu();
+        let polled = Pin::new(&mut this.inner).poll(cx);
+        let used = thread_cpu().saturating_sub(before);
+        this.cores.release();
+        this.account.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
+        this.used.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
+        this.account.charge(used, Instant::now());
+        polled
+    }
+}
+
+impl<F> Scheduled<F> {
+    /// Whether this poll may run guest code: a core was free, or was given to this call.
+    fn take_core(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut line = self.cores.line();
+        if let Some((ticket, since)) = self.waiting {
+            if let Some(waiter) = line.waiting.iter_mut().find(|w| w.ticket == ticket) {
+                waiter.waker.clone_from(cx.waker());
+                return false;
+            }
+            // No longer in line: a release gave this call its core.
+            drop(line);
+            self.waiting = None;
+            self.count_wait(since);
+            return true;
+        }
+        if line.free > 0 && line.waiting.is_empty() {
+            line.free -= 1;
+            return true;
+        }
+        let ticket = line.next;
+        line.next += 1;
+        let (account, until) = (self.account.clone(), self.until);
+        line.waiting.push(Waiter { ticket, account, until, waker: cx.waker().clone() });
+        self.waiting = Some((ticket, Instant::now()));
+        false
+    }
+
+    fn count_wait(&self, since: Instant) {
+        let waited = since.elapsed().as_nanos() as u64;
+        self.account.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        self.used.waited_ns.fetch_add(waited, Ordering::Relaxed);
+    }
+}
+
+impl<F> Drop for Scheduled<F> {
+    /// A call dropped while in line leaves it; one dropped after it was given a core (and
+    /// before it ran) passes the core on.
+    fn drop(&mut self) {
+        let Some((ticket, _)) = self.waiting else { return };
+        let mut line = self.cores.line();
+        if let Some(i) = line.waiting.iter().position(|w| w.ticket == ticket) {
+            line.waiting.swap_remove(i);
+        } else {
+            drop(line);
+            self.cores.release();
+        }
+    }
+}
+
+/// CPU time of the calling thread.
+pub(super) fn thread_cpu() -> Duration {
+    clock_time(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The time on `clock`; zero if it cannot be read.
+#[allow(unsafe_code, reason = "clock_gettime has no safe wrapper in std")]
+pub(super) fn clock_time(clock: libc::clockid_t) -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the struct passed to it (and fails on a clock that
+    // is no longer valid).
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll<F: Future + Unpin>(call: &mut Scheduled<F>) -> Poll<F::Output> {
+        Pin::new(call).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn call(cores: &Arc<Cores>, account: &Arc<Account>) -> Scheduled<std::future::Ready<()>> {
+        let until = Instant::now() + Duration::from_secs(60);
+        Scheduled::new(std::future::ready(()), cores.clone(), account.clone(), Arc::default(), until)
+    }
+
+    /// Red if a freed core went to the longest waiter (FIFO) or to anyone but the add-on
+    /// that used the least CPU for its weight.
+    #[test]
+    fn a_freed_core_goes_to_the_add_on_that_used_least_for_its_weight() {
+        let cores = Cores::new(1);
+        let (spinner, quiet, heavy) = (Account::new(1), Account::new(1), Account::new(4));
+        let now = Instant::now();
+        spinner.charge(Duration::from_millis(400), now);
+        quiet.charge(Duration::from_millis(10), now);
+        heavy.charge(Duration::from_millis(200), now);
+        // The spinner's running call holds the only core; two more of its calls wait, then the
+        // quiet add-on's (10 ms lately), then one of the add-on of weight 4 (200 ms: 50 ms per
+        // weight, behind the quiet one, ahead of the spinner's 400 ms).
+        cores.line().free = 0;
+        let (mut second, mut third) = (call(&cores, &spinner), call(&cores, &spinner));
+        let (mut quiet_call, mut heavy_call) = (call(&cores, &quiet), call(&cores, &heavy));
+        for waiting in [&mut second, &mut third, &mut quiet_call, &mut heavy_call] {
+            assert!(poll(waiting).is_pending(), "no core is free");
+        }
+        cores.release();
+        assert!(poll(&mut second).is_pending(), "the spinner's second call waited longest, yet is not next");
+        assert!(poll(&mut quiet_call).is_ready(), "the quiet add-on's call got the freed core");
+        // Its poll gave the core back: now the heavy-weighted add-on (50 ms per weight) is next.
+        assert!(poll(&mut second).is_pending());
+        assert!(poll(&mut heavy_call).is_ready());
+        assert!(poll(&mut second).is_ready(), "among equals, the longest waiter");
+        assert!(poll(&mut third).is_ready());
+        assert_eq!(cores.line().free, 1, "every core given back");
+    }
+
+    /// Red if a call dropped after it was given a core kept it.
+    #[test]
+    fn a_call_dropped_with_a_core_owed_passes_it_on() {
+        let cores = Cores::new(1);
+        let account = Account::new(1);
+        cores.line().free = 0;
+        let (mut first, mut second) = (call(&cores, &account), call(&cores, &account));
+        assert!(poll(&mut first).is_pending() && poll(&mut second).is_pending());
+        cores.release();
+        drop(first);
+        assert!(poll(&mut second).is_ready(), "the dropped call's core went on");
+        drop(second);
+        assert_eq!(cores.line().free, 1);
+        let mut later = call(&cores, &account);
+        assert!(poll(&mut later).is_ready(), "a free core is taken without waiting");
+    }
+}
