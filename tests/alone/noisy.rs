@@ -244,19 +244,28 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
-/// With one core for plugins and four spinning calls of a neighbour wanting it for 3 s each,
-/// a quiet add-on's calls still get the core within a tick and are answered, long before the
-/// spinners' deadline. Red when a spinning call keeps its core until it finishes (it would
-/// hand it on only at its deadline). `/metrics` shows the quiet add-on waited for the core
-/// (the premise: every core was taken) and the CPU each side used.
+/// With one core for plugins (`server.plugin_cores`) and four calls of a neighbour spinning
+/// on it for 3 s each: a quiet add-on's ordinary calls, which finish in their first
+/// milliseconds, run at once and are answered long before the spinners' deadline; and a
+/// quiet add-on's long call (300 ms of wall-clock spinning, past the fast lane, so it needs
+/// the core) gets most of the core while it runs, because its add-on used far less CPU lately.
+/// Red if the core went round-robin (the long call would get a fifth of it) or if the core
+/// gate let all four spinners run at once (they would use more CPU than one core has).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quiet_addon_gets_a_core_while_spinners_hold_them_all() {
+async fn a_quiet_addon_gets_the_core_while_spinners_want_it() {
     let _alone = ONE_AT_A_TIME.lock().await;
+    const QUIET_TOKEN: &str = "test-shared-token-quiet-addon";
     let host = Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
         cfg.server.plugin_cores = Some(1);
         let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
         misbehave.limits.deadline_ms = 3_000;
         misbehave.limits.max_concurrent_calls = Some(4);
+        let mut quiet = misbehave.clone();
+        quiet.id = "quiet".into();
+        quiet.xervo = None;
+        quiet.bitrise.as_mut().unwrap().shared_token = QUIET_TOKEN.into();
+        quiet.bitrise.as_mut().unwrap().sso_secret = "sso-of-quiet-addon".into();
+        cfg.addons.push(quiet);
     }));
     let warm = host.provision("myaddon", TOKEN, "warm", "free").await;
     assert_eq!(warm.status, 201, "{}", warm.text);
@@ -271,21 +280,19 @@ async fn a_quiet_addon_gets_a_core_while_spinners_hold_them_all() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     for i in 0..5 {
-        let asked = Instant::now();
         let reply = host.provision("myaddon", TOKEN, &format!("quiet-{i}"), "free").await;
         assert_eq!(reply.status, 201, "{}", reply.text);
-        assert!(asked.elapsed() < Duration::from_secs(1), "quiet call {i} took {:?}", asked.elapsed());
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "the spinners were still running when they were answered");
+    let long = host.provision_titled("quiet", QUIET_TOKEN, "long", "slow", "300").await;
+    assert_eq!(long.status, 201, "{}", long.text);
+    assert!(started.elapsed() < Duration::from_secs(2), "the spinners were done before the quiet calls were");
     for spinner in spinners {
         assert_error(&spinner.await.unwrap(), 504, "deadline_exceeded", "deadline");
     }
     let text = host.admin(Method::GET, "/metrics", "").await.text;
-    let waited = metric(&text, r#"addon_plugin_core_wait_seconds_sum{addon="myaddon",call="provision"}"#);
-    assert!(waited > 0.0, "the quiet add-on never waited for the core: the spinners did not hold it\n{text}");
+    let long_cpu = metric(&text, r#"addon_plugin_call_cpu_seconds_sum{addon="quiet",call="provision"}"#);
+    assert!(long_cpu > 0.15, "the quiet add-on's 300 ms call ran only {long_cpu} s on the core\n{text}");
     let spun = metric(&text, r#"addon_cpu_seconds_total{addon="misbehave",work="calls"}"#);
-    let quiet = metric(&text, r#"addon_cpu_seconds_total{addon="myaddon",work="calls"}"#);
-    // One core for 3 s, nearly all of it spinning.
+    // One core for ~3.3 s (and each spinner's first 5 ms, before the gate), shared.
     assert!(spun > 1.0 && spun < 4.0, "the spinners used {spun} s of CPU on one core in 3 s");
-    assert!(quiet > 0.0 && quiet < spun / 10.0, "the quiet add-on used {quiet} s");
 }

@@ -39,6 +39,7 @@ fn config(dir: &std::path::Path) -> HostConfig {
         server: ServerConfig {
             data_dir: dir.join("data"),
             max_concurrent_calls: HOST_SLOTS,
+            plugin_cores: std::env::var("BENCH_PLUGIN_CORES").ok().and_then(|n| n.parse().ok()),
             // A real upload compiles: nothing comes from a cache.
             compile_cache: Some(std::path::PathBuf::new()),
             admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],
@@ -59,6 +60,8 @@ fn provision(slug: String, plan: &str, title: &str) -> Provision {
 struct Phase {
     latencies: Vec<Duration>,
     took: Duration,
+    /// The healthy add-on's guest CPU and wait for cores over the phase.
+    cpu: addon_host::runtime::CpuTotals,
 }
 
 impl Phase {
@@ -76,6 +79,7 @@ impl Phase {
 async fn healthy_phase(service: &Arc<Service>, phase: &str, done: impl Future<Output = ()>) -> anyhow::Result<Phase> {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let before = service.addon("healthy")?.cpu();
     let mut clients = Vec::new();
     for c in 0..HEALTHY_CLIENTS {
         let (service, stop, phase) = (service.clone(), stop.clone(), phase.to_owned());
@@ -101,7 +105,13 @@ async fn healthy_phase(service: &Arc<Service>, phase: &str, done: impl Future<Ou
         latencies.extend(c.await??);
     }
     latencies.sort();
-    Ok(Phase { latencies, took })
+    let after = service.addon("healthy")?.cpu();
+    let cpu = addon_host::runtime::CpuTotals {
+        calls: after.calls.saturating_sub(before.calls),
+        waited: after.waited.saturating_sub(before.waited),
+        compile: after.compile.saturating_sub(before.compile),
+    };
+    Ok(Phase { latencies, took, cpu })
 }
 
 /// What the neighbour's calls came to.
@@ -250,19 +260,25 @@ fn main() -> anyhow::Result<()> {
             std::thread::available_parallelism().map_or(0, usize::from),
             2 * NOISY_SHARE
         );
-        println!("{:<34} {:>9} {:>8} {:>8} {:>9} {:>9}", "phase", "per s", "p50 ms", "p99 ms", "per s ×", "p99 ×");
+        println!(
+            "{:<34} {:>9} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11}",
+            "phase", "per s", "p50 ms", "p99 ms", "per s ×", "p99 ×", "cpu µs/call", "wait µs/call"
+        );
         let mut rows = vec![("alone", &alone), ("neighbour spinning", &spin), ("neighbour misbehaving (mixed)", &mixed)];
         if let Some((phase, _, _)) = &compiled {
             rows.push(("neighbour compiling 18 MB Python", phase));
         }
         for (name, phase) in rows {
+            let per_call = |d: Duration| d.as_secs_f64() * 1e6 / phase.latencies.len().max(1) as f64;
             println!(
-                "{name:<34} {:>9.0} {:>8.2} {:>8.2} {:>8.2}x {:>8.2}x",
+                "{name:<34} {:>9.0} {:>8.2} {:>8.2} {:>8.2}x {:>8.2}x {:>11.0} {:>11.0}",
                 phase.per_second(),
                 ms(phase.pct(50)),
                 ms(phase.pct(99)),
                 phase.per_second() / alone.per_second(),
                 ms(phase.pct(99)) / ms(alone.pct(99)),
+                per_call(phase.cpu.calls),
+                per_call(phase.cpu.waited),
             );
         }
         if let Some((phase, upload, optimised)) = &compiled {
@@ -272,6 +288,12 @@ fn main() -> anyhow::Result<()> {
                 upload.as_secs_f64(),
                 optimised.as_secs_f64()
             );
+        }
+        if std::env::var("BENCH_WAITS").is_ok() {
+            let text = service.metrics().encode()?;
+            for line in text.lines().filter(|l| l.starts_with("addon_plugin_core_wait_seconds") && l.contains("healthy") && !l.contains("bucket")) {
+                println!("{line}");
+            }
         }
         for (name, noise) in [("spinning", &spin_noise), ("mixed", &mixed_noise)] {
             println!("neighbour's calls ({name}): {} — {:?}", noise.sent.load(Ordering::Relaxed), noise.outcomes.lock().unwrap());

@@ -1,10 +1,12 @@
 //! Where plugins compile while the host serves. Cranelift compiles a component's functions in
 //! parallel on rayon's pool, which by default is every core at the priority of serving: one
 //! partner's 18 MB upload took 60% of a healthy neighbour's throughput for the 10 s its
-//! compiles ran. So uploads compile on a pool of their own whose threads run at a lower
-//! priority (nice [`UPLOAD_NICE`]), and the background tier-up (Winch's build replaced by
-//! Cranelift's) on another at the lowest (nice [`TIER_UP_NICE`]): serving comes first, a
-//! partner's upload next, and no upload waits behind a background build. Each pool compiles
+//! compiles ran. So uploads compile on a pool of their own whose threads run at the lowest
+//! normal priority (nice 19), and the background tier-up (Winch's build replaced by
+//! Cranelift's) on another under `SCHED_IDLE`, which runs only on time no other thread wants:
+//! serving comes first, a partner's upload next, and no upload waits behind a background
+//! build. (A niced thread still keeps a core for a scheduler slice, milliseconds, when a
+//! serving thread wakes; an idle-class one yields it at once.) Each pool compiles
 //! one plugin at a time, so the CPU its threads used in between is that plugin's, and it is
 //! charged to the add-on that uploaded it (see [`super::cpu::Account::charge_compile`]).
 
@@ -13,10 +15,14 @@ use std::time::Duration;
 
 use super::cpu::{Account, clock_time};
 
-/// Niceness of upload compiles: below serving, above tier-up.
-const UPLOAD_NICE: i32 = 10;
-/// Niceness of background tier-up: it runs on otherwise idle time.
-const TIER_UP_NICE: i32 = 19;
+/// How a pool's threads are scheduled.
+#[derive(Clone, Copy)]
+pub(super) enum Priority {
+    /// Normal scheduling at this niceness.
+    Nice(i32),
+    /// `SCHED_IDLE`: only when nothing else wants the core.
+    Idle,
+}
 
 pub(super) struct Pool {
     pool: rayon::ThreadPool,
@@ -27,21 +33,21 @@ pub(super) struct Pool {
 
 impl Pool {
     pub(super) fn uploads(threads: usize) -> anyhow::Result<Pool> {
-        Pool::new("compile", threads, UPLOAD_NICE)
+        Pool::new("compile", threads, Priority::Nice(19))
     }
 
     pub(super) fn tier_up(threads: usize) -> anyhow::Result<Pool> {
-        Pool::new("tier-up", threads, TIER_UP_NICE)
+        Pool::new("tier-up", threads, Priority::Idle)
     }
 
-    fn new(name: &'static str, threads: usize, nice: i32) -> anyhow::Result<Pool> {
+    fn new(name: &'static str, threads: usize, priority: Priority) -> anyhow::Result<Pool> {
         let clocks: Arc<Mutex<Vec<libc::clockid_t>>> = Arc::default();
         let started = clocks.clone();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(move |i| format!("{name}-{i}"))
             .start_handler(move |_| {
-                lower_priority(nice);
+                lower_priority(priority);
                 if let Some(clock) = own_clock() {
                     started.lock().unwrap_or_else(PoisonError::into_inner).push(clock);
                 }
@@ -69,13 +75,26 @@ impl Pool {
     }
 }
 
-/// Lower the calling thread's priority (Linux schedules threads by their own niceness).
-#[allow(unsafe_code, reason = "setpriority and gettid have no safe wrapper in std")]
-fn lower_priority(nice: i32) {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
-    // its scheduling priority, which a thread may always lower.
-    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) } != 0;
-    if failed {
+/// Lower the calling thread's priority (Linux schedules threads by their own policy and
+/// niceness); with `Idle`, niceness 19 if the idle class is refused.
+#[allow(unsafe_code, reason = "setpriority, sched_setscheduler and gettid have no safe wrapper in std")]
+pub(super) fn lower_priority(priority: Priority) {
+    // SAFETY: gettid has no preconditions; both calls only lower the scheduling priority of
+    // the calling thread (our own thread id), which a thread may always do.
+    let tid = unsafe { libc::gettid() };
+    if let Priority::Idle = priority {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as above; `param` outlives the call.
+        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } == 0 {
+            return;
+        }
+    }
+    let nice = match priority {
+        Priority::Nice(nice) => nice,
+        Priority::Idle => 19,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
         tracing::debug!("could not lower a compile thread's priority: {}", std::io::Error::last_os_error());
     }
 }

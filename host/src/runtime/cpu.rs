@@ -5,8 +5,12 @@
 //!
 //! So guest code runs only while its call holds a *core* of [`Cores`] (`server.plugin_cores`,
 //! default the machine's). A call takes a core for each poll of its future and gives it back
-//! when the poll ends; a spinning guest's poll ends at every epoch tick, so a tick is the
-//! longest anyone waits for a core to come free. A freed core goes to the waiting call whose
+//! when the poll ends; a spinning guest's poll ends at every epoch tick. A call that has to
+//! wait while a core is held by an add-on that used more CPU lately (for its weight) does not
+//! wait for the tick: it *preempts*, advancing the engines' epoch, and every running guest
+//! yields at its next loop or call. Its add-on's next poll usually follows within
+//! microseconds, so a core it gives back while only busier add-ons wait is kept for it until
+//! the next tick, the idle time counted as its use. Otherwise a freed core goes to the waiting call whose
 //! add-on has used the least CPU lately for its weight (`limits.cpu_weight`): CPU measured
 //! on the thread that ran each poll, decaying with a half-life of [`HALF_LIFE`]. A call that
 //! finds a core free takes it without a hand-off, so the common call (one short poll) pays
@@ -87,10 +91,16 @@ fn decayed((value, at): (f64, Instant), now: Instant) -> f64 {
 /// The cores guest code may run on, and the calls waiting for one.
 pub(super) struct Cores {
     state: Mutex<Line>,
+    /// Makes every running guest yield soon (advances the engines' epoch).
+    preempt: Box<dyn Fn() + Send + Sync>,
 }
 
 struct Line {
     free: usize,
+    /// Cores kept for a quieter add-on's next poll, since then (until the next tick).
+    kept: Vec<(Arc<Account>, Instant)>,
+    /// The add-ons of the calls holding (or owed) a core.
+    running: Vec<Arc<Account>>,
     next: u64,
     waiting: Vec<Waiter>,
 }
@@ -104,35 +114,90 @@ struct Waiter {
 }
 
 impl Cores {
-    pub(super) fn new(cores: usize) -> Arc<Cores> {
-        Arc::new(Cores { state: Mutex::new(Line { free: cores.max(1), next: 0, waiting: Vec::new() }) })
+    pub(super) fn new(cores: usize, preempt: Box<dyn Fn() + Send + Sync>) -> Arc<Cores> {
+        let line = Line { free: cores.max(1), kept: Vec::new(), running: Vec::new(), next: 0, waiting: Vec::new() };
+        Arc::new(Cores { state: Mutex::new(line), preempt })
     }
 
     fn line(&self) -> std::sync::MutexGuard<'_, Line> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Give back a core: to the best-placed waiter if any (it owns the core from now on, and
-    /// is woken to use it), else to the free ones.
-    fn release(&self) {
+    /// Give back the core a call of `account` held: to the best-placed waiter (it owns the
+    /// core from now on, and is woken to use it). If that waiter's add-on is busier than
+    /// `account`'s, the core is kept for `account`'s next poll until the next tick instead
+    /// (see [`Cores::tick`]); with nobody waiting, it is free.
+    fn release(&self, account: &Arc<Account>) {
         let mut line = self.line();
+        if let Some(i) = line.running.iter().position(|a| Arc::ptr_eq(a, account)) {
+            line.running.swap_remove(i);
+        }
         let now = Instant::now();
-        let best = line
-            .waiting
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (i, if now >= w.until { f64::NEG_INFINITY } else { w.account.rank(now) }, w.ticket))
-            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)))
-            .map(|(i, _, _)| i);
-        match best {
-            Some(i) => {
-                let granted = line.waiting.swap_remove(i);
+        match line.best(now) {
+            Some((_, rank)) if rank > account.rank(now) => line.kept.push((account.clone(), now)),
+            Some((i, _)) => {
+                let waker = line.grant(i);
                 drop(line);
-                granted.waker.wake();
+                waker.wake();
             }
             None => line.free += 1,
         }
     }
+
+    /// Every epoch tick: cores kept for a quieter add-on since before the tick go to whoever
+    /// waits (the idle time counted against that add-on's turn, so keeping is never free).
+    pub(super) fn tick(&self) {
+        let mut line = self.line();
+        if line.kept.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut wake = Vec::new();
+        for (account, since) in std::mem::take(&mut line.kept) {
+            account.charge(now.saturating_duration_since(since), now);
+            match line.best(now) {
+                Some((i, _)) => wake.push(line.grant(i)),
+                None => line.free += 1,
+            }
+        }
+        drop(line);
+        wake.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl Line {
+    /// The waiter to go next, and its rank: calls past their deadline first, then the add-on
+    /// that used the least CPU lately for its weight, then the longest waiting.
+    fn best(&self, now: Instant) -> Option<(usize, f64)> {
+        self.waiting
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i, if now >= w.until { f64::NEG_INFINITY } else { w.account.rank(now) }, w.ticket))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)))
+            .map(|(i, rank, _)| (i, rank))
+    }
+
+    /// Give waiter `i` a core; its waker, to wake once the line is unlocked.
+    fn grant(&mut self, i: usize) -> Waker {
+        let granted = self.waiting.swap_remove(i);
+        self.running.push(granted.account);
+        granted.waker
+    }
+}
+
+thread_local! {
+    /// Whether guest code on this thread needs a core: on the slow lane's threads (see
+    /// `guests`), where every call has run for more than the fast lane's 5 ms. A call's first
+    /// milliseconds run in the request's own task, as fast as ever: the host's workers bound
+    /// how many run at once, and handing a core over would cost an ordinary call more than
+    /// the call itself (a thread wake-up, hundreds of microseconds on a busy VM, for a
+    /// 60 µs call). Their CPU is measured and charged all the same.
+    static GATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Make guest code on the calling thread wait for a core (the slow lane's threads).
+pub(super) fn gate_this_thread() {
+    GATED.set(true);
 }
 
 /// A call's future, run only while it holds a core (see the module's docs).
@@ -173,13 +238,17 @@ impl<F: Future + Unpin> Future for Scheduled<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        if !this.take_core(cx) {
+        // In the fast lane (a request's own task) guest code runs at once: see `GATED`.
+        let gated = GATED.get();
+        if gated && !this.take_core(cx) {
             return Poll::Pending;
         }
         let before = thread_cpu();
         let polled = Pin::new(&mut this.inner).poll(cx);
         let used = thread_cpu().saturating_sub(before);
-        this.cores.release();
+        if gated {
+            this.cores.release(&this.account);
+        }
         this.account.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
         this.used.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
         this.account.charge(used, Instant::now());
@@ -204,13 +273,29 @@ impl<F> Scheduled<F> {
         }
         if line.free > 0 && line.waiting.is_empty() {
             line.free -= 1;
+            line.running.push(self.account.clone());
+            return true;
+        }
+        let now = Instant::now();
+        let rank = self.account.rank(now);
+        // A core kept for this add-on, or for one at least as busy.
+        if let Some(i) = line.kept.iter().position(|(a, _)| Arc::ptr_eq(a, &self.account) || a.rank(now) >= rank) {
+            let (keeper, since) = line.kept.swap_remove(i);
+            keeper.charge(now.saturating_duration_since(since), now);
+            line.running.push(self.account.clone());
             return true;
         }
         let ticket = line.next;
         line.next += 1;
         let (account, until) = (self.account.clone(), self.until);
         line.waiting.push(Waiter { ticket, account, until, waker: cx.waker().clone() });
-        self.waiting = Some((ticket, Instant::now()));
+        self.waiting = Some((ticket, now));
+        // Preempt when a core is held by an add-on further back in line than this one.
+        let outranked = line.running.iter().any(|a| a.rank(now) > rank);
+        drop(line);
+        if outranked {
+            (self.cores.preempt)();
+        }
         false
     }
 
@@ -231,7 +316,7 @@ impl<F> Drop for Scheduled<F> {
             line.waiting.swap_remove(i);
         } else {
             drop(line);
-            self.cores.release();
+            self.cores.release(&self.account);
         }
     }
 }
@@ -255,9 +340,12 @@ pub(super) fn clock_time(clock: libc::clockid_t) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
     fn poll<F: Future + Unpin>(call: &mut Scheduled<F>) -> Poll<F::Output> {
+        gate_this_thread();
         Pin::new(call).poll(&mut Context::from_waker(Waker::noop()))
     }
 
@@ -266,11 +354,22 @@ mod tests {
         Scheduled::new(std::future::ready(()), cores.clone(), account.clone(), Arc::default(), until)
     }
 
+    /// One core, held by a running call of `holder`; counts preemptions.
+    fn one_core_held_by(holder: &Arc<Account>) -> (Arc<Cores>, Arc<AtomicUsize>) {
+        let preempted = Arc::new(AtomicUsize::new(0));
+        let count = preempted.clone();
+        let cores = Cores::new(1, Box::new(move || _ = count.fetch_add(1, Ordering::Relaxed)));
+        let mut line = cores.line();
+        line.free = 0;
+        line.running.push(holder.clone());
+        drop(line);
+        (cores, preempted)
+    }
+
     /// Red if a freed core went to the longest waiter (FIFO) or to anyone but the add-on
     /// that used the least CPU for its weight.
     #[test]
     fn a_freed_core_goes_to_the_add_on_that_used_least_for_its_weight() {
-        let cores = Cores::new(1);
         let (spinner, quiet, heavy) = (Account::new(1), Account::new(1), Account::new(4));
         let now = Instant::now();
         spinner.charge(Duration::from_millis(400), now);
@@ -279,32 +378,57 @@ mod tests {
         // The spinner's running call holds the only core; two more of its calls wait, then the
         // quiet add-on's (10 ms lately), then one of the add-on of weight 4 (200 ms: 50 ms per
         // weight, behind the quiet one, ahead of the spinner's 400 ms).
-        cores.line().free = 0;
+        let (cores, _) = one_core_held_by(&spinner);
         let (mut second, mut third) = (call(&cores, &spinner), call(&cores, &spinner));
         let (mut quiet_call, mut heavy_call) = (call(&cores, &quiet), call(&cores, &heavy));
         for waiting in [&mut second, &mut third, &mut quiet_call, &mut heavy_call] {
             assert!(poll(waiting).is_pending(), "no core is free");
         }
-        cores.release();
+        cores.release(&spinner);
         assert!(poll(&mut second).is_pending(), "the spinner's second call waited longest, yet is not next");
         assert!(poll(&mut quiet_call).is_ready(), "the quiet add-on's call got the freed core");
-        // Its poll gave the core back: now the heavy-weighted add-on (50 ms per weight) is next.
+        // Only busier add-ons wait: the core is kept for the quiet one's next poll.
+        assert!(poll(&mut heavy_call).is_pending(), "the core was not kept for the quiet add-on");
+        assert!(poll(&mut call(&cores, &quiet)).is_ready(), "the quiet add-on's next call waited");
+        // Kept again, until the tick gives it to the heavy-weighted add-on (50 ms per weight).
+        cores.tick();
         assert!(poll(&mut second).is_pending());
         assert!(poll(&mut heavy_call).is_ready());
+        cores.tick();
         assert!(poll(&mut second).is_ready(), "among equals, the longest waiter");
         assert!(poll(&mut third).is_ready());
-        assert_eq!(cores.line().free, 1, "every core given back");
+        let line = cores.line();
+        assert_eq!((line.free, line.running.len()), (1, 0), "every core given back");
+    }
+
+    /// A call that waits behind an add-on that used more CPU preempts it at once (red
+    /// without the preemption); one of the same add-on, or of a busier one, does not (red
+    /// if spinners preempted each other at every poll).
+    #[test]
+    fn a_quiet_call_preempts_a_busier_addon_and_no_one_else() {
+        let (spinner, quiet) = (Account::new(1), Account::new(1));
+        spinner.charge(Duration::from_millis(400), Instant::now());
+        let (cores, preempted) = one_core_held_by(&spinner);
+        let mut same = call(&cores, &spinner);
+        assert!(poll(&mut same).is_pending());
+        assert_eq!(preempted.load(Ordering::Relaxed), 0, "a spinner preempted its own add-on");
+        let mut quiet_call = call(&cores, &quiet);
+        assert!(poll(&mut quiet_call).is_pending());
+        assert_eq!(preempted.load(Ordering::Relaxed), 1, "the quiet call did not preempt");
+        let (cores, preempted) = one_core_held_by(&quiet);
+        let mut busier = call(&cores, &spinner);
+        assert!(poll(&mut busier).is_pending());
+        assert_eq!(preempted.load(Ordering::Relaxed), 0, "a busier add-on preempted a quieter one");
     }
 
     /// Red if a call dropped after it was given a core kept it.
     #[test]
     fn a_call_dropped_with_a_core_owed_passes_it_on() {
-        let cores = Cores::new(1);
-        let account = Account::new(1);
-        cores.line().free = 0;
+        let (holder, account) = (Account::new(1), Account::new(1));
+        let (cores, _) = one_core_held_by(&holder);
         let (mut first, mut second) = (call(&cores, &account), call(&cores, &account));
         assert!(poll(&mut first).is_pending() && poll(&mut second).is_pending());
-        cores.release();
+        cores.release(&holder);
         drop(first);
         assert!(poll(&mut second).is_ready(), "the dropped call's core went on");
         drop(second);

@@ -108,7 +108,8 @@ pub(crate) struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engines: Vec<Engine>, tick: Duration) -> EpochTicker {
+    /// Ticks `engines`, calling `on_tick` after each.
+    pub(crate) fn start(engines: Vec<Engine>, tick: Duration, on_tick: Box<dyn Fn() + Send>) -> EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -119,6 +120,7 @@ impl EpochTicker {
                     for engine in &engines {
                         engine.increment_epoch();
                     }
+                    on_tick();
                 }
             })
             .ok();

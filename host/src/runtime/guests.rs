@@ -23,6 +23,9 @@ use super::CallFailure;
 /// call needs, and short enough that a spinning one holds a host worker for two polls only.
 const FAST_LANE: Duration = Duration::from_millis(5);
 
+/// Niceness of the slow lane's threads.
+const SLOW_LANE_NICE: i32 = 10;
+
 pub(super) struct Guests {
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -33,6 +36,12 @@ impl Guests {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("guest")
+            // Below the threads serving requests: a long call takes the cores from short ones
+            // only when they leave them free (see `cpu` for fairness among calls).
+            .on_thread_start(|| {
+                super::compile::lower_priority(super::compile::Priority::Nice(SLOW_LANE_NICE));
+                super::cpu::gate_this_thread();
+            })
             .event_interval(1)
             .enable_all()
             .build()?;

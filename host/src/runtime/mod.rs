@@ -113,7 +113,7 @@ pub struct CallCpu {
 }
 
 /// The machine's cores.
-fn cores() -> usize {
+fn machine_cores() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 
@@ -206,7 +206,7 @@ impl Runtime {
         let cache = server.cache_dir().zip(cache_key).map(|(dir, key)| Arc::new(CompileCache::new(dir, key)));
         let baseline = match server.compiler {
             Compiler::Tiered => {
-                let pool = compile::Pool::tier_up(cores())?;
+                let pool = compile::Pool::tier_up(machine_cores())?;
                 Some((
                     Tier::new(engine::baseline(fuel)?, "winch")?,
                     Optimizer::start(primary.clone(), cache.clone(), pool)?,
@@ -216,7 +216,16 @@ impl Runtime {
         };
         let mut engines = vec![primary.engine.clone()];
         engines.extend(baseline.iter().map(|(tier, _)| tier.engine.clone()));
-        let ticker = engine::EpochTicker::start(engines, EPOCH_TICK);
+
+        let preempt = {
+            let engines = engines.clone();
+            Box::new(move || engines.iter().for_each(wasmtime::Engine::increment_epoch))
+        };
+        let cores = cpu::Cores::new(server.plugin_cores.unwrap_or_else(machine_cores), preempt);
+        let ticker = {
+            let cores = cores.clone();
+            engine::EpochTicker::start(engines, EPOCH_TICK, Box::new(move || cores.tick()))
+        };
         Ok(Runtime {
             primary,
             baseline,
@@ -225,8 +234,8 @@ impl Runtime {
             cache,
             info,
             guests: Arc::new(guests::Guests::start()?),
-            cores: cpu::Cores::new(server.plugin_cores.unwrap_or_else(cores)),
-            uploads: compile::Pool::uploads(cores())?,
+            cores: cores.clone(),
+            uploads: compile::Pool::uploads(machine_cores())?,
             spares: Arc::new(spares::Spares::new()),
             retiring: Arc::new(AtomicUsize::new(0)),
             _ticker: ticker,
