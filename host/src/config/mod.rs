@@ -65,6 +65,11 @@ pub struct ServerConfig {
     /// cores). Calls hand their core on at every epoch tick, to the waiting call whose
     /// add-on used the least CPU lately for its `limits.cpu_weight`.
     pub plugin_cores: Option<usize>,
+    /// How the threads of calls past their first 5 ms (the slow lane) are scheduled: unset,
+    /// `SCHED_IDLE` (they run on time the request path leaves free: a neighbour's spinning
+    /// calls cost a healthy add-on nothing, but on a saturated host long calls make little
+    /// progress before their deadline); a niceness (0-19) shares the cores by weight instead.
+    pub slow_lane_nice: Option<i32>,
     /// Admin API credentials. When empty, a token is generated at first start, printed once,
     /// and only its hash is kept.
     pub admins: Vec<AdminConfig>,
@@ -159,6 +164,7 @@ impl Default for ServerConfig {
             tier_above_kib: 1024,
             max_concurrent_calls: 64,
             plugin_cores: None,
+            slow_lane_nice: None,
             compile_cache: None,
             admins: Vec::new(),
             max_plugin_bytes: 64 << 20,
@@ -426,6 +432,9 @@ impl HostConfig {
         }
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");
+        }
+        if self.server.slow_lane_nice.is_some_and(|n| !(0..=19).contains(&n)) {
+            bail!("server.slow_lane_nice must be between 0 and 19");
         }
         if self.server.plugin_cores == Some(0) {
             bail!("server.plugin_cores must be at least 1");

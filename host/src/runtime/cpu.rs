@@ -35,6 +35,8 @@ pub struct Account {
     cpu_ns: AtomicU64,
     waited_ns: AtomicU64,
     compile_ns: AtomicU64,
+    /// Which lane its calls start in.
+    pub(super) lanes: super::guests::Lanes,
 }
 
 /// An add-on's CPU totals since the host started.
@@ -56,6 +58,7 @@ impl Account {
             cpu_ns: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             compile_ns: AtomicU64::new(0),
+            lanes: Default::default(),
         })
     }
 

@@ -23,23 +23,23 @@ use super::CallFailure;
 /// call needs, and short enough that a spinning one holds a host worker for two polls only.
 const FAST_LANE: Duration = Duration::from_millis(5);
 
-/// Niceness of the slow lane's threads.
-const SLOW_LANE_NICE: i32 = 10;
-
 pub(super) struct Guests {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Guests {
-    pub(super) fn start() -> anyhow::Result<Guests> {
+    /// `nice`: the slow lane's threads' niceness; `None` for `SCHED_IDLE`.
+    pub(super) fn start(nice: Option<i32>) -> anyhow::Result<Guests> {
+        let priority = nice.map_or(super::compile::Priority::Idle, super::compile::Priority::Nice);
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("guest")
-            // Below the threads serving requests: a long call takes the cores from short ones
-            // only when they leave them free (see `cpu` for fairness among calls).
-            .on_thread_start(|| {
-                super::compile::lower_priority(super::compile::Priority::Nice(SLOW_LANE_NICE));
+            // Below the threads serving requests: by default a long call runs on the time
+            // short ones leave free (`server.slow_lane_nice`; see `cpu` for fairness among
+            // long calls).
+            .on_thread_start(move || {
+                super::compile::lower_priority(priority);
                 super::cpu::gate_this_thread();
             })
             .event_interval(1)
@@ -49,23 +49,42 @@ impl Guests {
     }
 
     /// Run one call: in the caller's task at first, then in the slow lane if it outlasts
-    /// [`FAST_LANE`]. Dropping the returned future (a client gone, a request budget spent)
-    /// cancels the call at its next yield, in either lane.
+    /// [`FAST_LANE`]. An add-on whose recent calls mostly outlasted it (`long` counts them,
+    /// see [`Lanes`]) starts in the slow lane, so that its spinning calls do not hold a
+    /// request worker for their first milliseconds either. Dropping the returned future (a
+    /// client gone, a request budget spent) cancels the call at its next yield, in either lane.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         call: impl Future<Output = Result<T, CallFailure>> + Send + 'static,
+        lanes: &Lanes,
     ) -> Result<T, CallFailure> {
         let mut call = Box::pin(call);
         let started = Instant::now();
-        let fast = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
-            Poll::Ready(outcome) => Poll::Ready(Some(outcome)),
-            // Polled again and still running: it is computing, not waiting. Move it.
-            Poll::Pending if started.elapsed() >= FAST_LANE => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        });
-        if let Some(outcome) = fast.await {
-            return outcome;
+        if !lanes.starts_slow() {
+            let fast = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+                Poll::Ready(outcome) => Poll::Ready(Some(outcome)),
+                // Polled again and still running: it is computing, not waiting. Move it.
+                Poll::Pending if started.elapsed() >= FAST_LANE => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            });
+            if let Some(outcome) = fast.await {
+                lanes.short();
+                return outcome;
+            }
         }
+        let outcome = self.slow(call).await;
+        if started.elapsed() >= FAST_LANE {
+            lanes.long();
+        } else {
+            lanes.short();
+        }
+        outcome
+    }
+
+    async fn slow<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = Result<T, CallFailure>> + Send + 'static,
+    ) -> Result<T, CallFailure> {
         let Some(runtime) = &self.runtime else {
             return Err(CallFailure::Host("the guest runtime is shut down".into()));
         };
@@ -86,6 +105,33 @@ impl Drop for Guests {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// Which lane an add-on's calls start in: a count of its recent calls that outlasted the
+/// fast lane, up on each such call and down on each short one (between 0 and
+/// [`Lanes::MAX`]); at [`Lanes::SLOW_FROM`] or more, its calls start in the slow lane.
+#[derive(Debug, Default)]
+pub(super) struct Lanes(std::sync::atomic::AtomicU32);
+
+impl Lanes {
+    const MAX: u32 = 8;
+    const SLOW_FROM: u32 = 4;
+
+    fn starts_slow(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) >= Self::SLOW_FROM
+    }
+
+    fn long(&self) {
+        let _ = self.0.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
+            Some((n + 1).min(Self::MAX))
+        });
+    }
+
+    fn short(&self) {
+        let _ = self.0.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
     }
 }
 

@@ -233,7 +233,7 @@ impl Runtime {
             slots: Arc::new(Semaphore::new(server.max_concurrent_calls as usize)),
             cache,
             info,
-            guests: Arc::new(guests::Guests::start()?),
+            guests: Arc::new(guests::Guests::start(server.slow_lane_nice)?),
             cores: cores.clone(),
             uploads: compile::Pool::uploads(machine_cores())?,
             spares: Arc::new(spares::Spares::new()),
@@ -340,7 +340,10 @@ impl Runtime {
                 Ok((outcome, dead.map(|store| (store, slot.finish()))))
             });
             let until = Instant::now() + deadline;
-            self.guests.run(cpu::Scheduled::new(call, self.cores.clone(), account, used.clone(), until)).await
+            let lanes = account.clone();
+            self.guests
+                .run(cpu::Scheduled::new(call, self.cores.clone(), account, used.clone(), until), &lanes.lanes)
+                .await
         };
         let (outcome, dead) = ran.unwrap_or_else(|failure| (Err(failure), None));
         self.make_spare(compiled, metered, env, dead);
@@ -373,9 +376,10 @@ impl Runtime {
                 let (compiled, env, account) = (compiled.clone(), env.clone(), env.cpu.clone());
                 let until = Instant::now() + Duration::from_millis(env.limits.deadline_ms);
                 let make = Box::pin(async move { Ok(spares::make(&compiled, metered, env, permit).await) });
-                cpu::Scheduled::new(make, cores, account, Arc::default(), until)
+                (cpu::Scheduled::new(make, cores, account.clone(), Arc::default(), until), account)
             };
-            let ready = guests.run(make).await.ok().flatten();
+            let (make, account) = make;
+            let ready = guests.run(make, &account.lanes).await.ok().flatten();
             spares.fill(&compiled, &env, ready);
         };
         // On the caller's worker, not a guest thread: it runs when this request next waits
