@@ -39,11 +39,6 @@ fn noisy_host() -> TestHost {
 fn noisy_host_queueing(queue: u32) -> TestHost {
     TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
         cfg.server.max_concurrent_calls = HOST_SLOTS;
-        // These tests check that each misbehaviour is answered with its own failure kind, so
-        // it must run while the healthy clients saturate the (debug) host: long calls share
-        // the cores by weight here. Under the default (`SCHED_IDLE`) they run only on time
-        // the healthy add-on leaves, and a hog is answered as out of time instead.
-        cfg.server.slow_lane_nice = Some(10);
         let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
         misbehave.limits.deadline_ms = NOISY_DEADLINE.as_millis() as u64;
         misbehave.limits.max_concurrent_calls = Some(NOISY_SHARE);

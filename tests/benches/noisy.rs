@@ -40,7 +40,7 @@ fn config(dir: &std::path::Path) -> HostConfig {
             data_dir: dir.join("data"),
             max_concurrent_calls: HOST_SLOTS,
             plugin_cores: std::env::var("BENCH_PLUGIN_CORES").ok().and_then(|n| n.parse().ok()),
-            slow_lane_nice: std::env::var("BENCH_SLOW_LANE_NICE").ok().and_then(|n| n.parse().ok()),
+            slow_lane_idle: std::env::var_os("BENCH_SLOW_LANE_IDLE").is_some(),
             // A real upload compiles: nothing comes from a cache.
             compile_cache: Some(std::path::PathBuf::new()),
             admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],

@@ -65,11 +65,13 @@ pub struct ServerConfig {
     /// cores). Calls hand their core on at every epoch tick, to the waiting call whose
     /// add-on used the least CPU lately for its `limits.cpu_weight`.
     pub plugin_cores: Option<usize>,
-    /// How the threads of calls past their first 5 ms (the slow lane) are scheduled: unset,
-    /// `SCHED_IDLE` (they run on time the request path leaves free: a neighbour's spinning
-    /// calls cost a healthy add-on nothing, but on a saturated host long calls make little
-    /// progress before their deadline); a niceness (0-19) shares the cores by weight instead.
-    pub slow_lane_nice: Option<i32>,
+    /// The niceness (0-19) of the threads of calls past their first 5 ms (the slow lane):
+    /// they share the cores with the request path by weight.
+    pub slow_lane_nice: i32,
+    /// Run the slow lane under `SCHED_IDLE` instead: only on time the request path leaves
+    /// free. A neighbour's spinning calls then cost a healthy add-on next to nothing, but on
+    /// a saturated host long calls make little progress before their deadline.
+    pub slow_lane_idle: bool,
     /// Admin API credentials. When empty, a token is generated at first start, printed once,
     /// and only its hash is kept.
     pub admins: Vec<AdminConfig>,
@@ -164,7 +166,8 @@ impl Default for ServerConfig {
             tier_above_kib: 1024,
             max_concurrent_calls: 64,
             plugin_cores: None,
-            slow_lane_nice: None,
+            slow_lane_nice: 10,
+            slow_lane_idle: false,
             compile_cache: None,
             admins: Vec::new(),
             max_plugin_bytes: 64 << 20,
@@ -433,7 +436,7 @@ impl HostConfig {
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");
         }
-        if self.server.slow_lane_nice.is_some_and(|n| !(0..=19).contains(&n)) {
+        if !(0..=19).contains(&self.server.slow_lane_nice) {
             bail!("server.slow_lane_nice must be between 0 and 19");
         }
         if self.server.plugin_cores == Some(0) {

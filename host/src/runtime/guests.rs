@@ -35,9 +35,8 @@ impl Guests {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("guest")
-            // Below the threads serving requests: by default a long call runs on the time
-            // short ones leave free (`server.slow_lane_nice`; see `cpu` for fairness among
-            // long calls).
+            // Below the threads serving requests (`server.slow_lane_nice`, or `SCHED_IDLE`
+            // with `slow_lane_idle`; see `cpu` for fairness among long calls).
             .on_thread_start(move || {
                 super::compile::lower_priority(priority);
                 super::cpu::gate_this_thread();

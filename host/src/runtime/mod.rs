@@ -233,7 +233,7 @@ impl Runtime {
             slots: Arc::new(Semaphore::new(server.max_concurrent_calls as usize)),
             cache,
             info,
-            guests: Arc::new(guests::Guests::start(server.slow_lane_nice)?),
+            guests: Arc::new(guests::Guests::start((!server.slow_lane_idle).then_some(server.slow_lane_nice))?),
             cores: cores.clone(),
             uploads: compile::Pool::uploads(machine_cores())?,
             spares: Arc::new(spares::Spares::new()),
