@@ -10,7 +10,8 @@
 //! For each phase it prints the healthy add-on's throughput, p50 and p99, and their ratios to
 //! the phase alone. Run with `cargo bench -p addon-host-tests --bench noisy`. `BENCH_SECS`
 //! (default 4) is the length of the timed phases; `BENCH_COMPILE=0` skips the compile phase
-//! (it builds the Python plugin with componentize-py first).
+//! (it builds the Python plugin with componentize-py first); `BENCH_SLOW_LANE_IDLE=1` sets
+//! `server.slow_lane_idle`, `BENCH_PLUGIN_CORES=N` `server.plugin_cores`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
