@@ -66,7 +66,9 @@ pub struct ServerConfig {
     /// add-on used the least CPU lately for its `limits.cpu_weight`.
     pub plugin_cores: Option<usize>,
     /// The niceness (0-19) of the threads of calls past their first 5 ms (the slow lane):
-    /// they share the cores with the request path by weight.
+    /// they share the cores with the request path by weight. 0 by default: on a busy
+    /// 2-core host, 10 already made legitimate long calls (JS and Python calls, big replies)
+    /// miss their deadline.
     pub slow_lane_nice: i32,
     /// Run the slow lane under `SCHED_IDLE` instead: only on time the request path leaves
     /// free. A neighbour's spinning calls then cost a healthy add-on next to nothing, but on
@@ -166,7 +168,7 @@ impl Default for ServerConfig {
             tier_above_kib: 1024,
             max_concurrent_calls: 64,
             plugin_cores: None,
-            slow_lane_nice: 10,
+            slow_lane_nice: 0,
             slow_lane_idle: false,
             compile_cache: None,
             admins: Vec::new(),
