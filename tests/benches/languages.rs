@@ -54,19 +54,6 @@ fn config(dir: &std::path::Path, plugin: &str, memory_mib: u64, cache: bool) -> 
     cfg
 }
 
-/// Append a custom section: a new version with the same code.
-fn variant(base: &[u8]) -> Vec<u8> {
-    let mut out = base.to_vec();
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut section = vec![5u8];
-    section.extend_from_slice(b"bench");
-    section.extend_from_slice(&(nonce as u64).to_le_bytes());
-    out.push(0);
-    out.push(section.len() as u8);
-    out.extend_from_slice(&section);
-    out
-}
-
 struct Row {
     name: &'static str,
     size: usize,
@@ -138,7 +125,7 @@ fn measure(rt: &tokio::runtime::Runtime, name: &'static str, plugin: &str, calls
         let addon = service.addon("myaddon")?;
         let mut serving = Vec::new();
         let mut optimised_after = Vec::new();
-        for (n, upload) in [bytes.clone(), variant(&bytes)].into_iter().enumerate() {
+        for (n, upload) in [bytes.clone(), common::variant(&bytes)].into_iter().enumerate() {
             let started = Instant::now();
             service.upload(&addon, upload, "bench", true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             provision(&router, &format!("first-{n}")).await?;

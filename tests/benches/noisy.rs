@@ -23,6 +23,9 @@ use addon_host::error::ServiceError;
 use addon_host::service::{Caller, Platform, Provision, Service, Target};
 use addon_host_tests::languages::{self, Lang};
 
+#[allow(dead_code, reason = "shared with the other benchmarks")]
+mod common;
+
 const HEALTHY_CLIENTS: usize = 4;
 const HOST_SLOTS: u32 = 16;
 const NOISY_SHARE: u32 = 4;
@@ -222,19 +225,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// A new version of `plugin` (a custom section that changes its sha256), so nothing about it
-/// is cached.
-fn fresh(mut plugin: Vec<u8>) -> Vec<u8> {
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut section = vec![5u8];
-    section.extend_from_slice(b"noisy");
-    section.extend_from_slice(&(nonce as u64).to_le_bytes());
-    plugin.push(0);
-    plugin.push(section.len() as u8);
-    plugin.extend_from_slice(&section);
-    plugin
-}
-
 fn main() -> anyhow::Result<()> {
     let secs = Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4));
     let compile = std::env::var("BENCH_COMPILE").map_or(true, |v| v != "0");
@@ -253,7 +243,7 @@ fn main() -> anyhow::Result<()> {
         let (spin, spin_noise) = next_to(&service, "spin", &["loop"], secs).await?;
         let (mixed, mixed_noise) = next_to(&service, "mixed", &MIXED, secs).await?;
         let compiled = match python {
-            Some(plugin) => Some(next_to_compiles(&service, fresh(plugin)).await?),
+            Some(plugin) => Some(next_to_compiles(&service, common::variant(&plugin)).await?),
             None => None,
         };
 

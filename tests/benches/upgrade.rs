@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use addon_host::service::Service;
 use wasmtime::component::Component;
 
+#[allow(dead_code, reason = "shared with the other benchmarks")]
 mod common;
 
 const ROUNDS: u32 = 8;
