@@ -279,7 +279,7 @@ async fn rotate_api_token(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ServiceError> {
     let (_, resource) = path_params(path)?;
-    crate::http::check_resource_id("resource_id", &resource)?;
+    crate::service::check_resource_id("resource_id", &resource)?;
     let token = service.rotate_api_token(&addon, &resource).await?;
     tracing::info!(addon = addon.id(), resource, by = who, "build API token rotated");
     let var = addon.config.web.token_var(addon.id());

@@ -17,7 +17,7 @@ use crate::service::Service;
 
 pub fn app(service: Arc<Service>) -> Router {
     // Jobs run while the host serves (once per service, on the runtime serving it).
-    crate::jobs::runner::start(&service);
+    crate::jobs::start(&service);
     crate::service::follow(&service);
     let max_plugin = service.max_plugin_bytes();
     let max_body = service.addons().map(|a| a.config.limits.max_body_bytes).max().unwrap_or(64 * 1024);

@@ -5,6 +5,11 @@
 //! stores state ([`storage`]), and hands the add-on's own logic to its plugin through the
 //! [`runtime`]. The add-on's own pages and build API ([`web`]) take the same path to the
 //! plugin's HTTP handler.
+//!
+//! Arrows point down only, and a test holds the code to it (`layers.rs`): utilities
+//! (`clock`, `blocking`, `logs`) → [`config`] → [`storage`] → `versions` → [`runtime`] →
+//! [`metrics`] → [`jobs`] → [`error`] → [`service`] → `http` → `pages` → `web` → the adapters
+//! → `admin` → [`app`] → [`conformance`] → `watch` → [`cli`], each using only those before it.
 
 pub(crate) mod admin;
 pub mod app;
@@ -17,6 +22,8 @@ pub mod conformance;
 pub mod error;
 pub(crate) mod http;
 pub mod jobs;
+#[cfg(test)]
+mod layers;
 mod logs;
 pub mod metrics;
 pub(crate) mod pages;

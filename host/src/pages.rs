@@ -5,7 +5,11 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::service::Record;
+use crate::config::AddonConfig;
+use crate::service::{Platform, Record};
+
+/// Bitrise's Beam navigation header, which its dashboards carry.
+const BEAM_SCRIPT: &str = "https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js";
 
 /// Escape text for XHTML content and attribute values.
 pub(crate) fn xml_escape(s: &str) -> String {
@@ -140,4 +144,48 @@ pub(crate) fn html(page: String) -> Response {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The host's own dashboard for `record`, as its platform's SSO shows it (for plugins
+/// without a page of their own).
+pub(crate) fn dashboard(addon: &AddonConfig, record: &Record) -> String {
+    match Platform::from_name(&record.platform) {
+        Platform::Bitrise => bitrise_dashboard(addon, record, None, None),
+        Platform::Xervo => xervo_dashboard(addon, record),
+    }
+}
+
+/// The host's own dashboard for a Bitrise app, with Beam: for plugins without a page of
+/// their own. `title` is the app's name Bitrise sent with the login, if any.
+pub(crate) fn bitrise_dashboard(
+    addon: &AddonConfig,
+    record: &Record,
+    title: Option<&str>,
+    build_slug: Option<&str>,
+) -> String {
+    let docs = addon.docs_url();
+    let title =
+        title.map(str::to_owned).or_else(|| record.app_title.clone()).unwrap_or_else(|| record.resource_id.clone());
+    let beam_init = format!(
+        "Beam.init({{ app_slug: {}, app_name: {}, addon_documentation: {} }});",
+        js_string(&record.resource_id),
+        js_string(&title),
+        js_string(docs.unwrap_or("")),
+    );
+    let head = format!(
+        "<script src=\"{BEAM_SCRIPT}\"></script>\n<script>\n//<![CDATA[\ndocument.addEventListener(\"DOMContentLoaded\", function () {{\n  if (window.Beam) {{ {beam_init} }}\n}});\n//]]>\n</script>"
+    );
+    let note = build_slug
+        .filter(|b| !b.is_empty())
+        .map(|b| format!("<p>Opened from build <code>{}</code>.</p>", xml_escape(b)))
+        .unwrap_or_default();
+    Dashboard { name: addon.display_name(), docs_url: docs, title: &title, record, head, note }.render()
+}
+
+/// The host's own dashboard for a Xervo resource: for plugins without a page of their own.
+pub(crate) fn xervo_dashboard(addon: &AddonConfig, record: &Record) -> String {
+    let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
+    let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
+    let (name, docs_url) = (addon.display_name(), addon.docs_url());
+    Dashboard { name, docs_url, title: &title, record, head: String::new(), note }.render()
 }

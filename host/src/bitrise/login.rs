@@ -14,13 +14,11 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::Offered;
-use crate::config::AddonConfig;
 use crate::error::ServiceError;
-use crate::http::{FormBody, check_resource_id, query};
-use crate::pages::{Dashboard, js_string, xml_escape};
+use crate::http::{FormBody, query};
+use crate::pages;
+use crate::service::check_resource_id;
 use crate::service::{Platform, Record, Service};
-
-const BEAM_SCRIPT: &str = "https://unpkg.com/@bitrise/beam@latest/dist/beam.min.js";
 
 #[derive(Debug, Deserialize)]
 pub(super) struct LoginForm {
@@ -53,28 +51,6 @@ pub(super) async fn login(
         .filter(Record::is_active)
         .ok_or_else(|| ServiceError::NotFound(format!("app `{}` has not provisioned `{id}`", form.app_slug)))?;
     let title = login_query.app_title.as_deref();
-    let page = || page(&addon.config, &record, title, login_query.build_slug.as_deref());
+    let page = || pages::bitrise_dashboard(&addon.config, &record, title, login_query.build_slug.as_deref());
     crate::web::open(&service, &addon, &record, None, &headers, page).await
-}
-
-/// The host's own dashboard for a Bitrise app, with Beam: for plugins without a page of
-/// their own. `title` is the app's name Bitrise sent with the login, if any.
-pub(crate) fn page(addon: &AddonConfig, record: &Record, title: Option<&str>, build_slug: Option<&str>) -> String {
-    let docs = addon.docs_url();
-    let title =
-        title.map(str::to_owned).or_else(|| record.app_title.clone()).unwrap_or_else(|| record.resource_id.clone());
-    let beam_init = format!(
-        "Beam.init({{ app_slug: {}, app_name: {}, addon_documentation: {} }});",
-        js_string(&record.resource_id),
-        js_string(&title),
-        js_string(docs.unwrap_or("")),
-    );
-    let head = format!(
-        "<script src=\"{BEAM_SCRIPT}\"></script>\n<script>\n//<![CDATA[\ndocument.addEventListener(\"DOMContentLoaded\", function () {{\n  if (window.Beam) {{ {beam_init} }}\n}});\n//]]>\n</script>"
-    );
-    let note = build_slug
-        .filter(|b| !b.is_empty())
-        .map(|b| format!("<p>Opened from build <code>{}</code>.</p>", xml_escape(b)))
-        .unwrap_or_default();
-    Dashboard { name: addon.display_name(), docs_url: docs, title: &title, record, head, note }.render()
 }

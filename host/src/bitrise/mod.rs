@@ -17,10 +17,10 @@ use axum::{Json, Router, routing};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
-use crate::http::{JsonBody, PathAddon, PathResource, check_resource_id};
+use crate::http::{JsonBody, PathAddon, PathResource};
+use crate::service::check_resource_id;
 use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Service, Target, auth};
 use login::login;
-pub(crate) use login::page as dashboard_page;
 
 pub(crate) fn routes() -> Router<Arc<Service>> {
     Router::new()

@@ -15,6 +15,7 @@ mod deploys;
 mod jobs;
 mod limits;
 mod origin;
+mod outbound;
 mod page;
 mod storage;
 mod web;
@@ -23,8 +24,9 @@ pub use deploys::DeployLimits;
 pub use jobs::JobsConfig;
 pub use limits::Limits;
 pub use origin::WebOrigin;
+pub use outbound::{Allowed, Origins};
 pub use page::PageConfig;
-pub use storage::StorageConfig;
+pub use storage::{StorageConfig, SyncMode};
 pub use web::WebConfig;
 pub use xervo::{XervoConfig, XervoSettings};
 
@@ -537,8 +539,7 @@ impl HostConfig {
                 None => None,
             };
             addon.web.validate(&at, &addon.id, xervo_vars.as_deref())?;
-            crate::runtime::Origins::parse(&addon.allowed_outbound)
-                .map_err(|e| anyhow::anyhow!("{at}: `allowed_outbound`: {e}"))?;
+            Origins::parse(&addon.allowed_outbound).map_err(|e| anyhow::anyhow!("{at}: `allowed_outbound`: {e}"))?;
             if l.memory_mib > 4096 {
                 bail!("{at}: `limits.memory_mib` must be at most 4096 (32-bit linear memory)");
             }

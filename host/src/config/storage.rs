@@ -22,7 +22,19 @@ pub struct StorageConfig {
     /// sled only: how a commit is made durable in the write-ahead log. `range` (the default,
     /// as sled's own flush: `sync_file_range`) or `data` (`fdatasync`, which also empties a
     /// disk's volatile write cache, so a power cut cannot lose an acknowledged commit).
-    pub sync: crate::storage::SyncMode,
+    pub sync: SyncMode,
+}
+
+/// How a commit to sled's write-ahead log is made durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// `sync_file_range`: the written range reaches the device, as sled's own flush does.
+    #[default]
+    Range,
+    /// `fdatasync`: also flushes the device's volatile write cache (survives a power cut on
+    /// disks that have one), at about twice the cost on the development VM.
+    Data,
 }
 
 impl Default for StorageConfig {
@@ -32,7 +44,7 @@ impl Default for StorageConfig {
             pool_size: 16,
             connect_timeout_ms: 5_000,
             ca_file: None,
-            sync: crate::storage::SyncMode::default(),
+            sync: SyncMode::default(),
         }
     }
 }
@@ -48,7 +60,6 @@ impl std::fmt::Debug for StorageConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::SyncMode;
 
     #[test]
     fn sync_is_range_by_default_and_names_its_modes() {

@@ -12,9 +12,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 
-use super::{HasService, check_resource_id};
+use super::HasService;
 use crate::error::ServiceError;
 use crate::service::Addon;
+use crate::service::check_resource_id;
 
 /// Typed path parameters, or a 400 naming what is wrong with the path.
 pub(crate) fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ServiceError> {

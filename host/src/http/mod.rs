@@ -17,7 +17,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::error::ServiceError;
 use crate::service::Service;
 pub(crate) use extract::{FormBody, JsonBody, PathAddon, PathResource, RawBody, content_type, path_params, query};
 
@@ -30,22 +29,6 @@ impl HasService for Arc<Service> {
     fn service(&self) -> &Arc<Service> {
         self
     }
-}
-
-/// A resource id or app slug from a URL or body: 1-128 URL-safe characters.
-pub(crate) fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(ServiceError::BadRequest(format!("`{field}` must be 1-128 characters long")));
-    }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(ServiceError::BadRequest(format!(
-            "`{field}` may contain only letters, digits, '-', '_' and '.'; found {c:?}"
-        )));
-    }
-    if id == "." || id == ".." {
-        return Err(ServiceError::BadRequest(format!("`{field}` must not be `{id}`")));
-    }
-    Ok(())
 }
 
 pub(crate) async fn not_found() -> Response {

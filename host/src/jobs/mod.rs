@@ -3,13 +3,13 @@
 //!
 //! A call's enqueued jobs are committed in the same atomic batch as its key-value writes and
 //! record (`storage::JobWrites`), so a job exists only if its call succeeded and was
-//! acknowledged, and it survives restarts and crashes. The [`runner`] runs each job in a
-//! sandboxed `run-job` call of its own with the add-on's `[addon.jobs]` deadline, retries
+//! acknowledged, and it survives restarts and crashes. The [`queue`] starts each job when
+//! due; the service runs it in a sandboxed `run-job` call of its own with the add-on's `[addon.jobs]` deadline, retries
 //! failures with exponential backoff and jitter, and marks a job dead (the dead-letter list)
 //! when it fails for good or runs out of attempts. Operators list, retry and drop jobs through
 //! the admin API (`admin::jobs`) and `addon-host jobs`.
 
-pub mod runner;
+pub mod queue;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::runtime::NewJob;
 use crate::storage::JobWrites;
 
-pub use runner::Queue;
+pub use queue::{Queue, Runner, start};
 
 /// A job as stored in the add-on's tree.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

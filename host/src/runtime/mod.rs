@@ -47,7 +47,7 @@ use wasmtime::component::Instance;
 pub use engine::EngineInfo;
 pub use failure::CallFailure;
 pub use jobs::{NewJob, new_id as new_job_id};
-pub use outbound::{Origins, is_public};
+pub use outbound::is_public;
 pub use slots::{Share, Slot, SlotRefused};
 pub use state::AddonEnv;
 pub use web::{WebRequest, WebResponse};

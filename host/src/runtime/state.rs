@@ -14,9 +14,10 @@ use super::bindings::addon::provider::{config, env, http, jobs, kv, log, types};
 use super::imports::{AddonView, GuestLog};
 use super::jobs::CallJobs;
 use super::kv::{KvCall, KvView};
-use super::outbound::{CallHttp, Origins};
+use super::outbound::CallHttp;
 use super::output::CappedOutput;
 use crate::config::Limits;
+use crate::config::Origins;
 
 /// What the host knows about an add-on that its plugin may see.
 #[derive(Debug, Clone)]

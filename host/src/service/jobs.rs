@@ -13,6 +13,21 @@ use crate::jobs::{self, StoredJob};
 use crate::runtime::{CallCpu, Completed, Export, Job, JobError, Returned};
 use crate::storage::{KvQuota, KvTxn, StorageError};
 
+impl jobs::Runner for Service {
+    fn queue(&self) -> &Arc<jobs::Queue> {
+        self.jobs()
+    }
+
+    fn limits(&self, addon: &str) -> Option<(usize, u32)> {
+        let jobs = &self.addon(addon).ok()?.config.jobs;
+        Some((jobs.max_concurrent as usize, jobs.max_starts_per_second))
+    }
+
+    async fn run_job(self: Arc<Self>, addon: String, id: String) {
+        self.run_due_job(&addon, &id).await
+    }
+}
+
 /// What a run came to.
 enum Ran {
     Done(Completed),
@@ -35,8 +50,8 @@ impl Service {
         Ok(queued)
     }
 
-    /// Run one job (called by the queue when it is due), and tell the queue when it is over.
-    pub(crate) async fn run_job(self: &Arc<Self>, addon_id: &str, id: &str) {
+    /// Run one job (when the queue says it is due), and tell the queue when it is over.
+    async fn run_due_job(self: &Arc<Self>, addon_id: &str, id: &str) {
         if let Ok(addon) = self.addon(addon_id)
             && let Err(e) = self.run_stored_job(&addon, id).await
         {

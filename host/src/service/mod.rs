@@ -43,7 +43,7 @@ use crate::storage::{AddonStore, KvQuota, KvTxn, Storage, StorageError};
 use crate::versions::Registry;
 pub use addon::Addon;
 pub use record::{Record, Status};
-pub use request::{Budget, Caller, ConfigRules, NoRules, Platform, Provision, Target};
+pub use request::{Budget, Caller, ConfigRules, NoRules, Platform, Provision, Target, check_resource_id};
 pub use shared::follow;
 pub use upgrade::{Deleted, Uploaded, VersionInfo};
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::error::ServiceError;
 use crate::runtime;
 
 /// The platform a request comes from. A resource remembers the platform that created it.
@@ -145,4 +146,21 @@ impl Provision {
             options: self.options.clone(),
         }
     }
+}
+
+/// The rule for a resource id or app slug, wherever it comes from (a URL, a body, a token):
+/// 1-128 URL-safe characters, never `.` or `..`.
+pub fn check_resource_id(field: &str, id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ServiceError::BadRequest(format!("`{field}` must be 1-128 characters long")));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(ServiceError::BadRequest(format!(
+            "`{field}` may contain only letters, digits, '-', '_' and '.'; found {c:?}"
+        )));
+    }
+    if id == "." || id == ".." {
+        return Err(ServiceError::BadRequest(format!("`{field}` must not be `{id}`")));
+    }
+    Ok(())
 }

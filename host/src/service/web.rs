@@ -109,7 +109,7 @@ impl Service {
             .and_then(|t| t.strip_prefix('.'))
             .and_then(|t| t.rsplit_once('.'))
             .map(|(resource, _)| resource)
-            .filter(|r| crate::http::check_resource_id("token", r).is_ok())
+            .filter(|r| super::check_resource_id("token", r).is_ok())
             .ok_or_else(refused)?;
         let record = stored(addon, resource).await?.filter(Record::is_active).ok_or_else(refused)?;
         let expected = record.api_token.as_ref().ok_or_else(refused)?;

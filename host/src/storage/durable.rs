@@ -339,8 +339,9 @@ fn report(beats: &Beats) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::wal::{SyncMode, Wal};
+    use super::super::wal::Wal;
     use super::*;
+    use crate::config::SyncMode;
 
     fn open(dir: &std::path::Path) -> (sled::Db, sled::Tree, Arc<Durability>) {
         let db = sled::Config::new().path(dir.join("db")).open().expect("sled opens");

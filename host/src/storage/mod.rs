@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::SyncMode;
 use backend::Backend;
 pub use backend::Held;
 pub(crate) use backend::{Batch, Reader};
@@ -37,7 +38,6 @@ pub use durable::{CommitStats, Stall, Unsynced};
 pub(crate) use files::Files;
 pub use jobs::JobWrites;
 pub use postgres::RESYNC;
-pub use wal::SyncMode;
 
 const RECORD: &[u8] = b"r/";
 const KV: &[u8] = b"k/";

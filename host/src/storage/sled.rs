@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use super::backend::{Backend, LockFuture, Reader, Stage};
 use super::durable::{Durability, Unsynced};
-use super::wal::{META, SyncMode, Wal};
+use super::wal::{META, Wal};
 use super::{CommitStats, Result};
+use crate::config::SyncMode;
 
 /// A space's tree and the lock its commits take.
 type SpaceOf = (sled::Tree, Arc<CommitLock>);

@@ -30,8 +30,8 @@ use axum::{Router, routing};
 use bytes::Bytes;
 
 use crate::error::ServiceError;
-use crate::pages::{html, xml_escape};
-use crate::service::{Addon, Platform, Record, Service};
+use crate::pages::{self, html, xml_escape};
+use crate::service::{Addon, Record, Service};
 use forward::{Identity, Surface};
 use session::{NoSession, Scope, Session};
 
@@ -138,14 +138,6 @@ fn is_https(headers: &HeaderMap) -> bool {
         || header("forwarded").is_some_and(|f| f.contains("proto=https"))
 }
 
-/// The host's own page for `record`, as its platform's SSO shows it.
-fn builtin(addon: &Addon, record: &Record) -> String {
-    match Platform::from_name(&record.platform) {
-        Platform::Bitrise => crate::bitrise::dashboard_page(&addon.config, record, None, None),
-        Platform::Xervo => crate::xervo::dashboard_page(&addon.config, record),
-    }
-}
-
 /// A small page for a browser without a usable session: what happened and what to do.
 fn signed_out(addon: &Addon, why: NoSession) -> Response {
     let page = format!(
@@ -190,7 +182,7 @@ async fn dashboard(
     if let (Scope::Origin { .. }, Some(link)) = (scope, handover::link(parts.uri.query())) {
         match handover::claim(service, &addon, &link).await? {
             Ok((record, email)) => {
-                let page = || builtin(&addon, &record);
+                let page = || pages::dashboard(&addon.config, &record);
                 return land(service, &addon, &record, email, &parts.headers, scope, page).await;
             }
             // A used or stale link (a reload, a shared URL): the browser's own session, if any.
@@ -209,7 +201,7 @@ async fn dashboard(
     let root = path == "/dashboard/" || path == "/dashboard";
     if !record.is_active() || !addon.plugin().serves_http {
         return Ok(match (parts.method == Method::GET || parts.method == Method::HEAD, root) {
-            (true, true) => html(builtin(&addon, &record)),
+            (true, true) => html(pages::dashboard(&addon.config, &record)),
             _ => ServiceError::NotFound(format!("no page `{path}`")).into_response(),
         });
     }

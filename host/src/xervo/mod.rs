@@ -6,7 +6,6 @@
 pub(crate) mod manifest;
 mod rules;
 mod sso;
-pub(crate) use sso::page as dashboard_page;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,7 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ServiceError;
-use crate::http::{HasService, JsonBody, PathAddon, PathResource, check_resource_id};
+use crate::http::{HasService, JsonBody, PathAddon, PathResource};
+use crate::service::check_resource_id;
 use crate::service::{Addon, Caller, Deprovisioned, Platform, Provision, Record, Service, Target, auth};
 use manifest::XervoSettings;
 use rules::XervoRules;

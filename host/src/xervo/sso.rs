@@ -19,11 +19,11 @@ use sha2::{Digest, Sha256};
 
 use super::{Offered, Scalar, Xervo, XervoResult};
 use crate::clock;
-use crate::config::AddonConfig;
 use crate::error::ServiceError;
-use crate::http::{RawBody, check_resource_id, content_type};
-use crate::pages::{Dashboard, xml_escape};
-use crate::service::{Platform, Record, auth};
+use crate::http::{RawBody, content_type};
+use crate::pages;
+use crate::service::check_resource_id;
+use crate::service::{Platform, auth};
 
 /// How long a dashboard ticket stays valid.
 const TICKET_SECS: i64 = 300;
@@ -159,13 +159,6 @@ pub(super) async fn dashboard(
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no resource `{id}`")))?;
     let email = Some(email).filter(|e| !e.is_empty());
-    Ok(crate::web::open(service, &addon, &record, email, &headers, || page(&addon.config, &record)).await?)
-}
-
-/// The host's own dashboard for a Xervo resource: for plugins without a page of their own.
-pub(crate) fn page(addon: &AddonConfig, record: &Record) -> String {
-    let title = record.app_title.clone().unwrap_or_else(|| record.app_id.clone());
-    let note = format!("<p>App <code>{}</code> on Xervo.</p>", xml_escape(&record.app_id));
-    let (name, docs_url) = (addon.display_name(), addon.docs_url());
-    Dashboard { name, docs_url, title: &title, record, head: String::new(), note }.render()
+    Ok(crate::web::open(service, &addon, &record, email, &headers, || pages::xervo_dashboard(&addon.config, &record))
+        .await?)
 }

@@ -41,6 +41,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::{Result, StorageError};
+use crate::config::SyncMode;
 use entry::{HEADER, encode, header, parse};
 use grow::Grower;
 use recovery::{apply, replay};
@@ -49,18 +50,6 @@ use recovery::{apply, replay};
 const ROTATE_AT: u64 = 32 << 20;
 /// The start of the keys the log keeps in every space (hidden from scans).
 pub(super) const META: &[u8] = b"\xff\xffwal-";
-
-/// How a write to the log is made durable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncMode {
-    /// `sync_file_range`: the written range reaches the device, as sled's own flush does.
-    #[default]
-    Range,
-    /// `fdatasync`: also flushes the device's volatile write cache (survives a power cut on
-    /// disks that have one), at about twice the cost on the development VM.
-    Data,
-}
 
 pub(super) struct Wal {
     pending: Mutex<Pending>,

@@ -2,16 +2,28 @@
 //! and the loop that starts due jobs, at most `[addon.jobs] max_concurrent` per add-on at a
 //! time and `max_starts_per_second` (a token bucket), so one add-on's backlog never holds
 //! another's jobs back. Running a job is the
-//! service's work (`Service::run_job`); the queue only says which and when.
+//! service's work: the queue owns the [`Runner`] trait, which the service implements, so the
+//! queue only says which and when and knows nothing above it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::clock;
-use crate::service::Service;
+
+/// What the queue's loop needs from whoever runs the jobs (the service).
+pub trait Runner: Send + Sync + 'static {
+    /// The queue this runner's jobs are pushed to.
+    fn queue(&self) -> &Arc<Queue>;
+    /// Add-on `addon`'s job limits: jobs running at once and starts per second; `None` for
+    /// an add-on no longer hosted (its jobs wait).
+    fn limits(&self, addon: &str) -> Option<(usize, u32)>;
+    /// Run add-on `addon`'s job `id`, and call [`Queue::finished`] when it is over.
+    fn run_job(self: Arc<Self>, addon: String, id: String) -> impl Future<Output = ()> + Send + 'static;
+}
 
 /// Due jobs by time, and the jobs running now.
 #[derive(Default)]
@@ -124,10 +136,10 @@ impl Queue {
     }
 }
 
-/// Start the loop that runs `service`'s jobs, once, on the current tokio runtime. It ends
-/// when the service is dropped.
-pub fn start(service: &Arc<Service>) {
-    let queue = service.jobs().clone();
+/// Start the loop that runs `runner`'s jobs, once, on the current tokio runtime. It ends
+/// when the runner is dropped.
+pub fn start<R: Runner>(runner: &Arc<R>) {
+    let queue = runner.queue().clone();
     if queue.started.swap(true, Ordering::SeqCst) {
         return;
     }
@@ -136,22 +148,18 @@ pub fn start(service: &Arc<Service>) {
         tracing::warn!("no async runtime: jobs will not run");
         return;
     };
-    handle.spawn(run(Arc::downgrade(service), queue));
+    handle.spawn(run(Arc::downgrade(runner), queue));
 }
 
-async fn run(service: Weak<Service>, queue: Arc<Queue>) {
+async fn run<R: Runner>(runner: Weak<R>, queue: Arc<Queue>) {
     loop {
-        let Some(live) = service.upgrade() else { return };
-        let (ready, next) = queue.take_due(clock::now_ms(), |addon| match live.addon(addon) {
-            Ok(a) => Limits {
-                concurrent: a.config.jobs.max_concurrent as usize,
-                per_second: a.config.jobs.max_starts_per_second,
-            },
-            Err(_) => Limits { concurrent: 0, per_second: 1 },
+        let Some(live) = runner.upgrade() else { return };
+        let (ready, next) = queue.take_due(clock::now_ms(), |addon| match live.limits(addon) {
+            Some((concurrent, per_second)) => Limits { concurrent, per_second },
+            None => Limits { concurrent: 0, per_second: 1 },
         });
         for (addon, id) in ready {
-            let live = live.clone();
-            tokio::spawn(async move { live.run_job(&addon, &id).await });
+            tokio::spawn(live.clone().run_job(addon, id));
         }
         drop(live);
         let wait = next.map_or(IDLE, |ms| Duration::from_millis(ms).min(IDLE));
