@@ -17,8 +17,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use serde::Deserialize;
@@ -51,15 +51,8 @@ pub(crate) fn routes(max_plugin_bytes: usize) -> Router<Arc<Service>> {
 struct Admin;
 
 fn bearer(parts: &Parts) -> Result<&str, ServiceError> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ServiceError::Unauthorized("missing `Authorization: Bearer <admin token>`".into()))?;
-    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-        ServiceError::Unauthorized("the admin API takes `Authorization: Bearer <admin token>`".into())
-    })?;
-    Ok(token.trim())
+    crate::http::bearer_token(&parts.headers)
+        .ok_or_else(|| ServiceError::Unauthorized("the admin API takes `Authorization: Bearer <admin token>`".into()))
 }
 
 impl FromRequestParts<Arc<Service>> for Admin {

@@ -46,9 +46,9 @@ pub enum ServiceError {
     #[error("{message}{}", docs_url.as_ref().map(|u| format!(" See {u}")).unwrap_or_default())]
     Unavailable { addon: String, call: &'static str, message: String, docs_url: Option<String> },
     #[error("add-on `{addon}` failed in {call}: {message}")]
-    PluginError { addon: String, call: &'static str, version: String, message: String },
-    #[error("add-on `{addon}` plugin (version {version}) {failure} in {call}")]
-    CallFailed { addon: String, call: &'static str, version: String, failure: CallFailure },
+    PluginError { addon: String, call: &'static str, short_version: String, message: String },
+    #[error("add-on `{addon}` plugin (version {short_version}) {failure} in {call}")]
+    CallFailed { addon: String, call: &'static str, short_version: String, failure: CallFailure },
     /// The request could not be served now; the platform should retry shortly.
     #[error("add-on `{addon}` is busy: {reason}; retry shortly")]
     Busy { addon: String, reason: &'static str },

@@ -128,7 +128,7 @@ impl Registry {
         now_ms: u64,
     ) -> Result<VersionMeta> {
         let stored = self.put_within(addon, sha256, bytes, uploaded_by, now_ms, None)?;
-        stored.map_err(|full| crate::storage::StorageError::Database(format!("unexpected quota: {full:?}")))
+        stored.map_err(|full| crate::storage::StorageError::Internal(format!("unexpected quota: {full:?}")))
     }
 
     /// [`Registry::put`] within `quota`, checked under the same commit (so concurrent
@@ -187,7 +187,7 @@ impl Registry {
         }
         stored
             .map(Ok)
-            .ok_or_else(|| crate::storage::StorageError::Database("a version was stored without its entry".into()))
+            .ok_or_else(|| crate::storage::StorageError::Internal("a version was stored without its entry".into()))
     }
 
     /// Delete a stored version: its entry and its bytes. The version that was stored, if any.

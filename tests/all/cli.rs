@@ -224,8 +224,10 @@ async fn a_new_project_builds_tests_and_serves() {
     assert!(test.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&test.stderr));
 
     let config = project.join("addon-host.toml");
+    // As the scaffold's README says: no --config, `./addon-host.toml` is read as `serve` does
+    // (without it the plugin's config is missing and the first provision fails).
     let kit = Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
-        .args(["test", "target/wasm32-wasip2/release/hello.wasm", "--config", "addon-host.toml"])
+        .args(["test", "target/wasm32-wasip2/release/hello.wasm"])
         .current_dir(&project)
         .output()
         .await

@@ -411,7 +411,7 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
     };
     assert_eq!(done, "1", "the other host ran it once");
     let server = addon_host::config::ServerConfig {
-        storage: addon_host::config::StorageConfig { postgres: Some(database), ..Default::default() },
+        storage: addon_host::config::StorageConfig { postgres: Some(database.into()), ..Default::default() },
         ..Default::default()
     };
     let storage = addon_host::storage::Storage::open_config(&server).unwrap();

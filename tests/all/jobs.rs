@@ -133,7 +133,7 @@ async fn one_add_ons_backlog_does_not_hold_back_anothers_jobs() {
         cfg.addons.push(jobs_addon());
         let mut other = jobs_addon();
         other.id = "jobs-b".into();
-        other.bitrise.as_mut().unwrap().shared_token = format!("b-{JOBS_TOKEN}");
+        other.bitrise.as_mut().unwrap().shared_token = format!("b-{JOBS_TOKEN}").into();
         cfg.addons.push(other);
     });
     for i in 0..40 {

@@ -99,7 +99,10 @@ pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
         server: ServerConfig {
             data_dir: data_dir.to_path_buf(),
             // On PostgreSQL (ADDON_TEST_STORAGE=postgres) each test host has its own database.
-            storage: StorageConfig { postgres: addon_host_tests::postgres::url_for(data_dir), ..Default::default() },
+            storage: StorageConfig {
+                postgres: addon_host_tests::postgres::url_for(data_dir).map(Into::into),
+                ..Default::default()
+            },
             // Shared by every test host: each plugin is compiled once per test run.
             compile_cache: Some(std::env::temp_dir().join("addon-host-tests-compiled")),
             admins: vec![AdminConfig { name: "ops".into(), token: ADMIN_TOKEN.into() }],
@@ -114,7 +117,10 @@ pub(crate) fn config(data_dir: &std::path::Path) -> HostConfig {
 pub(crate) fn storage_of(dir: &std::path::Path) -> addon_host::storage::Storage {
     let server = ServerConfig {
         data_dir: dir.join("data"),
-        storage: StorageConfig { postgres: addon_host_tests::postgres::url_for(dir), ..Default::default() },
+        storage: StorageConfig {
+            postgres: addon_host_tests::postgres::url_for(dir).map(Into::into),
+            ..Default::default()
+        },
         ..ServerConfig::default()
     };
     addon_host::storage::Storage::open_config(&server).expect("the stopped host's storage opens")

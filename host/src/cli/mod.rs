@@ -16,6 +16,9 @@ mod plugin;
 mod test;
 use crate::xervo::manifest::XervoSettings;
 
+/// The config a command reads when none is named: the one `addon-host new` writes.
+pub(crate) const DEFAULT_CONFIG: &str = "addon-host.toml";
+
 #[derive(Parser)]
 #[command(name = "addon-host", version, about = "Serve add-on provisioning APIs from sandboxed Wasm plugins")]
 struct Cli {
@@ -32,7 +35,7 @@ enum Command {
     /// Serve every add-on of the config file.
     Serve {
         /// The host's TOML configuration.
-        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Listen address (overrides `server.listen`).
         #[arg(long, env = "ADDON_HOST_LISTEN")]
@@ -60,7 +63,7 @@ enum Command {
         /// Base URL for the manifest's `test` block (default: --base-url).
         #[arg(long)]
         test_base_url: Option<String>,
-        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Create a plugin project: a crate on the SDK with a provider and its tests, a dev
@@ -84,7 +87,7 @@ enum Command {
     /// Copy a sled data directory into the PostgreSQL database the config names
     /// (`[server.storage] postgres`), then count it again there. Stop the host first.
     Migrate {
-        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The sled data directory to copy (default: the config's `server.data_dir`).
         #[arg(long)]
@@ -95,7 +98,7 @@ enum Command {
     },
     /// Validate the config file and compile every plugin, then exit.
     Check {
-        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = "addon-host.toml")]
+        #[arg(long, short, env = "ADDON_HOST_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -231,7 +234,7 @@ fn check(config: &std::path::Path) -> anyhow::Result<()> {
         let bytes =
             std::fs::read(&addon.plugin).with_context(|| format!("{}: reading {}", at(), addon.plugin.display()))?;
         let plugin = runtime.load(&bytes, None).with_context(at)?;
-        print(&format!("ok: {} plugin {} ({} bytes)", addon.id, plugin.version(), plugin.size))?;
+        print(&format!("ok: {} plugin {} ({} bytes)", addon.id, plugin.short_version(), plugin.size))?;
     }
     print(&format!("ok: {} add-on(s), engine {:?}", cfg.addons.len(), runtime.info()))
 }

@@ -234,7 +234,7 @@ calls (and Xervo's, for an id without '-') from a sandboxed WebAssembly plugin.
 ```sh
 cargo build --release --target wasm32-wasip2   # the plugin: target/wasm32-wasip2/release/{WASM}.wasm
 addon-host serve                               # serves it with addon-host.toml on 127.0.0.1:8080
-addon-host test target/wasm32-wasip2/release/{WASM}.wasm --config addon-host.toml
+addon-host test target/wasm32-wasip2/release/{WASM}.wasm  # the conformance kit (reads addon-host.toml too)
 ```
 
 `addon-host test` is the conformance kit: it serves the plugin on a temporary host and runs

@@ -158,7 +158,7 @@ provisioning calls from a sandboxed WebAssembly component built with componentiz
 ```sh
 npm install                    # componentize-js, once
 addon-host serve --watch       # builds plugin.wasm, serves it on 127.0.0.1:8080, rebuilds on save
-addon-host test plugin.wasm --config addon-host.toml   # the conformance kit
+addon-host test plugin.wasm   # the conformance kit, with ./addon-host.toml
 ```
 
 - `app.js` exports `provision`, `changePlan` and `deprovision`; `addon-sdk.js` is the SDK
@@ -175,7 +175,7 @@ provisioning calls from a sandboxed WebAssembly component built with componentiz
 ```sh
 python3 -m venv .venv && . .venv/bin/activate && pip install componentize-py=={PY}
 addon-host serve --watch       # builds plugin.wasm, serves it on 127.0.0.1:8080, rebuilds on save
-addon-host test plugin.wasm --config addon-host.toml   # the conformance kit
+addon-host test plugin.wasm   # the conformance kit, with ./addon-host.toml
 ```
 
 - `app.py` defines `class WitWorld(Provider)` with `provision`, `change_plan` and

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::DEFAULT_CONFIG;
 use crate::config::{AddonConfig, BitriseConfig, HostConfig, XervoConfig};
 use crate::conformance::{self, Outcome, Report, local};
 
@@ -21,6 +22,7 @@ pub(crate) struct TestArgs {
     #[arg(long)]
     url: Option<String>,
     /// A host config: the add-on's credentials, plans, limits and settings come from it.
+    /// With a plugin file, `./addon-host.toml` is read when it exists (as `serve` does).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// The add-on of the config to test (default: the one using PLUGIN, the last segment of
@@ -70,7 +72,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
         (None, Some(wasm)) => {
             let plugin = local::Plugin {
                 wasm: wasm.clone(),
-                config: args.config.clone(),
+                config: args.config.clone().or_else(default_config),
                 addon: args.addon.clone(),
                 plans: args.plans.clone(),
                 timed_calls: args.timed_calls,
@@ -88,6 +90,12 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
         0 => Ok(()),
         n => bail!("{n} conformance check(s) failed"),
     }
+}
+
+/// `./addon-host.toml`, when it exists: a scaffolded project's config, which `serve` reads too.
+fn default_config() -> Option<PathBuf> {
+    let path = PathBuf::from(DEFAULT_CONFIG);
+    path.is_file().then_some(path)
 }
 
 /// The target of `--url`: settings from the config's add-on, then the flags.
@@ -117,16 +125,16 @@ fn remote(args: &TestArgs, url: &str) -> anyhow::Result<conformance::Target> {
         }
     };
     if let Some(token) = &args.bitrise_token {
-        let sso = args.sso_secret.clone().or_else(|| addon.bitrise.as_ref().map(|b| b.sso_secret.clone()));
+        let sso = args.sso_secret.clone().or_else(|| addon.bitrise.as_ref().map(|b| b.sso_secret.expose().to_owned()));
         let sso_secret = sso.context("--bitrise-token needs --sso-secret")?;
-        addon.bitrise = Some(BitriseConfig { shared_token: token.clone(), sso_secret });
+        addon.bitrise = Some(BitriseConfig { shared_token: token.as_str().into(), sso_secret: sso_secret.into() });
     }
     if let Some(password) = &args.xervo_password {
         let old = addon.xervo.take().unwrap_or_default();
         addon.xervo = Some(XervoConfig {
             manifest: None,
-            password: Some(password.clone()),
-            sso_salt: args.xervo_salt.clone().or(old.sso_salt),
+            password: Some(password.as_str().into()),
+            sso_salt: args.xervo_salt.clone().map(Into::into).or(old.sso_salt),
             config_vars: if args.xervo_vars.is_empty() { old.config_vars } else { args.xervo_vars.clone() },
             regions: old.regions,
         });

@@ -17,6 +17,7 @@ mod limits;
 mod origin;
 mod outbound;
 mod page;
+mod secret;
 mod storage;
 mod web;
 mod xervo;
@@ -26,6 +27,7 @@ pub use limits::Limits;
 pub use origin::WebOrigin;
 pub use outbound::{Allowed, Origins};
 pub use page::PageConfig;
+pub use secret::Secret;
 pub use storage::{StorageConfig, SyncMode};
 pub use web::WebConfig;
 pub use xervo::{XervoConfig, XervoSettings};
@@ -191,18 +193,12 @@ impl Default for ServerConfig {
 }
 
 /// One admin identity and its bearer token.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Recorded as the uploader of the versions this admin pushes.
     pub name: String,
-    pub token: String,
-}
-
-impl std::fmt::Debug for AdminConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AdminConfig {{ name: {:?}, .. }}", self.name)
-    }
+    pub token: Secret,
 }
 
 /// Which of wasmtime's compilers make the code a plugin runs on.
@@ -308,7 +304,7 @@ impl AddonConfig {
             id: id.to_owned(),
             plugin: plugin.into(),
             plans: Vec::new(),
-            bitrise: Some(BitriseConfig { shared_token: shared_token.to_owned(), sso_secret: sso_secret.to_owned() }),
+            bitrise: Some(BitriseConfig { shared_token: shared_token.into(), sso_secret: sso_secret.into() }),
             xervo: None,
             limits: Limits::default(),
             deploys: DeployLimits::default(),
@@ -325,19 +321,13 @@ impl AddonConfig {
 }
 
 /// Bitrise's shared configuration for one add-on.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BitriseConfig {
     /// Sent by Bitrise in the `Authentication` header of /provision calls.
-    pub shared_token: String,
+    pub shared_token: Secret,
     /// Signs SSO logins: `token = sha1(app_slug:sso_secret:timestamp)`.
-    pub sso_secret: String,
-}
-
-impl std::fmt::Debug for BitriseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BitriseConfig { .. }")
-    }
+    pub sso_secret: Secret,
 }
 
 impl HostConfig {
@@ -458,7 +448,7 @@ impl HostConfig {
             }
             let reused = self.addons.iter().any(|a| {
                 a.bitrise.as_ref().is_some_and(|b| b.shared_token == admin.token || b.sso_secret == admin.token)
-                    || a.xervo.as_ref().is_some_and(|x| x.password.as_deref() == Some(admin.token.as_str()))
+                    || a.xervo.as_ref().is_some_and(|x| x.password.as_ref() == Some(&admin.token))
             });
             if reused {
                 bail!("server.admins[{i}] (`{}`): `token` must not be a partner's credential", admin.name);
@@ -466,11 +456,11 @@ impl HostConfig {
         }
         let partner_credential = |token: &str| {
             self.addons.iter().any(|a| {
-                a.bitrise.as_ref().is_some_and(|b| b.shared_token == token || b.sso_secret == token)
+                a.bitrise.as_ref().is_some_and(|b| b.shared_token.expose() == token || b.sso_secret.expose() == token)
                     || a.xervo.as_ref().is_some_and(|x| x.password.as_deref() == Some(token))
             })
         };
-        let mut tokens: HashSet<&str> = self.server.admins.iter().map(|a| a.token.as_str()).collect();
+        let mut tokens: HashSet<&str> = self.server.admins.iter().map(|a| a.token.expose()).collect();
         for addon in &self.addons {
             for (j, deployer) in addon.deployers.iter().enumerate() {
                 let at = format!("addon `{}` deployers[{j}] (`{}`)", addon.id, deployer.name);
@@ -483,7 +473,7 @@ impl HostConfig {
                 if partner_credential(&deployer.token) {
                     bail!("{at}: `token` must not be a partner's credential");
                 }
-                if !tokens.insert(deployer.token.as_str()) {
+                if !tokens.insert(deployer.token.expose()) {
                     bail!("{at}: `token` is already an admin's or another deployer's token");
                 }
             }

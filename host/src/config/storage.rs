@@ -4,12 +4,14 @@
 
 use serde::Deserialize;
 
-#[derive(Clone, Deserialize)]
+use super::Secret;
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// A PostgreSQL connection URL (`postgres://user:password@host:5432/db`). The schema is
     /// created and migrated at start-up.
-    pub postgres: Option<String>,
+    pub postgres: Option<Secret>,
     /// Connections each host keeps to the database for commits and reads (one more holds
     /// its resource locks, one more listens for other hosts' changes).
     pub pool_size: usize,
@@ -46,14 +48,6 @@ impl Default for StorageConfig {
             ca_file: None,
             sync: SyncMode::default(),
         }
-    }
-}
-
-impl std::fmt::Debug for StorageConfig {
-    /// The URL may carry a password: say only which backend it is.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let backend = if self.postgres.is_some() { "postgres" } else { "sled" };
-        write!(f, "StorageConfig {{ backend: {backend}, pool_size: {}, sync: {:?} }}", self.pool_size, self.sync)
     }
 }
 

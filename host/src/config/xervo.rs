@@ -8,17 +8,19 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::Secret;
+
 /// Xervo's settings for one add-on: either the path of its `addon-manifest.json` or the same
 /// fields inline. Never both, so every secret has exactly one home.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XervoConfig {
     /// An `addon-manifest.json` to read `password`, `sso_salt`, `config_vars` and `regions` from.
     pub manifest: Option<PathBuf>,
     /// HTTP Basic password (user is the add-on id).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Signs SSO logins: `token = sha1(id:sso_salt:timestamp)`.
-    pub sso_salt: Option<String>,
+    pub sso_salt: Option<Secret>,
     /// Variables every provision must return.
     #[serde(default)]
     pub config_vars: Vec<String>,
@@ -26,34 +28,14 @@ pub struct XervoConfig {
     pub regions: Vec<String>,
 }
 
-impl std::fmt::Debug for XervoConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XervoConfig")
-            .field("manifest", &self.manifest)
-            .field("config_vars", &self.config_vars)
-            .field("regions", &self.regions)
-            .finish_non_exhaustive()
-    }
-}
-
 /// An add-on's Xervo settings, validated.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct XervoSettings {
     pub id: String,
-    pub password: String,
-    pub sso_salt: String,
+    pub password: Secret,
+    pub sso_salt: Secret,
     pub config_vars: Vec<String>,
     pub regions: Vec<String>,
-}
-
-impl std::fmt::Debug for XervoSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XervoSettings")
-            .field("id", &self.id)
-            .field("config_vars", &self.config_vars)
-            .field("regions", &self.regions)
-            .finish_non_exhaustive()
-    }
 }
 
 impl XervoSettings {
@@ -160,8 +142,8 @@ fn from_manifest_file(id: &str, path: &Path) -> anyhow::Result<XervoSettings> {
     }
     Ok(XervoSettings {
         id: id.to_owned(),
-        password: string(&doc, "api.password")?,
-        sso_salt: string(&doc, "api.sso_salt")?,
+        password: string(&doc, "api.password")?.into(),
+        sso_salt: string(&doc, "api.sso_salt")?.into(),
         config_vars: strings("api.config_vars", true)?,
         regions: strings("api.regions", false)?,
     })

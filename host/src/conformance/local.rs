@@ -40,7 +40,7 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
         cfg.server.compile_cache = Some(scratch.path().join("compiled"));
     }
     // Configured, so that no admin token is generated and announced: the kit never uses it.
-    cfg.server.admins = vec![AdminConfig { name: "kit".into(), token: super::random_hex(16) }];
+    cfg.server.admins = vec![AdminConfig { name: "kit".into(), token: super::random_hex(16).into() }];
     let mut addon = cfg.addons[0].clone();
     addon.plugin = wasm;
     if !from_file && addon.xervo.is_none() && !addon.id.contains('-') {
@@ -53,8 +53,8 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
         let declared: Vec<String> = vars.into_iter().filter(|v| v.starts_with(&prefix)).collect();
         if !declared.is_empty() {
             addon.xervo = Some(XervoConfig {
-                password: Some(super::random_hex(16)),
-                sso_salt: Some(super::random_hex(16)),
+                password: Some(super::random_hex(16).into()),
+                sso_salt: Some(super::random_hex(16).into()),
                 config_vars: declared,
                 ..XervoConfig::default()
             });
@@ -87,8 +87,8 @@ pub fn target(
             Some(XervoTarget {
                 manifest: origin.map(|o| s.manifest(o, o)),
                 id: s.id,
-                password: s.password,
-                sso_salt: s.sso_salt,
+                password: s.password.expose().to_owned(),
+                sso_salt: s.sso_salt.expose().to_owned(),
                 config_vars: s.config_vars,
             })
         }
@@ -105,10 +105,10 @@ pub fn target(
         prefix: addon.id.to_ascii_uppercase().replace('-', "_"),
         plans: (first.clone(), chosen.get(1).cloned().unwrap_or(first)),
         unknown_plan: (!addon.plans.is_empty()).then(|| "kit-no-such-plan".to_owned()),
-        bitrise: addon
-            .bitrise
-            .as_ref()
-            .map(|b| BitriseTarget { shared_token: b.shared_token.clone(), sso_secret: b.sso_secret.clone() }),
+        bitrise: addon.bitrise.as_ref().map(|b| BitriseTarget {
+            shared_token: b.shared_token.expose().to_owned(),
+            sso_secret: b.sso_secret.expose().to_owned(),
+        }),
         xervo,
         deadline: Duration::from_millis(addon.limits.deadline_ms),
         oversized: addon.limits.max_body_bytes + 1,
@@ -152,7 +152,7 @@ fn fresh(wasm: &Path, addon: Option<&str>) -> anyhow::Result<HostConfig> {
 
 /// The variable names one provision returns on Bitrise (none if it fails).
 async fn probe(base: &str, addon: &AddonConfig) -> Vec<String> {
-    let Some(token) = addon.bitrise.as_ref().map(|b| b.shared_token.clone()) else {
+    let Some(token) = addon.bitrise.as_ref().map(|b| b.shared_token.expose().to_owned()) else {
         return Vec::new();
     };
     let url = format!("{base}/provision");

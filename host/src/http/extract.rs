@@ -34,6 +34,14 @@ pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
     Some(value.split(';').next().unwrap_or("").trim().to_owned())
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if the request has one. The
+/// scheme's name is case-insensitive (RFC 9110, 11.1); surrounding space is dropped.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
 /// The named path parameters, in route order.
 async fn raw_params(parts: &mut Parts) -> Result<Vec<(String, String)>, ServiceError> {
     let raw = RawPathParams::from_request_parts(parts, &())
@@ -201,7 +209,26 @@ fn too_deep(bytes: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::too_deep;
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    use super::{bearer_token, too_deep};
+
+    #[test]
+    fn a_bearer_token_is_read_whatever_the_scheme_case() {
+        let token = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).expect("a header value"));
+            bearer_token(&headers).map(str::to_owned)
+        };
+        assert_eq!(token("Bearer abc"), Some("abc".into()));
+        assert_eq!(token("bearer abc"), Some("abc".into()));
+        assert_eq!(token("BEARER  abc "), Some("abc".into()));
+        assert_eq!(token("Basic abc"), None);
+        assert_eq!(token("Bearer"), None);
+        assert_eq!(token("Bearer   "), None);
+        assert_eq!(token("Bearerabc"), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn nesting_depth_ignores_brackets_in_strings() {

@@ -18,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::service::Service;
-pub(crate) use extract::{FormBody, JsonBody, PathAddon, PathResource, RawBody, content_type, path_params, query};
+pub(crate) use extract::{
+    FormBody, JsonBody, PathAddon, PathResource, RawBody, bearer_token, content_type, path_params, query,
+};
 
 /// Router state that can hand out the service (the adapters' states wrap it).
 pub(crate) trait HasService: Send + Sync + 'static {

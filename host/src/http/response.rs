@@ -55,10 +55,10 @@ pub(crate) fn body(error: &ServiceError) -> serde_json::Value {
                 body["url"] = json!(url);
             }
         }
-        PluginError { addon, call, version, .. } | CallFailed { addon, call, version, .. } => {
+        PluginError { addon, call, short_version, .. } | CallFailed { addon, call, short_version, .. } => {
             body["addon"] = json!(addon);
             body["call"] = json!(call);
-            body["plugin_version"] = json!(version);
+            body["plugin_version"] = json!(short_version);
         }
         UnknownPlan { allowed, .. } => body["plans"] = json!(allowed),
         _ => {}

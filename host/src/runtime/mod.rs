@@ -131,10 +131,16 @@ pub struct Plugin {
     pub serves_http: bool,
 }
 
+/// A plugin version as messages and logs name it: the first 12 hex digits of its SHA-256
+/// (which alone is "the version" in records, metrics and the admin API).
+pub fn short_version(sha256: &str) -> &str {
+    &sha256[..12.min(sha256.len())]
+}
+
 impl Plugin {
-    /// A short form of the version for messages.
-    pub fn version(&self) -> &str {
-        &self.sha256[..12]
+    /// The version as messages name it: see [`short_version`].
+    pub fn short_version(&self) -> &str {
+        short_version(&self.sha256)
     }
 
     /// The compiler whose build serves calls now: "cranelift" or "winch".

@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_handler::Gue
 
 use super::bindings::{PluginIndices, PluginPre};
 use super::cache::CompileCache;
+use super::short_version;
 use super::state::{self, CallState};
 
 /// One compiler's engine and the linker of the host's imports for it.
@@ -167,14 +168,17 @@ impl Optimizer {
         let current = Arc::downgrade(current);
         let job = Job { bytes: bytes.to_vec(), sha256: sha256.to_owned(), current, account };
         if self.jobs.send(job).is_err() {
-            tracing::warn!(version = &sha256[..12], "the optimizer has stopped; the plugin stays on baseline code");
+            tracing::warn!(
+                version = short_version(sha256),
+                "the optimizer has stopped; the plugin stays on baseline code"
+            );
         }
     }
 }
 
 fn optimize(tier: &Tier, cache: Option<&CompileCache>, job: Job) {
     let started = Instant::now();
-    let version = &job.sha256[..12];
+    let version = short_version(&job.sha256);
     match tier.load(cache, &job.bytes, &job.sha256) {
         Ok((compiled, _)) => {
             let Some(current) = job.current.upgrade() else { return };

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Addon, Service, blocking};
+use super::{Addon, Service, storage_work};
 use crate::clock;
 use crate::error::ServiceError;
 use crate::jobs::{self, StoredJob};
@@ -69,7 +69,7 @@ impl Service {
             Err(e) => return Err(e.into()),
         };
         let (store, key) = (addon.store.clone(), id.to_owned());
-        let stored = blocking(move || Ok(store.job(&key)?)).await?;
+        let stored = storage_work(move || Ok(store.job(&key)?)).await?;
         let Some(job) = stored.as_deref().and_then(StoredJob::from_bytes).filter(|j| !j.dead) else {
             return Ok(()); // done, dropped or cancelled since it was queued
         };
@@ -91,7 +91,7 @@ impl Service {
     async fn call_run_job(&self, addon: &Arc<Addon>, job: &StoredJob) -> (Ran, CallCpu) {
         let plugin = addon.plugin();
         if !plugin.runs_jobs {
-            let error = format!("plugin version {} does not export run-job", plugin.version());
+            let error = format!("plugin version {} does not export run-job", plugin.short_version());
             return (Ran::Retry { error, after_ms: None }, CallCpu::default());
         }
         let deadline = Duration::from_millis(addon.config.jobs.deadline_ms);
@@ -204,7 +204,7 @@ impl Service {
         state: Option<&str>,
     ) -> Result<Vec<serde_json::Value>, ServiceError> {
         let store = addon.store.clone();
-        let stored = blocking(move || Ok(store.jobs()?)).await?;
+        let stored = storage_work(move || Ok(store.jobs()?)).await?;
         Ok(stored
             .iter()
             .filter_map(|(_, bytes)| StoredJob::from_bytes(bytes))
@@ -251,7 +251,7 @@ impl Service {
 
     async fn stored_job(&self, addon: &Arc<Addon>, id: &str) -> Result<StoredJob, ServiceError> {
         let (store, key) = (addon.store.clone(), id.to_owned());
-        blocking(move || Ok(store.job(&key)?))
+        storage_work(move || Ok(store.job(&key)?))
             .await?
             .as_deref()
             .and_then(StoredJob::from_bytes)

@@ -37,7 +37,7 @@ use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::runtime::{
     Answer, CallFailure, ChangePlanRequest, DeprovisionRequest, Export, Plugin, ProviderError, Returned, Runtime,
-    SlotRefused,
+    SlotRefused, short_version,
 };
 use crate::storage::{AddonStore, KvQuota, KvTxn, Storage, StorageError};
 use crate::versions::Registry;
@@ -155,7 +155,7 @@ impl Service {
         };
         let shared_key = format!("{kind}:{key}");
         let local = tokio::time::timeout_at(budget.until(), locks.lock(key)).await.map_err(|_| busy())?;
-        let wait = budget.until().saturating_duration_since(Instant::now());
+        let wait = budget.remaining();
         match self.storage.lock(&shared_key, wait).await {
             Ok(shared) => Ok(Locked { _shared: shared, _local: local }),
             Err(StorageError::LockTimeout) => Err(busy()),
@@ -205,7 +205,7 @@ impl Service {
                 let app_key = format!("{}/{alias_key}", addon.id());
                 let guard = self.lock(&self.app_locks, "app", app_key, addon, &budget).await?;
                 let (a, key) = (addon.clone(), alias_key.clone());
-                let active = blocking(move || match a.store.alias(&key)? {
+                let active = storage_work(move || match a.store.alias(&key)? {
                     Some(id) if a.record(&id)?.is_some_and(|r| r.is_active()) => Ok(Some(id)),
                     _ => Ok(None),
                 });
@@ -222,7 +222,7 @@ impl Service {
         let existing = stored(addon, &resource_id).await?.filter(Record::is_active);
         let token_of = existing.clone();
         if existing.as_ref().is_some_and(|r| !r.belongs_to(platform)) {
-            return Err(not_yours(&resource_id));
+            return Err(no_resource(&resource_id));
         }
         let digest = record::request_digest(&req, platform, &resource_id);
         if let Some(record) = existing.as_ref().filter(|r| r.request_digest == digest) {
@@ -273,7 +273,7 @@ impl Service {
         let current = stored(addon, resource_id)
             .await?
             .filter(|r| r.is_active() && r.belongs_to(caller.platform))
-            .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
+            .ok_or_else(|| no_resource(resource_id))?;
         if current.plan == plan {
             return Ok(current);
         }
@@ -314,7 +314,7 @@ impl Service {
         let _lock = self.lock_resource(addon, resource_id, &budget).await?;
         let current = match stored(addon, resource_id).await? {
             None => return Ok(Deprovisioned::Unknown),
-            Some(r) if !r.belongs_to(caller.platform) => return Err(not_yours(resource_id)),
+            Some(r) if !r.belongs_to(caller.platform) => return Err(no_resource(resource_id)),
             Some(r) if !r.is_active() => return Ok(Deprovisioned::AlreadyGone(r)),
             Some(r) => r,
         };
@@ -355,7 +355,7 @@ impl Service {
                 Returned::Reply(reply) => reply.map_err(|e| refusal(addon, call, plugin, e))?,
                 Returned::Job(_) | Returned::Http(_) => {
                     let failure = CallFailure::InvalidReply("not a platform call's reply".into());
-                    return Err(call_failed(addon, call, plugin, failure));
+                    return Err(call_failed(addon, call, plugin.short_version(), failure));
                 }
             };
             let record = make_record(&answer, &plugin.sha256)?;
@@ -378,15 +378,11 @@ impl Service {
     ) -> Result<T, ServiceError> {
         let plugin = addon.plugin();
         let call = export.name();
-        let failed = |failure| ServiceError::CallFailed {
-            addon: addon.id().to_owned(),
-            call,
-            version: plugin.version().to_owned(),
-            failure,
-        };
+        let failed = |failure| call_failed(addon, call, plugin.short_version(), failure);
         let busy = |refused: SlotRefused| ServiceError::Busy { addon: addon.id().to_owned(), reason: refused.reason() };
         let limits = &addon.config.limits;
-        let mut _serial = None;
+        // Held from the first conflict on: the add-on's retries run one at a time.
+        let mut retry_guard = None;
         for _ in 0..MAX_CONFLICT_RETRIES {
             // The add-on's deadline covers the wait for a slot as well as the call: a queued
             // call that cannot start with MIN_CALL_TIME left is refused as busy at its deadline.
@@ -439,9 +435,9 @@ impl Service {
                 }
                 Err(StorageError::Conflict(key)) => {
                     tracing::debug!(addon = addon.id(), call, key, "key-value conflict; running the call again");
-                    if _serial.is_none() {
-                        let serial = tokio::time::timeout_at(budget.until(), addon.retry_lock.lock()).await;
-                        _serial = Some(serial.map_err(|_| busy(SlotRefused::TimedOut))?);
+                    if retry_guard.is_none() {
+                        let taken = tokio::time::timeout_at(budget.until(), addon.retry_lock.lock()).await;
+                        retry_guard = Some(taken.map_err(|_| busy(SlotRefused::TimedOut))?);
                     }
                 }
                 Err(StorageError::Quota(message)) => return Err(failed(CallFailure::Quota(message))),
@@ -465,7 +461,8 @@ impl Service {
         let (ts, token) = auth::verify_sso_token(subject, secret, timestamp, token, now)?;
         let (storage, scope) = (self.storage.clone(), scope.to_owned());
         let claimed =
-            blocking(move || Ok(storage.claim_sso_token(&scope, ts, &token, now - 2 * auth::SSO_WINDOW_SECS)?)).await?;
+            storage_work(move || Ok(storage.claim_sso_token(&scope, ts, &token, now - 2 * auth::SSO_WINDOW_SECS)?))
+                .await?;
         if !claimed {
             return Err(ServiceError::Forbidden("this SSO token was already used".into()));
         }
@@ -485,13 +482,13 @@ impl Service {
     ) -> Result<bool, ServiceError> {
         let (storage, scope, nonce) = (self.storage.clone(), scope.to_owned(), nonce.to_owned());
         let keep_after = clock::unix_secs() - 2 * lifetime_secs;
-        blocking(move || Ok(storage.claim_sso_token(&scope, issued, &nonce, keep_after)?)).await
+        storage_work(move || Ok(storage.claim_sso_token(&scope, issued, &nonce, keep_after)?)).await
     }
 }
 
 /// Run storage work where blocking is allowed (see [`crate::blocking`]): sled can block, and
 /// a runtime worker must never wait on it.
-pub(crate) async fn blocking<T: Send + 'static>(
+pub(crate) async fn storage_work<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {
     crate::blocking::off_worker(work).await.map_err(|e| ServiceError::host("storage task failed", e))?
@@ -508,7 +505,7 @@ pub(crate) async fn commit(
     record: Option<(String, Vec<u8>)>,
     alias: Option<(String, String)>,
 ) -> Result<Result<(), StorageError>, ServiceError> {
-    let applied = blocking(move || {
+    let applied = storage_work(move || {
         let record = record.as_ref().map(|(id, bytes)| (id.as_str(), bytes.as_slice()));
         let alias = alias.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
         Ok(store.commit_unsynced(&txn, quota, record, alias))
@@ -528,7 +525,7 @@ async fn stored(addon: &Arc<Addon>, resource_id: &str) -> Result<Option<Record>,
         return addon.record(resource_id);
     }
     let (addon, id) = (addon.clone(), resource_id.to_owned());
-    blocking(move || addon.record(&id)).await
+    storage_work(move || addon.record(&id)).await
 }
 
 /// What a call's `finish` decided: keep its writes (with a record, for the resource whose
@@ -539,12 +536,14 @@ enum Finish<T> {
     Drop(T),
 }
 
-fn call_failed(addon: &Addon, call: &'static str, plugin: &Plugin, failure: CallFailure) -> ServiceError {
-    ServiceError::CallFailed { addon: addon.id().to_owned(), call, version: plugin.version().to_owned(), failure }
+/// The one way to say a plugin's call failed: with the add-on, the call and the version.
+fn call_failed(addon: &Addon, call: &'static str, short_version: &str, failure: CallFailure) -> ServiceError {
+    ServiceError::CallFailed { addon: addon.id().to_owned(), call, short_version: short_version.to_owned(), failure }
 }
 
-/// The answer for a resource another platform created: to this platform, it does not exist.
-fn not_yours(resource_id: &str) -> ServiceError {
+/// The answer for a resource that does not exist, or that another platform created (to this
+/// platform, it does not exist either).
+fn no_resource(resource_id: &str) -> ServiceError {
     ServiceError::NotFound(format!("no provisioned resource `{resource_id}`"))
 }
 
@@ -564,7 +563,7 @@ fn refusal(addon: &Addon, call: &'static str, plugin: &Plugin, e: ProviderError)
             ServiceError::Unavailable { addon, call, message: u.message, docs_url: u.docs_url }
         }
         ProviderError::Internal(message) => {
-            ServiceError::PluginError { addon, call, version: plugin.version().to_owned(), message }
+            ServiceError::PluginError { addon, call, short_version: plugin.short_version().to_owned(), message }
         }
     }
 }
@@ -580,12 +579,7 @@ fn check_config(
 ) -> Result<(), ServiceError> {
     match rules.problem(config) {
         None => Ok(()),
-        Some(problem) => Err(ServiceError::CallFailed {
-            addon: addon.id().to_owned(),
-            call,
-            version: version[..12.min(version.len())].to_owned(),
-            failure: CallFailure::InvalidReply(problem),
-        }),
+        Some(problem) => Err(call_failed(addon, call, short_version(version), CallFailure::InvalidReply(problem))),
     }
 }
 

@@ -67,10 +67,12 @@ impl Budget {
         Budget { until: tokio::time::Instant::now() + length }
     }
 
+    /// When the request's time is up.
     pub fn until(&self) -> tokio::time::Instant {
         self.until
     }
 
+    /// The time left now (zero once it is up).
     pub fn remaining(&self) -> std::time::Duration {
         self.until.saturating_duration_since(tokio::time::Instant::now())
     }

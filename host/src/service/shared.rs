@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{Addon, Service, blocking};
+use super::{Addon, Service, storage_work};
 use crate::clock;
 use crate::error::ServiceError;
 use crate::jobs::StoredJob;
@@ -78,7 +78,7 @@ async fn adopt_jobs(service: Weak<Service>) {
         tokio::time::sleep(ADOPT_EVERY).await;
         let Some(live) = service.upgrade() else { return };
         let adopter = live.clone();
-        match blocking(move || adopter.queue_overdue_jobs()).await {
+        match storage_work(move || adopter.queue_overdue_jobs()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "queued overdue jobs another host did not run"),
             Err(e) => tracing::warn!("looking for overdue jobs failed: {e}"),
@@ -90,7 +90,7 @@ impl Service {
     /// Serve the version the registry says is active, if this host serves another.
     async fn follow_active(&self, addon: &Arc<Addon>) -> Result<(), ServiceError> {
         let (registry, id) = (self.registry.clone(), addon.id().to_owned());
-        let Some(sha) = blocking(move || Ok(registry.active(&id)?)).await? else { return Ok(()) };
+        let Some(sha) = storage_work(move || Ok(registry.active(&id)?)).await? else { return Ok(()) };
         if addon.plugin().sha256 == sha {
             return Ok(());
         }
@@ -98,14 +98,14 @@ impl Service {
         let _serial = addon.swap_lock.lock().await;
         // A later activation (here or elsewhere) may have landed while this one compiled.
         let (registry, id) = (self.registry.clone(), addon.id().to_owned());
-        if blocking(move || Ok(registry.active(&id)?)).await?.as_deref() != Some(plugin.sha256.as_str()) {
+        if storage_work(move || Ok(registry.active(&id)?)).await?.as_deref() != Some(plugin.sha256.as_str()) {
             return Ok(());
         }
         let from = addon.replace_plugin(plugin.clone());
         tracing::info!(
             addon = addon.id(),
-            from = &from.sha256[..12],
-            to = &plugin.sha256[..12],
+            from = from.short_version(),
+            to = plugin.short_version(),
             compiler = plugin.compiler(),
             "plugin swapped (activated by another host)"
         );

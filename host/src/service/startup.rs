@@ -114,7 +114,7 @@ fn load_plugins(
                 Arc::new(startup_plugin(runtime, registry, addon).with_context(|| format!("add-on `{}`", addon.id))?);
             tracing::debug!(
                 addon = %addon.id,
-                version = plugin.version(),
+                version = plugin.short_version(),
                 bytes = plugin.size,
                 from_cache = plugin.from_cache,
                 compiler = plugin.compiler(),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Addon, Service, blocking};
+use super::{Addon, Service, storage_work};
 use crate::clock;
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
@@ -113,7 +113,7 @@ impl Service {
         let (registry, storage, id, sha, by_owned) =
             (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), plugin.sha256.clone(), by.to_owned());
         let quota = quota(addon);
-        let (existing, version) = blocking(move || {
+        let (existing, version) = storage_work(move || {
             let existing = registry.get(&id, &sha)?;
             let version = match registry.put_within(&id, &sha, &bytes, &by_owned, clock::now_ms(), Some(quota))? {
                 Ok(version) => version,
@@ -140,7 +140,7 @@ impl Service {
     async fn make_room(&self, addon: &Addon, sha: &str, size: u64, evict: bool) -> Result<(), ServiceError> {
         let quota = quota(addon);
         let (registry, id) = (self.registry.clone(), addon.id().to_owned());
-        let versions = blocking(move || Ok(registry.versions(&id)?)).await?;
+        let versions = storage_work(move || Ok(registry.versions(&id)?)).await?;
         if versions.iter().any(|v| v.sha256 == sha) {
             return Ok(());
         }
@@ -170,7 +170,7 @@ impl Service {
     /// artefacts and its loaded build. The active version cannot be deleted.
     pub async fn delete_version(&self, addon: &Addon, version: &str) -> Result<Deleted, ServiceError> {
         let (registry, id, wanted) = (self.registry.clone(), addon.id().to_owned(), version.to_owned());
-        let meta = blocking(move || Ok(registry.resolve(&id, &wanted)?)).await?.ok_or_else(|| {
+        let meta = storage_work(move || Ok(registry.resolve(&id, &wanted)?)).await?.ok_or_else(|| {
             ServiceError::NotFound(format!("add-on `{}` has no plugin version `{version}`", addon.id()))
         })?;
         if meta.sha256 == addon.plugin().sha256 {
@@ -187,7 +187,7 @@ impl Service {
     async fn delete_stored(&self, addon: &Addon, meta: &VersionMeta) -> Result<u64, ServiceError> {
         let (registry, storage, id, sha) =
             (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), meta.sha256.clone());
-        blocking(move || {
+        storage_work(move || {
             registry.delete(&id, &sha)?;
             Ok(storage.flush()?)
         })
@@ -201,7 +201,7 @@ impl Service {
     /// Make a stored version (by sequence number or sha256 prefix) the active one.
     pub async fn activate(&self, addon: &Addon, version: &str) -> Result<VersionMeta, ServiceError> {
         let (registry, id, wanted) = (self.registry.clone(), addon.id().to_owned(), version.to_owned());
-        let meta = blocking(move || Ok(registry.resolve(&id, &wanted)?)).await?.ok_or_else(|| {
+        let meta = storage_work(move || Ok(registry.resolve(&id, &wanted)?)).await?.ok_or_else(|| {
             ServiceError::NotFound(format!("add-on `{}` has no plugin version `{version}`", addon.id()))
         })?;
         self.activate_meta(addon, meta).await
@@ -214,7 +214,7 @@ impl Service {
         }
         let (registry, id) = (self.registry.clone(), addon.id().to_owned());
         let previous =
-            blocking(move || Ok(registry.previous(&id)?.and_then(|sha| registry.get(&id, &sha).ok().flatten())))
+            storage_work(move || Ok(registry.previous(&id)?.and_then(|sha| registry.get(&id, &sha).ok().flatten())))
                 .await?
                 .ok_or_else(|| {
                     ServiceError::NotFound(format!("add-on `{}` has no earlier version to roll back to", addon.id()))
@@ -235,7 +235,7 @@ impl Service {
             return Ok((plugin, 0));
         }
         let (registry, id, wanted) = (self.registry.clone(), addon.id().to_owned(), sha.to_owned());
-        let bytes = blocking(move || Ok(registry.blob(&id, &wanted)?)).await?.ok_or_else(|| {
+        let bytes = storage_work(move || Ok(registry.blob(&id, &wanted)?)).await?.ok_or_else(|| {
             ServiceError::host("reading a stored plugin", anyhow::anyhow!("the bytes of version {sha} are missing"))
         })?;
         self.compile(addon, Arc::new(bytes)).await
@@ -253,7 +253,7 @@ impl Service {
         Metrics::addon_counter(&self.metrics.swaps, addon.id());
         let (registry, storage, id, sha) =
             (self.registry.clone(), self.storage.clone(), addon.id().to_owned(), meta.sha256.clone());
-        blocking(move || {
+        storage_work(move || {
             registry.set_active(&id, &sha)?;
             storage.flush()?;
             // Hosts sharing the storage serve it too (see `shared`).
@@ -278,7 +278,7 @@ impl Service {
     pub async fn versions(&self, addon: &Addon) -> Result<Vec<VersionInfo>, ServiceError> {
         let active = addon.plugin().sha256.clone();
         let (registry, id) = (self.registry.clone(), addon.id().to_owned());
-        Ok(blocking(move || Ok(registry.versions(&id)?))
+        Ok(storage_work(move || Ok(registry.versions(&id)?))
             .await?
             .into_iter()
             .map(|meta| VersionInfo { active: meta.sha256 == active, meta })

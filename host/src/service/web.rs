@@ -47,15 +47,18 @@ impl Service {
             // 1xx (an upgrade to another protocol among them) is the host's to answer.
             Returned::Http(response) if !(200..600).contains(&response.status) => {
                 let why = format!("answered HTTP status {}; a handler may answer 200-599", response.status);
-                Err(call_failed(addon, "http", plugin, CallFailure::InvalidReply(why)))
+                Err(call_failed(addon, "http", plugin.short_version(), CallFailure::InvalidReply(why)))
             }
             Returned::Http(response) if (200..400).contains(&response.status) => {
                 Ok(Finish::Keep { record: None, resource: Some(resource.to_owned()), value: *response })
             }
             Returned::Http(response) => Ok(Finish::Drop(*response)),
-            Returned::Reply(_) | Returned::Job(_) => {
-                Err(call_failed(addon, "http", plugin, CallFailure::InvalidReply("not an HTTP response".into())))
-            }
+            Returned::Reply(_) | Returned::Job(_) => Err(call_failed(
+                addon,
+                "http",
+                plugin.short_version(),
+                CallFailure::InvalidReply("not an HTTP response".into()),
+            )),
         };
         let outcome = self.attempts(addon, &budget, Export::Http(request), None, finish).await;
         outcome.inspect_err(|e| self.metrics.failure(addon.id(), "http", e.kind()))
@@ -129,7 +132,7 @@ impl Service {
         let mut record = stored(addon, resource_id)
             .await?
             .filter(Record::is_active)
-            .ok_or_else(|| ServiceError::NotFound(format!("no provisioned resource `{resource_id}`")))?;
+            .ok_or_else(|| super::no_resource(resource_id))?;
         let generation = record.api_token.as_ref().map_or(1, |t| t.generation.saturating_add(1));
         let token = derive_token(&self.web_key, addon.id(), resource_id, record.created_ms, generation)?;
         record.api_token = Some(ApiToken { generation, sha256: token_hash(&token) });

@@ -27,7 +27,7 @@ impl Storage {
         let occupied: Vec<String> =
             target.backend.spaces()?.into_iter().filter(|s| !LOCAL.contains(&s.as_str())).collect();
         if !occupied.is_empty() && !overwrite {
-            return Err(StorageError::Database(format!(
+            return Err(StorageError::TargetOccupied(format!(
                 "the target already holds data ({}); pass --overwrite to merge into it",
                 occupied.join(", ")
             )));
@@ -55,7 +55,7 @@ impl Storage {
             flush(&sink, &mut pending, &mut size)?;
             let (keys, bytes) = count(&source)?;
             if count(&sink)? != (keys, bytes) {
-                return Err(StorageError::Database(format!("space `{space}` differs after the copy")));
+                return Err(StorageError::Internal(format!("space `{space}` differs after the copy")));
             }
             copied.spaces += 1;
             copied.keys += keys;

@@ -18,7 +18,7 @@ pub(crate) struct Files {
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StorageError {
-    StorageError::Database(format!("{what} {}: {e}", path.display()))
+    StorageError::Files(format!("{what} {}: {e}", path.display()))
 }
 
 impl Storage {
@@ -34,7 +34,7 @@ impl Files {
             && !name.starts_with('.')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !safe {
-            return Err(StorageError::Database(format!("`{name}` is not a file name")));
+            return Err(StorageError::Internal(format!("`{name}` is not a file name")));
         }
         Ok(self.dir.join(name))
     }
@@ -44,7 +44,7 @@ impl Files {
         let path = self.path(name)?;
         std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
         let mut suffix = [0u8; 8];
-        getrandom::fill(&mut suffix).map_err(|e| StorageError::Database(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut suffix).map_err(|e| StorageError::Internal(format!("no randomness: {e}")))?;
         let tmp = self.dir.join(format!(".{}.{}.tmp", name, hex::encode(suffix)));
         let written = (|| {
             let mut file = std::fs::File::create(&tmp)?;

@@ -111,8 +111,20 @@ fn usage_value(usage: KvUsage) -> [u8; 16] {
 pub enum StorageError {
     #[error("storage failure: {0}")]
     Sled(#[from] ::sled::Error),
+    /// The shared database is unreachable or failed: nothing was stored, and the same
+    /// request succeeds once it is back (answered 503 with `Retry-After`).
     #[error("database failure: {0}")]
     Database(String),
+    /// Reading or writing one of the host's own files (plugin binaries, compile caches).
+    #[error("file failure: {0}")]
+    Files(String),
+    /// Something the host relies on did not hold (no randomness, a copy that differs, an
+    /// entry missing beside its index): a bug or a damaged store, not a passing outage.
+    #[error("storage failure: {0}")]
+    Internal(String),
+    /// A copy into storage that already holds another service's data, without `--overwrite`.
+    #[error("{0}")]
+    TargetOccupied(String),
     #[error("another call changed key `{0}` that this call read")]
     Conflict(String),
     #[error("{0}")]
@@ -235,7 +247,7 @@ impl Storage {
             return Ok(key);
         }
         let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| StorageError::Database(format!("no randomness for a key: {e}")))?;
+        getrandom::fill(&mut fresh).map_err(|e| StorageError::Internal(format!("no randomness for a key: {e}")))?;
         let mut kept = fresh.to_vec();
         space.commit(&mut |r| {
             let mut batch = Batch::default();

@@ -60,11 +60,11 @@ pub(super) async fn claim(
     };
     let lifetime = LINK_SECS as i64;
     let scope = format!("{}/handover", addon.id());
-    if !service.claim_once(&scope, link.x - lifetime, &link.s, lifetime).await? {
+    if !service.claim_once(&scope, link.expires - lifetime, &link.id, lifetime).await? {
         return Ok(Err(NoSession::Used));
     }
-    Ok(match service.resource(addon, &link.r).await? {
-        Some(record) => Ok((record, link.e)),
+    Ok(match service.resource(addon, &link.resource).await? {
+        Some(record) => Ok((record, link.email)),
         None => Err(NoSession::Invalid),
     })
 }

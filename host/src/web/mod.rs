@@ -122,7 +122,7 @@ fn dashboard_identity<'a>(record: &'a Record, session: &'a Session, key: &[u8], 
     Identity {
         surface: Surface::Dashboard,
         record,
-        unverified_email: session.e.as_deref(),
+        unverified_email: session.email.as_deref(),
         csrf_token: Some(session.csrf_token(key)),
         base_path,
         // A page's inline scripts run only with this answer's nonce (Beam's initialisation
@@ -194,7 +194,7 @@ async fn dashboard(
         Ok(session) => session,
         Err(why) => return Ok(signed_out(&addon, why)),
     };
-    let Some(record) = service.resource(&addon, &session.r).await? else {
+    let Some(record) = service.resource(&addon, &session.resource).await? else {
         return Ok(signed_out(&addon, NoSession::Invalid));
     };
     let path = inner_path("dashboard", &params, parts.uri.path());
@@ -271,12 +271,7 @@ async fn api(
     let addon = addon_of(&web, &params)?;
     let service = &web.service;
     let (parts, body) = request.into_parts();
-    let token = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let token = crate::http::bearer_token(&parts.headers);
     let Some(token) = token else {
         let mut response =
             ServiceError::Unauthorized("send the app's API token as `Authorization: Bearer <token>`".into())

@@ -32,19 +32,23 @@ pub(crate) enum Scope<'a> {
     SharedPath { addon: &'a str, https: bool },
 }
 
+/// A signed-in browser. Serialised with one-letter keys: the cookie stays small, and cookies
+/// sealed before the fields had names still open.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Session {
-    /// The add-on.
-    pub a: String,
-    /// The resource.
-    pub r: String,
+    #[serde(rename = "a")]
+    pub addon: String,
+    #[serde(rename = "r")]
+    pub resource: String,
     /// The user's email, when the platform gave one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub e: Option<String>,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// Expiry, unix seconds.
-    pub x: i64,
+    #[serde(rename = "x")]
+    pub expires: i64,
     /// Random id, which the CSRF token is derived from.
-    pub s: String,
+    #[serde(rename = "s")]
+    pub id: String,
 }
 
 /// Why a request carries no usable session.
@@ -83,11 +87,11 @@ impl Session {
         getrandom::fill(&mut id).ok()?;
         let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
         Some(Session {
-            a: addon.to_owned(),
-            r: resource.to_owned(),
-            e: email,
-            x: clock::unix_secs().saturating_add(secs),
-            s: hex::encode(id),
+            addon: addon.to_owned(),
+            resource: resource.to_owned(),
+            email,
+            expires: clock::unix_secs().saturating_add(secs),
+            id: hex::encode(id),
         })
     }
 
@@ -118,10 +122,10 @@ impl Session {
         }
         let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| NoSession::Invalid)?;
         let session: Session = serde_json::from_slice(&bytes).map_err(|_| NoSession::Invalid)?;
-        if session.a != addon {
+        if session.addon != addon {
             return Err(NoSession::Invalid);
         }
-        if session.x <= clock::unix_secs() {
+        if session.expires <= clock::unix_secs() {
             return Err(NoSession::Expired);
         }
         Ok(session)
@@ -129,7 +133,7 @@ impl Session {
 
     /// The session's CSRF token, which forms carry back as `_csrf` (or `x-csrf-token`).
     pub(crate) fn csrf_token(&self, key: &[u8]) -> String {
-        tag(key, "csrf", &self.s).unwrap_or_default()
+        tag(key, "csrf", &self.id).unwrap_or_default()
     }
 
     /// Whether `presented` is this session's CSRF token (compared in constant time).
@@ -181,6 +185,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cookie_keeps_its_one_letter_keys() {
+        let session = Session::open("a", "app-1", Some("u@example.com".into()), 5).unwrap();
+        let json = serde_json::to_value(&session).expect("serialises");
+        let keys: Vec<&str> = json.as_object().expect("an object").keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a", "e", "r", "s", "x"], "cookies sealed by earlier hosts must still open");
+    }
+
+    #[test]
     fn a_session_opens_only_with_its_key_for_its_addon_until_it_expires() {
         let session = Session::open("a", "app-1", Some("u@example.com".into()), 5).unwrap();
         let sealed = session.seal(b"key").unwrap();
@@ -194,7 +206,7 @@ mod tests {
         let forged = format!("{}x.{tag}", &payload[..payload.len() - 1]);
         assert_eq!(Session::open_sealed(&forged, b"key", "a"), Err(NoSession::Invalid));
         let mut old = session.clone();
-        old.x = clock::unix_secs() - 1;
+        old.expires = clock::unix_secs() - 1;
         assert_eq!(Session::open_sealed(&old.seal(b"key").unwrap(), b"key", "a"), Err(NoSession::Expired));
         assert!(session.csrf_matches(b"key", &session.csrf_token(b"key")));
         assert!(!session.csrf_matches(b"key", "nope"));

@@ -111,7 +111,7 @@ impl FromRequestParts<Arc<Xervo>> for Authenticated {
             .decode(encoded.trim())
             .map_err(|_| unauthorized("Basic credentials are not base64"))?;
         let given = String::from_utf8_lossy(&decoded);
-        if !auth::secret_matches(&given, &format!("{}:{}", xervo.id, xervo.password)) {
+        if !auth::secret_matches(&given, &format!("{}:{}", xervo.id, xervo.password.expose())) {
             return Err(unauthorized("wrong credentials for this add-on").into());
         }
         Ok(Authenticated(offered))
