@@ -8,7 +8,7 @@
 //! Implement [`Provider`] and export it with [`export_provider!`]:
 //!
 //! ```no_run
-//! use addon_sdk::{export_provider, kv, Error, Provider, ProvisionReply, ProvisionRequest, Result};
+//! use addon_sdk::{export_provider, kv, log, random, Error, Provider, ProvisionReply, ProvisionRequest, Result};
 //!
 //! struct Hello;
 //!
@@ -19,15 +19,15 @@
 //!         }
 //!         // Keep one greeting per app: a repeated provision returns the same value.
 //!         let key = format!("greeting/{}", req.resource_id);
-//!         let greeting = match kv().get_string(&key)? {
+//!         let greeting = match kv::get_string(&key)? {
 //!             Some(existing) => existing,
 //!             None => {
-//!                 let fresh = format!("hello-{}", addon_sdk::random_hex(8));
-//!                 kv().set_string(&key, &fresh)?;
+//!                 let fresh = format!("hello-{}", random::hex(8));
+//!                 kv::set_string(&key, &fresh)?;
 //!                 fresh
 //!             }
 //!         };
-//!         addon_sdk::info!("provisioned {} on {}", req.resource_id, req.plan);
+//!         log::info!("provisioned {} on {}", req.resource_id, req.plan);
 //!         Ok(ProvisionReply::new().var("HELLO_GREETING", greeting))
 //!     }
 //! }
@@ -39,8 +39,10 @@
 //! `target/wasm32-wasip2/release/` is the component the host loads (crate type `cdylib`).
 //!
 //! A plugin runs in a fresh sandbox for every call, with no filesystem, network or
-//! environment: everything it keeps between calls goes through [`kv()`], whose writes are
-//! committed only if the call succeeds.
+//! environment: everything it keeps between calls goes through [`kv`], whose writes are
+//! committed only if the call succeeds. What else the host offers is grouped the same way:
+//! [`config`] (settings and secrets), [`log`], [`random`], [`clock`], outbound [`http`] and
+//! [`jobs`].
 //!
 //! A plugin may also serve the add-on's own dashboard (behind the platforms' SSO) and an API
 //! for the app's builds: see [`web`].
@@ -61,10 +63,15 @@ pub mod bindings {
     });
 }
 
+pub mod clock;
+pub mod config;
 mod error;
 mod host;
 pub mod http;
 pub mod jobs;
+pub mod kv;
+pub mod log;
+pub mod random;
 mod reply;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
@@ -73,12 +80,12 @@ pub mod web;
 pub use bindings::addon::provider::types::{EnvVar, Platform};
 pub use bindings::{ChangePlanRequest, DeprovisionRequest, ProvisionRequest};
 pub use error::{Error, Result};
-pub use host::{Kv, KvError, Level, addon_id, config, kv, log, now_ms, random_bytes, random_hex, secret};
+pub use kv::KvError;
 pub use reply::{ChangePlanReply, ProvisionReply};
 
 /// What an add-on does when a platform provisions, re-plans or removes a resource.
 ///
-/// Each function runs in a fresh instance; keep state in [`kv()`]. A returned [`Error`]
+/// Each function runs in a fresh instance; keep state in [`kv`]. A returned [`Error`]
 /// reaches the platform as a refusal and discards every key-value write of the call.
 pub trait Provider {
     /// Create the resource and return the variables to export to the app. The host replays

@@ -10,7 +10,7 @@
 //! struct Counter;
 //! impl Provider for Counter {
 //!     fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
-//!         let n = kv().increment("provisions", 1)?;
+//!         let n = kv::increment("provisions", 1)?;
 //!         Ok(ProvisionReply::new().var("COUNTER_N", n.to_string()))
 //!     }
 //! }
@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::bindings::addon::provider::types::Platform;
-use crate::{ChangePlanRequest, DeprovisionRequest, KvError, Level, ProvisionRequest};
+use crate::log::Level;
+use crate::{ChangePlanRequest, DeprovisionRequest, KvError, ProvisionRequest};
 
 /// A host double. Calls run one at a time on the current thread, through [`TestHost::call`].
 #[derive(Clone, Default)]

@@ -177,30 +177,32 @@ host_url = "https://{name}.example.com"
 const LIB_RS: &str = r#"//! An add-on provider: each provisioned app gets a URL and a secret, made once and kept in
 //! the add-on's key-value store; a deprovision forgets the secret.
 
-use addon_sdk::{DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result, export_provider, kv};
+use addon_sdk::{
+    DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result, config, export_provider, kv, log, random,
+};
 
 struct Addon;
 
 impl Provider for Addon {
     fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
-        let base = addon_sdk::config("host_url").ok_or_else(|| Error::internal("config `host_url` is not set"))?;
+        let base = config::get("host_url").ok_or_else(|| Error::internal("config `host_url` is not set"))?;
         let key = format!("secret/{}", req.resource_id);
-        let secret = match kv().get_string(&key)? {
+        let secret = match kv::get_string(&key)? {
             Some(existing) => existing,
             None => {
-                let fresh = addon_sdk::random_hex(24);
-                kv().set_string(&key, &fresh)?;
+                let fresh = random::hex(24);
+                kv::set_string(&key, &fresh)?;
                 fresh
             }
         };
-        addon_sdk::info!("provisioned {} on {}", req.resource_id, req.plan);
+        log::info!("provisioned {} on {}", req.resource_id, req.plan);
         Ok(ProvisionReply::new()
             .var("{PREFIX}_URL", format!("{}/apps/{}", base.trim_end_matches('/'), req.resource_id))
             .var("{PREFIX}_SECRET", secret))
     }
 
     fn deprovision(req: DeprovisionRequest) -> Result<()> {
-        kv().delete(&format!("secret/{}", req.resource_id))?;
+        kv::delete(&format!("secret/{}", req.resource_id))?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! `[addon.limits]`: what one add-on's plugin may use. Every call runs under these; the
 //! defaults fit a million-app add-on (see the README for the reasoning).
 
+use anyhow::bail;
 use serde::Deserialize;
 
 /// What one plugin call may use. The defaults keep a misbehaving plugin from hurting the
@@ -93,5 +94,36 @@ impl Default for Limits {
             max_http_requests_per_call: 32,
             max_http_response_bytes: 1 << 20,
         }
+    }
+}
+
+impl Limits {
+    /// Check the limits of the add-on `at` names: every cap positive, memory within 32-bit
+    /// linear memory.
+    pub(super) fn validate(&self, at: &str) -> anyhow::Result<()> {
+        for (name, value) in [
+            ("deadline_ms", self.deadline_ms),
+            ("memory_mib", self.memory_mib),
+            ("max_reply_bytes", self.max_reply_bytes as u64),
+            ("max_vars", self.max_vars as u64),
+            ("max_key_bytes", self.max_key_bytes as u64),
+            ("max_value_bytes", self.max_value_bytes as u64),
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("fuel", self.fuel.unwrap_or(1)),
+            ("max_call_kv_bytes", self.max_call_kv_bytes),
+            ("max_kv_bytes", self.max_kv_bytes),
+            ("max_kv_keys", self.max_kv_keys),
+            ("max_call_host_bytes", self.max_call_host_bytes as u64),
+            ("max_stored_jobs", self.max_stored_jobs),
+            ("max_concurrent_calls", self.max_concurrent_calls.unwrap_or(1) as u64),
+        ] {
+            if value == 0 {
+                bail!("{at}: `limits.{name}` must be greater than 0");
+            }
+        }
+        if self.memory_mib > 4096 {
+            bail!("{at}: `limits.memory_mib` must be at most 4096 (32-bit linear memory)");
+        }
+        Ok(())
     }
 }

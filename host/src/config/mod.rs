@@ -4,11 +4,11 @@
 //! platform credentials, its plans and its limits. It is validated completely at start-up so
 //! a mistake is reported with the field that holds it, never discovered on a request.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Deserialize;
 
 mod deploys;
@@ -19,6 +19,7 @@ mod outbound;
 mod page;
 mod secret;
 mod storage;
+mod validate;
 mod web;
 mod xervo;
 pub use deploys::DeployLimits;
@@ -398,145 +399,6 @@ impl HostConfig {
         }
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.server.stall_after_ms < 1_000 {
-            bail!("server.stall_after_ms must be at least 1000 (the heartbeat runs every second)");
-        }
-        for (name, value) in [
-            ("max_connections", self.server.max_connections as u64),
-            ("max_connections_per_client", self.server.max_connections_per_client as u64),
-            ("write_timeout_ms", self.server.write_timeout_ms),
-            ("header_timeout_ms", self.server.header_timeout_ms),
-            ("body_timeout_ms", self.server.body_timeout_ms),
-            ("upload_timeout_ms", self.server.upload_timeout_ms),
-            ("budgets.bitrise_ms", self.server.budgets.bitrise_ms),
-            ("budgets.xervo_ms", self.server.budgets.xervo_ms),
-        ] {
-            if value == 0 {
-                bail!("server.{name} must be greater than 0");
-            }
-        }
-        let dns_label = |id: &str| {
-            id.len() <= 63
-                && !id.starts_with('-')
-                && !id.ends_with('-')
-                && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        };
-        if self.server.web_origin.is_some()
-            && let Some(addon) = self.addons.iter().find(|a| !dns_label(&a.id))
-        {
-            bail!("add-on id `{}` cannot name an origin (server.web_origin): use a-z, 0-9 and '-'", addon.id);
-        }
-        if self.server.max_concurrent_calls == 0 {
-            bail!("server.max_concurrent_calls must be at least 1");
-        }
-        if !(0..=19).contains(&self.server.slow_lane_nice) {
-            bail!("server.slow_lane_nice must be between 0 and 19");
-        }
-        if self.server.plugin_cores == Some(0) {
-            bail!("server.plugin_cores must be at least 1");
-        }
-        if let Some(addon) = self.addons.iter().find(|a| !(1..=1_000).contains(&a.limits.cpu_weight)) {
-            bail!("add-on `{}`: limits.cpu_weight must be between 1 and 1000", addon.id);
-        }
-        for (i, admin) in self.server.admins.iter().enumerate() {
-            if admin.name.trim().is_empty() {
-                bail!("server.admins[{i}]: `name` is empty");
-            }
-            if admin.token.len() < 16 {
-                bail!("server.admins[{i}] (`{}`): `token` must be at least 16 characters", admin.name);
-            }
-            let reused = self.addons.iter().any(|a| {
-                a.bitrise.as_ref().is_some_and(|b| b.shared_token == admin.token || b.sso_secret == admin.token)
-                    || a.xervo.as_ref().is_some_and(|x| x.password.as_ref() == Some(&admin.token))
-            });
-            if reused {
-                bail!("server.admins[{i}] (`{}`): `token` must not be a partner's credential", admin.name);
-            }
-        }
-        let partner_credential = |token: &str| {
-            self.addons.iter().any(|a| {
-                a.bitrise.as_ref().is_some_and(|b| b.shared_token.expose() == token || b.sso_secret.expose() == token)
-                    || a.xervo.as_ref().is_some_and(|x| x.password.as_deref() == Some(token))
-            })
-        };
-        let mut tokens: HashSet<&str> = self.server.admins.iter().map(|a| a.token.expose()).collect();
-        for addon in &self.addons {
-            for (j, deployer) in addon.deployers.iter().enumerate() {
-                let at = format!("addon `{}` deployers[{j}] (`{}`)", addon.id, deployer.name);
-                if deployer.name.trim().is_empty() {
-                    bail!("{at}: `name` is empty");
-                }
-                if deployer.token.len() < 16 {
-                    bail!("{at}: `token` must be at least 16 characters");
-                }
-                if partner_credential(&deployer.token) {
-                    bail!("{at}: `token` must not be a partner's credential");
-                }
-                if !tokens.insert(deployer.token.expose()) {
-                    bail!("{at}: `token` is already an admin's or another deployer's token");
-                }
-            }
-        }
-        let mut seen = HashSet::new();
-        for (i, addon) in self.addons.iter().enumerate() {
-            let at = format!("addon[{i}] (id `{}`)", addon.id);
-            if !valid_addon_id(&addon.id) {
-                bail!("{at}: `id` must be 1-63 characters of a-z, 0-9 and '-', starting with a letter");
-            }
-            if !seen.insert(addon.id.as_str()) {
-                bail!("{at}: `id` is used by another add-on");
-            }
-            if let Some(b) = &addon.bitrise {
-                if b.shared_token.trim().is_empty() {
-                    bail!("{at}: `bitrise.shared_token` is empty");
-                }
-                if b.sso_secret.trim().is_empty() {
-                    bail!("{at}: `bitrise.sso_secret` is empty");
-                }
-            }
-            if let Some(x) = &addon.xervo {
-                XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?;
-            }
-            if let Some(p) = addon.plans.iter().find(|p| p.trim().is_empty()) {
-                bail!("{at}: `plans` contains an empty name ({p:?})");
-            }
-            let l = &addon.limits;
-            for (name, value) in [
-                ("deadline_ms", l.deadline_ms),
-                ("memory_mib", l.memory_mib),
-                ("max_reply_bytes", l.max_reply_bytes as u64),
-                ("max_vars", l.max_vars as u64),
-                ("max_key_bytes", l.max_key_bytes as u64),
-                ("max_value_bytes", l.max_value_bytes as u64),
-                ("max_body_bytes", l.max_body_bytes as u64),
-                ("fuel", l.fuel.unwrap_or(1)),
-                ("max_call_kv_bytes", l.max_call_kv_bytes),
-                ("max_kv_bytes", l.max_kv_bytes),
-                ("max_kv_keys", l.max_kv_keys),
-                ("max_call_host_bytes", l.max_call_host_bytes as u64),
-                ("max_stored_jobs", l.max_stored_jobs),
-                ("max_concurrent_calls", l.max_concurrent_calls.unwrap_or(1) as u64),
-            ] {
-                if value == 0 {
-                    bail!("{at}: `limits.{name}` must be greater than 0");
-                }
-            }
-            addon.jobs.validate(&at)?;
-            addon.page.validate(&at)?;
-            let xervo_vars = match &addon.xervo {
-                Some(x) => Some(XervoSettings::resolve(&addon.id, x)?.config_vars),
-                None => None,
-            };
-            addon.web.validate(&at, &addon.id, xervo_vars.as_deref())?;
-            Origins::parse(&addon.allowed_outbound).map_err(|e| anyhow::anyhow!("{at}: `allowed_outbound`: {e}"))?;
-            if l.memory_mib > 4096 {
-                bail!("{at}: `limits.memory_mib` must be at most 4096 (32-bit linear memory)");
-            }
-        }
-        Ok(())
-    }
-
     /// Whether any add-on meters instructions, which the engine must then support.
     pub fn uses_fuel(&self) -> bool {
         self.addons.iter().any(|a| a.limits.fuel.is_some())
@@ -546,9 +408,4 @@ impl HostConfig {
     pub fn max_memory_bytes(&self) -> u64 {
         self.addons.iter().map(|a| a.limits.memory_mib).max().unwrap_or(64) << 20
     }
-}
-
-fn valid_addon_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    matches!(chars.next(), Some('a'..='z')) && id.len() <= 63 && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
 }

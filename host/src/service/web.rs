@@ -15,8 +15,9 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use super::call::{Finish, call_failed, stored};
 use super::record::ApiToken;
-use super::{Addon, Budget, Finish, Record, Service, call_failed, stored};
+use super::{Addon, Budget, Record, Service};
 use crate::clock;
 use crate::error::ServiceError;
 use crate::runtime::{CallFailure, Export, Returned, WebRequest, WebResponse};
@@ -132,7 +133,7 @@ impl Service {
         let mut record = stored(addon, resource_id)
             .await?
             .filter(Record::is_active)
-            .ok_or_else(|| super::no_resource(resource_id))?;
+            .ok_or_else(|| super::provision::no_resource(resource_id))?;
         let generation = record.api_token.as_ref().map_or(1, |t| t.generation.saturating_add(1));
         let token = derive_token(&self.web_key, addon.id(), resource_id, record.created_ms, generation)?;
         record.api_token = Some(ApiToken { generation, sha256: token_hash(&token) });

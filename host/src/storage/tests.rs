@@ -1,6 +1,7 @@
 //! Commits on real sled in a temp dir: what the optimistic check refuses, what the quotas
 //! refuse, and that a refused commit changes nothing.
 
+use super::kv::{KV_BYTES, KV_KEYS, KV_USAGE};
 use super::*;
 
 fn open() -> (tempfile::TempDir, AddonStore) {

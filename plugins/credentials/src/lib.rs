@@ -18,13 +18,13 @@
 use addon_sdk::web::{Request, Response, Surface, Web, escape};
 use addon_sdk::{
     ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
-    export_provider, export_web, kv,
+    config, export_provider, export_web, kv, log, random,
 };
 
 struct Credentials;
 
 fn prefix() -> String {
-    addon_sdk::addon_id().to_ascii_uppercase().replace('-', "_")
+    config::addon_id().to_ascii_uppercase().replace('-', "_")
 }
 
 fn secret_key(resource_id: &str) -> String {
@@ -32,26 +32,26 @@ fn secret_key(resource_id: &str) -> String {
 }
 
 fn host_url(resource_id: &str) -> Result<String> {
-    let base = addon_sdk::config("host_url").ok_or_else(|| Error::internal("config `host_url` is not set"))?;
+    let base = config::get("host_url").ok_or_else(|| Error::internal("config `host_url` is not set"))?;
     Ok(format!("{}/apps/{resource_id}", base.trim_end_matches('/')))
 }
 
 impl Provider for Credentials {
     fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
         let key = secret_key(&req.resource_id);
-        let secret = match kv().get_string(&key)? {
+        let secret = match kv::get_string(&key)? {
             Some(existing) => existing,
             None => {
-                let fresh = addon_sdk::random_hex(24);
+                let fresh = random::hex(24);
                 // compare-and-swap so that two racing first provisions agree on one secret.
-                if !kv().compare_and_swap(&key, None, Some(fresh.as_bytes()))? {
-                    kv().get_string(&key)?.ok_or_else(|| Error::internal("secret vanished"))?
+                if !kv::compare_and_swap(&key, None, Some(fresh.as_bytes()))? {
+                    kv::get_string(&key)?.ok_or_else(|| Error::internal("secret vanished"))?
                 } else {
                     fresh
                 }
             }
         };
-        addon_sdk::info!("issued credentials for {} ({:?})", req.resource_id, req.platform);
+        log::info!("issued credentials for {} ({:?})", req.resource_id, req.platform);
         let prefix = prefix();
         Ok(ProvisionReply::new()
             .var(format!("{prefix}_HOST_URL"), host_url(&req.resource_id)?)
@@ -60,14 +60,14 @@ impl Provider for Credentials {
     }
 
     fn change_plan(req: ChangePlanRequest) -> Result<ChangePlanReply> {
-        addon_sdk::info!("{} moves from {} to {}", req.resource_id, req.previous_plan, req.plan);
+        log::info!("{} moves from {} to {}", req.resource_id, req.previous_plan, req.plan);
         Ok(ChangePlanReply::new().message(format!("Now on {}.", req.plan)))
     }
 
     fn deprovision(req: DeprovisionRequest) -> Result<()> {
-        kv().delete(&calls_key(&req.resource_id))?;
-        let existed = kv().delete(&secret_key(&req.resource_id))?;
-        addon_sdk::info!("revoked credentials for {} (existed: {existed})", req.resource_id);
+        kv::delete(&calls_key(&req.resource_id))?;
+        let existed = kv::delete(&secret_key(&req.resource_id))?;
+        log::info!("revoked credentials for {} (existed: {existed})", req.resource_id);
         Ok(())
     }
 }
@@ -81,8 +81,8 @@ fn calls_key(resource_id: &str) -> String {
 /// Count one build API call for the app; the count so far.
 fn count_call(resource_id: &str) -> Result<u64> {
     let key = calls_key(resource_id);
-    let calls = kv().get_string(&key)?.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0) + 1;
-    kv().set_string(&key, &calls.to_string())?;
+    let calls = kv::get_string(&key)?.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0) + 1;
+    kv::set_string(&key, &calls.to_string())?;
     Ok(calls)
 }
 
@@ -102,8 +102,8 @@ fn json_string(s: &str) -> String {
 
 fn page(req: &Request, rotated: Option<&str>) -> Result<Response> {
     let who = req.identity();
-    let secret = kv().get_string(&secret_key(&who.resource_id))?.unwrap_or_default();
-    let calls = kv().get_string(&calls_key(&who.resource_id))?.unwrap_or_else(|| "0".into());
+    let secret = kv::get_string(&secret_key(&who.resource_id))?.unwrap_or_default();
+    let calls = kv::get_string(&calls_key(&who.resource_id))?.unwrap_or_else(|| "0".into());
     let title = escape(who.app_title.as_deref().unwrap_or(&who.resource_id));
     let shown = match rotated {
         Some(fresh) => format!(
@@ -136,9 +136,9 @@ fn page(req: &Request, rotated: Option<&str>) -> Result<Response> {
 }
 
 fn rotate(req: &Request) -> Result<Response> {
-    let fresh = addon_sdk::random_hex(24);
-    kv().set_string(&secret_key(&req.identity().resource_id), &fresh)?;
-    addon_sdk::info!("rotated the secret of {}", req.identity().resource_id);
+    let fresh = random::hex(24);
+    kv::set_string(&secret_key(&req.identity().resource_id), &fresh)?;
+    log::info!("rotated the secret of {}", req.identity().resource_id);
     page(req, Some(&fresh))
 }
 
@@ -159,7 +159,7 @@ fn serve(req: &Request) -> Result<Response> {
         }
         (Surface::Api, "POST", "/api/verify") => {
             count_call(&who.resource_id)?;
-            let secret = kv().get_string(&secret_key(&who.resource_id))?.unwrap_or_default();
+            let secret = kv::get_string(&secret_key(&who.resource_id))?.unwrap_or_default();
             let valid = !secret.is_empty() && req.body() == secret.as_bytes();
             Response::json(format!("{{\"valid\":{valid}}}"))
         }
@@ -170,7 +170,7 @@ fn serve(req: &Request) -> Result<Response> {
 impl Web for Credentials {
     fn handle(req: Request) -> Response {
         serve(&req).unwrap_or_else(|e| {
-            addon_sdk::warn!("{} {} failed: {e:?}", req.method(), req.path());
+            log::warn!("{} {} failed: {e:?}", req.method(), req.path());
             Response::new(500).header("content-type", "text/plain; charset=utf-8").body("the add-on failed; try again")
         })
     }

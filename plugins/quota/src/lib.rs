@@ -13,7 +13,7 @@
 
 use addon_sdk::{
     ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
-    export_provider, kv,
+    clock, config, export_provider, kv, log,
 };
 
 struct Quota;
@@ -29,13 +29,13 @@ fn quota_mb(plan: &str) -> Result<u64> {
 }
 
 fn prefix() -> String {
-    addon_sdk::addon_id().to_ascii_uppercase().replace('-', "_")
+    config::addon_id().to_ascii_uppercase().replace('-', "_")
 }
 
 /// A stable, unguessable bucket name: a keyed digest of the resource id. (FNV-style mixing
 /// keeps the example dependency-free; a real add-on would use HMAC-SHA256.)
 fn bucket_name(resource_id: &str) -> Result<String> {
-    let key = addon_sdk::secret("signing_key").ok_or_else(|| Error::internal("secret `signing_key` is not set"))?;
+    let key = config::secret("signing_key").ok_or_else(|| Error::internal("secret `signing_key` is not set"))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes().chain([b':']).chain(resource_id.bytes()) {
         h ^= u64::from(b);
@@ -53,11 +53,11 @@ fn plan_key(resource_id: &str) -> String {
 }
 
 fn usage_mb(resource_id: &str) -> Result<u64> {
-    Ok(kv().get_string(&usage_key(resource_id))?.and_then(|s| s.parse().ok()).unwrap_or(0))
+    Ok(kv::get_string(&usage_key(resource_id))?.and_then(|s| s.parse().ok()).unwrap_or(0))
 }
 
 fn vars(resource_id: &str, plan: &str) -> Result<Vec<(String, String)>> {
-    let base = addon_sdk::config("bucket_url").ok_or_else(|| Error::internal("config `bucket_url` is not set"))?;
+    let base = config::get("bucket_url").ok_or_else(|| Error::internal("config `bucket_url` is not set"))?;
     let p = prefix();
     Ok(vec![
         (format!("{p}_URL"), format!("{}/{}", base.trim_end_matches('/'), bucket_name(resource_id)?)),
@@ -67,11 +67,11 @@ fn vars(resource_id: &str, plan: &str) -> Result<Vec<(String, String)>> {
 
 /// Count the resource on the free tier, refusing when the tier is full.
 fn take_free_slot() -> Result<()> {
-    let capacity: i64 = addon_sdk::config("free_capacity").and_then(|c| c.parse().ok()).unwrap_or(1000);
-    let used = kv().increment("tier/free/used", 1)?;
+    let capacity: i64 = config::get("free_capacity").and_then(|c| c.parse().ok()).unwrap_or(1000);
+    let used = kv::increment("tier/free/used", 1)?;
     if used > capacity {
         // The refusal discards this increment along with every other write of the call.
-        let docs = addon_sdk::config("docs_url").unwrap_or_else(|| "https://example.com/docs/free-tier".into());
+        let docs = config::get("docs_url").unwrap_or_else(|| "https://example.com/docs/free-tier".into());
         return Err(Error::unavailable_with_docs(
             "The free tier is full right now; try again later or choose pro.",
             docs,
@@ -90,14 +90,14 @@ impl Provider for Quota {
         if usage > quota {
             return Err(Error::invalid(format!("{usage} MB does not fit the {} plan's {quota} MB", req.plan)));
         }
-        let first_time = kv().get(&plan_key(&req.resource_id))?.is_none();
+        let first_time = kv::get(&plan_key(&req.resource_id))?.is_none();
         if first_time && req.plan == "free" {
             take_free_slot()?;
         }
-        kv().set_string(&plan_key(&req.resource_id), &req.plan)?;
-        kv().set_string(&usage_key(&req.resource_id), &usage.to_string())?;
-        kv().set_string(&format!("res/{}/since", req.resource_id), &addon_sdk::now_ms().to_string())?;
-        addon_sdk::info!("allocated {quota} MB for {}", req.resource_id);
+        kv::set_string(&plan_key(&req.resource_id), &req.plan)?;
+        kv::set_string(&usage_key(&req.resource_id), &usage.to_string())?;
+        kv::set_string(&format!("res/{}/since", req.resource_id), &clock::now_ms().to_string())?;
+        log::info!("allocated {quota} MB for {}", req.resource_id);
         let mut reply = ProvisionReply::new().message(format!("{quota} MB ready on the {} plan.", req.plan));
         for (k, v) in vars(&req.resource_id, &req.plan)? {
             reply = reply.var(k, v);
@@ -108,7 +108,7 @@ impl Provider for Quota {
     fn change_plan(req: ChangePlanRequest) -> Result<ChangePlanReply> {
         let new_quota = quota_mb(&req.plan)?;
         if req.plan == "enterprise" && req.previous_plan != "enterprise" {
-            let docs = addon_sdk::config("docs_url").unwrap_or_else(|| "https://example.com/docs/enterprise".into());
+            let docs = config::get("docs_url").unwrap_or_else(|| "https://example.com/docs/enterprise".into());
             return Err(Error::unavailable_with_docs(
                 "Moving to enterprise is not instant: our team will contact you to set it up.",
                 docs,
@@ -116,7 +116,7 @@ impl Provider for Quota {
         }
         let usage = usage_mb(&req.resource_id)?;
         if usage > new_quota {
-            addon_sdk::warn!("refused downgrade of {} to {}", req.resource_id, req.plan);
+            log::warn!("refused downgrade of {} to {}", req.resource_id, req.plan);
             return Err(Error::invalid(format!(
                 "cannot move to {}: {usage} MB stored exceeds its {new_quota} MB quota; delete data first",
                 req.plan
@@ -125,9 +125,9 @@ impl Provider for Quota {
         if req.plan == "free" && req.previous_plan != "free" {
             take_free_slot()?;
         } else if req.previous_plan == "free" && req.plan != "free" {
-            kv().increment("tier/free/used", -1)?;
+            kv::increment("tier/free/used", -1)?;
         }
-        kv().set_string(&plan_key(&req.resource_id), &req.plan)?;
+        kv::set_string(&plan_key(&req.resource_id), &req.plan)?;
         let mut reply = ChangePlanReply::new().message(format!("Quota is now {new_quota} MB."));
         for (k, v) in vars(&req.resource_id, &req.plan)? {
             reply = reply.var(k, v);
@@ -136,16 +136,16 @@ impl Provider for Quota {
     }
 
     fn deprovision(req: DeprovisionRequest) -> Result<()> {
-        if kv().get_string(&plan_key(&req.resource_id))?.as_deref() == Some("free") {
-            kv().increment("tier/free/used", -1)?;
+        if kv::get_string(&plan_key(&req.resource_id))?.as_deref() == Some("free") {
+            kv::increment("tier/free/used", -1)?;
         }
         // Remove everything kept for this resource.
-        let keys = kv().list_keys(&format!("res/{}/", req.resource_id))?;
+        let keys = kv::list_keys(&format!("res/{}/", req.resource_id))?;
         for key in &keys {
-            kv().delete(key)?;
+            kv::delete(key)?;
         }
         let removed = keys.len();
-        addon_sdk::info!("released {} ({removed} keys)", req.resource_id);
+        log::info!("released {} ({removed} keys)", req.resource_id);
         Ok(())
     }
 }

@@ -11,23 +11,25 @@
 
 use addon_sdk::http::{HttpError, Request, Response};
 use addon_sdk::jobs::{self, Job, JobError};
-use addon_sdk::{DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result, export_provider, kv};
+use addon_sdk::{
+    DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result, config, export_provider, kv, log,
+};
 
 struct Webhooks;
 
 const EVENTS: &str = r#"["build/triggered","build/finished"]"#;
 
 fn api_base() -> String {
-    addon_sdk::config("api_base").unwrap_or_else(|| "https://api.bitrise.io".into()).trim_end_matches('/').to_owned()
+    config::get("api_base").unwrap_or_else(|| "https://api.bitrise.io".into()).trim_end_matches('/').to_owned()
 }
 
 fn hook_url() -> Result<String> {
-    addon_sdk::config("hook_url").ok_or_else(|| Error::internal("config `hook_url` is not set"))
+    config::get("hook_url").ok_or_else(|| Error::internal("config `hook_url` is not set"))
 }
 
 /// A key-value read inside a job: a storage failure is worth another try.
 fn read(key: &str) -> std::result::Result<Option<String>, JobError> {
-    kv().get_string(key).map_err(|e| jobs::retry(format!("reading {key}: {e:?}")))
+    kv::get_string(key).map_err(|e| jobs::retry(format!("reading {key}: {e:?}")))
 }
 
 fn write(result: std::result::Result<impl Sized, addon_sdk::KvError>) -> std::result::Result<(), JobError> {
@@ -75,8 +77,8 @@ fn register(resource: &str) -> std::result::Result<(), JobError> {
         .send();
     let registered = judge("registering the webhook", answer)?;
     let hook = slug(&registered.body).ok_or_else(|| jobs::fail("the API's answer names no webhook slug"))?;
-    write(kv().set_string(&format!("hook/{resource}"), &hook))?;
-    addon_sdk::info!("registered webhook {hook} for app {app}");
+    write(kv::set_string(&format!("hook/{resource}"), &hook))?;
+    log::info!("registered webhook {hook} for app {app}");
     Ok(())
 }
 
@@ -91,24 +93,24 @@ fn unregister(resource: &str) -> std::result::Result<(), JobError> {
                 judge("removing the webhook", answer)?;
             }
         }
-        addon_sdk::info!("removed webhook {hook} of app {app}");
+        log::info!("removed webhook {hook} of app {app}");
     }
     for key in ["hook", "token", "app"] {
-        write(kv().delete(&format!("{key}/{resource}")))?;
+        write(kv::delete(&format!("{key}/{resource}")))?;
     }
     Ok(())
 }
 
 impl Provider for Webhooks {
     fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
-        let prefix = addon_sdk::addon_id().to_ascii_uppercase().replace('-', "_");
+        let prefix = config::addon_id().to_ascii_uppercase().replace('-', "_");
         let reply = ProvisionReply::new().var(format!("{prefix}_EVENTS_URL"), hook_url()?);
         let Some(token) = req.api_token else {
             return Ok(reply.message("No API token from this platform: no webhook to register."));
         };
-        kv().set_string(&format!("token/{}", req.resource_id), &token)?;
-        kv().set_string(&format!("app/{}", req.resource_id), &req.app_id)?;
-        if kv().get(&format!("hook/{}", req.resource_id))?.is_none() {
+        kv::set_string(&format!("token/{}", req.resource_id), &token)?;
+        kv::set_string(&format!("app/{}", req.resource_id), &req.app_id)?;
+        if kv::get(&format!("hook/{}", req.resource_id))?.is_none() {
             jobs::enqueue("register", req.resource_id.as_bytes(), 0)?;
         }
         Ok(reply.message("The webhook is registered in the background."))

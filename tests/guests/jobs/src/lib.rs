@@ -12,15 +12,16 @@
 //! A deprovision enqueues `cleanup`, which records `cleaned/{resource}`.
 
 use addon_sdk::jobs::{self, Job, JobError};
-use addon_sdk::{DeprovisionRequest, Error, Level, Provider, ProvisionReply, ProvisionRequest, Result, kv, log};
+use addon_sdk::log::{self, Level};
+use addon_sdk::{DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result, clock, kv};
 
 struct Jobs;
 
 fn record(job: &Job, prefix: &str) -> std::result::Result<(), JobError> {
     let resource = String::from_utf8_lossy(&job.payload).into_owned();
-    kv().set_string(&format!("{prefix}/{resource}"), &job.attempt.to_string())
+    kv::set_string(&format!("{prefix}/{resource}"), &job.attempt.to_string())
         .map_err(|e| jobs::retry(format!("{e:?}")))?;
-    log(Level::Info, &format!("job {} ({}) ran for {resource}, attempt {}", job.id, job.kind, job.attempt));
+    log::write(Level::Info, &format!("job {} ({}) ran for {resource}, attempt {}", job.id, job.kind, job.attempt));
     Ok(())
 }
 
@@ -47,8 +48,8 @@ impl Provider for Jobs {
         match job.kind.as_str() {
             "once" => record(&job, "ran"),
             "slow" => {
-                let until = addon_sdk::now_ms() + 1_500;
-                while addon_sdk::now_ms() < until {}
+                let until = clock::now_ms() + 1_500;
+                while clock::now_ms() < until {}
                 record(&job, "ran")
             }
             "nap" => {

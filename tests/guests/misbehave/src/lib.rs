@@ -6,20 +6,20 @@
 
 use addon_sdk::{
     ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
-    export_provider, kv,
+    clock, export_provider, kv, log,
 };
 
 struct Misbehave;
 
 fn marker() -> Result<String> {
-    Ok(kv().get_string("marker")?.unwrap_or_else(|| "none".into()))
+    Ok(kv::get_string("marker")?.unwrap_or_else(|| "none".into()))
 }
 
 /// Spin for `ms` milliseconds of wall-clock time (there is no sleep in the sandbox).
 fn spin(ms: u64) {
-    let start = addon_sdk::now_ms();
+    let start = clock::now_ms();
     let mut x: u64 = 0;
-    while addon_sdk::now_ms() < start + ms {
+    while clock::now_ms() < start + ms {
         x = x.wrapping_add(1);
         std::hint::black_box(x);
     }
@@ -56,7 +56,7 @@ impl Provider for Misbehave {
             "kv-hog" => {
                 let value = "h".repeat(200 << 10);
                 for i in 0..1_000 {
-                    kv().set_string(&format!("hog/{}/{i}", req.resource_id), &value)?;
+                    kv::set_string(&format!("hog/{}/{i}", req.resource_id), &value)?;
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_HOGGED", "1000"))
             }
@@ -64,11 +64,11 @@ impl Provider for Misbehave {
             // 400 KB the host must build for it.
             "list-hog" => {
                 for i in 0..1_000 {
-                    kv().set_string(&format!("{}/{i:04}", "k".repeat(395)), "v")?;
+                    kv::set_string(&format!("{}/{i:04}", "k".repeat(395)), "v")?;
                 }
                 let mut listed = 0;
                 for _ in 0..100 {
-                    listed += kv().list_keys("")?.len();
+                    listed += kv::list_keys("")?.len();
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_LISTED", listed.to_string()))
             }
@@ -77,19 +77,19 @@ impl Provider for Misbehave {
                 Ok(ProvisionReply::new().var("MISBEHAVE_SLOW", "done"))
             }
             "write-then-refuse" => {
-                kv().set_string("marker", &req.resource_id)?;
+                kv::set_string("marker", &req.resource_id)?;
                 Err(Error::invalid("refused after writing"))
             }
             "write-then-fail" => {
-                kv().set_string("marker", &req.resource_id)?;
+                kv::set_string("marker", &req.resource_id)?;
                 Err(Error::internal("failed after writing"))
             }
             "write-then-trap" => {
-                kv().set_string("marker", &req.resource_id)?;
+                kv::set_string("marker", &req.resource_id)?;
                 panic!("trapped after writing")
             }
             "write" => {
-                kv().set_string("marker", &req.resource_id)?;
+                kv::set_string("marker", &req.resource_id)?;
                 Ok(ProvisionReply::new().var("MISBEHAVE_MARKER", req.resource_id.clone()))
             }
             "unavailable" => Err(Error::unavailable_with_docs("busy right now", "https://example.com/why")),
@@ -100,14 +100,14 @@ impl Provider for Misbehave {
                 Ok(ProvisionReply::new().var("MISBEHAVE_STATIC", n.to_string()))
             }
             "count" => {
-                let n = kv().increment("calls", 1)?;
+                let n = kv::increment("calls", 1)?;
                 Ok(ProvisionReply::new().var("MISBEHAVE_CALLS", n.to_string()).var("MISBEHAVE_MARKER", marker()?))
             }
             "big-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(1 << 20))),
             "huge-reply" => Ok(ProvisionReply::new().var("MISBEHAVE_BIG", "x".repeat(100 << 20))),
             "log-flood" => {
                 for i in 0..20_000 {
-                    addon_sdk::info!("flooding the log, line {i}: {}", "y".repeat(100));
+                    log::info!("flooding the log, line {i}: {}", "y".repeat(100));
                     if i % 10 == 0 {
                         eprintln!("stderr flood line {i}");
                     }
@@ -137,7 +137,7 @@ impl Provider for Misbehave {
             }
             "fill" => {
                 for i in 0..8 {
-                    kv().set_string(&format!("fill/{}/{i}", req.resource_id), &"z".repeat(200))?;
+                    kv::set_string(&format!("fill/{}/{i}", req.resource_id), &"z".repeat(200))?;
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_FILLED", "8"))
             }
@@ -145,16 +145,16 @@ impl Provider for Misbehave {
             // host module, through the log import, stderr and a refusal's message.
             "log-forge" => {
                 let forged = "2030-01-01T00:00:00Z  INFO addon_host::admin: forged";
-                addon_sdk::warn!("innocent\n{forged} by log\r\n{forged} by crlf\u{1b}[2K");
+                log::warn!("innocent\n{forged} by log\r\n{forged} by crlf\u{1b}[2K");
                 eprintln!("innocent\n{forged} by stderr");
                 Err(Error::invalid(format!("refused\n{forged} by refusal")))
             }
             "log-then-refuse" => {
-                addon_sdk::warn!("misbehave logs before refusing {}", req.resource_id);
+                log::warn!("misbehave logs before refusing {}", req.resource_id);
                 Err(Error::invalid("refused after logging"))
             }
             "write-then-loop" => {
-                kv().set_string("marker", &req.resource_id)?;
+                kv::set_string("marker", &req.resource_id)?;
                 loop {
                     std::hint::black_box(&req);
                 }
@@ -162,11 +162,11 @@ impl Provider for Misbehave {
             "many-vars" => Ok((0..65).fold(ProvisionReply::new(), |r, i| r.var(format!("MISBEHAVE_{i}"), "v"))),
             "dup-var" => Ok(ProvisionReply::new().var("MISBEHAVE_TWICE", "a").var("MISBEHAVE_TWICE", "b")),
             "big-key" => {
-                kv().set_string(&"k".repeat(513), "v")?;
+                kv::set_string(&"k".repeat(513), "v")?;
                 Ok(ProvisionReply::new().var("MISBEHAVE_KEY", "513"))
             }
             "big-value" => {
-                kv().set_string("big", &"v".repeat(262_145))?;
+                kv::set_string("big", &"v".repeat(262_145))?;
                 Ok(ProvisionReply::new().var("MISBEHAVE_VALUE", "262145"))
             }
             "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
@@ -181,7 +181,7 @@ impl Provider for Misbehave {
                 .var("OTHER_TOKEN", "v")),
             "kv-flood" => {
                 for i in 0..100_000 {
-                    kv().set_string(&format!("flood/{i}"), "x")?;
+                    kv::set_string(&format!("flood/{i}"), "x")?;
                 }
                 Ok(ProvisionReply::new().var("MISBEHAVE_FLOOD", "done"))
             }
@@ -283,7 +283,7 @@ impl addon_sdk::web::Web for Misbehave {
             // A key-value write, kept when the answer is 2xx and dropped when it is 500.
             "write" | "write-then-500" => {
                 let value = req.query_value("v").unwrap_or_else(|| "w".into());
-                if let Err(e) = kv().set_string("marker", &value) {
+                if let Err(e) = kv::set_string("marker", &value) {
                     return Response::new(500).body(format!("{e:?}"));
                 }
                 Response::text(format!("wrote {value}")).status(if what == "write" { 200 } else { 500 })

@@ -8,12 +8,12 @@ struct Versioned;
 
 impl Provider for Versioned {
     fn provision(req: ProvisionRequest) -> Result<ProvisionReply> {
-        kv().set_string(&format!("served-by/{}", req.resource_id), VERSION)?;
+        kv::set_string(&format!("served-by/{}", req.resource_id), VERSION)?;
         Ok(ProvisionReply::new().var("VERSIONED_VERSION", VERSION).var("VERSIONED_PLAN", req.plan))
     }
 
     fn change_plan(req: ChangePlanRequest) -> Result<ChangePlanReply> {
-        kv().set_string(&format!("plan-by/{}", req.resource_id), VERSION)?;
+        kv::set_string(&format!("plan-by/{}", req.resource_id), VERSION)?;
         Ok(ChangePlanReply::new().var("VERSIONED_VERSION", VERSION).message(format!("version {VERSION}")))
     }
 }
@@ -29,7 +29,7 @@ impl addon_sdk::web::Web for Versioned {
             let page = format!("<!DOCTYPE html><html><head>{}</head><body><p>version {VERSION}</p></body></html>", who.beam());
             return addon_sdk::web::Response::html(page);
         }
-        match kv().set_string(&format!("http-by/{}", who.resource_id), VERSION) {
+        match kv::set_string(&format!("http-by/{}", who.resource_id), VERSION) {
             Ok(()) => addon_sdk::web::Response::text(VERSION),
             Err(e) => addon_sdk::web::Response::new(500).body(format!("{e:?}")),
         }
