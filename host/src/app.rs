@@ -62,13 +62,28 @@ pub fn metrics_app(service: Arc<Service>) -> Router {
 
 /// Liveness (Kubernetes `livenessProbe`): the process answers. Restarting it is the cure
 /// only when it does not.
-async fn live() -> Response {
-    Json(json!({ "status": "live" })).into_response()
+async fn live(State(service): State<Arc<Service>>) -> Response {
+    match service.storage().broken() {
+        None => Json(json!({ "status": "live" })).into_response(),
+        Some(why) => broken(&why),
+    }
+}
+
+/// The answer of every probe once storage cannot go on (a failed write to sled or its log):
+/// 503, so that a supervisor restarts the host. The cause is in the host's log.
+fn broken(why: &crate::storage::StorageError) -> Response {
+    let full = if matches!(why, crate::storage::StorageError::DiskFull(_)) { " (the data disk is full)" } else { "" };
+    let message = format!("storage failed{full}; the host must restart, which replays its log");
+    let body = json!({ "status": "broken", "error": "storage_failed", "message": message });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// Readiness (`readinessProbe`): every add-on has a plugin loaded (true once the host
 /// listens) and storage is committing; 503 while commits have stalled.
 async fn ready(State(service): State<Arc<Service>>) -> Response {
+    if let Some(why) = service.storage().broken() {
+        return broken(&why);
+    }
     match service.storage().stall() {
         None => Json(json!({ "status": "ready", "addons": service.addons().count() })).into_response(),
         Some(stall) => {
@@ -87,6 +102,9 @@ fn stalled(stall: &crate::storage::Stall) -> String {
 /// [`crate::storage::Stall`]). It names nothing else: which add-ons, plugins, engine and
 /// storage the host has is the operator's to see, on `/admin/status`. Never touches storage.
 async fn health(State(service): State<Arc<Service>>) -> Response {
+    if let Some(why) = service.storage().broken() {
+        return broken(&why);
+    }
     match service.storage().stall() {
         None => Json(json!({ "status": "ok" })).into_response(),
         Some(stall) => {

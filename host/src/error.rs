@@ -91,6 +91,7 @@ impl ServiceError {
             PluginError { .. } => "plugin_error",
             CallFailed { failure, .. } => failure.kind(),
             Busy { .. } => "busy",
+            Storage(StorageError::DiskFull(_)) => "disk_full",
             Storage(_) | Corrupt { .. } => "storage_error",
             Host { .. } => "host_error",
         }

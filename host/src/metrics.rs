@@ -102,6 +102,8 @@ pub struct Metrics {
     pub connections: Gauge,
     pub calls_in_flight: Gauge,
     pub spare_instances: Gauge,
+    /// Free bytes on the data directory's disk (sled), sampled every second.
+    pub data_disk_free_bytes: Gauge,
     pub calls_on_spares: Counter,
 }
 
@@ -137,6 +139,7 @@ impl Metrics {
             connections: Gauge::default(),
             calls_in_flight: Gauge::default(),
             spare_instances: Gauge::default(),
+            data_disk_free_bytes: Gauge::default(),
             calls_on_spares: Counter::default(),
         };
         let r = &mut m.registry;
@@ -197,6 +200,11 @@ impl Metrics {
         r.register("addon_host_flushes", "Storage flushes (group commits)", m.flushes.clone());
         r.register("addon_host_connections", "Open HTTP connections", m.connections.clone());
         r.register("addon_host_calls_in_flight", "Plugin calls running on the host now", m.calls_in_flight.clone());
+        r.register(
+            "addon_host_data_disk_free_bytes",
+            "Free bytes on the data directory's disk (sled; below server.min_free_disk_mib new provisions and uploads are refused)",
+            m.data_disk_free_bytes.clone(),
+        );
         r.register(
             "addon_host_spare_instances",
             "Plugin instances made ahead of their call, ready now",

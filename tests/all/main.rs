@@ -20,6 +20,7 @@ mod fuzz;
 mod hostile;
 mod hosts;
 
+mod disk;
 mod durability;
 mod edge;
 mod isolation;

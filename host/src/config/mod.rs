@@ -90,6 +90,10 @@ pub struct ServerConfig {
     /// `/healthz` answers 503 when no durable commit has completed for this long (the
     /// storage watchdog commits a heartbeat every second).
     pub stall_after_ms: u64,
+    /// sled only: below this much free space on the data directory's disk, new provisions
+    /// and plugin uploads are answered 507 while plan changes, deprovisions and the host's
+    /// own upkeep go on; a WARN at twice it. 0 turns the watermark off.
+    pub min_free_disk_mib: u64,
     /// Connections served at once; past it a new connection is answered 503 at once and
     /// closed (instead of waiting unseen in the listen backlog). The host raises its
     /// open-file limit to make room, up to the hard limit, and warns if it cannot.
@@ -179,6 +183,7 @@ impl Default for ServerConfig {
             admins: Vec::new(),
             max_plugin_bytes: 64 << 20,
             stall_after_ms: 5_000,
+            min_free_disk_mib: 128,
             max_connections: 4_096,
             max_connections_per_client: 256,
             write_timeout_ms: 10_000,

@@ -16,10 +16,14 @@ impl HostConfig {
         self.validate_tokens()?;
         let mut seen = HashSet::new();
         for (i, addon) in self.addons.iter().enumerate() {
-            validate_addon(i, addon)?;
-            if !seen.insert(addon.id.as_str()) {
-                bail!("addon[{i}] (id `{}`): `id` is used by another add-on", addon.id);
+            let at = format!("addon[{i}] (id `{}`)", addon.id);
+            if !valid_addon_id(&addon.id) {
+                bail!("{at}: `id` must be 1-63 characters of a-z, 0-9 and '-', starting with a letter");
             }
+            if !seen.insert(addon.id.as_str()) {
+                bail!("{at}: `id` is used by another add-on");
+            }
+            validate_addon(&at, addon)?;
         }
         Ok(())
     }
@@ -113,11 +117,8 @@ impl HostConfig {
     }
 }
 
-fn validate_addon(i: usize, addon: &AddonConfig) -> anyhow::Result<()> {
-    let at = format!("addon[{i}] (id `{}`)", addon.id);
-    if !valid_addon_id(&addon.id) {
-        bail!("{at}: `id` must be 1-63 characters of a-z, 0-9 and '-', starting with a letter");
-    }
+/// One add-on's settings (`at` names it in messages).
+fn validate_addon(at: &str, addon: &AddonConfig) -> anyhow::Result<()> {
     if let Some(b) = &addon.bitrise {
         if b.shared_token.trim().is_empty() {
             bail!("{at}: `bitrise.shared_token` is empty");
@@ -135,10 +136,10 @@ fn validate_addon(i: usize, addon: &AddonConfig) -> anyhow::Result<()> {
     if let Some(p) = addon.plans.iter().find(|p| p.trim().is_empty()) {
         bail!("{at}: `plans` contains an empty name ({p:?})");
     }
-    addon.limits.validate(&at)?;
-    addon.jobs.validate(&at)?;
-    addon.page.validate(&at)?;
-    addon.web.validate(&at, &addon.id, xervo_vars.as_deref())?;
+    addon.limits.validate(at)?;
+    addon.jobs.validate(at)?;
+    addon.page.validate(at)?;
+    addon.web.validate(at, &addon.id, xervo_vars.as_deref())?;
     Origins::parse(&addon.allowed_outbound).map_err(|e| anyhow::anyhow!("{at}: `allowed_outbound`: {e}"))?;
     Ok(())
 }

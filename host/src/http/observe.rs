@@ -174,6 +174,9 @@ pub(crate) async fn scrape(service: &Arc<Service>) -> Response {
     let (spares, on_spares) = service.runtime().spares();
     metrics.spare_instances.set(spares as i64);
     Metrics::catch_up(&metrics.calls_on_spares, on_spares);
+    if let Some(free) = service.storage().free_disk_bytes() {
+        metrics.data_disk_free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+    }
     let commits = service.storage().commit_stats();
     Metrics::catch_up(&metrics.durable_writes, commits.writes);
     Metrics::catch_up(&metrics.flushes, commits.flushes);

@@ -33,6 +33,11 @@ pub(crate) fn status(error: &ServiceError) -> StatusCode {
         // The shared database is unreachable or failed the commit: nothing was stored, and
         // the same request will succeed once it is back.
         Storage(StorageError::Database(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        // The data disk is full, or below its watermark for work that needs room.
+        Storage(StorageError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
+        // The write-ahead log stopped at a failed write: the host says so on /livez and is
+        // restarted by its supervisor; the same request succeeds after the restart.
+        Storage(StorageError::Flush(_)) => StatusCode::SERVICE_UNAVAILABLE,
         PluginError { .. } | CallFailed { .. } | Storage(_) | Corrupt { .. } | Host { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -41,7 +46,12 @@ pub(crate) fn status(error: &ServiceError) -> StatusCode {
 
 /// The JSON body: kind and message, plus what identifies a plugin's failure.
 pub(crate) fn body(error: &ServiceError) -> serde_json::Value {
-    let mut body = json!({ "error": error.kind(), "message": error.to_string() });
+    let message = match error {
+        // The engine's words and paths are for the host's log, not the platform.
+        ServiceError::Storage(e) => e.public_message().to_owned(),
+        _ => error.to_string(),
+    };
+    let mut body = json!({ "error": error.kind(), "message": message });
     use ServiceError::*;
     match error {
         Refused { addon, call, .. } => {
@@ -73,14 +83,20 @@ impl IntoResponse for ServiceError {
         let retry_after = match &self {
             ServiceError::Busy { .. } => Some("1".to_owned()),
             ServiceError::Unavailable { .. } => Some("30".to_owned()),
-            ServiceError::Storage(StorageError::Database(_))
+            ServiceError::Storage(StorageError::Database(_) | StorageError::Flush(_))
             | ServiceError::CallFailed { failure: CallFailure::StorageUnavailable(_), .. } => Some("5".to_owned()),
             ServiceError::RateLimited { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0).to_string())
             }
             _ => None,
         };
-        let expected = matches!(self, ServiceError::Busy { .. } | ServiceError::Unavailable { .. });
+        // A full data disk is said once, at ERROR, where it happens (`storage::wal`).
+        let expected = matches!(
+            self,
+            ServiceError::Busy { .. }
+                | ServiceError::Unavailable { .. }
+                | ServiceError::Storage(StorageError::DiskFull(_))
+        );
         if expected {
             // A plugin's own "not now" or a full host: expected under load, retried by the platform.
             tracing::warn!(status = status.as_u16(), "{self}");

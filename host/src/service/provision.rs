@@ -81,6 +81,10 @@ impl Service {
         }
         let now = clock::now_ms();
         let created = existing.is_none();
+        if created {
+            // A new resource needs room; re-provisions, plan changes and deprovisions go on.
+            self.storage.check_room()?;
+        }
         let created_ms = existing.as_ref().map_or(now, |r| r.created_ms);
         let alias = alias.as_ref().map(|(k, id)| (k.as_str(), id.as_str()));
         let export = Export::Provision(req.to_wit(platform, &resource_id));

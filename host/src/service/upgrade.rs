@@ -106,6 +106,7 @@ impl Service {
         by: &str,
         activate: bool,
     ) -> Result<Uploaded, ServiceError> {
+        self.storage.check_room()?;
         let sha = hex::encode(Sha256::digest(&bytes));
         self.make_room(addon, &sha, bytes.len() as u64, by == "watch").await?;
         let bytes = Arc::new(bytes);

@@ -70,6 +70,18 @@ pub(crate) trait Backend: Send + Sync {
         None
     }
 
+    /// The host's own data directory, whose disk this backend fills (sled); `None` when the
+    /// data lives elsewhere (PostgreSQL).
+    fn data_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+
+    /// Why this backend cannot go on safely (a failed write to sled or its log), once it
+    /// cannot: only a restart recovers.
+    fn broken(&self) -> Option<super::StorageError> {
+        None
+    }
+
     fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
     /// Whether [`Backend::get`] may wait on something else (the network, a lock a commit

@@ -265,7 +265,8 @@ pub(super) struct Watchdog {
 }
 
 impl Watchdog {
-    pub(super) fn start(backend: Arc<dyn Backend>, limit: Duration) -> Watchdog {
+    /// Start the heartbeat (which also samples `disk`, if any) and the stall reporter.
+    pub(super) fn start(backend: Arc<dyn Backend>, limit: Duration, disk: Option<Arc<super::disk::Disk>>) -> Watchdog {
         let beats = Arc::new(Beats {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -274,7 +275,9 @@ impl Watchdog {
         });
         let (b1, b2) = (beats.clone(), beats.clone());
         let threads = [
-            std::thread::Builder::new().name("storage-heartbeat".into()).spawn(move || beat(&b1, backend.as_ref())),
+            std::thread::Builder::new()
+                .name("storage-heartbeat".into())
+                .spawn(move || beat(&b1, backend.as_ref(), disk.as_deref())),
             std::thread::Builder::new().name("storage-watchdog".into()).spawn(move || report(&b2)),
         ]
         .into_iter()
@@ -301,16 +304,28 @@ impl Drop for Watchdog {
     }
 }
 
-fn beat(beats: &Beats, backend: &dyn Backend) {
+fn beat(beats: &Beats, backend: &dyn Backend, disk: Option<&super::disk::Disk>) {
+    let mut failing = false;
     while !beats.stop.load(Ordering::Relaxed) {
+        if let Some(disk) = disk {
+            disk.sample();
+        }
         let beat = backend.commit("heartbeat", &mut |_| {
             let mut batch = Batch::default();
             batch.insert(&b"beat"[..], now_ms().to_be_bytes());
             Ok(batch)
         });
         match beat {
-            Ok(()) => beats.last_ms.store(beats.started.elapsed().as_millis() as u64, Ordering::Relaxed),
-            Err(e) => tracing::error!("storage heartbeat failed: {e}"),
+            Ok(()) => {
+                beats.last_ms.store(beats.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                failing = false;
+            }
+            // Once per run of failures: a broken storage fails every beat the same way.
+            Err(e) if !failing => {
+                tracing::error!("storage heartbeat failed: {e}");
+                failing = true;
+            }
+            Err(_) => {}
         }
         std::thread::park_timeout(HEARTBEAT);
     }

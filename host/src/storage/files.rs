@@ -18,6 +18,9 @@ pub(crate) struct Files {
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StorageError {
+    if super::is_disk_full(&e) {
+        return StorageError::DiskFull(format!("{what} {}: {e}", path.display()));
+    }
     StorageError::Files(format!("{what} {}: {e}", path.display()))
 }
 

@@ -16,6 +16,7 @@
 
 mod backend;
 mod copy;
+mod disk;
 mod durable;
 mod files;
 mod jobs;
@@ -49,8 +50,12 @@ const ALIAS: &[u8] = b"a/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("storage failure: {0}")]
-    Sled(#[from] ::sled::Error),
+    #[error("sled: {0}")]
+    Sled(::sled::Error),
+    /// The data directory's disk is full (or below `server.min_free_disk_mib` for work that
+    /// needs room): answered 507, with the detail in the log only.
+    #[error("the data disk is full: {0}")]
+    DiskFull(String),
     /// The shared database is unreachable or failed: nothing was stored, and the same
     /// request succeeds once it is back (answered 503 with `Retry-After`).
     #[error("database failure: {0}")]
@@ -77,6 +82,37 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+impl From<::sled::Error> for StorageError {
+    fn from(e: ::sled::Error) -> StorageError {
+        match &e {
+            ::sled::Error::Io(io) if is_disk_full(io) => StorageError::DiskFull(format!("sled: {e}")),
+            _ => StorageError::Sled(e),
+        }
+    }
+}
+
+/// Whether an IO error says the disk (or the user's quota on it) is full.
+/// (sled re-raises an earlier IO error as a copy that keeps only its kind.)
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) || matches!(e.kind(), StorageFull | QuotaExceeded)
+}
+
+impl StorageError {
+    /// What a client is told: the kind of failure, never paths or the engine's own words
+    /// (those are in the host's log).
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            StorageError::DiskFull(_) => "the host's data disk is full; nothing was changed",
+            StorageError::Database(_) => "the database is unavailable; nothing was changed, retry shortly",
+            StorageError::Flush(_) => {
+                "the host's storage failed and the host must restart; nothing was changed, retry shortly"
+            }
+            _ => "the host's storage failed; nothing was changed",
+        }
+    }
+}
+
 /// How long commits may make no progress before the host reports itself unhealthy.
 pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(5);
 
@@ -86,6 +122,8 @@ pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(5);
 pub struct Storage {
     backend: Arc<dyn Backend>,
     watchdog: Arc<Watchdog>,
+    /// The data directory's disk (sled), sampled by the watchdog's heartbeat.
+    disk: Option<Arc<disk::Disk>>,
 }
 
 impl Storage {
@@ -96,11 +134,11 @@ impl Storage {
 
     /// sled in `dir`, with a chosen stall limit (see [`Storage::stall`]).
     pub fn open_with(dir: &Path, stall_limit: Duration) -> Result<Storage> {
-        Self::open_synced(dir, stall_limit, SyncMode::default())
+        Self::open_synced(dir, stall_limit, SyncMode::default(), 0)
     }
 
-    fn open_synced(dir: &Path, stall_limit: Duration, sync: SyncMode) -> Result<Storage> {
-        Ok(Self::on(Arc::new(sled::Sled::open(dir, sync)?), stall_limit))
+    fn open_synced(dir: &Path, stall_limit: Duration, sync: SyncMode, min_free: u64) -> Result<Storage> {
+        Ok(Self::on(Arc::new(sled::Sled::open(dir, sync)?), stall_limit, min_free))
     }
 
     /// The backend the server's config names: PostgreSQL when `[server.storage] postgres`
@@ -108,14 +146,37 @@ impl Storage {
     pub fn open_config(server: &crate::config::ServerConfig) -> Result<Storage> {
         let stall_limit = Duration::from_millis(server.stall_after_ms);
         match &server.storage.postgres {
-            Some(url) => Ok(Self::on(Arc::new(postgres::Postgres::connect(&server.storage, url)?), stall_limit)),
-            None => Self::open_synced(&server.data_dir, stall_limit, server.storage.sync),
+            Some(url) => Ok(Self::on(Arc::new(postgres::Postgres::connect(&server.storage, url)?), stall_limit, 0)),
+            None => {
+                let min_free = server.min_free_disk_mib.saturating_mul(1 << 20);
+                Self::open_synced(&server.data_dir, stall_limit, server.storage.sync, min_free)
+            }
         }
     }
 
-    fn on(backend: Arc<dyn Backend>, stall_limit: Duration) -> Storage {
-        let watchdog = Arc::new(Watchdog::start(backend.clone(), stall_limit));
-        Storage { backend, watchdog }
+    fn on(backend: Arc<dyn Backend>, stall_limit: Duration, min_free: u64) -> Storage {
+        let disk = backend.data_dir().map(|dir| Arc::new(disk::Disk::new(dir, min_free)));
+        let watchdog = Arc::new(Watchdog::start(backend.clone(), stall_limit, disk.clone()));
+        Storage { backend, watchdog, disk }
+    }
+
+    /// Why the storage cannot go on safely, once a write to it has failed (sled and its log
+    /// cannot continue past a failed write): the host must restart, which replays the log.
+    pub fn broken(&self) -> Option<StorageError> {
+        self.backend.broken()
+    }
+
+    /// Free bytes on the data directory's disk at the last sample (sled only).
+    pub fn free_disk_bytes(&self) -> Option<u64> {
+        self.disk.as_ref()?.free_bytes()
+    }
+
+    /// Refuse work that needs room while the data disk is below `server.min_free_disk_mib`.
+    pub fn check_room(&self) -> Result<()> {
+        match self.disk.as_ref().and_then(|d| d.low()) {
+            Some(why) => Err(StorageError::DiskFull(why)),
+            None => Ok(()),
+        }
     }
 
     /// `sled` or `postgres`.

@@ -120,6 +120,14 @@ impl Backend for Sled {
         Some(&self.files)
     }
 
+    fn data_dir(&self) -> Option<&Path> {
+        self.files.parent()
+    }
+
+    fn broken(&self) -> Option<super::StorageError> {
+        self.durable.wal.broken()
+    }
+
     fn spaces(&self) -> Result<Vec<String>> {
         let names = self.db.tree_names().into_iter().map(|n| String::from_utf8_lossy(&n).into_owned());
         Ok(names.filter(|n| n != "__sled__default").collect())

@@ -27,7 +27,8 @@ struct State {
     zeroed: [u64; 2],
     /// How far each file is asked to grow.
     wanted: [u64; 2],
-    failed: Option<String>,
+    /// The growth's failure, and whether the disk was full.
+    failed: Option<(String, bool)>,
     stop: bool,
 }
 
@@ -75,8 +76,8 @@ impl Growth {
             self.changed.notify_all();
         }
         while st.zeroed[file] < end {
-            if let Some(why) = &st.failed {
-                return Err(StorageError::Flush(why.clone()));
+            if let Some((why, full)) = &st.failed {
+                return Err(if *full { StorageError::DiskFull(why.clone()) } else { StorageError::Flush(why.clone()) });
             }
             st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
@@ -112,7 +113,9 @@ impl Growth {
             let mut st = lock(&self.state);
             match grown {
                 Ok(()) => st.zeroed[file] = st.zeroed[file].max(to),
-                Err(e) => st.failed = Some(format!("write-ahead log: growing a file: {e}")),
+                Err(e) => {
+                    st.failed = Some((format!("write-ahead log: growing a file: {e}"), super::super::is_disk_full(&e)))
+                }
             }
             self.changed.notify_all();
         }

@@ -58,8 +58,18 @@ pub(super) struct Wal {
     /// Taken by the group commit's leader only (one at a time).
     writer: Mutex<Writer>,
     /// Once a write or an apply has failed the log cannot be trusted past it: every later
-    /// commit fails. (Taken last, after any other lock of the log.)
-    broken: Mutex<Option<String>>,
+    /// commit fails, and the host reports itself broken (`/livez` 503) so its supervisor
+    /// restarts it, which replays the log. (Taken last, after any other lock of the log.)
+    broken: Mutex<Option<Broken>>,
+    /// The data directory, for the one ERROR that says the host must restart.
+    data_dir: std::path::PathBuf,
+}
+
+/// Why the log stopped: its first failure.
+#[derive(Debug, Clone)]
+struct Broken {
+    why: String,
+    disk_full: bool,
 }
 
 struct Pending {
@@ -104,6 +114,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn io(what: &str, e: std::io::Error) -> StorageError {
+    if super::is_disk_full(&e) {
+        return StorageError::DiskFull(format!("write-ahead log: {what}: {e}"));
+    }
     StorageError::Flush(format!("write-ahead log: {what}: {e}"))
 }
 
@@ -159,6 +172,7 @@ impl Wal {
             }),
             applied: Condvar::new(),
             broken: Mutex::new(None),
+            data_dir: dir.parent().unwrap_or(dir).to_path_buf(),
             writer: Mutex::new(Writer {
                 db: db.clone(),
                 files,
@@ -222,13 +236,9 @@ impl Wal {
                 self.applied.notify_all();
             }
         }
-        if let Err(e) = &outcome {
-            // sled failed in the middle of a commit: nothing more can be trusted to it until
-            // a restart completes the commit from its pending entry (or its logged entry).
-            tracing::error!("storage: applying a commit failed: {e}");
-            *lock(&self.broken) = Some(format!("applying a commit failed: {e}"));
-        }
-        outcome
+        // sled failed in the middle of a commit: nothing more can be trusted to it until a
+        // restart completes the commit from its pending entry (or its logged entry).
+        outcome.map_err(|e| self.fail(e))
     }
 
     /// The last sequence number appended.
@@ -282,14 +292,29 @@ impl Wal {
 
     fn check(&self) -> Result<()> {
         match &*lock(&self.broken) {
-            Some(why) => Err(StorageError::Flush(why.clone())),
+            Some(Broken { why, disk_full: true }) => Err(StorageError::DiskFull(why.clone())),
+            Some(Broken { why, .. }) => Err(StorageError::Flush(why.clone())),
             None => Ok(()),
         }
     }
 
+    /// Why no commit can be made durable any more, once a write or an apply has failed.
+    pub(super) fn broken(&self) -> Option<StorageError> {
+        self.check().err()
+    }
+
+    /// Stop the log at its first failure `e` (said once, at ERROR, with the data directory).
     fn fail(&self, e: StorageError) -> StorageError {
-        tracing::error!("the write-ahead log failed; no commit can be made durable any more: {e}");
-        *lock(&self.broken) = Some(e.to_string());
+        let mut broken = lock(&self.broken);
+        if broken.is_none() {
+            tracing::error!(
+                data_dir = %self.data_dir.display(),
+                "STORAGE FAILED in {}: {e}. No commit can be made durable any more; /livez answers 503 so \
+                 that a supervisor restarts the host, and the restart replays the write-ahead log",
+                self.data_dir.display()
+            );
+            *broken = Some(Broken { why: e.to_string(), disk_full: matches!(e, StorageError::DiskFull(_)) });
+        }
         e
     }
 
