@@ -57,10 +57,90 @@ fn check<'a>(report: &'a Value, name: &str) -> (&'a str, &'a str) {
     (found["outcome"].as_str().unwrap(), found["detail"].as_str().unwrap())
 }
 
+/// Every check a full run (both platforms, a plan list, a config) records, by name (the call
+/// time's name carries its figures): none may vanish unnoticed.
+const FULL_RUN: &[&str] = &[
+    "bitrise: provision without credentials is refused",
+    "bitrise: provision with a wrong token is refused",
+    "bitrise: provision with Xervo's credentials is refused",
+    "bitrise: the shared token in the wrong header is refused",
+    "bitrise: a malformed JSON body is refused",
+    "bitrise: a body without app_slug and plan is refused",
+    "bitrise: an oversized body is refused",
+    "bitrise: provision of an unknown plan is refused",
+    "bitrise: plan change of an unknown app is refused",
+    "bitrise: login for an app that is not provisioned is refused",
+    "bitrise: provision answers 201 with envs",
+    "bitrise: repeat 1 answers 200 with the same envs",
+    "bitrise: repeat 2 answers 200 with the same envs",
+    "bitrise: provision returns variables",
+    "bitrise: plan change answers 2xx",
+    "bitrise: plan change to an unknown plan is refused",
+    "bitrise: a provision repeated after the plan change answers with envs",
+    "bitrise: plan change without credentials is refused",
+    "bitrise: login answers well-formed XHTML with the Beam header",
+    "bitrise: a replayed SSO token is refused",
+    "bitrise: an SSO token an hour old is refused",
+    "bitrise: a forged SSO token is refused",
+    "bitrise: a malformed SSO token is refused",
+    "bitrise: deprovision without credentials is refused",
+    "bitrise: deprovision answers 2xx",
+    "bitrise: deprovision repeat 1 answers 2xx",
+    "bitrise: deprovision repeat 2 answers 2xx",
+    "bitrise: deprovision of a never-provisioned app answers 2xx",
+    "bitrise: login after deprovision is refused",
+    "bitrise: variable names are A-Z, 0-9 and '_'",
+    "bitrise: variable names start with the prefix",
+    "bitrise: variable values are not empty",
+    "bitrise: *_URL values are URLs",
+    "call time",
+    "xervo: the manifest passes dia's rules",
+    "xervo: provision without credentials is refused",
+    "xervo: provision with a wrong password is refused",
+    "xervo: provision with Bitrise's shared token is refused",
+    "xervo: a malformed JSON body is refused",
+    "xervo: provision of an unknown plan is refused",
+    "xervo: provision answers 200 with an id and a config",
+    "xervo: provision returns variables",
+    "xervo: every declared config var is returned, not empty",
+    "xervo: the same provision again answers the same resource",
+    "xervo: plan change answers 200 with a message",
+    "xervo: plan change to an unknown plan is refused",
+    "xervo: plan change without credentials is refused",
+    "xervo: plan change of an unknown resource is refused",
+    "xervo: SSO with an invalid token answers 403",
+    "xervo: SSO with a good token opens the dashboard",
+    "xervo: a replayed SSO token is refused",
+    "xervo: an SSO token an hour old is refused",
+    "xervo: an SSO body without a token is refused",
+    "xervo: deprovision without credentials is refused",
+    "xervo: deprovision answers 200",
+    "xervo: deprovision again answers 200",
+    "xervo: deprovision of an unknown resource is refused",
+    "xervo: a plan change after deprovision is refused",
+    "xervo: SSO after deprovision still opens (dia's chain)",
+    "xervo: variable names are A-Z, 0-9 and '_'",
+    "xervo: variable names start with the prefix",
+    "xervo: variable values are not empty",
+    "xervo: *_URL values are URLs",
+];
+
+/// The names of the checks in `report`, without what varies by add-on and run: the call
+/// time's figures and the variables' prefix.
+fn names(report: &Value) -> Vec<String> {
+    let checks = report["checks"].as_array().expect("checks");
+    let general = |name: &str| match name.split_once(": variable names start with ") {
+        _ if name.starts_with("call time") => "call time".to_owned(),
+        Some((protocol, _)) => format!("{protocol}: variable names start with the prefix"),
+        None => name.to_owned(),
+    };
+    checks.iter().map(|c| general(c["name"].as_str().unwrap())).collect()
+}
+
 pub(crate) fn assert_all_pass(ok: bool, report: &Value) {
     assert!(ok, "the kit failed: {report:#}");
     assert_eq!((report["failed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(0)), "{report:#}");
-    assert!(report["passed"].as_u64().unwrap() >= 55, "too few checks ran: {report:#}");
+    assert_eq!(names(report), FULL_RUN, "the checks of a full run: {report:#}");
 }
 
 #[tokio::test]
@@ -92,6 +172,12 @@ async fn the_kit_passes_the_served_examples_by_url() {
     let (ok, report) = kit(&[&["--url", &url], &flags[..]].concat()).await;
     assert!(ok && report["failed"] == 0, "{report:#}");
     assert_eq!(check(&report, "xervo").0, "skip");
+    // Without a plan list the unknown-plan checks cannot be run, and say so.
+    for name in
+        ["bitrise: provision of an unknown plan is refused", "bitrise: plan change to an unknown plan is refused"]
+    {
+        assert_eq!(check(&report, name), ("skip", "the add-on accepts any plan"), "{report:#}");
+    }
     // Wrong credentials: the sequence fails, and says why.
     let (ok, report) = kit(&["--url", &url, "--bitrise-token", "wrong", "--sso-secret", "x"]).await;
     assert!(!ok);
@@ -155,15 +241,19 @@ async fn the_kit_fails_plugins_that_break_each_hygiene_rule() {
     let slow = write_config(slow_dir.path(), &format!("{server}{misbehave}[addon.limits]\ndeadline_ms = 150\n"));
     let slow = slow.to_str().unwrap();
     let cases = [
-        ("lower-name", config, "bitrise: variable names are A-Z", "MISBEHAVE_lower"),
-        ("foreign-var", config, "bitrise: variable names start with MISBEHAVE_", "OTHER_TOKEN"),
-        ("blank-value", config, "bitrise: variable values are not empty", "MISBEHAVE_BLANK"),
-        ("bad-url", config, "bitrise: *_URL values are URLs", "MISBEHAVE_URL=\"not a url\""),
-        ("empty-value", config, "bitrise: provision answers 201", "`MISBEHAVE_EMPTY` has an empty value"),
-        ("slow", slow, "call time", "under load"),
+        ("lower-name,normal", config, "bitrise: variable names are A-Z", "MISBEHAVE_lower"),
+        ("foreign-var,normal", config, "bitrise: variable names start with MISBEHAVE_", "OTHER_TOKEN"),
+        ("blank-value,normal", config, "bitrise: variable values are not empty", "MISBEHAVE_BLANK"),
+        ("bad-url,normal", config, "bitrise: *_URL values are URLs", "MISBEHAVE_URL=\"not a url\""),
+        ("empty-value,normal", config, "bitrise: provision answers 201", "`MISBEHAVE_EMPTY` has an empty value"),
+        ("slow,normal", slow, "call time", "under load"),
+        // A bad variable on plan change only: seen in the provision Bitrise repeats after it.
+        ("normal,lower-on-change", config, "bitrise: variable names are A-Z", "MISBEHAVE_changed"),
+        // No variables at all: every naming rule holds trivially, so the kit says so.
+        ("no-vars,normal", config, "bitrise: provision returns variables", "no variables at all"),
     ];
-    let runs = cases.iter().map(|(plan, config, ..)| {
-        let plans = format!("{plan},normal");
+    let runs = cases.iter().map(|(plans, config, ..)| {
+        let plans = plans.to_string();
         async move {
             kit(&[addon_host_tests::PLUGIN_MISBEHAVE, "--config", config, "--plans", &plans, "--timed-calls", "5"])
                 .await
@@ -184,12 +274,55 @@ async fn the_kit_fails_plugins_that_break_each_hygiene_rule() {
             .map(|c| c["name"].as_str().unwrap())
             .collect();
         assert!(
-            failed.iter().all(|f| f.starts_with(name)) || ["empty-value", "slow"].contains(plan),
+            failed.iter().all(|f| f.starts_with(name)) || ["empty-value,normal", "slow,normal"].contains(plan),
             "plan {plan}: {failed:?}"
         );
     }
+    // An add-on that really exports nothing passes once the partner says so.
+    let (ok, report) = kit(&[
+        addon_host_tests::PLUGIN_MISBEHAVE,
+        "--config",
+        config,
+        "--plans",
+        "no-vars,normal",
+        "--timed-calls",
+        "5",
+        "--allow-empty",
+    ])
+    .await;
+    assert!(ok, "{report:#}");
+    let (outcome, detail) = check(&report, "bitrise: provision returns variables");
+    assert!(outcome == "pass" && detail.contains("allowed by --allow-empty"), "{detail}");
     // The well-behaved plan of the same plugin passes.
     let (ok, report) =
         kit(&[addon_host_tests::PLUGIN_MISBEHAVE, "--config", config, "--plans", "normal", "--timed-calls", "5"]).await;
     assert!(ok, "{report:#}");
+}
+
+/// A Xervo provider (a stand-in, not addon-host) whose DELETE answers 200 and changes
+/// nothing: the kit looks at what Xervo can observe afterwards — the resource still takes a
+/// plan change — and fails the deprovision.
+#[tokio::test]
+async fn the_kit_fails_a_deprovision_that_changes_nothing() {
+    use axum::Json;
+    use axum::routing::{post, put};
+    use serde_json::json;
+    let config = || json!({ "NOOP_URL": "https://noop.example.com/r1" });
+    let app = axum::Router::new()
+        .route("/addons/noop/resources", post(move || async move { Json(json!({ "id": "r1", "config": config() })) }))
+        .route(
+            "/addons/noop/resources/{id}",
+            put(move || async move { Json(json!({ "message": "changed", "config": config() })) })
+                .delete(|| async { Json(json!({ "message": "gone (not really)" })) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{addr}/addons/noop");
+    let flags = ["--xervo-password", "noop-password", "--xervo-salt", "noop-salt", "--xervo-vars", "NOOP_URL"];
+    let (ok, report) = kit(&[&["--url", url.as_str(), "--timed-calls", "2"], &flags[..]].concat()).await;
+    assert!(!ok, "{report:#}");
+    assert_eq!(check(&report, "xervo: deprovision answers 200").0, "pass", "the no-op itself looks fine");
+    let (outcome, detail) = check(&report, "xervo: a plan change after deprovision is refused");
+    assert!(outcome == "fail" && detail.contains("got status 200"), "{outcome}: {detail}");
 }

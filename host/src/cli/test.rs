@@ -58,6 +58,10 @@ pub(crate) struct TestArgs {
     /// Print one JSON document instead of lines.
     #[arg(long)]
     json: bool,
+    /// Pass a provider whose provisions return no variables (by default that fails: the app
+    /// would get nothing from the add-on).
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
@@ -76,6 +80,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
                 addon: args.addon.clone(),
                 plans: args.plans.clone(),
                 timed_calls: args.timed_calls,
+                allow_empty: args.allow_empty,
             };
             local::run(plugin, &mut report).await?
         }
@@ -149,6 +154,11 @@ fn remote(args: &TestArgs, url: &str) -> anyhow::Result<conformance::Target> {
     }
     // A provider hosted by addon-host publishes the manifest `addon-host manifest` prints.
     let hosted = url.strip_suffix(&format!("/addons/{id}"));
-    let target = local::target(&addon, url, &args.plans, args.timed_calls, hosted)?;
+    let mut target = local::target(&addon, url, &args.plans, args.timed_calls, hosted)?;
+    target.allow_empty = args.allow_empty;
+    if let Some(x) = target.xervo.as_mut() {
+        // What the local config would publish, not what the provider submitted to Xervo.
+        x.manifest_from_config = true;
+    }
     Ok(target)
 }

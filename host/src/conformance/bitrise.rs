@@ -62,7 +62,9 @@ impl Bitrise<'_> {
     }
 }
 
-/// Run the Bitrise checks; the variables of the first provision, when it succeeded.
+/// Run the Bitrise checks; every variable the sequence was answered (the first provision's,
+/// any the plan change answers, and a provision repeated after the plan change), when the
+/// first provision succeeded.
 pub(super) fn run(
     http: &Http,
     target: &Target,
@@ -155,20 +157,37 @@ pub(super) fn run(
             return None;
         }
     }
-    let vars = first.as_ref().and_then(|a| envs(a).ok());
+    let mut vars = first.as_ref().and_then(|a| envs(a).ok()).unwrap_or_default();
+    super::hygiene::any(report, "bitrise", target, vars.len());
 
-    // change-plan
-    report.check(
-        "bitrise: plan change answers 2xx",
-        expect(b.change_plan(&b.slug, &[auth, JSON], &target.plans.1), &[200, 201, 202, 204])
-            .map(|a| format!("{} to {}", a.status, target.plans.1)),
-    );
-    if let Some(unknown) = &target.unknown_plan {
-        report.check(
-            "bitrise: plan change to an unknown plan is refused",
-            refused(b.change_plan(&b.slug, &[auth, JSON], unknown), &[400, 422]),
-        );
+    // change-plan: any envs it answers are the app's variables too.
+    let changed = expect(b.change_plan(&b.slug, &[auth, JSON], &target.plans.1), &[200, 201, 202, 204]).and_then(|a| {
+        let envs = if a.body.trim().is_empty() { Vec::new() } else { envs(&a)? };
+        let detail = format!("{} to {}, {} env(s)", a.status, target.plans.1, envs.len());
+        vars.extend(envs);
+        Ok(detail)
+    });
+    report.check("bitrise: plan change answers 2xx", changed);
+    match &target.unknown_plan {
+        Some(unknown) => {
+            report.check(
+                "bitrise: plan change to an unknown plan is refused",
+                refused(b.change_plan(&b.slug, &[auth, JSON], unknown), &[400, 422]),
+            );
+        }
+        None => report.skip("bitrise: plan change to an unknown plan is refused", "the add-on accepts any plan"),
     }
+    // Bitrise provisions again ("create or update"): what the app then gets is the variables
+    // as they stand after the plan change.
+    let again = expect(b.provision(&[auth, JSON], &body), &[200, 201]).and_then(|a| {
+        let envs = envs(&a)?;
+        let detail = format!("{} with {} env(s)", a.status, envs.len());
+        vars.extend(envs);
+        Ok(detail)
+    });
+    report.check("bitrise: a provision repeated after the plan change answers with envs", again);
+    vars.sort();
+    vars.dedup();
     report.check(
         "bitrise: plan change without credentials is refused",
         refused(b.change_plan(&b.slug, &[JSON], &target.plans.0), DENIED),
@@ -215,7 +234,7 @@ pub(super) fn run(
         "bitrise: login after deprovision is refused",
         refused(b.login(&b.slug, ts, &sso_token(&b.slug, &creds.sso_secret, ts)), &[401, 403, 404, 410]),
     );
-    vars
+    Some(vars)
 }
 
 /// The envs of a provision answer, as the kit decodes them: `{"envs":[{key,value}]}`.

@@ -14,8 +14,24 @@ pub(super) enum Protocol<'a> {
     Xervo(&'a XervoTarget),
 }
 
-/// The naming, prefix, value and URL rules on one protocol's variables.
-pub(super) fn vars(report: &mut Report, protocol: &str, prefix: &str, vars: Option<&[(String, String)]>) {
+/// That the first provision returned variables at all: without any, the app gets nothing
+/// from the add-on and every rule of [`vars`] holds trivially, so it fails unless
+/// `--allow-empty` says it is meant.
+pub(super) fn any(report: &mut Report, protocol: &str, target: &Target, count: usize) {
+    let result = match (count, target.allow_empty) {
+        (0, true) => Ok("none, allowed by --allow-empty: the app gets nothing from this add-on".to_owned()),
+        (0, false) => Err("no variables at all: the app gets nothing from this add-on, and every variable rule \
+             holds trivially; pass --allow-empty if that is meant"
+            .to_owned()),
+        (n, _) => Ok(format!("{n} variable(s)")),
+    };
+    report.check(format!("{protocol}: provision returns variables"), result);
+}
+
+/// The naming, prefix, value and URL rules on every variable one protocol's sequence saw
+/// (the provision's, the plan change's, and a provision repeated after it).
+pub(super) fn vars(report: &mut Report, protocol: &str, target: &Target, vars: Option<&[(String, String)]>) {
+    let prefix = &target.prefix;
     let names = [
         format!("{protocol}: variable names are A-Z, 0-9 and '_'"),
         format!("{protocol}: variable names start with {prefix}_"),

@@ -2,7 +2,7 @@
 //! directory, serving that one plugin with the add-on's settings from a config file, or with
 //! fresh credentials when there is none. Without a config, the Xervo manifest is unknown, so
 //! a first host answers one probe provision and the manifest declares the variables the
-//! plugin returned there.
+//! plugin returned there (and the kit says it cannot check them against a declaration).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{BitriseTarget, Report, Target, XervoTarget};
+use super::{BitriseTarget, Declared, Report, Target, XervoTarget};
 use crate::config::{AddonConfig, AdminConfig, HostConfig, WebOrigin, XervoConfig};
 use crate::service::Service;
 use crate::xervo::manifest::XervoSettings;
@@ -22,6 +22,8 @@ pub struct Plugin {
     pub addon: Option<String>,
     pub plans: Vec<String>,
     pub timed_calls: usize,
+    /// Let a provision that returns no variables pass (`--allow-empty`).
+    pub allow_empty: bool,
 }
 
 /// Serve the plugin and run the kit against it; the base URL it was served at.
@@ -43,6 +45,7 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
     cfg.server.admins = vec![AdminConfig { name: "kit".into(), token: super::random_hex(16).into() }];
     let mut addon = cfg.addons[0].clone();
     addon.plugin = wasm;
+    let mut learned = false;
     if !from_file && addon.xervo.is_none() && !addon.id.contains('-') {
         cfg.server.data_dir = scratch.path().join("probe");
         cfg.addons = vec![addon.clone()];
@@ -52,6 +55,7 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
         let prefix = addon.id.to_ascii_uppercase();
         let declared: Vec<String> = vars.into_iter().filter(|v| v.starts_with(&prefix)).collect();
         if !declared.is_empty() {
+            learned = true;
             addon.xervo = Some(XervoConfig {
                 password: Some(super::random_hex(16).into()),
                 sso_salt: Some(super::random_hex(16).into()),
@@ -65,7 +69,11 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
     cfg.validate().context("the add-on's settings")?;
     let served = Served::start(&cfg).await?;
     let base = served.base(&addon.id);
-    let target = target(&addon, &base, &plugin.plans, plugin.timed_calls, Some(&served.origin))?;
+    let mut target = target(&addon, &base, &plugin.plans, plugin.timed_calls, Some(&served.origin))?;
+    target.allow_empty = plugin.allow_empty;
+    if let (Some(x), true) = (target.xervo.as_mut(), learned) {
+        x.declared = Declared::LearnedFromPlugin;
+    }
     super::run_blocking(target, report).await?;
     served.stop().await?;
     Ok(base)
@@ -86,9 +94,11 @@ pub fn target(
             let s = XervoSettings::resolve(&addon.id, x).with_context(|| format!("add-on `{}`", addon.id))?;
             Some(XervoTarget {
                 manifest: origin.map(|o| s.manifest(o, o)),
+                manifest_from_config: false,
                 id: s.id,
                 password: s.password.expose().to_owned(),
                 sso_salt: s.sso_salt.expose().to_owned(),
+                declared: if s.config_vars.is_empty() { Declared::Unknown } else { Declared::Config },
                 config_vars: s.config_vars,
             })
         }
@@ -113,6 +123,7 @@ pub fn target(
         deadline: Duration::from_millis(addon.limits.deadline_ms),
         oversized: addon.limits.max_body_bytes + 1,
         timed_calls,
+        allow_empty: false,
     })
 }
 

@@ -39,6 +39,9 @@ pub struct Target {
     pub oversized: usize,
     /// Calls timed for the deadline check.
     pub timed_calls: usize,
+    /// Whether a provision that returns no variables passes (`--allow-empty`): by default it
+    /// fails, since the platform's app then gets nothing from the add-on.
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -55,8 +58,25 @@ pub struct XervoTarget {
     pub sso_salt: String,
     /// The config vars the manifest declares: each provision must return them, non-empty.
     pub config_vars: Vec<String>,
+    /// Where `config_vars` come from, which says what checking them proves.
+    pub declared: Declared,
     /// The manifest the host would publish, checked as dia checks it (when known).
     pub manifest: Option<serde_json::Value>,
+    /// Whether `manifest` is the one this config would publish rather than one read from the
+    /// provider (`--url`: the kit cannot read what was submitted to Xervo).
+    pub manifest_from_config: bool,
+}
+
+/// Where the kit's list of a Xervo add-on's declared config vars comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    /// The add-on's config (or its manifest file): what Xervo will hold the provider to.
+    Config,
+    /// The plugin's own first reply, for a plugin tested with no config: checking the
+    /// provider against them would compare it with itself.
+    LearnedFromPlugin,
+    /// Nowhere (`--url` without a config or `--xervo-vars`).
+    Unknown,
 }
 
 /// Run every check against `target`, blocking; each outcome goes to `report` as it is known.
@@ -66,7 +86,7 @@ pub fn run(target: &Target, report: &mut Report) {
     match &target.bitrise {
         Some(b) => {
             let vars = bitrise::run(&http, target, b, report);
-            hygiene::vars(report, "bitrise", &target.prefix, vars.as_deref());
+            hygiene::vars(report, "bitrise", target, vars.as_deref());
             hygiene::timing(&http, target, report, hygiene::Protocol::Bitrise(b));
             timed = true;
         }
@@ -75,7 +95,7 @@ pub fn run(target: &Target, report: &mut Report) {
     match &target.xervo {
         Some(x) => {
             let vars = xervo::run(&http, target, x, report);
-            hygiene::vars(report, "xervo", &target.prefix, vars.as_deref());
+            hygiene::vars(report, "xervo", target, vars.as_deref());
             if !timed {
                 hygiene::timing(&http, target, report, hygiene::Protocol::Xervo(x));
             }

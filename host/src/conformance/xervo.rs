@@ -6,7 +6,7 @@
 use base64::Engine;
 
 use super::client::{Answer, Http, origin};
-use super::{Report, Target, XervoTarget, expect, random_hex, refused, sso_token, unix_now};
+use super::{Declared, Report, Target, XervoTarget, expect, random_hex, refused, sso_token, unix_now};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const ACCEPT: (&str, &str) = ("Accept", "application/json");
@@ -76,7 +76,8 @@ impl Xervo<'_> {
     }
 }
 
-/// Run the Xervo checks; the config of the first provision, when it succeeded.
+/// Run the Xervo checks; every config var the sequence was answered (the first provision's
+/// and the plan change's), when the first provision succeeded.
 pub(super) fn run(
     http: &Http,
     target: &Target,
@@ -86,7 +87,13 @@ pub(super) fn run(
     let (mut resources, mut sso) = (format!("{}/resources", target.base), format!("{}/sso/login", target.base));
     match &creds.manifest {
         Some(m) => {
-            if report.check("xervo: the manifest passes dia's rules", manifest(m, creds)) {
+            let checked = manifest(m, creds).map(|detail| match creds.manifest_from_config {
+                true => format!(
+                    "{detail}; the manifest this config publishes (the kit cannot read what was submitted to Xervo)"
+                ),
+                false => detail,
+            });
+            if report.check("xervo: the manifest passes dia's rules", checked) {
                 let test = &m["api"]["test"];
                 resources = test["base_url"].as_str().unwrap_or(&resources).to_owned();
                 sso = test["sso_url"].as_str().unwrap_or(&sso).to_owned();
@@ -118,29 +125,45 @@ pub(super) fn run(
         "xervo: a malformed JSON body is refused",
         refused(x.provision(&[auth, JSON], "{\"plan\":"), &[400, 422]),
     );
-    if let Some(unknown) = &target.unknown_plan {
-        report.check(
-            "xervo: provision of an unknown plan is refused",
-            refused(x.provision(&[auth, JSON], &x.body(unknown)), &[400, 422]),
-        );
+    match &target.unknown_plan {
+        Some(unknown) => {
+            report.check(
+                "xervo: provision of an unknown plan is refused",
+                refused(x.provision(&[auth, JSON], &x.body(unknown)), &[400, 422]),
+            );
+        }
+        None => report.skip("xervo: provision of an unknown plan is refused", "the add-on accepts any plan"),
     }
 
     let first = expect(x.provision(&[auth, ACCEPT, JSON], &body), &[200]).and_then(|a| {
-        let (id, config) = provisioned(&a, &creds.config_vars)?;
+        let (id, config) = provisioned(&a)?;
         Ok((a, id, config))
     });
-    let (answer, id, config) = match first {
+    let (answer, id, mut config) = match first {
         Ok(ok) => ok,
         Err(why) => {
-            report.check("xervo: provision answers 200 with an id and the declared config vars", Err(why));
+            report.check("xervo: provision answers 200 with an id and a config", Err(why));
             report.skip("xervo: the rest of the sequence", "the first provision failed");
             return None;
         }
     };
     report.check(
-        "xervo: provision answers 200 with an id and the declared config vars",
+        "xervo: provision answers 200 with an id and a config",
         Ok(format!("id {id}, {} var(s) in {} ms", config.len(), answer.elapsed.as_millis())),
     );
+    super::hygiene::any(report, "xervo", target, config.len());
+    let declared = "xervo: every declared config var is returned, not empty";
+    match creds.declared {
+        Declared::Config => {
+            report.check(declared, has_declared(&config, &creds.config_vars));
+        }
+        Declared::LearnedFromPlugin => report.skip(
+            declared,
+            "no config declares them: they were learned from the plugin's own first reply, so checking would \
+             compare it with itself (give --config)",
+        ),
+        Declared::Unknown => report.skip(declared, "no config or --xervo-vars declares them"),
+    }
     report.check(
         "xervo: the same provision again answers the same resource",
         expect(x.provision(&[auth, ACCEPT, JSON], &body), &[200]).and_then(|again| {
@@ -152,18 +175,30 @@ pub(super) fn run(
         }),
     );
 
-    report.check(
-        "xervo: plan change answers 200 with a message",
-        expect(x.change_plan(&id, &[auth, ACCEPT, JSON], &target.plans.1), &[200]).and_then(|a| match a.json() {
-            Some(v) if v.get("message").is_some() => Ok(format!("to {}", target.plans.1)),
-            _ => Err(format!("no `message` (dia requires one): {}", a.brief())),
-        }),
-    );
-    if let Some(unknown) = &target.unknown_plan {
-        report.check(
-            "xervo: plan change to an unknown plan is refused",
-            refused(x.change_plan(&id, &[auth, JSON], unknown), &[400, 422]),
-        );
+    // A plan change's config, if it answers one, is what the app gets from then on.
+    let changed = expect(x.change_plan(&id, &[auth, ACCEPT, JSON], &target.plans.1), &[200]).and_then(|a| {
+        let v = a.json().filter(|v| v.get("message").is_some());
+        let v = v.ok_or_else(|| format!("no `message` (dia requires one): {}", a.brief()))?;
+        let Some(vars) = v.get("config").filter(|c| !c.is_null()) else {
+            return Ok(format!("to {}, no config", target.plans.1));
+        };
+        let vars = config_vars(vars).ok_or_else(|| format!("`config` is not an object: {}", a.brief()))?;
+        if creds.declared == Declared::Config {
+            has_declared(&vars, &creds.config_vars)?;
+        }
+        let detail = format!("to {}, {} var(s)", target.plans.1, vars.len());
+        config.extend(vars);
+        Ok(detail)
+    });
+    report.check("xervo: plan change answers 200 with a message", changed);
+    match &target.unknown_plan {
+        Some(unknown) => {
+            report.check(
+                "xervo: plan change to an unknown plan is refused",
+                refused(x.change_plan(&id, &[auth, JSON], unknown), &[400, 422]),
+            );
+        }
+        None => report.skip("xervo: plan change to an unknown plan is refused", "the add-on accepts any plan"),
     }
     report
         .check("xervo: plan change without credentials is refused", refused(x.change_plan(&id, &[JSON], plan), DENIED));
@@ -197,13 +232,20 @@ pub(super) fn run(
         "xervo: deprovision of an unknown resource is refused",
         refused(x.deprovision(&format!("{id}x"), &[auth]), &[404, 410]),
     );
+    // What Xervo can observe of a deprovision: the resource no longer takes a plan change.
+    report.check(
+        "xervo: a plan change after deprovision is refused",
+        refused(x.change_plan(&id, &[auth, JSON], &target.plans.0), &[404, 410]),
+    );
     // dia's chain signs in after deprovision and expects 403, then 302 and 200.
     report.check("xervo: SSO after deprovision still opens (dia's chain)", x.sso_opens(&id, unix_now() + 1));
+    config.sort();
+    config.dedup();
     Some(config)
 }
 
-/// The id and config of a provision answer, with every declared var present and non-empty.
-fn provisioned(answer: &Answer, declared: &[String]) -> Result<(String, Vec<(String, String)>), String> {
+/// The id and config of a provision answer.
+fn provisioned(answer: &Answer) -> Result<(String, Vec<(String, String)>), String> {
     let v = answer.json().ok_or_else(|| format!("the body is not JSON: {}", answer.brief()))?;
     let id = match v.get("id") {
         Some(serde_json::Value::String(s)) => s.clone(),
@@ -211,16 +253,25 @@ fn provisioned(answer: &Answer, declared: &[String]) -> Result<(String, Vec<(Str
         _ => return Err(format!("no `id`: {}", answer.brief())),
     };
     let config =
-        v.get("config").and_then(|c| c.as_object()).ok_or_else(|| format!("no `config` object: {}", answer.brief()))?;
+        v.get("config").and_then(config_vars).ok_or_else(|| format!("no `config` object: {}", answer.brief()))?;
+    Ok((id, config))
+}
+
+/// A `config` object as (name, value) pairs; `None` if it is not an object.
+fn config_vars(config: &serde_json::Value) -> Option<Vec<(String, String)>> {
+    let config = config.as_object()?;
+    Some(config.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect())
+}
+
+/// Every declared var is among `config`, with a value.
+fn has_declared(config: &[(String, String)], declared: &[String]) -> Result<String, String> {
     for var in declared {
-        match config.get(var).and_then(|v| v.as_str()) {
-            Some(value) if !value.is_empty() => {}
+        match config.iter().find(|(k, _)| k == var) {
+            Some((_, value)) if !value.is_empty() => {}
             _ => return Err(format!("config var {var} (declared in the manifest) is missing or empty")),
         }
     }
-    let vars =
-        config.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect();
-    Ok((id, vars))
+    Ok(format!("{} declared var(s)", declared.len()))
 }
 
 /// dia's manifest rules, the blocking and the non-blocking ones alike.

@@ -34,6 +34,10 @@ pub enum CallFailure {
     /// the same request succeeds once the database answers again.
     #[error("could not read its key-value data: {0}")]
     StorageUnavailable(String),
+    /// A key-value import found the data disk full: the host's failure, answered as its
+    /// storage's (507 `disk_full`), not the plugin's.
+    #[error("could not use its key-value data: {0}")]
+    DiskFull(String),
     #[error("was not run: the host is shutting down")]
     ShuttingDown,
 }
@@ -51,6 +55,7 @@ impl CallFailure {
             CallFailure::ReplyTooLarge { .. } | CallFailure::ResponseTooLarge { .. } => "reply_too_large",
             CallFailure::Host(_) => "host_error",
             CallFailure::StorageUnavailable(_) => "storage_error",
+            CallFailure::DiskFull(_) => "disk_full",
             CallFailure::ShuttingDown => "shutting_down",
         }
     }
@@ -74,8 +79,10 @@ pub(super) fn classify(error: wasmtime::Error, state: &CallState, deadline_ms: u
         return CallFailure::Quota(q.clone());
     }
     // A `kv` import's storage failure traps with the storage error itself (see `kv.rs`).
-    if let Some(crate::storage::StorageError::Database(e)) = error.downcast_ref() {
-        return CallFailure::StorageUnavailable(e.clone());
+    match error.downcast_ref() {
+        Some(crate::storage::StorageError::Database(e)) => return CallFailure::StorageUnavailable(e.clone()),
+        Some(crate::storage::StorageError::DiskFull(e)) => return CallFailure::DiskFull(e.clone()),
+        _ => {}
     }
     let root = error.root_cause().to_string();
     let Some(trap) = trap else {

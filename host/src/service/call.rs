@@ -191,6 +191,10 @@ pub(super) fn call_failed(
     short_version: &str,
     failure: CallFailure,
 ) -> ServiceError {
+    if let CallFailure::DiskFull(why) = failure {
+        // Not the plugin's failure: the host's disk is full.
+        return ServiceError::Storage(StorageError::DiskFull(why));
+    }
     ServiceError::CallFailed { addon: addon.id().to_owned(), call, short_version: short_version.to_owned(), failure }
 }
 

@@ -170,6 +170,8 @@ impl Provider for Misbehave {
                 Ok(ProvisionReply::new().var("MISBEHAVE_VALUE", "262145"))
             }
             "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
+            // No variables at all: `addon-host test` fails it unless --allow-empty.
+            "no-vars" => Ok(ProvisionReply::new()),
             "bad-name" => Ok(ProvisionReply::new().var("not a name", "v")),
             // Replies the host lets through that `addon-host test` flags.
             "lower-name" => Ok(ProvisionReply::new().var("MISBEHAVE_lower", "v")),
@@ -195,6 +197,8 @@ impl Provider for Misbehave {
                 std::hint::black_box(&req);
             },
             "refuse" => Err(Error::invalid(format!("cannot leave {}", req.previous_plan))),
+            // A good provision, a bad variable name on plan change only.
+            "lower-on-change" => Ok(ChangePlanReply::new().var("MISBEHAVE_changed", "v")),
             _ => Ok(ChangePlanReply::new().var("MISBEHAVE_PLAN", req.plan.clone())),
         }
     }
