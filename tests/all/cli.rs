@@ -221,7 +221,8 @@ async fn a_new_project_builds_tests_and_serves() {
     assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
     let test = cargo(&["test"]).output().await.unwrap();
     let text = String::from_utf8_lossy(&test.stdout);
-    assert!(test.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&test.stderr));
+    let one = text.contains("test result: ok. 1 passed;");
+    assert!(test.status.success() && one, "{text}{}", String::from_utf8_lossy(&test.stderr));
 
     let config = project.join("addon-host.toml");
     // As the scaffold's README says: no --config, `./addon-host.toml` is read as `serve` does

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use addon_host_tests::AddonToml;
 
-use crate::process::{Server, exchange, spawn, spawn_config_with, try_exchange, write_config};
+use crate::process::{
+    Server, exchange, exchange_with_head, header_of, spawn, spawn_config_with, try_exchange, write_config,
+};
 
 const TOKEN: &str = "shared-hosts-token-0123456789";
 const VERSIONED_TOKEN: &str = "shared-hosts-versioned-token-0123";
@@ -232,8 +234,8 @@ async fn a_swap_through_one_host_serves_from_all_three_with_no_failed_request() 
     assert!(everywhere < Duration::from_secs(1), "every host served b {everywhere:?} after the activation");
     let seen = seen.lock().unwrap();
     assert!(seen.iter().any(|(_, v)| v == "a") && seen.iter().any(|(_, v)| v == "b"), "traffic crossed the swap");
-    for (h, _) in seen.iter() {
-        assert!(*h < 3);
+    for h in 0..hosts.len() {
+        assert!(seen.iter().any(|(seen_at, _)| *seen_at == h), "host {h} served none of the traffic");
     }
 }
 
@@ -242,51 +244,73 @@ async fn a_swap_through_one_host_serves_from_all_three_with_no_failed_request() 
 /// killed host, a database that is down) was never acknowledged.
 struct Traffic {
     acked: Arc<Mutex<BTreeMap<String, String>>>,
-    /// Answers other than 201.
-    refused: Arc<Mutex<Vec<(u16, String)>>>,
+    /// Answers other than 201: status, `Retry-After`, body.
+    refused: Arc<Mutex<Vec<Refused>>>,
+    /// Transport failures, by the index of the host in `addrs`.
+    broken: Arc<Mutex<Vec<(usize, String)>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// An answer other than 201: status, `Retry-After`, body.
+type Refused = (u16, Option<String>, String);
 
 impl Traffic {
     fn start(addrs: Vec<String>, clients: usize, prefix: &str) -> Traffic {
         let addrs = Arc::new(addrs);
         let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-        let refused: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+        let refused: Arc<Mutex<Vec<Refused>>> = Arc::default();
+        let broken: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let clients = (0..clients)
             .map(|c| {
                 let (addrs, acked, stop, prefix) = (addrs.clone(), acked.clone(), stop.clone(), prefix.to_owned());
-                let refused = refused.clone();
+                let (refused, broken) = (refused.clone(), broken.clone());
                 tokio::spawn(async move {
                     let mut n = 0;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let slug = format!("{prefix}-{c}-{n}");
-                        let addr = &addrs[(c + n) % addrs.len()];
-                        match provision(addr, "myaddon", TOKEN, &slug).await {
-                            Ok((201, body)) => drop(acked.lock().unwrap().insert(slug, body)),
-                            Ok(other) => refused.lock().unwrap().push(other),
-                            Err(_) => {}
+                        let at = (c + n) % addrs.len();
+                        let headers = [("Authentication", TOKEN), ("Content-Type", "application/json")];
+                        let body = provision_body(&slug);
+                        match exchange_with_head(
+                            &addrs[at],
+                            "POST",
+                            "/addons/myaddon/provision",
+                            &headers,
+                            body.as_bytes(),
+                        )
+                        .await
+                        {
+                            Ok((201, _, body)) => drop(acked.lock().unwrap().insert(slug, body)),
+                            Ok((status, head, body)) => {
+                                let retry_after = header_of(&head, "retry-after").map(str::to_owned);
+                                refused.lock().unwrap().push((status, retry_after, body));
+                            }
+                            Err(e) => broken.lock().unwrap().push((at, e.to_string())),
                         }
                         n += 1;
                     }
                 })
             })
             .collect();
-        Traffic { acked, refused, stop, clients }
+        Traffic { acked, refused, broken, stop, clients }
     }
 
     fn acknowledged(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
 
-    /// Stop the clients; what they had acknowledged, and the other answers they got.
-    async fn stop(self) -> (BTreeMap<String, String>, Vec<(u16, String)>) {
+    /// Stop the clients; what they had acknowledged, the other answers they got, and the
+    /// transport failures by host.
+    async fn stop(self) -> (BTreeMap<String, String>, Vec<Refused>, Vec<(usize, String)>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for client in self.clients {
             client.await.unwrap();
         }
-        (std::mem::take(&mut *self.acked.lock().unwrap()), std::mem::take(&mut *self.refused.lock().unwrap()))
+        let refused = std::mem::take(&mut *self.refused.lock().unwrap());
+        let broken = std::mem::take(&mut *self.broken.lock().unwrap());
+        (std::mem::take(&mut *self.acked.lock().unwrap()), refused, broken)
     }
 }
 
@@ -298,10 +322,15 @@ async fn a_host_killed_mid_traffic_loses_nothing_it_acknowledged() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     hosts[2].child.start_kill().unwrap();
     hosts[2].child.wait().await.unwrap();
+    let at_kill = traffic.acknowledged();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let (acked, refused) = traffic.stop().await;
+    let after_kill = traffic.acknowledged() - at_kill;
+    let (acked, refused, broken) = traffic.stop().await;
     assert_eq!(refused, Vec::new(), "the hosts left answered every request");
-    assert!(acked.len() > 30, "traffic was served: {} provisions", acked.len());
+    let elsewhere: Vec<_> = broken.iter().filter(|(at, _)| *at != 2).collect();
+    assert!(elsewhere.is_empty(), "only the killed host may fail to answer: {elsewhere:?}");
+    assert!(at_kill > 30, "traffic was served before the kill: {at_kill} provisions");
+    assert!(after_kill > 30, "the hosts left served traffic after the kill: {after_kill} provisions");
     // Every acknowledged provision replays its exact reply from the hosts left.
     for (i, (slug, body)) in acked.iter().enumerate() {
         let (status, again) = provision(&addrs[i % 2], "myaddon", TOKEN, slug).await.unwrap();
@@ -417,6 +446,8 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
     let storage = addon_host::storage::Storage::open_config(&server).unwrap();
     let ran = storage.addon("jobs").unwrap().kv_get("ran/orphan-app").unwrap();
     assert_eq!(ran.as_deref(), Some(&b"1"[..]), "its first attempt succeeded");
+    let runs = storage.addon("jobs").unwrap().kv_get("runs/orphan-app").unwrap();
+    assert_eq!(runs.as_deref(), Some(&b"1"[..]), "it ran once in all, on one host");
 }
 
 /// The database crashes mid-traffic (an immediate stop: unwritten WAL is lost) and comes
@@ -439,11 +470,15 @@ async fn acknowledged_provisions_survive_a_database_crash() {
         assert!(back.elapsed() < Duration::from_secs(30), "the host never served again after the database came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (acked, refused) = traffic.stop().await;
-    // While it was down: 503 storage_error with Retry-After, never another failure.
-    for (status, body) in &refused {
+    let (acked, refused, broken) = traffic.stop().await;
+    // While it was down: 503 storage_error with Retry-After, never another failure, and the
+    // host itself kept answering.
+    assert_eq!(broken, Vec::new(), "the host answered every request");
+    assert!(!refused.is_empty(), "no request was refused while the database was down");
+    for (status, retry_after, body) in &refused {
         assert_eq!(*status, 503, "{body}");
         assert!(body.contains("storage_error"), "{body}");
+        assert_eq!(retry_after.as_deref(), Some("5"), "{body}");
     }
     for (slug, body) in &acked {
         let (status, again) = provision(&host.addr, "myaddon", TOKEN, slug).await.unwrap();

@@ -185,7 +185,16 @@ async fn lifecycle(http: &Http, role: Role, app: &str, keep: bool, tally: &Tally
         Protocol::Bitrise => {
             let form = format!("app_slug={resource}&timestamp={ts}&token={token}");
             let headers = [("Content-Type", "application/x-www-form-urlencoded")];
-            expect("SSO login", http.call("POST", &format!("{base}/login"), &headers, &form).await?, 200)?;
+            let page = expect("SSO login", http.call("POST", &format!("{base}/login"), &headers, &form).await?, 200)?;
+            // The app's own dashboard: the plugin's page (its plan) or the host's (the app).
+            let own = if role.addon == "creds" {
+                page.contains("Credentials for") && page.contains(&format!("id=\"plan\">{plan}<"))
+            } else {
+                page.contains(&format!("\"{resource}\""))
+            };
+            if !own {
+                return Err(format!("SSO login of {resource}: not its dashboard: {page}"));
+            }
         }
         Protocol::Xervo => {
             let sso = format!(r#"{{"id":"{resource}","timestamp":"{ts}","token":"{token}","email":"u@example.com"}}"#);

@@ -187,6 +187,25 @@ pub(crate) async fn exchange_bytes(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    exchange_with_head(addr, method, path, headers, body).await.map(|(status, _, body)| (status, body))
+}
+
+/// The value of header `name` in a response `head` (status line and headers).
+pub(crate) fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .skip(1)
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)))
+        .map(|(_, v)| v.trim())
+}
+
+/// [`exchange_bytes`], with the response's head (status line and headers) too.
+pub(crate) async fn exchange_with_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n",
@@ -210,5 +229,5 @@ pub(crate) async fn exchange_bytes(
     let bad = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("incomplete response: {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-    Ok((status, body.to_owned()))
+    Ok((status, head.to_owned(), body.to_owned()))
 }

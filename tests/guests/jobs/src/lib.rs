@@ -1,5 +1,6 @@
 //! Test-only plugin for durable jobs. The plan picks the job its provision enqueues:
-//! - `once`: a job that records its run in `ran/{resource}` (its attempt number);
+//! - `once`: a job that records its run in `ran/{resource}` (its attempt number) and counts
+//!   it in `runs/{resource}` (so that two runs of one attempt show);
 //! - `slow`: the same after busy-waiting 1.5 s (so the reply cannot have waited for it);
 //! - `flaky`: asks to be retried until its third attempt, then records its run;
 //! - `doomed`: fails for good (the dead-letter list);
@@ -7,7 +8,8 @@
 //! - `chain`: a job that enqueues a `once` job;
 //! - `nap`: sleeps 1 s (a WASI sleep, no CPU) before it records its run;
 //! - `bomb`: a job that enqueues 16 more of itself (the stored-jobs limit must hold);
-//! - `refuse`: enqueues a `once` job, then refuses the provision (so the job must not exist).
+//! - `refuse`: enqueues a `once` job, then refuses the provision (so the job must not exist);
+//! - `burst`: enqueues sixteen `once` jobs in the provision itself.
 //!
 //! A deprovision enqueues `cleanup`, which records `cleaned/{resource}`.
 
@@ -21,6 +23,7 @@ fn record(job: &Job, prefix: &str) -> std::result::Result<(), JobError> {
     let resource = String::from_utf8_lossy(&job.payload).into_owned();
     kv::set_string(&format!("{prefix}/{resource}"), &job.attempt.to_string())
         .map_err(|e| jobs::retry(format!("{e:?}")))?;
+    kv::increment(&format!("runs/{resource}"), 1).map_err(|e| jobs::retry(format!("{e:?}")))?;
     log::write(Level::Info, &format!("job {} ({}) ran for {resource}, attempt {}", job.id, job.kind, job.attempt));
     Ok(())
 }
@@ -33,6 +36,12 @@ impl Provider for Jobs {
             "refuse" => {
                 jobs::enqueue("once", id, 0)?;
                 return Err(Error::invalid("refused after enqueueing a job"));
+            }
+            "burst" => {
+                for _ in 0..15 {
+                    jobs::enqueue("once", id, 0)?;
+                }
+                jobs::enqueue("once", id, 0)?
             }
             plan => jobs::enqueue(plan, id, 0)?,
         };
