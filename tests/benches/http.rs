@@ -1,7 +1,10 @@
 //! Benchmark: new provisions per second over HTTP, the real `addon-host serve` (credentials
-//! plugin, sled, group commit) against a native reference add-on (`native-credentials`: the
-//! same logic as a plain axum handler with the same durability), both driven the same way
-//! at 1, 16 and 64 keep-alive connections. Each request provisions a fresh app.
+//! plugin, sled, group commit) against two native references, all driven the same way at 1,
+//! 16 and 64 keep-alive connections; each request provisions a fresh app. The native add-on
+//! (`native-credentials`) is the same logic as a plain axum handler with the same durability:
+//! once as a partner would write it (a sled flush per request: the "ratio"), once committing
+//! through addon-host's own storage (the write-ahead log's group commit: the "sandbox ratio",
+//! what the plugin sandbox and the service cost on their own).
 //!
 //! Run with `cargo bench -p addon-host-tests --bench http`. `BENCH_SECS` (default 4) is the
 //! measured time per run and `BENCH_ROUNDS` (default 3) the runs per side and concurrency;
@@ -16,9 +19,13 @@ use tokio::process::Command;
 
 const LEVELS: [usize; 3] = [1, 16, 64];
 
-async fn native(dir: &std::path::Path) -> anyhow::Result<Server> {
+async fn native(dir: &std::path::Path, group_commit: bool) -> anyhow::Result<Server> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_native-credentials"));
-    cmd.arg(dir.join("native"));
+    if group_commit {
+        cmd.arg(dir.join("native-group")).arg("--group-commit");
+    } else {
+        cmd.arg(dir.join("native"));
+    }
     start(cmd).await
 }
 
@@ -30,11 +37,24 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
         let mut hosted_server = load::credentials_host(dir.path(), "").await?;
-        let mut native_server = native(dir.path()).await?;
+        let mut native_server = native(dir.path(), false).await?;
+        let mut group_server = native(dir.path(), true).await?;
         println!("new provisions over HTTP, {secs} s per run, median of {rounds} runs per cell");
         println!(
-            "{:>5} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>8} {:>9}",
-            "conns", "native/s", "p50 µs", "p99 µs", "hosted/s", "p50 µs", "p99 µs", "ratio", "p99 ratio"
+            "{:>5} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>7} {:>9} {:>13}",
+            "conns",
+            "native/s",
+            "p50 µs",
+            "p99 µs",
+            "group/s",
+            "p50 µs",
+            "p99 µs",
+            "hosted/s",
+            "p50 µs",
+            "p99 µs",
+            "ratio",
+            "p99 ratio",
+            "sandbox ratio"
         );
         let levels: Vec<usize> = std::env::var("BENCH_LEVELS")
             .ok()
@@ -42,40 +62,50 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| LEVELS.to_vec());
         let side = std::env::var("BENCH_SIDE").unwrap_or_default();
         let (do_native, do_hosted) = (side != "hosted", side != "native");
-        eprintln!("pids: hosted {:?}, native {:?}", hosted_server.child.id(), native_server.child.id());
+        let pids = (hosted_server.child.id(), native_server.child.id(), group_server.child.id());
+        eprintln!("pids: hosted {:?}, native {:?}, native with group commit {:?}", pids.0, pids.1, pids.2);
         let skipped = || Run { rps: 0.0, p50: 0, p99: 0 };
         for conns in levels {
-            let (mut n, mut h) = (Vec::new(), Vec::new());
+            let (mut n, mut g, mut h) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
-                // Alternate which side goes first so drift in the machine hits both.
-                for first in [round % 2 == 0, round % 2 == 1] {
-                    match (first, do_native, do_hosted) {
-                        (true, true, _) => {
+                // Rotate which side goes first so drift in the machine hits all three.
+                for turn in 0..3 {
+                    match ((round + turn) % 3, do_native, do_hosted) {
+                        (0, true, _) => {
                             n.push(drive(std::slice::from_ref(&native_server.addr), conns, secs, "n").await?)
                         }
-                        (false, _, true) => {
+                        (1, true, _) => {
+                            g.push(drive(std::slice::from_ref(&group_server.addr), conns, secs, "g").await?)
+                        }
+                        (2, _, true) => {
                             h.push(drive(std::slice::from_ref(&hosted_server.addr), conns, secs, "h").await?)
                         }
-                        (true, false, _) => n.push(skipped()),
-                        (false, _, false) => h.push(skipped()),
+                        (0, false, _) => n.push(skipped()),
+                        (1, false, _) => g.push(skipped()),
+                        _ => h.push(skipped()),
                     }
                 }
             }
-            let (n, h) = (median(n), median(h));
+            let (n, g, h) = (median(n), median(g), median(h));
             println!(
-                "{conns:>5} | {:>9.0} {:>8} {:>8} | {:>9.0} {:>8} {:>8} | {:>7.2}x {:>8.2}x",
+                "{conns:>5} | {:>9.0} {:>8} {:>8} | {:>9.0} {:>8} {:>8} | {:>9.0} {:>8} {:>8} | {:>6.2}x {:>8.2}x {:>12.2}x",
                 n.rps,
                 n.p50,
                 n.p99,
+                g.rps,
+                g.p50,
+                g.p99,
                 h.rps,
                 h.p50,
                 h.p99,
                 h.rps / n.rps,
-                f64::from(h.p99) / f64::from(n.p99.max(1))
+                f64::from(h.p99) / f64::from(n.p99.max(1)),
+                h.rps / g.rps,
             );
         }
         hosted_server.child.kill().await?;
         native_server.child.kill().await?;
+        group_server.child.kill().await?;
         anyhow::Ok(())
     })
 }

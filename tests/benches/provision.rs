@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     let service = Arc::new(Service::start(&cfg)?);
     let allocator = service.runtime().info().allocator;
     let hosted = addon_host::app(service);
-    let native = native::router(&dir.path().join("native"))?;
+    let native = native::router(&dir.path().join("native"), native::Commit::SledFlush)?;
     let sides = [("native", &native), ("hosted", &hosted)];
 
     let apps = |side: &str, round: &str| -> Vec<String> { (0..calls).map(|i| format!("{side}-{round}-{i}")).collect() };

@@ -23,20 +23,6 @@ mod common;
 const ROUNDS: u32 = 8;
 const SWAPS: usize = 200;
 
-/// Append a custom section so each variant is a distinct version with the same code.
-fn variant(base: &[u8], n: u32) -> Vec<u8> {
-    let name = b"bench-variant";
-    let payload = n.to_le_bytes();
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(&payload);
-    let mut out = base.to_vec();
-    out.push(0); // custom section id
-    out.push(section.len() as u8); // size (LEB128, < 128)
-    out.extend_from_slice(&section);
-    out
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -66,7 +52,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let base = std::fs::read(addon_host_tests::PLUGIN_BULKY)?;
     let dir = tempfile::tempdir()?;
-    let cfg = common::host_config(dir.path(), "bulky", addon_host_tests::PLUGIN_BULKY, Default::default());
+    let mut cfg = common::host_config(dir.path(), "bulky", addon_host_tests::PLUGIN_BULKY, Default::default());
+    // Like for like: the native side compiles with Cranelift, so the hosted side does too
+    // (tiering would serve from Winch first and compile Cranelift's build in the background).
+    cfg.server.compiler = addon_host::config::Compiler::Cranelift;
     let service = Service::start(&cfg)?;
     let addon = service.addon("bulky")?;
     let engine = wasmtime::Engine::default();
@@ -76,14 +65,14 @@ fn main() -> anyhow::Result<()> {
     // Upload to serving; round 0 of each side is a warm-up.
     let (mut native_upload, mut hosted_upload, mut first_call) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=ROUNDS {
-        let bytes = variant(&base, 10_000 + i);
+        let bytes = common::numbered(&base, u64::from(10_000 + i));
         let t = Instant::now();
         let component = compile(&bytes)?;
         native.db.insert(format!("plugin/{i}"), bytes.as_slice())?;
         native.activate(&i.to_le_bytes(), Arc::new(component))?;
         let native_time = t.elapsed();
 
-        let bytes = variant(&base, i);
+        let bytes = common::numbered(&base, u64::from(i));
         let t = Instant::now();
         let done = rt.block_on(service.upload(&addon, bytes, "bench", true))?;
         let hosted_time = t.elapsed();
@@ -112,7 +101,7 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(loaded.map_err(|e| anyhow::anyhow!("{e:#}"))?);
         let native_time = t.elapsed();
         let t = Instant::now();
-        let plugin = fresh.load(&variant(&base, i.max(1)), None)?;
+        let plugin = fresh.load(&common::numbered(&base, u64::from(i.max(1))), None)?;
         let hosted_time = t.elapsed();
         assert!(plugin.from_cache);
         if i > 0 {
@@ -124,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     // Swap between two loaded versions, durably.
     let versions = rt.block_on(service.versions(&addon))?;
     let (a, b) = (versions[1].meta.sha256.clone(), versions[2].meta.sha256.clone());
-    let components = [Arc::new(compile(&variant(&base, 1))?), Arc::new(compile(&variant(&base, 2))?)];
+    let components = [Arc::new(compile(&common::numbered(&base, 1))?), Arc::new(compile(&common::numbered(&base, 2))?)];
     let (mut native_swap, mut hosted_swap) = (Vec::new(), Vec::new());
     for i in 0..SWAPS + 10 {
         let t = Instant::now();

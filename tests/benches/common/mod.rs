@@ -33,11 +33,16 @@ pub(crate) fn bitrise() -> Caller {
 /// `base` with a custom section appended: a new version (a new sha256) of the same code, so
 /// nothing about it is cached.
 pub(crate) fn variant(base: &[u8]) -> Vec<u8> {
-    let mut out = base.to_vec();
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    numbered(base, nonce as u64)
+}
+
+/// `base` as version number `n`: the same `n` is the same version (its compile cache hits).
+pub(crate) fn numbered(base: &[u8], n: u64) -> Vec<u8> {
+    let mut out = base.to_vec();
     let mut section = vec![5u8];
     section.extend_from_slice(b"bench");
-    section.extend_from_slice(&(nonce as u64).to_le_bytes());
+    section.extend_from_slice(&n.to_le_bytes());
     out.push(0);
     out.push(section.len() as u8);
     out.extend_from_slice(&section);
