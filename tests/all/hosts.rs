@@ -450,6 +450,55 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
     assert_eq!(runs.as_deref(), Some(&b"1"[..]), "it ran once in all, on one host");
 }
 
+/// Two live hosts compete for one job: its host is paused (SIGSTOP) past the job's due time,
+/// the other adopts and runs it, and the paused host, resumed with the job still in its own
+/// queue, does not run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_two_live_hosts_compete_for_runs_once() {
+    const JOBS_TOKEN: &str = "shared-hosts-jobs-token-0123";
+    let database = addon_host_tests::postgres::fresh_database();
+    let jobs = AddonToml::new("jobs", addon_host_tests::PLUGIN_JOBS).bitrise(JOBS_TOKEN, "shared-hosts-jobs-sso-01");
+    let config = format!(
+        "[server.storage]\npostgres = \"{database}\"\n[[server.admins]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\n{}",
+        jobs.to_toml()
+    );
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = spawn(dirs[0].path(), &config).await;
+    let second = spawn(dirs[1].path(), &config).await;
+    let headers = [("Authentication", JOBS_TOKEN), ("Content-Type", "application/json")];
+    let body = r#"{"app_slug":"contested-app","api_token":"t","plan":"later"}"#;
+    let (status, reply) = exchange(&first.addr, "POST", "/addons/jobs/provision", &headers, body).await;
+    assert_eq!(status, 201, "{reply}");
+    let pid = first.child.id().expect("the first host runs").to_string();
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    signal("-STOP");
+
+    let bearer = format!("Bearer {ADMIN}");
+    let started = Instant::now();
+    loop {
+        let (status, listed) =
+            exchange(&second.addr, "GET", "/admin/addons/jobs/jobs", &[("Authorization", &bearer)], "").await;
+        assert_eq!(status, 200, "{listed}");
+        if !listed.contains("contested-app") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the live host never ran the job: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The paused host wakes with the job due in its own queue.
+    signal("-CONT");
+    let (status, text) = exchange(&first.addr, "GET", "/livez", &[], "").await;
+    assert_eq!(status, 200, "{text}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let server = addon_host::config::ServerConfig {
+        storage: addon_host::config::StorageConfig { postgres: Some(database.into()), ..Default::default() },
+        ..Default::default()
+    };
+    let storage = addon_host::storage::Storage::open_config(&server).unwrap();
+    let runs = storage.addon("jobs").unwrap().kv_get("runs/contested-app").unwrap();
+    assert_eq!(runs.as_deref(), Some(&b"1"[..]), "the job ran once across the two hosts");
+}
+
 /// The database crashes mid-traffic (an immediate stop: unwritten WAL is lost) and comes
 /// back: every provision the host acknowledged before, during or after replays its reply,
 /// and the host serves again without a restart.
