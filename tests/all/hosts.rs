@@ -356,6 +356,12 @@ async fn a_sled_data_directory_moves_into_postgres() {
     assert_eq!(served(&server, "on-sled").await, "b");
     server.child.start_kill().unwrap();
     server.child.wait().await.unwrap();
+    // What there is to move, counted by a copy of the same data directory into a fresh sled.
+    let expected = {
+        let source = addon_host::storage::Storage::open(&dir.path().join("data")).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        source.copy_into(&addon_host::storage::Storage::open(scratch.path()).unwrap(), false).unwrap()
+    };
 
     let config = write_config(dir.path(), &config(&addon_host_tests::postgres::fresh_database()));
     let migrate = |extra: &[&str]| {
@@ -369,7 +375,8 @@ async fn a_sled_data_directory_moves_into_postgres() {
     let out = migrate(&[]);
     assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["copied"]["keys"].as_u64().unwrap() > 20, "{report}");
+    assert_eq!(report["copied"]["keys"].as_u64(), Some(expected.keys), "every key moved: {report}");
+    assert_eq!(report["copied"]["spaces"].as_u64(), Some(expected.spaces as u64), "{report}");
     let again = migrate(&[]);
     assert!(!again.status.success(), "a second copy into a database holding data is refused");
     assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"), "{again:?}");
