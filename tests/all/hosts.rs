@@ -401,10 +401,12 @@ fn push(host: &Server, plugin: &str, activate: bool) {
     assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A job committed by a host that is killed before its run runs on another host, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_hosts_job_runs_once_on_another_host() {
-    const JOBS_TOKEN: &str = "shared-hosts-jobs-token-0123";
+const JOBS_TOKEN: &str = "shared-hosts-jobs-token-0123";
+
+/// Two hosts on a fresh database serving the jobs test plugin (their folders, the database,
+/// the hosts), the first having provisioned `app` on the `later` plan: a job due 2 s after
+/// the reply, in the first host's queue.
+async fn two_hosts_with_a_later_job(app: &str) -> (Vec<tempfile::TempDir>, String, Server, Server) {
     let database = addon_host_tests::postgres::fresh_database();
     let jobs = AddonToml::new("jobs", addon_host_tests::PLUGIN_JOBS).bitrise(JOBS_TOKEN, "shared-hosts-jobs-sso-01");
     let config = format!(
@@ -412,29 +414,51 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
         jobs.to_toml()
     );
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut first = spawn(dirs[0].path(), &config).await;
+    let first = spawn(dirs[0].path(), &config).await;
     let second = spawn(dirs[1].path(), &config).await;
-    // `later`: a job due 2 s after the reply. Its host dies before then.
     let headers = [("Authentication", JOBS_TOKEN), ("Content-Type", "application/json")];
-    let body = r#"{"app_slug":"orphan-app","api_token":"t","plan":"later"}"#;
-    let (status, reply) = exchange(&first.addr, "POST", "/addons/jobs/provision", &headers, body).await;
+    let body = format!(r#"{{"app_slug":"{app}","api_token":"t","plan":"later"}}"#);
+    let (status, reply) = exchange(&first.addr, "POST", "/addons/jobs/provision", &headers, &body).await;
     assert_eq!(status, 201, "{reply}");
-    first.child.start_kill().unwrap();
-    first.child.wait().await.unwrap();
+    (dirs, database, first, second)
+}
 
+/// Wait until `host` no longer lists `app`'s job: another host adopted and ran it.
+async fn until_run_elsewhere(host: &Server, app: &str) {
     let bearer = format!("Bearer {ADMIN}");
     let started = Instant::now();
     loop {
         let (status, listed) =
-            exchange(&second.addr, "GET", "/admin/addons/jobs/jobs", &[("Authorization", &bearer)], "").await;
+            exchange(&host.addr, "GET", "/admin/addons/jobs/jobs", &[("Authorization", &bearer)], "").await;
         assert_eq!(status, 200, "{listed}");
-        if !listed.contains("orphan-app") {
-            break;
+        if !listed.contains(app) {
+            return;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "the other host never ran the job: {listed}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The jobs plugin's key `key` in `database`.
+fn jobs_kv(database: &str, key: &str) -> Option<Vec<u8>> {
+    let server = addon_host::config::ServerConfig {
+        storage: addon_host::config::StorageConfig { postgres: Some(database.into()), ..Default::default() },
+        ..Default::default()
+    };
+    let storage = addon_host::storage::Storage::open_config(&server).unwrap();
+    storage.addon("jobs").unwrap().kv_get(key).unwrap()
+}
+
+/// A job committed by a host that is killed before its run runs on another host, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_job_runs_once_on_another_host() {
+    // Its host dies before the job is due.
+    let (_dirs, database, mut first, second) = two_hosts_with_a_later_job("orphan-app").await;
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    until_run_elsewhere(&second, "orphan-app").await;
     // The run is counted just after its commit: look until it is.
+    let bearer = format!("Bearer {ADMIN}");
     let counted = Instant::now();
     let done = loop {
         let (_, metrics) = exchange(&second.addr, "GET", "/metrics", &[("Authorization", &bearer)], "").await;
@@ -446,14 +470,8 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(done, "1", "the other host ran it once");
-    let server = addon_host::config::ServerConfig {
-        storage: addon_host::config::StorageConfig { postgres: Some(database.into()), ..Default::default() },
-        ..Default::default()
-    };
-    let storage = addon_host::storage::Storage::open_config(&server).unwrap();
-    let ran = storage.addon("jobs").unwrap().kv_get("ran/orphan-app").unwrap();
-    assert_eq!(ran.as_deref(), Some(&b"1"[..]), "its first attempt succeeded");
-    let runs = storage.addon("jobs").unwrap().kv_get("runs/orphan-app").unwrap();
+    assert_eq!(jobs_kv(&database, "ran/orphan-app").as_deref(), Some(&b"1"[..]), "its first attempt succeeded");
+    let runs = jobs_kv(&database, "runs/orphan-app");
     assert_eq!(runs.as_deref(), Some(&b"1"[..]), "it ran once in all, on one host");
 }
 
@@ -462,47 +480,17 @@ async fn a_killed_hosts_job_runs_once_on_another_host() {
 /// queue, does not run it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_two_live_hosts_compete_for_runs_once() {
-    const JOBS_TOKEN: &str = "shared-hosts-jobs-token-0123";
-    let database = addon_host_tests::postgres::fresh_database();
-    let jobs = AddonToml::new("jobs", addon_host_tests::PLUGIN_JOBS).bitrise(JOBS_TOKEN, "shared-hosts-jobs-sso-01");
-    let config = format!(
-        "[server.storage]\npostgres = \"{database}\"\n[[server.admins]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\n{}",
-        jobs.to_toml()
-    );
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let first = spawn(dirs[0].path(), &config).await;
-    let second = spawn(dirs[1].path(), &config).await;
-    let headers = [("Authentication", JOBS_TOKEN), ("Content-Type", "application/json")];
-    let body = r#"{"app_slug":"contested-app","api_token":"t","plan":"later"}"#;
-    let (status, reply) = exchange(&first.addr, "POST", "/addons/jobs/provision", &headers, body).await;
-    assert_eq!(status, 201, "{reply}");
+    let (_dirs, database, first, second) = two_hosts_with_a_later_job("contested-app").await;
     let pid = first.child.id().expect("the first host runs").to_string();
     let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
     signal("-STOP");
-
-    let bearer = format!("Bearer {ADMIN}");
-    let started = Instant::now();
-    loop {
-        let (status, listed) =
-            exchange(&second.addr, "GET", "/admin/addons/jobs/jobs", &[("Authorization", &bearer)], "").await;
-        assert_eq!(status, 200, "{listed}");
-        if !listed.contains("contested-app") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "the live host never ran the job: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_run_elsewhere(&second, "contested-app").await;
     // The paused host wakes with the job due in its own queue.
     signal("-CONT");
     let (status, text) = exchange(&first.addr, "GET", "/livez", &[], "").await;
     assert_eq!(status, 200, "{text}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let server = addon_host::config::ServerConfig {
-        storage: addon_host::config::StorageConfig { postgres: Some(database.into()), ..Default::default() },
-        ..Default::default()
-    };
-    let storage = addon_host::storage::Storage::open_config(&server).unwrap();
-    let runs = storage.addon("jobs").unwrap().kv_get("runs/contested-app").unwrap();
+    let runs = jobs_kv(&database, "runs/contested-app");
     assert_eq!(runs.as_deref(), Some(&b"1"[..]), "the job ran once across the two hosts");
 }
 
