@@ -231,7 +231,10 @@ async fn a_swap_through_one_host_serves_from_all_three_with_no_failed_request() 
         client.await.expect("no request failed during the swap");
     }
     let everywhere = everywhere.expect("every host serves the activated version");
-    assert!(everywhere < Duration::from_secs(1), "every host served b {everywhere:?} after the activation");
+    // NOTIFY carries it in milliseconds when idle; under this test's traffic on a loaded
+    // 2-core CI machine it took up to 1.1 s once, so the bound is 2 s (a lost notification
+    // would leave a host on `a` until the 10 s above).
+    assert!(everywhere < Duration::from_secs(2), "every host served b {everywhere:?} after the activation");
     let seen = seen.lock().unwrap();
     assert!(seen.iter().any(|(_, v)| v == "a") && seen.iter().any(|(_, v)| v == "b"), "traffic crossed the swap");
     for h in 0..hosts.len() {
