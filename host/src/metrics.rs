@@ -85,6 +85,7 @@ pub struct Metrics {
     pub call_cpu_seconds: Histograms<CallLabels>,
     pub core_wait_seconds: Histograms<CallLabels>,
     pub cpu_seconds: Family<CpuLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub cpu_yielding_seconds: Family<AddonLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub failures: Family<FailureLabels, Counter>,
     pub replays: Family<AddonLabel, Counter>,
     pub queue_wait_seconds: Histograms<AddonLabel>,
@@ -122,6 +123,7 @@ impl Metrics {
             call_cpu_seconds: Family::new_with_constructor(cpu_seconds),
             core_wait_seconds: Family::new_with_constructor(cpu_seconds),
             cpu_seconds: Family::default(),
+            cpu_yielding_seconds: Family::default(),
             failures: Family::default(),
             replays: Family::default(),
             queue_wait_seconds: Family::new_with_constructor(seconds),
@@ -163,6 +165,11 @@ impl Metrics {
             "addon_cpu_seconds",
             "CPU used for the add-on: its guest code (work=calls) and its plugin compiles (work=compile)",
             m.cpu_seconds.clone(),
+        );
+        r.register(
+            "addon_cpu_yielding_seconds",
+            "CPU of the add-on's calls that ran under SCHED_IDLE, yielding to quieter add-ons (part of work=calls)",
+            m.cpu_yielding_seconds.clone(),
         );
         r.register("addon_call_failures", "Calls that failed, by add-on, call and error kind", m.failures.clone());
         r.register("addon_replays", "Identical repeats answered from the stored reply", m.replays.clone());
@@ -228,13 +235,19 @@ impl Metrics {
 
     /// Raise the add-on's CPU counters to its runtime totals.
     pub fn cpu(&self, addon: &str, totals: crate::runtime::CpuTotals) {
-        for (work, total) in [("calls", totals.calls), ("compile", totals.compile)] {
-            let counter = self.cpu_seconds.get_or_create(&CpuLabels { addon: addon.to_owned(), work: work.to_owned() });
+        let catch_up = |counter: &Counter<f64, std::sync::atomic::AtomicU64>, total: std::time::Duration| {
             let behind = total.as_secs_f64() - counter.get();
             if behind > 0.0 {
                 counter.inc_by(behind);
             }
+        };
+        for (work, total) in [("calls", totals.calls), ("compile", totals.compile)] {
+            catch_up(
+                &self.cpu_seconds.get_or_create(&CpuLabels { addon: addon.to_owned(), work: work.to_owned() }),
+                total,
+            );
         }
+        catch_up(&self.cpu_yielding_seconds.get_or_create(&AddonLabel { addon: addon.to_owned() }), totals.yielding);
     }
 
     pub fn failure(&self, addon: &str, call: &str, kind: &str) {

@@ -310,3 +310,76 @@ async fn a_quiet_addon_gets_the_core_while_spinners_want_it() {
     // One core for ~3.3 s (and each spinner's first 5 ms, before the gate), shared.
     assert!(spun > 1.0 && spun < 4.0, "the spinners used {spun} s of CPU on one core in 3 s");
 }
+
+/// The slow lane's threads named `name` and the scheduling policy of each (from
+/// `/proc/self/task/*/sched`: 0 normal, 5 `SCHED_IDLE`).
+fn policies_of_threads(name: &str) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let sched = std::fs::read_to_string(task.path().join("sched")).unwrap_or_default();
+        let policy = sched.lines().find_map(|l| l.strip_prefix("policy")?.trim_start_matches([' ', ':']).parse().ok());
+        policies.push(policy.unwrap_or(u32::MAX));
+    }
+    policies
+}
+
+/// A spinner's long calls run in the slow lane's idle-class pool while a quieter add-on has
+/// calls, and at the request path's priority while it is alone (it would starve on a loaded
+/// machine otherwise). Red if calls never yield (the mechanism removed: no CPU under
+/// `SCHED_IDLE` next to the quiet add-on), if they yield alone, or if the pool they yield to is
+/// not idle-class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spinner_yields_to_a_quiet_addon_and_only_to_one() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let host = Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.limits.deadline_ms = 1_000;
+        misbehave.limits.max_concurrent_calls = Some(2);
+    }));
+    let yielding =
+        |text: &str, addon: &str| metric(text, &format!(r#"addon_cpu_yielding_seconds_total{{addon="{addon}"}}"#));
+    let spun = |text: &str| metric(text, r#"addon_cpu_seconds_total{addon="misbehave",work="calls"}"#);
+    let warm = host.provision("myaddon", TOKEN, "warm", "free").await;
+    assert_eq!(warm.status, 201, "{}", warm.text);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Alone: nobody to yield to.
+    let alone = host.provision_titled("misbehave", MISBEHAVE_TOKEN, "alone", "loop", "30000").await;
+    assert_error(&alone, 504, "deadline_exceeded", "deadline");
+    let text = host.admin(Method::GET, "/metrics", "").await.text;
+    assert!(spun(&text) > 0.5, "the spinner alone ran {} s in its 1 s", spun(&text));
+    assert_eq!(yielding(&text, "misbehave"), 0.0, "a spinner alone yielded\n{text}");
+
+    // Next to the quiet add-on's calls (every 20 ms), two spinning calls at once.
+    let before = spun(&text);
+    let spinners: Vec<_> = (0..2)
+        .map(|i| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("spin-{i}"), "loop", "30000").await
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(1_200) {
+        let reply = host.provision("myaddon", TOKEN, &format!("quiet-{i}"), "free").await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        i += 1;
+    }
+    for spinner in spinners {
+        assert_error(&spinner.await.unwrap(), 504, "deadline_exceeded", "deadline");
+    }
+    let text = host.admin(Method::GET, "/metrics", "").await.text;
+    let (used, below) = (spun(&text) - before, yielding(&text, "misbehave"));
+    assert!(below > 0.5 * used, "of the spinners' {used} s next to the quiet add-on, only {below} s yielded\n{text}");
+    assert_eq!(yielding(&text, "myaddon"), 0.0, "the quiet add-on yielded\n{text}");
+    let (normal, idle) = (policies_of_threads("guest"), policies_of_threads("guest-idle"));
+    assert!(!idle.is_empty() && idle.iter().all(|p| *p == 5), "the idle pool's policies: {idle:?}");
+    assert!(!normal.is_empty() && normal.iter().all(|p| *p == 0), "the normal pool's policies: {normal:?}");
+}

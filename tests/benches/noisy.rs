@@ -3,6 +3,11 @@
 //! - **spins**: twice its share of clients calling a plan that loops until its deadline;
 //! - **mixes** misbehaviours: calls that sleep in host calls, spin, hog key-value memory and
 //!   bomb their memory (the slowest answer of each kind is printed too);
+//! - is gone (the healthy add-on **alone again**: how far the host drifted as its data grew);
+//! - is **idle-class spinners outside the host** (the floor): one thread per core spinning
+//!   under `SCHED_IDLE`, the least a CPU-bound neighbour costs on this machine, which a
+//!   neighbour's calls yielding to the healthy add-on (see `runtime/priority.rs`) can match
+//!   at best;
 //! - **compiles**: uploads the 18 MB Python `credentials` component (a new version, nothing
 //!   cached), which serves from Winch at once while Cranelift's build runs in the background;
 //!   the phase lasts until the optimised build serves.
@@ -11,7 +16,8 @@
 //! the phase alone. Run with `cargo bench -p addon-host-tests --bench noisy`. `BENCH_SECS`
 //! (default 4) is the length of the timed phases; `BENCH_COMPILE=0` skips the compile phase
 //! (it builds the Python plugin with componentize-py first); `BENCH_SLOW_LANE_IDLE=1` sets
-//! `server.slow_lane_idle`, `BENCH_PLUGIN_CORES=N` `server.plugin_cores`.
+//! `server.slow_lane_idle`, `BENCH_SLOW_LANE_YIELD=0` turns `server.slow_lane_yield` off,
+//! `BENCH_PLUGIN_CORES=N` sets `server.plugin_cores`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +51,7 @@ fn config(dir: &std::path::Path) -> HostConfig {
             max_concurrent_calls: HOST_SLOTS,
             plugin_cores: std::env::var("BENCH_PLUGIN_CORES").ok().and_then(|n| n.parse().ok()),
             slow_lane_idle: std::env::var_os("BENCH_SLOW_LANE_IDLE").is_some(),
+            slow_lane_yield: std::env::var("BENCH_SLOW_LANE_YIELD").map_or(true, |v| v != "0"),
             // A real upload compiles: nothing comes from a cache.
             compile_cache: Some(std::path::PathBuf::new()),
             admins: vec![AdminConfig { name: "bench".into(), token: "bench-admin-token-0123".into() }],
@@ -115,6 +122,7 @@ async fn healthy_phase(service: &Arc<Service>, phase: &str, done: impl Future<Ou
         calls: after.calls.saturating_sub(before.calls),
         waited: after.waited.saturating_sub(before.waited),
         compile: after.compile.saturating_sub(before.compile),
+        yielding: after.yielding.saturating_sub(before.yielding),
     };
     Ok(Phase { latencies, took, cpu })
 }
@@ -221,6 +229,40 @@ async fn next_to_compiles(service: &Arc<Service>, plugin: Vec<u8>) -> anyhow::Re
     Ok((phase, upload, optimised))
 }
 
+/// One thread per core spinning under `SCHED_IDLE`, outside the host, until dropped: the
+/// least any CPU-bound neighbour can cost (they run only on time nothing else wants), which
+/// is not nothing on a VM.
+struct BusyThreads(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl BusyThreads {
+    fn start() -> BusyThreads {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    // SAFETY: lowers the calling thread's own policy; `param` outlives the call.
+                    #[allow(unsafe_code)]
+                    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        BusyThreads(stop, threads)
+    }
+}
+
+impl Drop for BusyThreads {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        self.1.drain(..).for_each(|t| _ = t.join());
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -242,6 +284,11 @@ fn main() -> anyhow::Result<()> {
         let alone = healthy_phase(&service, "alone", tokio::time::sleep(secs)).await?;
         let (spin, spin_noise) = next_to(&service, "spin", &["loop"], secs).await?;
         let (mixed, mixed_noise) = next_to(&service, "mixed", &MIXED, secs).await?;
+        let again = healthy_phase(&service, "again", tokio::time::sleep(secs)).await?;
+        let floor = {
+            let _busy = BusyThreads::start();
+            healthy_phase(&service, "floor", tokio::time::sleep(secs)).await?
+        };
         let compiled = match python {
             Some(plugin) => Some(next_to_compiles(&service, common::variant(&plugin)).await?),
             None => None,
@@ -256,7 +303,13 @@ fn main() -> anyhow::Result<()> {
             "{:<34} {:>9} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11}",
             "phase", "per s", "p50 ms", "p99 ms", "per s ×", "p99 ×", "cpu µs/call", "wait µs/call"
         );
-        let mut rows = vec![("alone", &alone), ("neighbour spinning", &spin), ("neighbour misbehaving (mixed)", &mixed)];
+        let mut rows = vec![
+            ("alone", &alone),
+            ("neighbour spinning", &spin),
+            ("neighbour misbehaving (mixed)", &mixed),
+            ("alone again", &again),
+            ("floor: idle-class spinners outside", &floor),
+        ];
         if let Some((phase, _, _)) = &compiled {
             rows.push(("neighbour compiling 18 MB Python", phase));
         }

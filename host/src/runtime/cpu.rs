@@ -33,10 +33,13 @@ pub struct Account {
     /// Decayed CPU seconds, as of the instant beside it.
     recent: Mutex<(f64, Instant)>,
     cpu_ns: AtomicU64,
+    /// Of `cpu_ns`, what ran in the slow lane's idle pool (see `priority`).
+    yielding_ns: AtomicU64,
     waited_ns: AtomicU64,
     compile_ns: AtomicU64,
     /// Which lane its calls start in.
     pub(super) lanes: super::guests::Lanes,
+    seen: super::priority::Seen,
 }
 
 /// An add-on's CPU totals since the host started.
@@ -48,6 +51,8 @@ pub struct CpuTotals {
     pub waited: Duration,
     /// CPU compiling its uploads and their optimised builds.
     pub compile: Duration,
+    /// Of `calls`, what ran under `SCHED_IDLE`, yielding to quieter add-ons.
+    pub yielding: Duration,
 }
 
 impl Account {
@@ -56,19 +61,26 @@ impl Account {
             weight: f64::from(weight.max(1)),
             recent: Mutex::new((0.0, Instant::now())),
             cpu_ns: AtomicU64::new(0),
+            yielding_ns: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             compile_ns: AtomicU64::new(0),
             lanes: Default::default(),
+            seen: Default::default(),
         })
     }
 
     pub fn totals(&self) -> CpuTotals {
         let load = |n: &AtomicU64| Duration::from_nanos(n.load(Ordering::Relaxed));
-        CpuTotals { calls: load(&self.cpu_ns), waited: load(&self.waited_ns), compile: load(&self.compile_ns) }
+        CpuTotals {
+            calls: load(&self.cpu_ns),
+            waited: load(&self.waited_ns),
+            compile: load(&self.compile_ns),
+            yielding: load(&self.yielding_ns),
+        }
     }
 
     /// Count `used` against the add-on's turn.
-    fn charge(&self, used: Duration, now: Instant) {
+    pub(super) fn charge(&self, used: Duration, now: Instant) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         recent.0 = decayed(*recent, now) + used.as_secs_f64();
         recent.1 = now;
@@ -80,8 +92,12 @@ impl Account {
         self.charge(used, Instant::now());
     }
 
+    pub(super) fn seen(&self) -> &super::priority::Seen {
+        &self.seen
+    }
+
     /// The add-on's place in line: lower goes first.
-    fn rank(&self, now: Instant) -> f64 {
+    pub(super) fn rank(&self, now: Instant) -> f64 {
         decayed(*self.recent.lock().unwrap_or_else(PoisonError::into_inner), now) / self.weight
     }
 }
@@ -94,6 +110,8 @@ fn decayed((value, at): (f64, Instant), now: Instant) -> f64 {
 /// The cores guest code may run on, and the calls waiting for one.
 pub(super) struct Cores {
     state: Mutex<Line>,
+    /// Who ran calls lately: whom long calls yield to (see `priority`).
+    active: super::priority::Active,
     /// Makes every running guest yield soon (advances the engines' epoch).
     preempt: Box<dyn Fn() + Send + Sync>,
 }
@@ -117,9 +135,12 @@ struct Waiter {
 }
 
 impl Cores {
-    pub(super) fn new(cores: usize, preempt: Box<dyn Fn() + Send + Sync>) -> Arc<Cores> {
+    /// `yields`: whether long calls of busy add-ons run below the request path while quieter
+    /// ones have calls (see `priority`).
+    pub(super) fn new(cores: usize, yields: bool, preempt: Box<dyn Fn() + Send + Sync>) -> Arc<Cores> {
         let line = Line { free: cores.max(1), kept: Vec::new(), running: Vec::new(), next: 0, waiting: Vec::new() };
-        Arc::new(Cores { state: Mutex::new(line), preempt })
+        let active = super::priority::Active::new(yields);
+        Arc::new(Cores { state: Mutex::new(line), active, preempt })
     }
 
     fn line(&self) -> std::sync::MutexGuard<'_, Line> {
@@ -196,11 +217,15 @@ thread_local! {
     /// the call itself (a thread wake-up, hundreds of microseconds on a busy VM, for a
     /// 60 µs call). Their CPU is measured and charged all the same.
     static GATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this thread is one of the slow lane's idle pool (see `priority`).
+    static YIELDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Make guest code on the calling thread wait for a core (the slow lane's threads).
-pub(super) fn gate_this_thread() {
+/// Make guest code on the calling thread wait for a core (the slow lane's threads); with
+/// `yielding`, count its CPU as run below the request path (the idle pool's).
+pub(super) fn gate_this_thread(yielding: bool) {
     GATED.set(true);
+    YIELDING.set(yielding);
 }
 
 /// A call's future, run only while it holds a core (see the module's docs).
@@ -208,7 +233,8 @@ pub(super) struct Scheduled<F> {
     inner: F,
     cores: Arc<Cores>,
     account: Arc<Account>,
-    /// The call's deadline.
+    /// When the call started, and its deadline.
+    started: Instant,
     until: Instant,
     /// Waiting for a core since then, with this ticket.
     waiting: Option<(u64, Instant)>,
@@ -232,7 +258,12 @@ impl Used {
 
 impl<F> Scheduled<F> {
     pub(super) fn new(inner: F, cores: Arc<Cores>, account: Arc<Account>, used: Arc<Used>, until: Instant) -> Self {
-        Scheduled { inner, cores, account, until, waiting: None, used }
+        Scheduled { inner, cores, account, started: Instant::now(), until, waiting: None, used }
+    }
+
+    /// Whether the call runs below the request path now (see `priority`).
+    pub(super) fn yields(&self) -> bool {
+        self.cores.active.yields(&self.account, self.started, self.until)
     }
 }
 
@@ -241,6 +272,7 @@ impl<F: Future + Unpin> Future for Scheduled<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
+        this.cores.active.saw(&this.account, Instant::now());
         // In the fast lane (a request's own task) guest code runs at once: see `GATED`.
         let gated = GATED.get();
         if gated && !this.take_core(cx) {
@@ -253,6 +285,9 @@ impl<F: Future + Unpin> Future for Scheduled<F> {
             this.cores.release(&this.account);
         }
         this.account.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
+        if gated && YIELDING.get() {
+            this.account.yielding_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
+        }
         this.used.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
         this.account.charge(used, Instant::now());
         polled
@@ -311,8 +346,13 @@ impl<F> Scheduled<F> {
 
 impl<F> Drop for Scheduled<F> {
     /// A call dropped while in line leaves it; one dropped after it was given a core (and
-    /// before it ran) passes the core on.
+    /// before it ran) passes the core on. One dropped past its deadline (answered as timed
+    /// out, or finished just then) marks its add-on as running into deadlines.
     fn drop(&mut self) {
+        let now = Instant::now();
+        if now >= self.until {
+            self.cores.active.overran(&self.account, now);
+        }
         let Some((ticket, _)) = self.waiting else { return };
         let mut line = self.cores.line();
         if let Some(i) = line.waiting.iter().position(|w| w.ticket == ticket) {
@@ -348,7 +388,7 @@ mod tests {
     use super::*;
 
     fn poll<F: Future + Unpin>(call: &mut Scheduled<F>) -> Poll<F::Output> {
-        gate_this_thread();
+        gate_this_thread(false);
         Pin::new(call).poll(&mut Context::from_waker(Waker::noop()))
     }
 
@@ -361,7 +401,7 @@ mod tests {
     fn one_core_held_by(holder: &Arc<Account>) -> (Arc<Cores>, Arc<AtomicUsize>) {
         let preempted = Arc::new(AtomicUsize::new(0));
         let count = preempted.clone();
-        let cores = Cores::new(1, Box::new(move || _ = count.fetch_add(1, Ordering::Relaxed)));
+        let cores = Cores::new(1, false, Box::new(move || _ = count.fetch_add(1, Ordering::Relaxed)));
         let mut line = cores.line();
         line.free = 0;
         line.running.push(holder.clone());

@@ -10,6 +10,7 @@
 //! every poll, and the host's runtime stays free whatever its configuration.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -18,33 +19,37 @@ use tracing::Instrument;
 use tracing::instrument::WithSubscriber;
 
 use super::CallFailure;
+use super::cpu::Scheduled;
 
 /// How long a call may run in its caller's task: two epoch ticks, far more than an ordinary
 /// call needs, and short enough that a spinning one holds a host worker for two polls only.
 const FAST_LANE: Duration = Duration::from_millis(5);
 
 pub(super) struct Guests {
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The slow lane's threads at the request path's priority (`server.slow_lane_nice`), and
+    /// under `SCHED_IDLE`, for calls that yield to quieter add-ons (see `priority`).
+    runtimes: Option<[tokio::runtime::Runtime; 2]>,
 }
 
 impl Guests {
-    /// `nice`: the slow lane's threads' niceness; `None` for `SCHED_IDLE`.
+    /// `nice`: the niceness of the slow lane's first pool; `None` for `SCHED_IDLE`.
     pub(super) fn start(nice: Option<i32>) -> anyhow::Result<Guests> {
         let priority = nice.map_or(super::compile::Priority::Idle, super::compile::Priority::Nice);
-        let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("guest")
-            // Below the threads serving requests (`server.slow_lane_nice`, or `SCHED_IDLE`
-            // with `slow_lane_idle`; see `cpu` for fairness among long calls).
-            .on_thread_start(move || {
-                super::compile::lower_priority(priority);
-                super::cpu::gate_this_thread();
-            })
-            .event_interval(1)
-            .enable_all()
-            .build()?;
-        Ok(Guests { runtime: Some(runtime) })
+        let pool = |name: &str, priority, yielding| {
+            let threads = std::thread::available_parallelism().map_or(2, usize::from);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name(name)
+                .on_thread_start(move || {
+                    super::compile::lower_priority(priority);
+                    super::cpu::gate_this_thread(yielding);
+                })
+                .event_interval(1)
+                .enable_all()
+                .build()
+        };
+        let runtimes = [pool("guest", priority, false)?, pool("guest-idle", super::compile::Priority::Idle, true)?];
+        Ok(Guests { runtimes: Some(runtimes) })
     }
 
     /// Run one call: in the caller's task at first, then in the slow lane if it outlasts
@@ -52,15 +57,17 @@ impl Guests {
     /// see [`Lanes`]) starts in the slow lane, so that its spinning calls do not hold a
     /// request worker for their first milliseconds either. Dropping the returned future (a
     /// client gone, a request budget spent) cancels the call at its next yield, in either lane.
-    pub(super) async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static, F>(
         &self,
-        call: impl Future<Output = Result<T, CallFailure>> + Send + 'static,
+        mut call: Scheduled<F>,
         lanes: &Lanes,
-    ) -> Result<T, CallFailure> {
-        let mut call = Box::pin(call);
+    ) -> Result<T, CallFailure>
+    where
+        F: Future<Output = Result<T, CallFailure>> + Send + Unpin + 'static,
+    {
         let started = Instant::now();
         if !lanes.starts_slow() {
-            let fast = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+            let fast = std::future::poll_fn(|cx| match Pin::new(&mut call).poll(cx) {
                 Poll::Ready(outcome) => Poll::Ready(Some(outcome)),
                 // Polled again and still running: it is computing, not waiting. Move it.
                 Poll::Pending if started.elapsed() >= FAST_LANE => Poll::Ready(None),
@@ -80,28 +87,60 @@ impl Guests {
         outcome
     }
 
-    async fn slow<T: Send + 'static>(
-        &self,
-        call: impl Future<Output = Result<T, CallFailure>> + Send + 'static,
-    ) -> Result<T, CallFailure> {
-        let Some(runtime) = &self.runtime else {
+    /// Run `call` in the slow lane: in the pool its add-on's standing asks for, moving
+    /// between the two (between two polls) when that changes.
+    async fn slow<T: Send + 'static, F>(&self, call: Scheduled<F>) -> Result<T, CallFailure>
+    where
+        F: Future<Output = Result<T, CallFailure>> + Send + Unpin + 'static,
+    {
+        let Some(runtimes) = &self.runtimes else {
             return Err(CallFailure::Host("the guest runtime is shut down".into()));
         };
-        // The call keeps the caller's span and subscriber, so its log lines stay the request's.
-        let call = call.in_current_span().with_current_subscriber();
-        let mut task = Cancel(runtime.spawn(call));
-        match (&mut task.0).await {
-            Ok(outcome) => outcome,
-            Err(e) if e.is_panic() => Err(CallFailure::Host("the plugin call's task panicked".into())),
-            Err(_) => Err(CallFailure::Host("the plugin call was cancelled: the host is shutting down".into())),
+        let mut idle = call.yields();
+        let mut call = Some(call);
+        loop {
+            // The call keeps the caller's span and subscriber, so its log lines stay the request's.
+            let hop = Hop { call: call.take(), idle }.in_current_span().with_current_subscriber();
+            let mut task = Cancel(runtimes[usize::from(idle)].spawn(hop));
+            match (&mut task.0).await {
+                Ok(Ok(outcome)) => return outcome,
+                Ok(Err(moving)) => (call, idle) = (Some(moving), !idle),
+                Err(e) if e.is_panic() => return Err(CallFailure::Host("the plugin call's task panicked".into())),
+                Err(_) => {
+                    return Err(CallFailure::Host("the plugin call was cancelled: the host is shutting down".into()));
+                }
+            }
         }
+    }
+}
+
+/// A slow-lane call in one of the two pools: it ends (giving the call back) before a poll in
+/// the wrong one.
+struct Hop<F> {
+    call: Option<Scheduled<F>>,
+    idle: bool,
+}
+
+impl<T, F: Future<Output = Result<T, CallFailure>> + Unpin> Future for Hop<F> {
+    type Output = Result<Result<T, CallFailure>, Scheduled<F>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let Some(mut call) = self.call.take() else {
+            return Poll::Pending;
+        };
+        if call.yields() != self.idle {
+            return Poll::Ready(Err(call));
+        }
+        let polled = Pin::new(&mut call).poll(cx);
+        self.call = Some(call);
+        polled.map(Ok)
     }
 }
 
 impl Drop for Guests {
     /// Without blocking: the host may be dropped inside an async context.
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        for runtime in self.runtimes.take().into_iter().flatten() {
             runtime.shutdown_background();
         }
     }

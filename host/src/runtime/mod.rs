@@ -27,6 +27,7 @@ mod jobs;
 mod kv;
 mod outbound;
 mod output;
+mod priority;
 pub mod recent;
 mod slots;
 mod spares;
@@ -227,7 +228,7 @@ impl Runtime {
             let engines = engines.clone();
             Box::new(move || engines.iter().for_each(wasmtime::Engine::increment_epoch))
         };
-        let cores = cpu::Cores::new(server.plugin_cores.unwrap_or_else(machine_cores), preempt);
+        let cores = cpu::Cores::new(server.plugin_cores.unwrap_or_else(machine_cores), server.slow_lane_yield, preempt);
         let ticker = {
             let cores = cores.clone();
             engine::EpochTicker::start(engines, EPOCH_TICK, Box::new(move || cores.tick()))
