@@ -3,7 +3,6 @@
 //! - **spins**: twice its share of clients calling a plan that loops until its deadline;
 //! - **mixes** misbehaviours: calls that sleep in host calls, spin, hog key-value memory and
 //!   bomb their memory (the slowest answer of each kind is printed too);
-//! - is gone (the healthy add-on **alone again**: how far the host drifted as its data grew);
 //! - is **idle-class spinners outside the host** (the floor): one thread per core spinning
 //!   under `SCHED_IDLE`, the least a CPU-bound neighbour costs on this machine, which a
 //!   neighbour's calls yielding to the healthy add-on (see `runtime/priority.rs`) can match
@@ -12,8 +11,10 @@
 //!   cached), which serves from Winch at once while Cranelift's build runs in the background;
 //!   the phase lasts until the optimised build serves.
 //!
-//! For each phase it prints the healthy add-on's throughput, p50 and p99, and their ratios to
-//! the phase alone. Run with `cargo bench -p addon-host-tests --bench noisy`. `BENCH_SECS`
+//! Each of those phases sits between two of the healthy add-on alone, and its ratios are to
+//! their mean: the host slows as its data grows (and this VM's speed drifts), which made
+//! ratios to one alone phase at the start understate later phases by up to a fifth. It prints
+//! the healthy add-on's throughput, p50 and p99 in each phase, and their ratios. Run with `cargo bench -p addon-host-tests --bench noisy`. `BENCH_SECS`
 //! (default 4) is the length of the timed phases; `BENCH_COMPILE=0` skips the compile phase
 //! (it builds the Python plugin with componentize-py first); `BENCH_SLOW_LANE_IDLE=1` sets
 //! `server.slow_lane_idle`, `BENCH_SLOW_LANE_YIELD=0` turns `server.slow_lane_yield` off,
@@ -281,16 +282,22 @@ fn main() -> anyhow::Result<()> {
     let service = Arc::new(Service::start(&config(dir.path()))?);
     rt.block_on(async {
         healthy_phase(&service, "warmup", tokio::time::sleep(Duration::from_millis(500))).await?;
-        let alone = healthy_phase(&service, "alone", tokio::time::sleep(secs)).await?;
+        // Each phase provisions resources of its own (the same ones again would be replays).
+        let alone = |name: &'static str| healthy_phase(&service, name, tokio::time::sleep(secs));
+        // Each neighbour's phase between two of the healthy add-on's alone, compared with
+        // their mean: the host drifts as its data grows (and this VM's speed with it).
+        let first = alone("alone-first").await?;
         let (spin, spin_noise) = next_to(&service, "spin", &["loop"], secs).await?;
+        let second = alone("alone-second").await?;
         let (mixed, mixed_noise) = next_to(&service, "mixed", &MIXED, secs).await?;
-        let again = healthy_phase(&service, "again", tokio::time::sleep(secs)).await?;
+        let third = alone("alone-third").await?;
         let floor = {
             let _busy = BusyThreads::start();
             healthy_phase(&service, "floor", tokio::time::sleep(secs)).await?
         };
+        let fourth = alone("alone-fourth").await?;
         let compiled = match python {
-            Some(plugin) => Some(next_to_compiles(&service, common::variant(&plugin)).await?),
+            Some(plugin) => Some((next_to_compiles(&service, common::variant(&plugin)).await?, alone("alone-last").await?)),
             None => None,
         };
 
@@ -299,34 +306,42 @@ fn main() -> anyhow::Result<()> {
             std::thread::available_parallelism().map_or(0, usize::from),
             2 * NOISY_SHARE
         );
+        println!("ratios: to the mean of the alone phases just before and after (alone rows: to the first)");
         println!(
             "{:<34} {:>9} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11}",
             "phase", "per s", "p50 ms", "p99 ms", "per s ×", "p99 ×", "cpu µs/call", "wait µs/call"
         );
         let mut rows = vec![
-            ("alone", &alone),
-            ("neighbour spinning", &spin),
-            ("neighbour misbehaving (mixed)", &mixed),
-            ("alone again", &again),
-            ("floor: idle-class spinners outside", &floor),
+            ("alone", &first, [&first, &first]),
+            ("neighbour spinning", &spin, [&first, &second]),
+            ("alone", &second, [&first, &first]),
+            ("neighbour misbehaving (mixed)", &mixed, [&second, &third]),
+            ("alone", &third, [&first, &first]),
+            ("floor: idle-class spinners outside", &floor, [&third, &fourth]),
+            ("alone", &fourth, [&first, &first]),
         ];
-        if let Some((phase, _, _)) = &compiled {
-            rows.push(("neighbour compiling 18 MB Python", phase));
+        if let Some(((phase, _, _), last)) = &compiled {
+            rows.push(("neighbour compiling 18 MB Python", phase, [&fourth, last]));
+            rows.push(("alone", last, [&first, &first]));
         }
-        for (name, phase) in rows {
+        for (name, phase, [before, after]) in rows {
             let per_call = |d: Duration| d.as_secs_f64() * 1e6 / phase.latencies.len().max(1) as f64;
+            let (per_s, p99) = (
+                (before.per_second() + after.per_second()) / 2.0,
+                (ms(before.pct(99)) + ms(after.pct(99))) / 2.0,
+            );
             println!(
                 "{name:<34} {:>9.0} {:>8.2} {:>8.2} {:>8.2}x {:>8.2}x {:>11.0} {:>11.0}",
                 phase.per_second(),
                 ms(phase.pct(50)),
                 ms(phase.pct(99)),
-                phase.per_second() / alone.per_second(),
-                ms(phase.pct(99)) / ms(alone.pct(99)),
+                phase.per_second() / per_s,
+                ms(phase.pct(99)) / p99,
                 per_call(phase.cpu.calls),
                 per_call(phase.cpu.waited),
             );
         }
-        if let Some((phase, upload, optimised)) = &compiled {
+        if let Some(((phase, upload, optimised), _)) = &compiled {
             println!(
                 "compile phase {:.1} s: the upload answered after {:.1} s (Winch), Cranelift's build served {:.1} s later",
                 phase.took.as_secs_f64(),
