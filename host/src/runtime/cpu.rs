@@ -239,6 +239,8 @@ pub(super) struct Scheduled<F> {
     /// Waiting for a core since then, with this ticket.
     waiting: Option<(u64, Instant)>,
     used: Arc<Used>,
+    /// Whether its end counts towards its add-on being a spinner (calls, not spares).
+    counted: bool,
 }
 
 /// What one call used, shared with whoever started it.
@@ -258,7 +260,13 @@ impl Used {
 
 impl<F> Scheduled<F> {
     pub(super) fn new(inner: F, cores: Arc<Cores>, account: Arc<Account>, used: Arc<Used>, until: Instant) -> Self {
-        Scheduled { inner, cores, account, started: Instant::now(), until, waiting: None, used }
+        Scheduled { inner, cores, account, started: Instant::now(), until, waiting: None, used, counted: true }
+    }
+
+    /// Making a spare instance, not a call: its end says nothing of the add-on's calls.
+    pub(super) fn spare(mut self) -> Self {
+        self.counted = false;
+        self
     }
 
     /// Whether the call runs below the request path now (see `priority`).
@@ -346,12 +354,11 @@ impl<F> Scheduled<F> {
 
 impl<F> Drop for Scheduled<F> {
     /// A call dropped while in line leaves it; one dropped after it was given a core (and
-    /// before it ran) passes the core on. One dropped past its deadline (answered as timed
-    /// out, or finished just then) marks its add-on as running into deadlines.
+    /// before it ran) passes the core on. A call (not a spare instance made ahead) counts
+    /// whether it ended past its deadline towards its add-on being a spinner (`priority`).
     fn drop(&mut self) {
-        let now = Instant::now();
-        if now >= self.until {
-            self.cores.active.overran(&self.account, now);
+        if self.counted {
+            self.cores.active.ended(&self.account, Instant::now() >= self.until);
         }
         let Some((ticket, _)) = self.waiting else { return };
         let mut line = self.cores.line();

@@ -383,7 +383,7 @@ impl Runtime {
                 let (compiled, env, account) = (compiled.clone(), env.clone(), env.cpu.clone());
                 let until = Instant::now() + Duration::from_millis(env.limits.deadline_ms);
                 let make = Box::pin(async move { Ok(spares::make(&compiled, metered, env, permit).await) });
-                (cpu::Scheduled::new(make, cores, account.clone(), Arc::default(), until), account)
+                (cpu::Scheduled::new(make, cores, account.clone(), Arc::default(), until).spare(), account)
             };
             let (make, account) = make;
             let ready = guests.run(make, &account.lanes).await.ok().flatten();

@@ -9,12 +9,15 @@
 //! priority, one under `SCHED_IDLE`. A long call runs in the idle pool only while it *yields*:
 //! another add-on has run a call in the last [`ACTIVE`] and used less than half as much CPU
 //! lately for its weight. Past half its deadline a call stops yielding, so a legitimate long
-//! call still finishes. An add-on whose calls ran into their deadline in the last [`OVERRAN`]
-//! (a spinner) yields to every add-on with calls, to the end of its calls: its guest CPU is
-//! not the measure, as a healthy add-on's requests spend most of theirs in the host (routing,
-//! storage), so comparing guest CPU alone still left the spinner half the machine.
+//! call still finishes. An add-on whose recent calls mostly ran into their deadline (a
+//! spinner, see [`SPINNER_FROM`]) yields to every add-on with calls, to the end of its calls:
+//! its guest CPU is not the measure, as a healthy add-on's requests spend most of theirs in the
+//! host (routing, storage), so comparing guest CPU alone still left the spinner half the
+//! machine. One call that ran into its deadline does not make a spinner: its add-on's other
+//! calls (a memory bomb, a KV flood) must still reach their own failure in time on a loaded
+//! machine.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,17 +25,20 @@ use super::cpu::Account;
 
 /// How recently another add-on must have run a call for a busier one to yield to it.
 const ACTIVE: Duration = Duration::from_millis(100);
-/// How long an add-on whose call ran into its deadline yields to the end of its calls.
-const OVERRAN: Duration = Duration::from_secs(10);
+/// An add-on's count of recent calls that ran into their deadline is up by 2 at each such
+/// call and down by 1 at each that did not (between 0 and [`SPINNER_MAX`]); at
+/// [`SPINNER_FROM`] or more, it is a spinner.
+const SPINNER_FROM: u32 = 4;
+const SPINNER_MAX: u32 = 8;
 /// A call yields to add-ons that used less than this fraction of its add-on's CPU lately.
 const QUIETER: f64 = 0.5;
 
-/// When an add-on last ran a call, and last ran into a deadline (nanoseconds since the
-/// host's first call; 0 for never).
+/// When an add-on last ran a call (nanoseconds since the host's first call), and how many
+/// of its recent calls ran into their deadline.
 #[derive(Debug, Default)]
 pub(super) struct Seen {
     last: AtomicU64,
-    overran: AtomicU64,
+    overran: AtomicU32,
     /// Whether the add-on is in [`Active`]'s list.
     listed: AtomicBool,
 }
@@ -61,9 +67,10 @@ impl Active {
         }
     }
 
-    /// A call of `account` ended (or was dropped) after its deadline.
-    pub(super) fn overran(&self, account: &Account, now: Instant) {
-        account.seen().overran.store(nanos(now), Relaxed);
+    /// A call of `account` ended (or was dropped): after its deadline if `overran`.
+    pub(super) fn ended(&self, account: &Account, overran: bool) {
+        let step = |n: u32| Some(if overran { (n + 2).min(SPINNER_MAX) } else { n.saturating_sub(1) });
+        let _ = account.seen().overran.fetch_update(Relaxed, Relaxed, step);
     }
 
     /// Whether a long call of `account`, started at `started` with deadline `until`, yields
@@ -74,8 +81,7 @@ impl Active {
         }
         let now = Instant::now();
         let at = nanos(now);
-        let overran = account.seen().overran.load(Relaxed);
-        let spinner = overran != 0 && at.saturating_sub(overran) < OVERRAN.as_nanos() as u64;
+        let spinner = account.seen().overran.load(Relaxed) >= SPINNER_FROM;
         if !spinner && now >= started + until.saturating_duration_since(started) / 2 {
             return false;
         }
@@ -173,14 +179,20 @@ mod tests {
         let (busy, quiet) = busy_and_quiet(&active);
         let (started, until) = past_half();
         assert!(!active.yields(&busy, started, until), "a long call past half its deadline still yields");
-        active.overran(&busy, Instant::now());
+        active.ended(&busy, true);
+        assert!(!active.yields(&busy, started, until), "one call past its deadline made a spinner");
+        active.ended(&busy, true);
         assert!(active.yields(&busy, started, until), "a spinner stopped yielding");
+        active.ended(&busy, false);
+        active.ended(&busy, false);
+        assert!(!active.yields(&busy, started, until), "calls back in time left it a spinner");
         // A spinner yields to any add-on with calls, even a busier one.
         let busier = Account::new(1);
         busier.charge(Duration::from_secs(2), Instant::now());
         let others = Active::new(true);
         others.saw(&busier, Instant::now());
-        others.overran(&quiet, Instant::now());
+        others.ended(&quiet, true);
+        others.ended(&quiet, true);
         assert!(others.yields(&quiet, started, until), "a spinner did not yield to a busier add-on");
     }
 }
