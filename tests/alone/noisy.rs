@@ -386,3 +386,57 @@ async fn a_spinner_yields_to_a_quiet_addon_and_only_to_one() {
     assert!(!idle.is_empty() && idle.iter().all(|p| *p == 5), "the idle pool's policies: {idle:?}");
     assert!(!normal.is_empty() && normal.iter().all(|p| *p == 0), "the normal pool's policies: {normal:?}");
 }
+
+/// A yielding spinner's calls run on idle-class threads, which get next to no CPU while
+/// normal threads want every core: the call cannot see its own deadline there, so its caller
+/// answers at the deadline. Red if the caller waits for the call's thread (876 ms for a
+/// 300 ms deadline under this load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_starved_yielding_call_is_answered_at_its_deadline() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let host = Arc::new(TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.limits.deadline_ms = 300;
+    }));
+    for i in 0..2 {
+        let warm = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("warm-{i}"), "loop", "30000").await;
+        assert_error(&warm, 504, "deadline_exceeded", "deadline");
+    }
+    // Normal-priority threads on every core (and one more), and the quiet add-on calling.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let busy: Vec<_> = (0..=cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let quiet = {
+        let (host, stop) = (host.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                host.provision("myaddon", TOKEN, &format!("quiet-{i}"), "free").await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                i += 1;
+            }
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    for i in 0..4 {
+        let started = Instant::now();
+        let reply = host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("spin-{i}"), "loop", "30000").await;
+        slowest = slowest.max(started.elapsed());
+        assert_error(&reply, 504, "deadline_exceeded", "deadline");
+    }
+    stop.store(true, Ordering::Relaxed);
+    busy.into_iter().for_each(|t| t.join().unwrap());
+    quiet.await.unwrap();
+    let text = host.admin(Method::GET, "/metrics", "").await.text;
+    assert!(metric(&text, r#"addon_cpu_yielding_seconds_total{addon="misbehave"}"#) > 0.0, "the spinner never yielded");
+    assert!(slowest < Duration::from_millis(300) + LATE, "a yielding spinner was answered after {slowest:?}");
+}

@@ -269,6 +269,11 @@ impl<F> Scheduled<F> {
         self
     }
 
+    /// When the call started, and its deadline.
+    pub(super) fn times(&self) -> (Instant, Instant) {
+        (self.started, self.until)
+    }
+
     /// Whether the call runs below the request path now (see `priority`).
     pub(super) fn yields(&self) -> bool {
         self.cores.active.yields(&self.account, self.started, self.until)

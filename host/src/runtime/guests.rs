@@ -97,12 +97,20 @@ impl Guests {
             return Err(CallFailure::Host("the guest runtime is shut down".into()));
         };
         let mut idle = call.yields();
+        let (started, until) = call.times();
+        let deadline_ms = until.saturating_duration_since(started).as_millis() as u64;
         let mut call = Some(call);
         loop {
             // The call keeps the caller's span and subscriber, so its log lines stay the request's.
             let hop = Hop { call: call.take(), idle }.in_current_span().with_current_subscriber();
             let mut task = Cancel(runtimes[usize::from(idle)].spawn(hop));
-            match (&mut task.0).await {
+            // The call's own timeout fires on its thread, which an idle-class one may not get
+            // in time on a busy machine: the caller's answers at the deadline all the same
+            // (dropping the task cancels the call at its next yield).
+            let Ok(joined) = tokio::time::timeout_at((until + LATE).into(), &mut task.0).await else {
+                return Err(CallFailure::Deadline { deadline_ms });
+            };
+            match joined {
                 Ok(Ok(outcome)) => return outcome,
                 Ok(Err(moving)) => (call, idle) = (Some(moving), !idle),
                 Err(e) if e.is_panic() => return Err(CallFailure::Host("the plugin call's task panicked".into())),
@@ -113,6 +121,9 @@ impl Guests {
         }
     }
 }
+
+/// How long after its deadline the caller stops waiting for a slow-lane call.
+const LATE: Duration = Duration::from_millis(20);
 
 /// A slow-lane call in one of the two pools: it ends (giving the call back) before a poll in
 /// the wrong one.
