@@ -149,3 +149,49 @@ fn a_deploy_token_must_be_its_own() {
     });
     assert!(twice.contains("already an admin's or another deployer's token"), "{twice}");
 }
+
+/// A plugin learns its add-on's public base URL as config `public_url`: its own origin under
+/// `server.web_origin`, else `server.public_url` followed by `/addons/{id}`; the add-on's own
+/// `public_url` setting wins; with neither, it is unset. Red if the host stops providing it,
+/// builds it wrong, or overrides what the operator set for the add-on.
+#[tokio::test]
+async fn a_plugin_sees_its_public_base_url() {
+    use crate::support::{MISBEHAVE_TOKEN, TestHost};
+    async fn seen(change: impl FnOnce(&mut HostConfig)) -> String {
+        let host = TestHost::start_with(tempfile::tempdir().unwrap(), change);
+        let reply = host.provision("misbehave", MISBEHAVE_TOKEN, "app", "public-url").await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.env("MISBEHAVE_PUBLIC_URL")
+    }
+    let origin = || addon_host::config::WebOrigin::parse("https://{addon}.addons.example.com").unwrap();
+    assert_eq!(seen(|_| {}).await, "unset");
+    assert_eq!(
+        seen(|cfg| cfg.server.public_url = Some("https://host.example.com/".into())).await,
+        "https://host.example.com/addons/misbehave"
+    );
+    assert_eq!(
+        seen(|cfg| {
+            cfg.server.public_url = Some("https://host.example.com".into());
+            cfg.server.web_origin = Some(origin());
+        })
+        .await,
+        "https://misbehave.addons.example.com"
+    );
+    assert_eq!(
+        seen(|cfg| {
+            cfg.server.web_origin = Some(origin());
+            let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+            misbehave.config.insert("public_url".into(), "https://misbehave.partner.example".into());
+        })
+        .await,
+        "https://misbehave.partner.example"
+    );
+}
+
+#[test]
+fn a_public_url_that_is_not_an_http_base_is_refused() {
+    for bad in ["addons.example.com", "ftp://addons.example.com", "https://addons.example.com/?x=1"] {
+        let error = start_error(|cfg| cfg.server.public_url = Some(bad.into()));
+        assert!(error.contains("server.public_url"), "{bad}: {error}");
+    }
+}

@@ -165,6 +165,8 @@ watch = {watch}
 
 [addon.config]
 host_url = "https://{name}.example.com"
+# The plugin also sees `public_url`, set by the host: this add-on's public base URL (its
+# web_origin here), for links to its pages and build API.
 "#,
         plugin = build.plugin,
         command = build.command,

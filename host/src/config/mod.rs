@@ -130,6 +130,10 @@ pub struct ServerConfig {
     /// pages share the host's origin and only cookie paths separate them, which no browser
     /// treats as a boundary: the host warns at start.
     pub web_origin: Option<WebOrigin>,
+    /// The host's public base URL as browsers and platforms reach it, e.g.
+    /// `https://addons.example.com`. Each plugin sees its add-on's public base URL as config
+    /// `public_url`: its own origin under `web_origin`, else this followed by `/addons/{id}`.
+    pub public_url: Option<String>,
 }
 
 /// How log lines are written.
@@ -199,6 +203,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             log_format: LogFormat::Text,
             web_origin: None,
+            public_url: None,
         }
     }
 }
@@ -410,6 +415,15 @@ impl HostConfig {
     }
 
     /// Whether any add-on meters instructions, which the engine must then support.
+    /// Add-on `id`'s public base URL (see `server.public_url`), if the host knows it.
+    pub fn public_url_of(&self, id: &str) -> Option<String> {
+        match (&self.server.web_origin, &self.server.public_url) {
+            (Some(origin), _) => Some(origin.of(id)),
+            (None, Some(base)) => Some(format!("{}/addons/{id}", base.trim_end_matches('/'))),
+            (None, None) => None,
+        }
+    }
+
     pub fn uses_fuel(&self) -> bool {
         self.addons.iter().any(|a| a.limits.fuel.is_some())
     }

@@ -57,6 +57,12 @@ impl HostConfig {
         {
             bail!("add-on id `{}` cannot name an origin (server.web_origin): use a-z, 0-9 and '-'", addon.id);
         }
+        if let Some(url) = &self.server.public_url {
+            let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("server.public_url `{url}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || parsed.fragment().is_some() {
+                bail!("server.public_url `{url}` must be an http(s) URL without query or fragment");
+            }
+        }
         if self.server.max_concurrent_calls == 0 {
             bail!("server.max_concurrent_calls must be at least 1");
         }

@@ -13,6 +13,9 @@ use sha2::Digest;
 use super::{Addon, Service, auth};
 use crate::clock;
 use crate::config::{AddonConfig, HostConfig};
+
+/// The config key under which a plugin finds its add-on's public base URL.
+const PUBLIC_URL: &str = "public_url";
 use crate::metrics::Metrics;
 use crate::runtime::{AddonEnv, Plugin, Runtime};
 use crate::storage::Storage;
@@ -35,9 +38,14 @@ impl Service {
         let plugins = load_plugins(&runtime, &registry, &cfg.addons, &metrics)?;
         let mut addons = BTreeMap::new();
         for (addon, plugin) in cfg.addons.iter().zip(plugins) {
+            let mut config = addon.config.clone();
+            // The add-on's public base URL, unless its config sets `public_url` itself.
+            if let Some(url) = cfg.public_url_of(&addon.id) {
+                config.entry(PUBLIC_URL.to_owned()).or_insert(url);
+            }
             let env = AddonEnv {
                 id: addon.id.clone(),
-                config: addon.config.clone(),
+                config,
                 secrets: addon.secrets.clone(),
                 limits: addon.limits.clone(),
                 recent: Default::default(),

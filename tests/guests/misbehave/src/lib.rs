@@ -6,7 +6,7 @@
 
 use addon_sdk::{
     ChangePlanReply, ChangePlanRequest, DeprovisionRequest, Error, Provider, ProvisionReply, ProvisionRequest, Result,
-    clock, export_provider, kv, log,
+    clock, config, export_provider, kv, log,
 };
 
 struct Misbehave;
@@ -172,6 +172,10 @@ impl Provider for Misbehave {
             "empty-value" => Ok(ProvisionReply::new().var("MISBEHAVE_EMPTY", "")),
             // No variables at all: `addon-host test` fails it unless --allow-empty.
             "no-vars" => Ok(ProvisionReply::new()),
+            "public-url" => {
+                let url = config::get("public_url").unwrap_or_else(|| "unset".into());
+                Ok(ProvisionReply::new().var("MISBEHAVE_PUBLIC_URL", url))
+            }
             "bad-name" => Ok(ProvisionReply::new().var("not a name", "v")),
             // Replies the host lets through that `addon-host test` flags.
             "lower-name" => Ok(ProvisionReply::new().var("MISBEHAVE_lower", "v")),
