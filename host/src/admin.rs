@@ -106,6 +106,7 @@ async fn status(State(service): State<Arc<Service>>, _: Admin) -> Result<Respons
             "active": active,
             "loaded_from_cache": plugin.from_cache,
             "compiler": plugin.compiler(),
+            "world": plugin.world(),
             "runs_jobs": plugin.runs_jobs,
             "serves_http": plugin.serves_http,
             "jobs": service.job_counts(addon).await?,

@@ -184,6 +184,7 @@ async fn reload(service: &Service, id: &str, path: &PathBuf) {
         Ok(done) => tracing::info!(
             addon = id,
             version = done.version.seq,
+            world = done.world,
             compile_ms = done.compile_ms,
             "reloaded changed plugin"
         ),

@@ -40,6 +40,7 @@ async fn swapping_under_load_fails_no_request() {
     let b = pushed.json()["version"]["sha256"].as_str().unwrap().to_owned();
     assert_eq!(pushed.json()["version"]["uploaded_by"], "ops");
     assert_eq!(pushed.json()["serves_http"], true, "the upload says the version has an HTTP handler");
+    assert_eq!(pushed.json()["world"], "web", "the upload names the world the version implements");
     assert_eq!(served_version(&host, "before").await, "a", "an upload without activation changes nothing");
 
     let api_token = host.provision("versioned", VERSIONED_TOKEN, "api-app", "free").await.env("VERSIONED_API_TOKEN");

@@ -21,11 +21,17 @@ pub(crate) struct CallJobs {
     pub(crate) enqueued: Vec<NewJob>,
     max_per_call: usize,
     max_payload_bytes: usize,
+    /// Whether the plugin exports `run-job`: without it no job it enqueues could ever run.
+    runs_jobs: bool,
 }
 
+/// What to change in a plugin that enqueues jobs but does not export `run-job`.
+pub const BUILD_FOR_WORKER: &str = "build it for the `worker` world (JavaScript: `--world-name worker` and an \
+     exported `runJob`; Python: `-w worker` and a `run_job` method; the Rust SDK always exports it)";
+
 impl CallJobs {
-    pub(crate) fn new(max_per_call: usize, max_payload_bytes: usize) -> CallJobs {
-        CallJobs { enqueued: Vec::new(), max_per_call, max_payload_bytes }
+    pub(crate) fn new(max_per_call: usize, max_payload_bytes: usize, runs_jobs: bool) -> CallJobs {
+        CallJobs { enqueued: Vec::new(), max_per_call, max_payload_bytes, runs_jobs }
     }
 }
 
@@ -39,6 +45,11 @@ pub fn new_id() -> String {
 
 impl jobs::Host for &mut CallJobs {
     fn enqueue(&mut self, kind: String, payload: Vec<u8>, delay_ms: u64) -> Result<String, String> {
+        if !self.runs_jobs {
+            return Err(format!(
+                "this plugin does not export run-job, so no job it enqueues could run: {BUILD_FOR_WORKER}"
+            ));
+        }
         if kind.is_empty() || kind.len() > MAX_KIND_BYTES {
             return Err(format!("a job's kind must be 1 to {MAX_KIND_BYTES} bytes long, not {}", kind.len()));
         }

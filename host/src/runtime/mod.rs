@@ -47,7 +47,7 @@ use wasmtime::component::Instance;
 
 pub use engine::EngineInfo;
 pub use failure::CallFailure;
-pub use jobs::{NewJob, new_id as new_job_id};
+pub use jobs::{BUILD_FOR_WORKER, NewJob, new_id as new_job_id};
 pub use outbound::is_public;
 pub use slots::{Share, Slot, SlotRefused};
 pub use state::AddonEnv;
@@ -139,6 +139,16 @@ pub fn short_version(sha256: &str) -> &str {
 }
 
 impl Plugin {
+    /// The contract's world the plugin implements: `web` (it serves HTTP), `worker` (it
+    /// runs jobs) or `plugin` (the platform calls only).
+    pub fn world(&self) -> &'static str {
+        match (self.serves_http, self.runs_jobs) {
+            (true, _) => "web",
+            (false, true) => "worker",
+            (false, false) => "plugin",
+        }
+    }
+
     /// The version as messages name it: see [`short_version`].
     pub fn short_version(&self) -> &str {
         short_version(&self.sha256)
@@ -416,7 +426,8 @@ async fn run(
     let limits = env.limits.clone();
     let (mut store, instance) = match spare {
         Some((mut store, instance)) => {
-            let (kv, log, jobs, http) = store::per_call(&env, Some(kv), export.name(), started + deadline);
+            let (kv, log, jobs, http) =
+                store::per_call(&env, Some(kv), export.name(), started + deadline, compiled.runs_jobs);
             let state = store.data_mut();
             (state.kv, state.log, state.jobs, state.http) = (kv, log, jobs, http);
             if let Err(e) = store::arm(&mut store, metered, deadline) {

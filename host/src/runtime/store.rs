@@ -30,7 +30,7 @@ pub(super) fn new_store(
     let stdout = output::CappedOutput::new(limits.max_log_bytes);
     let stderr = output::CappedOutput::new(limits.max_log_bytes);
     let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
-    let (kv, log, jobs, http) = per_call(&env, kv, call, Instant::now() + deadline);
+    let (kv, log, jobs, http) = per_call(&env, kv, call, Instant::now() + deadline, compiled.runs_jobs);
     let state = CallState {
         wasi,
         table: ResourceTable::new(),
@@ -57,12 +57,13 @@ pub(super) fn per_call(
     kv: Option<KvTxn>,
     call: &'static str,
     until: Instant,
+    runs_jobs: bool,
 ) -> (KvCall, GuestLog, jobs::CallJobs, outbound::CallHttp) {
     let limits = &env.limits;
     (
         kv.map_or_else(KvCall::before_call, KvCall::new),
         GuestLog::new(&env.id, call, limits.max_log_bytes, env.recent.clone()),
-        jobs::CallJobs::new(limits.max_jobs_per_call, limits.max_job_payload_bytes),
+        jobs::CallJobs::new(limits.max_jobs_per_call, limits.max_job_payload_bytes, runs_jobs),
         outbound::CallHttp::new(
             env.origins.clone(),
             until,

@@ -91,7 +91,11 @@ impl Service {
     async fn call_run_job(&self, addon: &Arc<Addon>, job: &StoredJob) -> (Ran, CallCpu) {
         let plugin = addon.plugin();
         if !plugin.runs_jobs {
-            let error = format!("plugin version {} does not export run-job", plugin.short_version());
+            let error = format!(
+                "plugin version {} does not export run-job: {}",
+                plugin.short_version(),
+                crate::runtime::BUILD_FOR_WORKER
+            );
             return (Ran::Retry { error, after_ms: None }, CallCpu::default());
         }
         let deadline = Duration::from_millis(addon.config.jobs.deadline_ms);

@@ -69,8 +69,10 @@ pub struct Uploaded {
     /// The compiler whose build serves the version now: "winch" until Cranelift's build of a
     /// large plugin replaces it (see `server.compiler`).
     pub compiler: &'static str,
-    /// What the version exports beyond the platform calls: `run-job` (jobs) and the HTTP
-    /// handler (the add-on's pages and build API).
+    /// The contract's world the version implements (`plugin`, `worker` or `web`), and what
+    /// it exports beyond the platform calls: `run-job` (jobs) and the HTTP handler (the
+    /// add-on's pages and build API).
+    pub world: &'static str,
     pub runs_jobs: bool,
     pub serves_http: bool,
 }
@@ -128,12 +130,13 @@ impl Service {
         })
         .await?;
         tracing::info!(addon = addon.id(), version = version.seq, sha256 = %version.sha256, by, compile_ms, "plugin uploaded");
-        let (compiler, runs_jobs, serves_http) = (plugin.compiler(), plugin.runs_jobs, plugin.serves_http);
+        let (compiler, world) = (plugin.compiler(), plugin.world());
+        let (runs_jobs, serves_http) = (plugin.runs_jobs, plugin.serves_http);
         if activate {
             self.swap(addon, plugin, &version, compile_ms).await?;
         }
         let created = existing.is_none();
-        Ok(Uploaded { version, created, activated: activate, compile_ms, compiler, runs_jobs, serves_http })
+        Ok(Uploaded { version, created, activated: activate, compile_ms, compiler, world, runs_jobs, serves_http })
     }
 
     /// Refuse an upload of `size` bytes that the quota has no room for, before anything is
