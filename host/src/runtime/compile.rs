@@ -8,12 +8,12 @@
 //! build. (A niced thread still keeps a core for a scheduler slice, milliseconds, when a
 //! serving thread wakes; an idle-class one yields it at once.) Each pool compiles
 //! one plugin at a time, so the CPU its threads used in between is that plugin's, and it is
-//! charged to the add-on that uploaded it (see [`super::cpu::Account::charge_compile`]).
+//! charged to the add-on that uploaded it (see [`super::account::Account::charge_compile`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::cpu::{Account, clock_time};
+use super::account::{Account, clock_time};
 
 /// How a pool's threads are scheduled.
 #[derive(Clone, Copy)]

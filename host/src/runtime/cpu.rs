@@ -23,89 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// How fast past CPU use stops counting against an add-on.
-const HALF_LIFE: Duration = Duration::from_millis(500);
-
-/// One add-on's CPU: what it used lately (for its turn) and in total (for `/metrics`).
-#[derive(Debug)]
-pub struct Account {
-    weight: f64,
-    /// Decayed CPU seconds, as of the instant beside it.
-    recent: Mutex<(f64, Instant)>,
-    cpu_ns: AtomicU64,
-    /// Of `cpu_ns`, what ran in the slow lane's idle pool (see `priority`).
-    yielding_ns: AtomicU64,
-    waited_ns: AtomicU64,
-    compile_ns: AtomicU64,
-    /// Which lane its calls start in.
-    pub(super) lanes: super::guests::Lanes,
-    seen: super::priority::Seen,
-}
-
-/// An add-on's CPU totals since the host started.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CpuTotals {
-    /// CPU its calls (and their instances made ahead) ran guest code for.
-    pub calls: Duration,
-    /// Time its calls waited for a core.
-    pub waited: Duration,
-    /// CPU compiling its uploads and their optimised builds.
-    pub compile: Duration,
-    /// Of `calls`, what ran under `SCHED_IDLE`, yielding to quieter add-ons.
-    pub yielding: Duration,
-}
-
-impl Account {
-    pub fn new(weight: u32) -> Arc<Account> {
-        Arc::new(Account {
-            weight: f64::from(weight.max(1)),
-            recent: Mutex::new((0.0, Instant::now())),
-            cpu_ns: AtomicU64::new(0),
-            yielding_ns: AtomicU64::new(0),
-            waited_ns: AtomicU64::new(0),
-            compile_ns: AtomicU64::new(0),
-            lanes: Default::default(),
-            seen: Default::default(),
-        })
-    }
-
-    pub fn totals(&self) -> CpuTotals {
-        let load = |n: &AtomicU64| Duration::from_nanos(n.load(Ordering::Relaxed));
-        CpuTotals {
-            calls: load(&self.cpu_ns),
-            waited: load(&self.waited_ns),
-            compile: load(&self.compile_ns),
-            yielding: load(&self.yielding_ns),
-        }
-    }
-
-    /// Count `used` against the add-on's turn.
-    pub(super) fn charge(&self, used: Duration, now: Instant) {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        recent.0 = decayed(*recent, now) + used.as_secs_f64();
-        recent.1 = now;
-    }
-
-    /// Compile work done for the add-on: it counts against its turn like its calls' CPU.
-    pub(super) fn charge_compile(&self, used: Duration) {
-        self.compile_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
-        self.charge(used, Instant::now());
-    }
-
-    pub(super) fn seen(&self) -> &super::priority::Seen {
-        &self.seen
-    }
-
-    /// The add-on's place in line: lower goes first.
-    pub(super) fn rank(&self, now: Instant) -> f64 {
-        decayed(*self.recent.lock().unwrap_or_else(PoisonError::into_inner), now) / self.weight
-    }
-}
-
-fn decayed((value, at): (f64, Instant), now: Instant) -> f64 {
-    let halvings = now.saturating_duration_since(at).as_secs_f64() / HALF_LIFE.as_secs_f64();
-    value * 0.5f64.powf(halvings)
-}
+use super::account::{Account, thread_cpu};
 
 /// The cores guest code may run on, and the calls waiting for one.
 pub(super) struct Cores {
@@ -297,12 +215,8 @@ impl<F: Future + Unpin> Future for Scheduled<F> {
         if gated {
             this.cores.release(&this.account);
         }
-        this.account.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
-        if gated && YIELDING.get() {
-            this.account.yielding_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
-        }
+        this.account.ran(used, gated && YIELDING.get(), Instant::now());
         this.used.cpu_ns.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
-        this.account.charge(used, Instant::now());
         polled
     }
 }
@@ -352,7 +266,7 @@ impl<F> Scheduled<F> {
 
     fn count_wait(&self, since: Instant) {
         let waited = since.elapsed().as_nanos() as u64;
-        self.account.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        self.account.waited(waited);
         self.used.waited_ns.fetch_add(waited, Ordering::Relaxed);
     }
 }
@@ -374,23 +288,6 @@ impl<F> Drop for Scheduled<F> {
             self.cores.release(&self.account);
         }
     }
-}
-
-/// CPU time of the calling thread.
-pub(super) fn thread_cpu() -> Duration {
-    clock_time(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-/// The time on `clock`; zero if it cannot be read.
-#[allow(unsafe_code, reason = "clock_gettime has no safe wrapper in std")]
-pub(super) fn clock_time(clock: libc::clockid_t) -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the struct passed to it (and fails on a clock that
-    // is no longer valid).
-    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
 #[cfg(test)]

@@ -8,6 +8,11 @@
 //! ~190 ms late, and healthy requests and `/healthz` waited behind partner code. In the slow
 //! lane, long calls compete only with each other, its workers check their timers after
 //! every poll, and the host's runtime stays free whatever its configuration.
+//!
+//! The slow lane has two pools of threads: one at the request path's priority, one under
+//! `SCHED_IDLE` for calls that yield to quieter add-ons (see `priority`). A call moves between
+//! them between two polls. Either way its caller answers at the deadline: an idle-class
+//! thread may not run in time to see its call's own timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -105,7 +110,7 @@ impl Guests {
             let hop = Hop { call: call.take(), idle }.in_current_span().with_current_subscriber();
             let mut task = Cancel(runtimes[usize::from(idle)].spawn(hop));
             // The call's own timeout fires on its thread, which an idle-class one may not get
-            // in time on a busy machine: the caller's answers at the deadline all the same
+            // in time on a busy machine: the caller answers at the deadline all the same
             // (dropping the task cancels the call at its next yield).
             let Ok(joined) = tokio::time::timeout_at((until + LATE).into(), &mut task.0).await else {
                 return Err(CallFailure::Deadline { deadline_ms });

@@ -11,11 +11,12 @@
 //! instance; only then is its [`Slot`] released (see [`slots`] for how slots are shared among
 //! add-ons).
 
+mod account;
 mod cache;
 pub use cache::CompileCache;
 mod compile;
 mod cpu;
-pub use cpu::{Account, CpuTotals};
+pub use account::{Account, CpuTotals};
 /// The name of the host key (in storage) that tags the compile cache's artefacts.
 pub const CACHE_KEY: &str = "compile-cache";
 mod engine;

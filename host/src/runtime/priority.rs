@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::cpu::Account;
+use super::account::Account;
 
 /// How recently another add-on must have run a call for a busier one to yield to it.
 const ACTIVE: Duration = Duration::from_millis(100);

@@ -31,7 +31,7 @@ pub struct AddonEnv {
     /// The origins it may call (`allowed_outbound`).
     pub origins: Arc<Origins>,
     /// The CPU its calls and compiles used, which decides its turn for a core.
-    pub cpu: Arc<super::cpu::Account>,
+    pub cpu: Arc<super::account::Account>,
 }
 
 pub(crate) struct CallState {

@@ -129,7 +129,7 @@ struct Job {
     /// Weak: a version nobody serves or keeps loaded any more is not compiled.
     current: Weak<RwLock<Arc<Compiled>>>,
     /// The add-on that uploaded it, charged for the compile.
-    account: Option<Arc<super::cpu::Account>>,
+    account: Option<Arc<super::account::Account>>,
 }
 
 /// The background thread that compiles baseline-served plugins with Cranelift, one at a
@@ -163,7 +163,7 @@ impl Optimizer {
         bytes: &[u8],
         sha256: &str,
         current: &Current,
-        account: Option<Arc<super::cpu::Account>>,
+        account: Option<Arc<super::account::Account>>,
     ) {
         let current = Arc::downgrade(current);
         let job = Job { bytes: bytes.to_vec(), sha256: sha256.to_owned(), current, account };
