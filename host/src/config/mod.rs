@@ -79,9 +79,8 @@ pub struct ServerConfig {
     /// free. A neighbour's spinning calls then cost a healthy add-on next to nothing, but on
     /// a saturated host long calls make little progress before their deadline.
     pub slow_lane_idle: bool,
-    /// While an add-on that used less than half as much CPU lately has calls, a busier
-    /// add-on's long calls run under `SCHED_IDLE`, until half their deadline (to the end if
-    /// its calls ran into their deadline lately). On by default.
+    /// While other add-ons have calls, the long calls of an add-on whose recent calls mostly
+    /// ran into their deadline (a spinner) run under `SCHED_IDLE`. On by default.
     pub slow_lane_yield: bool,
     /// Admin API credentials. When empty, a token is generated at first start, printed once,
     /// and only its hash is kept.

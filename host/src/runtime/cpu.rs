@@ -194,7 +194,7 @@ impl<F> Scheduled<F> {
 
     /// Whether the call runs below the request path now (see `priority`).
     pub(super) fn yields(&self) -> bool {
-        self.cores.active.yields(&self.account, self.started, self.until)
+        self.cores.active.yields(&self.account)
     }
 }
 
