@@ -168,7 +168,7 @@ impl Metrics {
         );
         r.register(
             "addon_cpu_yielding_seconds",
-            "CPU of the add-on's calls that ran under SCHED_IDLE, yielding to quieter add-ons (part of work=calls)",
+            "CPU of the add-on's calls that ran under SCHED_IDLE, yielding to other add-ons (a spinner's; part of work=calls)",
             m.cpu_yielding_seconds.clone(),
         );
         r.register("addon_call_failures", "Calls that failed, by add-on, call and error kind", m.failures.clone());

@@ -283,14 +283,7 @@ async fn a_quiet_addon_gets_the_core_while_spinners_want_it() {
     }));
     let warm = host.provision("myaddon", TOKEN, "warm", "free").await;
     assert_eq!(warm.status, 201, "{}", warm.text);
-    let spinners: Vec<_> = (0..4)
-        .map(|i| {
-            let host = host.clone();
-            tokio::spawn(async move {
-                host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("spin-{i}"), "loop", "30000").await
-            })
-        })
-        .collect();
+    let spinners = spin(&host, 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     for i in 0..5 {
@@ -309,6 +302,18 @@ async fn a_quiet_addon_gets_the_core_while_spinners_want_it() {
     let spun = metric(&text, r#"addon_cpu_seconds_total{addon="misbehave",work="calls"}"#);
     // One core for ~3.3 s (and each spinner's first 5 ms, before the gate), shared.
     assert!(spun > 1.0 && spun < 4.0, "the spinners used {spun} s of CPU on one core in 3 s");
+}
+
+/// `n` calls of the misbehave add-on spinning until their deadline, at once.
+fn spin(host: &Arc<TestHost>, n: usize) -> Vec<tokio::task::JoinHandle<Reply>> {
+    (0..n)
+        .map(|i| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("spin-{i}"), "loop", "30000").await
+            })
+        })
+        .collect()
 }
 
 /// The slow lane's threads named `name` and the scheduling policy of each (from
@@ -358,14 +363,7 @@ async fn a_spinner_yields_to_a_quiet_addon_and_only_to_one() {
 
     // Next to the quiet add-on's calls (every 20 ms), two spinning calls at once.
     let before = spun(&text);
-    let spinners: Vec<_> = (0..2)
-        .map(|i| {
-            let host = host.clone();
-            tokio::spawn(async move {
-                host.provision_titled("misbehave", MISBEHAVE_TOKEN, &format!("spin-{i}"), "loop", "30000").await
-            })
-        })
-        .collect();
+    let spinners = spin(&host, 2);
     let started = Instant::now();
     let mut i = 0;
     while started.elapsed() < Duration::from_millis(1_200) {

@@ -1,7 +1,7 @@
 //! What each add-on's calls and compiles cost in CPU: measured on the threads that ran them
 //! (`CLOCK_THREAD_CPUTIME_ID` around each poll, each compile pool's thread clocks), totalled
 //! for `/metrics`, and decayed into the recent use that places an add-on in line for a core
-//! (see `cpu`) and decides whom its long calls yield to (see `priority`).
+//! (see `cpu`); what ran yielding to other add-ons is counted apart (see `priority`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,7 +35,7 @@ pub struct CpuTotals {
     pub waited: Duration,
     /// CPU compiling its uploads and their optimised builds.
     pub compile: Duration,
-    /// Of `calls`, what ran under `SCHED_IDLE`, yielding to quieter add-ons.
+    /// Of `calls`, what ran under `SCHED_IDLE`, yielding to other add-ons (a spinner's).
     pub yielding: Duration,
 }
 

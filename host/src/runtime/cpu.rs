@@ -53,8 +53,8 @@ struct Waiter {
 }
 
 impl Cores {
-    /// `yields`: whether long calls of busy add-ons run below the request path while quieter
-    /// ones have calls (see `priority`).
+    /// `yields`: whether a spinner's long calls run below the request path while other
+    /// add-ons have calls (see `priority`).
     pub(super) fn new(cores: usize, yields: bool, preempt: Box<dyn Fn() + Send + Sync>) -> Arc<Cores> {
         let line = Line { free: cores.max(1), kept: Vec::new(), running: Vec::new(), next: 0, waiting: Vec::new() };
         let active = super::priority::Active::new(yields);

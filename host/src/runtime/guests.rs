@@ -10,7 +10,7 @@
 //! every poll, and the host's runtime stays free whatever its configuration.
 //!
 //! The slow lane has two pools of threads: one at the request path's priority, one under
-//! `SCHED_IDLE` for calls that yield to quieter add-ons (see `priority`). A call moves between
+//! `SCHED_IDLE` for a spinner's calls, which yield to other add-ons (see `priority`). A call moves between
 //! them between two polls. Either way its caller answers at the deadline: an idle-class
 //! thread may not run in time to see its call's own timeout.
 
@@ -32,7 +32,7 @@ const FAST_LANE: Duration = Duration::from_millis(5);
 
 pub(super) struct Guests {
     /// The slow lane's threads at the request path's priority (`server.slow_lane_nice`), and
-    /// under `SCHED_IDLE`, for calls that yield to quieter add-ons (see `priority`).
+    /// under `SCHED_IDLE`, for a spinner's calls, which yield to other add-ons (see `priority`).
     runtimes: Option<[tokio::runtime::Runtime; 2]>,
 }
 
