@@ -192,9 +192,12 @@ impl<F> Scheduled<F> {
         (self.started, self.until)
     }
 
-    /// Whether the call runs below the request path now (see `priority`).
+    /// Whether the call runs below the request path now (see `priority`): its add-on is a
+    /// spinner, and the call itself has run past its grace.
     pub(super) fn yields(&self) -> bool {
-        self.cores.active.yields(&self.account)
+        let ran = self.started.elapsed();
+        ran >= super::priority::grace(self.until.saturating_duration_since(self.started))
+            && self.cores.active.yields(&self.account)
     }
 }
 
@@ -387,5 +390,21 @@ mod tests {
         assert_eq!(cores.line().free, 1);
         let mut later = call(&cores, &account);
         assert!(poll(&mut later).is_ready(), "a free core is taken without waiting");
+    }
+
+    /// Red if a spinner's call yielded before its grace (its calls that end in time, a write
+    /// refused at its quota, would starve next to a busy neighbour) or not after it.
+    #[test]
+    fn a_spinners_call_yields_only_after_its_grace() {
+        let cores = Cores::new(1, true, Box::new(|| {}));
+        let (spinner, quiet) = (Account::new(1), Account::new(1));
+        (0..2).for_each(|_| cores.active.ended(&spinner, true));
+        let until = Instant::now() + Duration::from_millis(200);
+        let call = Scheduled::new(std::future::ready(()), cores.clone(), spinner, Arc::default(), until);
+        cores.active.saw(&quiet, Instant::now());
+        assert!(!call.yields(), "a spinner's call yielded before its grace");
+        std::thread::sleep(super::super::priority::grace(Duration::from_millis(200)) + Duration::from_millis(5));
+        cores.active.saw(&quiet, Instant::now());
+        assert!(call.yields(), "a spinner's call did not yield after its grace");
     }
 }

@@ -16,6 +16,11 @@
 //! the measure, as a healthy add-on's requests spend most of their CPU in the host (routing,
 //! storage). One call that ran into its deadline does not make a spinner either, so an
 //! add-on's other calls still reach their own failure in time on a loaded machine.
+//!
+//! Nor does a spinner's every call yield: only once it has run for its [`grace`]. A spinner's
+//! other calls (a write refused at its quota, a memory bomb at its cap) end well within it
+//! and keep their own failure; when they all yielded, next to a busy neighbour on a loaded
+//! machine they starved into their deadline instead.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -30,6 +35,14 @@ const ACTIVE: Duration = Duration::from_millis(100);
 /// [`SPINNER_FROM`] or more, it is a spinner.
 const SPINNER_FROM: u32 = 4;
 const SPINNER_MAX: u32 = 8;
+
+/// How long a spinner's call runs at the request path's priority before it yields: a tenth of
+/// its deadline, at most [`GRACE_MAX`]. What a spinning call takes from the others is its
+/// grace over its deadline: a tenth at most, 3 % at the default deadline of 3 s.
+pub(super) fn grace(deadline: Duration) -> Duration {
+    (deadline / 10).min(GRACE_MAX)
+}
+const GRACE_MAX: Duration = Duration::from_millis(100);
 
 /// When an add-on last ran a call (nanoseconds since the host's first call), and how many
 /// of its recent calls ran into their deadline.
