@@ -232,3 +232,46 @@ async fn a_redirect_to_another_origin_drops_the_credentials() {
     let handed = second.seen.lock().unwrap()[0].clone();
     assert_eq!((handed.1.as_str(), handed.2.as_str()), ("/v0.1/apps/handed/outgoing-webhooks", ""), "{handed:?}");
 }
+
+/// `addon-host test` runs the plugin's jobs, which call the add-on's allowed origins: a kit
+/// run against a production config registered dozens of webhooks with the real Bitrise API.
+/// By default the kit's host answers them from a stub and the report lists them; the
+/// stand-in (allowed, open) sees none. With `--allow-net` they reach it. Red when the kit's
+/// host sends them (the stand-in sees the registrations) or the report leaves them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_answers_outbound_calls_from_a_stub_unless_allowed() {
+    let (api, origin) = stand_in().await;
+    api.gate.add_permits(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = addon_host_tests::AddonToml::new("hooks", addon_host_tests::PLUGIN_WEBHOOKS)
+        .plans(&["free", "pro"])
+        .bitrise("kit-hooks-token", "kit-hooks-sso")
+        .allowed_outbound(&[&origin])
+        .config("api_base", &origin)
+        .config("hook_url", "https://events.example.com/in");
+    let config = crate::process::write_config(dir.path(), &hooks.to_toml());
+    let config = config.to_str().unwrap();
+
+    // Bitrise only: Xervo's checks are skipped.
+    let (ok, report) = crate::conformance::kit(&[addon_host_tests::PLUGIN_WEBHOOKS, "--config", config]).await;
+    assert!(ok && report["failed"] == 0, "{report:#}");
+    let stubbed: Vec<&str> = report["outbound"]["requests"]
+        .as_array()
+        .expect("the report lists the stubbed requests")
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let registration = format!("POST {origin}/v0.1/apps/");
+    assert!(stubbed.iter().any(|r| r.starts_with(&registration)), "no registration among {stubbed:?}");
+    // Jobs that ran after the kit's last check would have been cut off with its host: none
+    // can reach the stand-in later either.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(*api.seen.lock().unwrap(), Seen::new(), "the kit's host sent a plugin's request");
+
+    let (ok, report) =
+        crate::conformance::kit(&[addon_host_tests::PLUGIN_WEBHOOKS, "--config", config, "--allow-net"]).await;
+    assert!(ok && report["failed"] == 0, "{report:#}");
+    assert!(report["outbound"].is_null(), "{report:#}");
+    let seen = api.seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|(method, path, ..)| method == "POST" && path.starts_with("/v0.1/apps/")), "{seen:?}");
+}

@@ -16,6 +16,7 @@ pub struct AddonToml {
     config: Vec<(String, String)>,
     secrets: Vec<(String, String)>,
     build_api: bool,
+    allowed_outbound: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -77,6 +78,11 @@ impl AddonToml {
     }
 
     /// Issue build API tokens and serve `/addons/{id}/api/...` (`[addon.web] build_api`).
+    pub fn allowed_outbound(mut self, origins: &[&str]) -> Self {
+        self.allowed_outbound = strings(origins);
+        self
+    }
+
     pub fn build_api(mut self) -> Self {
         self.build_api = true;
         self
@@ -94,6 +100,9 @@ impl AddonToml {
         writeln!(out, "\n[[addon]]\nid = {:?}\nplugin = {:?}", self.id, self.plugin)?;
         if !self.plans.is_empty() {
             writeln!(out, "plans = {:?}", self.plans)?;
+        }
+        if !self.allowed_outbound.is_empty() {
+            writeln!(out, "allowed_outbound = {:?}", self.allowed_outbound)?;
         }
         if let Some((token, sso)) = &self.bitrise {
             writeln!(out, "[addon.bitrise]\nshared_token = {token:?}\nsso_secret = {sso:?}")?;

@@ -62,6 +62,10 @@ pub(crate) struct TestArgs {
     /// would get nothing from the add-on).
     #[arg(long)]
     allow_empty: bool,
+    /// Send the plugin's outbound requests to its allowed origins; by default a stub answers
+    /// each with 200 and `{}` and the report lists them, so the kit never reaches a real API.
+    #[arg(long, conflicts_with = "url")]
+    allow_net: bool,
 }
 
 pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
@@ -81,6 +85,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
                 plans: args.plans.clone(),
                 timed_calls: args.timed_calls,
                 allow_empty: args.allow_empty,
+                allow_net: args.allow_net,
             };
             local::run(plugin, &mut report).await?
         }

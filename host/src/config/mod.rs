@@ -26,7 +26,7 @@ pub use deploys::DeployLimits;
 pub use jobs::JobsConfig;
 pub use limits::Limits;
 pub use origin::WebOrigin;
-pub use outbound::{Allowed, Origins};
+pub use outbound::{Allowed, Origins, OutboundStub};
 pub use page::PageConfig;
 pub use secret::Secret;
 pub use storage::{StorageConfig, SyncMode};
@@ -45,6 +45,10 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Every add-on's outbound requests are answered by this stub instead of being sent (the
+    /// conformance kit's in-process host). Not read from the file.
+    #[serde(skip)]
+    pub outbound_stub: Option<std::sync::Arc<OutboundStub>>,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Directory of the sled database (relative paths are relative to the config file),
@@ -176,6 +180,7 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            outbound_stub: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
             storage: StorageConfig::default(),

@@ -2,6 +2,7 @@
 //! the configuration is read. The runtime's `http` import enforces them on every hop.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use url::Url;
 
@@ -21,9 +22,37 @@ impl Allowed {
     }
 }
 
-/// The origins an add-on may call.
+/// The origins an add-on may call, and whether its requests are answered by a stub instead
+/// of being sent.
 #[derive(Debug, Clone, Default)]
-pub struct Origins(pub(crate) Vec<Allowed>);
+pub struct Origins {
+    pub(crate) allowed: Vec<Allowed>,
+    pub(crate) stub: Option<Arc<OutboundStub>>,
+}
+
+/// Outbound requests answered by the host itself and never sent: the conformance kit serves a
+/// plugin with one, so that its runs never reach a partner's real API. It answers each request
+/// that the allow-list lets through with 200 and `{}`, and keeps its method and URL for the
+/// kit's report. Set in code only (`addon-host test`), never from a config file.
+#[derive(Debug, Default)]
+pub struct OutboundStub {
+    seen: Mutex<Vec<String>>,
+}
+
+impl OutboundStub {
+    /// Keep one request, as `METHOD URL` (without its query, which may carry credentials).
+    pub(crate) fn record(&self, method: &str, url: &Url) {
+        let mut shown = url.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).push(format!("{method} {shown}"));
+    }
+
+    /// The requests answered so far, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
 
 fn origin_of(url: &Url) -> Option<Allowed> {
     let scheme = url.scheme();
@@ -50,12 +79,17 @@ impl Origins {
             }
             origins.push(origin_of(&url).ok_or_else(|| format!("`{entry}` must be an http or https origin"))?);
         }
-        Ok(Origins(origins))
+        Ok(Origins { allowed: origins, stub: None })
+    }
+
+    /// These origins, with requests answered by `stub` when there is one.
+    pub fn stubbed(self, stub: Option<Arc<OutboundStub>>) -> Origins {
+        Origins { stub, ..self }
     }
 
     /// The allowed origin `url` belongs to, if any.
     pub(crate) fn find(&self, url: &Url) -> Option<&Allowed> {
         let origin = origin_of(url)?;
-        self.0.iter().find(|a| **a == origin)
+        self.allowed.iter().find(|a| **a == origin)
     }
 }

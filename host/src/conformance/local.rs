@@ -3,6 +3,9 @@
 //! fresh credentials when there is none. Without a config, the Xervo manifest is unknown, so
 //! a first host answers one probe provision and the manifest declares the variables the
 //! plugin returned there (and the kit says it cannot check them against a declaration).
+//! The plugin's outbound requests are answered by a stub (see `OutboundStub`) unless the
+//! partner passes `--allow-net`: a kit run provisions dozens of apps, and each may start jobs
+//! that call the partner's real API.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::{BitriseTarget, Declared, Report, Target, XervoTarget};
-use crate::config::{AddonConfig, AdminConfig, HostConfig, WebOrigin, XervoConfig};
+use crate::config::{AddonConfig, AdminConfig, HostConfig, OutboundStub, WebOrigin, XervoConfig};
 use crate::service::Service;
 use crate::xervo::manifest::XervoSettings;
 
@@ -24,6 +27,9 @@ pub struct Plugin {
     pub timed_calls: usize,
     /// Let a provision that returns no variables pass (`--allow-empty`).
     pub allow_empty: bool,
+    /// Send the plugin's outbound requests to its allowed origins (`--allow-net`); by default
+    /// a stub answers them, so a kit run never reaches a partner's real API.
+    pub allow_net: bool,
 }
 
 /// Serve the plugin and run the kit against it; the base URL it was served at.
@@ -35,6 +41,8 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
         None => (fresh(&wasm, plugin.addon.as_deref())?, false),
     };
     cfg.server.listen = ([127, 0, 0, 1], 0).into();
+    let stub = (!plugin.allow_net).then(|| Arc::new(OutboundStub::default()));
+    cfg.server.outbound_stub = stub.clone();
     cfg.server.metrics_listen = None;
     // A cache the config names explicitly is used (repeat runs start faster); the default
     // one would be inside the add-on's real data directory, which the kit never touches.
@@ -76,6 +84,9 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
     }
     super::run_blocking(target, report).await?;
     served.stop().await?;
+    if let Some(stub) = stub {
+        report.stubbed(stub.seen());
+    }
     Ok(base)
 }
 

@@ -23,13 +23,16 @@ pub struct Check {
 #[derive(Debug, Default)]
 pub struct Report {
     pub checks: Vec<Check>,
+    /// The plugin's outbound requests, answered by the kit's stub and never sent (`None` when
+    /// they were sent, or the provider is not the kit's own).
+    pub stubbed: Option<Vec<String>>,
     /// Print each check on stdout as it is recorded.
     live: bool,
 }
 
 impl Report {
     pub fn new(live: bool) -> Report {
-        Report { checks: Vec::new(), live }
+        Report { checks: Vec::new(), stubbed: None, live }
     }
 
     /// Record a check: `Ok(what was seen)` passes, `Err(why)` fails.
@@ -55,6 +58,14 @@ impl Report {
         self.checks.push(check);
     }
 
+    /// The requests the kit's stub answered instead of the plugin's allowed origins.
+    pub fn stubbed(&mut self, requests: Vec<String>) {
+        if self.live {
+            let _ = writeln!(std::io::stdout().lock(), "{}", stubbed_line(&requests));
+        }
+        self.stubbed = Some(requests);
+    }
+
     pub fn count(&self, outcome: Outcome) -> usize {
         self.checks.iter().filter(|c| c.outcome == outcome).count()
     }
@@ -75,6 +86,7 @@ impl Report {
             "failed": self.count(Outcome::Fail),
             "skipped": self.count(Outcome::Skip),
             "checks": self.checks,
+            "outbound": self.stubbed.as_ref().map(|r| serde_json::json!({ "stubbed": true, "requests": r })),
         })
     }
 }
@@ -90,4 +102,20 @@ fn line(check: &Check) -> String {
     } else {
         format!("{tag}  {}: {}", check.name, check.detail)
     }
+}
+
+/// What the stub answered: no request left the machine.
+fn stubbed_line(requests: &[String]) -> String {
+    let mut line = format!(
+        "NOTE  outbound: {} request(s) answered by the kit's stub (200, `{{}}`), none sent; --allow-net sends them",
+        requests.len()
+    );
+    for request in requests.iter().take(20) {
+        line.push_str("\n        ");
+        line.push_str(request);
+    }
+    if requests.len() > 20 {
+        line.push_str(&format!("\n        ... and {} more", requests.len() - 20));
+    }
+    line
 }

@@ -129,6 +129,11 @@ async fn exchange(origins: &Origins, req: Request, max_bytes: usize) -> Result<R
                 url.origin().ascii_serialization()
             ))
         })?;
+        if let Some(stub) = &origins.stub {
+            stub.record(method.as_str(), &url);
+            let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+            return Ok(Response { status: 200, headers, body: b"{}".to_vec() });
+        }
         let addrs = resolve(&url, allowed).await?;
         let response = one(&url, addrs, &method, &headers, body.clone()).await?;
         let status = response.status();
@@ -308,7 +313,7 @@ mod tests {
             "https://hooks.example.com".into(),
         ])
         .unwrap();
-        assert!(origins.0[0].names_address() && origins.0[1].names_address());
-        assert!(!origins.0[2].names_address(), "a DNS name does not name an address");
+        assert!(origins.allowed[0].names_address() && origins.allowed[1].names_address());
+        assert!(!origins.allowed[2].names_address(), "a DNS name does not name an address");
     }
 }

@@ -49,7 +49,11 @@ impl Service {
                 secrets: addon.secrets.clone(),
                 limits: addon.limits.clone(),
                 recent: Default::default(),
-                origins: Arc::new(crate::config::Origins::parse(&addon.allowed_outbound).map_err(anyhow::Error::msg)?),
+                origins: Arc::new(
+                    crate::config::Origins::parse(&addon.allowed_outbound)
+                        .map_err(anyhow::Error::msg)?
+                        .stubbed(cfg.server.outbound_stub.clone()),
+                ),
                 cpu: crate::runtime::Account::new(addon.limits.cpu_weight),
             };
             let store = storage.addon(&addon.id)?;
