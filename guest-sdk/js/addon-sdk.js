@@ -92,16 +92,25 @@ export const randomHex = (n) => Array.from(envHost.randomBytes(n), (b) => b.toSt
  * by the host becomes an internal error naming it.
  */
 export function handler(fn) {
+  const finish = (out) => (out && typeof out.build === 'function' ? out.build() : out);
   return (req) => {
     try {
       const out = fn(req);
-      return out && typeof out.build === 'function' ? out.build() : out;
+      // An `async` handler: componentize-js runs the event loop until the promise settles.
+      return isThenable(out) ? out.then(finish, (e) => Promise.reject(refusal(e))) : finish(out);
     } catch (e) {
-      if (e && typeof e === 'object' && 'tag' in e && 'val' in e) throw e;
-      if (e && e.payload && 'tag' in e.payload) throw internal(`key-value store: ${e.payload.tag}: ${e.payload.val}`);
-      throw internal(String(e && e.message ? e.message : e));
+      throw refusal(e);
     }
   };
+}
+
+const isThenable = (value) => value !== null && typeof value === 'object' && typeof value.then === 'function';
+
+/** What a handler threw, as the WIT error: a refusal as it is, anything else internal. */
+function refusal(e) {
+  if (e && typeof e === 'object' && 'tag' in e && 'val' in e) return e;
+  if (e && e.payload && 'tag' in e.payload) return internal(`key-value store: ${e.payload.tag}: ${e.payload.val}`);
+  return internal(String(e && e.message ? e.message : e));
 }
 
 const payloadOf = (value) => (typeof value === 'string' ? encoder.encode(value) : value ?? new Uint8Array());
@@ -136,12 +145,14 @@ export const noJobs = (job) => {
  * `fail(...)` is the outcome, and anything else thrown is retried.
  */
 export function jobHandler(fn) {
+  const outcome = (e) =>
+    e && typeof e === 'object' && (e.tag === 'retry' || e.tag === 'fail') ? e : retry(String(e && e.message ? e.message : e));
   return (job) => {
     try {
-      fn({ ...job, text: decoder.decode(job.payload) });
+      const out = fn({ ...job, text: decoder.decode(job.payload) });
+      if (isThenable(out)) return out.then(() => undefined, (e) => Promise.reject(outcome(e)));
     } catch (e) {
-      if (e && typeof e === 'object' && (e.tag === 'retry' || e.tag === 'fail')) throw e;
-      throw retry(String(e && e.message ? e.message : e));
+      throw outcome(e);
     }
   };
 }
@@ -177,3 +188,98 @@ export const http = {
     };
   },
 };
+
+/**
+ * The standard `fetch`, served by the host's `http` import, so it has the same allow-list
+ * (`allowed_outbound`), deadline and limits; also installed as `globalThis.fetch`. A refused
+ * request rejects with a `TypeError` that says why (`fetch https://…: denied: … is not an
+ * allowed origin (allowed_outbound)`) and carries `kind` as `http.send`'s errors do. The
+ * response has `status`, `ok`, `headers` (`get`, `has`, iteration), `text()`, `json()`,
+ * `arrayBuffer()` and `bytes()`. Redirects within the allowed origins are followed by the
+ * host.
+ */
+export async function fetch(input, init = {}) {
+  const request = typeof input === 'object' && input !== null && !(input instanceof URL) ? input : {};
+  const url = String(request.url ?? input);
+  const method = String(init.method ?? request.method ?? 'GET').toUpperCase();
+  const headers = {};
+  for (const [name, value] of headerPairs(init.headers ?? request.headers)) headers[name.toLowerCase()] = value;
+  let body = init.body ?? undefined;
+  if (body instanceof ArrayBuffer) body = new Uint8Array(body);
+  else if (body !== undefined && !(body instanceof Uint8Array)) body = String(body);
+  let response;
+  try {
+    response = http.send({ method, url, headers, body });
+  } catch (e) {
+    const error = new TypeError(`fetch ${url}: ${e.message}`);
+    error.kind = e.kind;
+    throw error;
+  }
+  return new FetchResponse(url, response);
+}
+
+/** `[name, value]` pairs from a `Headers`, an array of pairs or a plain object. */
+function headerPairs(init) {
+  if (init === undefined || init === null) return [];
+  if (typeof init.entries === 'function' && !Array.isArray(init)) return Array.from(init.entries());
+  if (Array.isArray(init)) return init.map(([k, v]) => [String(k), String(v)]);
+  return Object.entries(init).map(([k, v]) => [k, String(v)]);
+}
+
+/** Response headers: case-insensitive `get` (values of one name joined by `, `), `has`, iteration. */
+class FetchHeaders {
+  constructor(pairs) {
+    this.map = new Map();
+    for (const [name, value] of pairs) {
+      const key = name.toLowerCase();
+      this.map.set(key, this.map.has(key) ? `${this.map.get(key)}, ${value}` : value);
+    }
+  }
+  get(name) {
+    return this.map.get(String(name).toLowerCase()) ?? null;
+  }
+  has(name) {
+    return this.map.has(String(name).toLowerCase());
+  }
+  entries() {
+    return this.map.entries();
+  }
+  keys() {
+    return this.map.keys();
+  }
+  values() {
+    return this.map.values();
+  }
+  forEach(fn) {
+    this.map.forEach((value, name) => fn(value, name, this));
+  }
+  [Symbol.iterator]() {
+    return this.map.entries();
+  }
+}
+
+class FetchResponse {
+  constructor(url, response) {
+    this.url = url;
+    this.status = response.status;
+    this.ok = response.status >= 200 && response.status < 300;
+    this.statusText = '';
+    this.headers = new FetchHeaders(response.headers);
+    this.body = response.body;
+  }
+  async bytes() {
+    return this.body;
+  }
+  async arrayBuffer() {
+    return this.body.buffer.slice(this.body.byteOffset, this.body.byteOffset + this.body.byteLength);
+  }
+  async text() {
+    return decoder.decode(this.body);
+  }
+  async json() {
+    return JSON.parse(decoder.decode(this.body));
+  }
+}
+
+globalThis.fetch = fetch;
+

@@ -13,6 +13,7 @@
 // `runJob` too (`noJobs` from addon-sdk.js when the plugin runs none).
 
 import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from 'wasi:http/types@0.2.12';
+import { log as logHost } from 'addon:provider/log@0.1.2';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -21,11 +22,14 @@ const decoder = new TextDecoder();
 export const escape = (text) =>
   String(text).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 
-/** A response: `{ status, headers, body }` (body a string or bytes). */
+/**
+ * A response: `{ status, headers, body }` (body a string or bytes; headers an object, a
+ * `Headers` or `[name, value]` pairs).
+ */
 export const response = (status, body = '', headers = {}) => ({ status, headers, body });
-export const html = (page) => response(200, page, { 'content-type': 'text/html; charset=utf-8' });
-export const json = (value) => response(200, JSON.stringify(value), { 'content-type': 'application/json' });
-export const text = (value) => response(200, String(value), { 'content-type': 'text/plain; charset=utf-8' });
+export const html = (page, status = 200) => response(status, page, { 'content-type': 'text/html; charset=utf-8' });
+export const json = (value, status = 200) => response(status, JSON.stringify(value), { 'content-type': 'application/json' });
+export const text = (value, status = 200) => response(status, String(value), { 'content-type': 'text/plain; charset=utf-8' });
 export const redirect = (location) => response(303, '', { location });
 export const notFound = () => response(404, 'not found', { 'content-type': 'text/plain; charset=utf-8' });
 
@@ -124,9 +128,17 @@ function readRequest(request) {
   };
 }
 
+/** `[name, value]` pairs from a `Headers`, an array of pairs or a plain object. */
+function headerPairs(headers) {
+  if (headers === undefined || headers === null) return [];
+  if (Array.isArray(headers)) return headers.map(([k, v]) => [String(k), String(v)]);
+  if (typeof headers.entries === 'function') return Array.from(headers.entries());
+  return Object.entries(headers).map(([k, v]) => [k, String(v)]);
+}
+
 function writeResponse({ status = 200, headers = {}, body = '' }, responseOut) {
-  const bytes = typeof body === 'string' ? encoder.encode(body) : body;
-  const fields = Fields.fromList(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), encoder.encode(String(v))]));
+  const bytes = typeof body === 'string' ? encoder.encode(body) : body instanceof Uint8Array ? body : encoder.encode(String(body ?? ''));
+  const fields = Fields.fromList(headerPairs(headers).map(([k, v]) => [k.toLowerCase(), encoder.encode(v)]));
   const outgoing = new OutgoingResponse(fields);
   outgoing.setStatusCode(status);
   const sink = outgoing.body();
@@ -139,17 +151,38 @@ function writeResponse({ status = 200, headers = {}, body = '' }, responseOut) {
 }
 
 /**
- * The plugin's `incomingHandler` export from `fn(req)`, which returns a response. A thrown
- * error answers 500 saying so.
+ * What a thrown error answers: the error and its stack go to the add-on's log (the host's
+ * log and the deployers' recent lines), the client gets a generic 500 without them.
+ */
+function failed(e, req) {
+  const where = req ? `${req.method} ${req.path}` : 'reading the request';
+  const stack = e && e.stack ? `\n${e.stack}` : '';
+  logHost('error', `web handler failed on ${where}: ${e && e.message ? e.message : e}${stack}`);
+  return response(500, 'the add-on failed; its deployers can read why in its log', { 'content-type': 'text/plain; charset=utf-8' });
+}
+
+/**
+ * The plugin's `incomingHandler` export from `fn(req)`, which returns a response, or a
+ * promise of one (an `async` handler; componentize-js runs the event loop until it settles).
+ * A thrown error (or a rejected promise) answers a generic 500 and logs the error with its
+ * stack.
  */
 export function webHandler(fn) {
   return {
     handle(request, responseOut) {
+      let req;
       let answer;
       try {
-        answer = fn(readRequest(request));
+        req = readRequest(request);
+        answer = fn(req);
       } catch (e) {
-        answer = response(500, `the add-on failed: ${e && e.message ? e.message : e}`, { 'content-type': 'text/plain; charset=utf-8' });
+        answer = failed(e, req);
+      }
+      if (answer !== null && typeof answer === 'object' && typeof answer.then === 'function') {
+        return answer.then(
+          (settled) => writeResponse(settled, responseOut),
+          (e) => writeResponse(failed(e, req), responseOut),
+        );
       }
       writeResponse(answer, responseOut);
     },

@@ -303,6 +303,47 @@ async fn misbehaviour_is_stopped(compiler: Compiler, js: &Option<String>, py: &O
     }
 }
 
+/// JavaScript as partners write it: `async` handlers are awaited (they answered 200 with an
+/// empty body), and the standard `fetch` reaches an allowed origin through the host's
+/// outbound policy (it trapped), while another origin is refused with the reason. Red when
+/// the SDK returns an async handler's promise unawaited (no variable), or when `fetch` is
+/// StarlingMonkey's own (a trap, not the allow-list's words).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_async_handlers_are_awaited_and_fetch_goes_through_the_allow_list() {
+    let Some(js) = built(Lang::Js, "tests/guests/misbehave-js").await else { return };
+    let stand_in = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|headers: axum::http::HeaderMap| async move {
+            let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            ([("x-stand-in", "yes")], axum::Json(serde_json::json!({ "hello": accept })))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, stand_in).await.unwrap() });
+    let host = TestHost::start_with(tempfile::tempdir().unwrap(), |cfg| {
+        let misbehave = cfg.addons.iter_mut().find(|a| a.id == "misbehave").unwrap();
+        misbehave.plugin = js.into();
+        misbehave.xervo = None;
+        misbehave.limits.memory_mib = 96;
+        misbehave.limits.deadline_ms = 3_000;
+        misbehave.allowed_outbound = vec![origin.clone()];
+        misbehave.config.insert("fetch_url".into(), format!("{origin}/hello"));
+    });
+    let fine = host.provision("misbehave", MISBEHAVE_TOKEN, "async", "normal").await;
+    assert_eq!(fine.status, 201, "{}", fine.text);
+    assert_eq!(fine.env("MISBEHAVE_PLAN"), "normal", "an async handler's reply was lost: {}", fine.text);
+    let fetched = host.provision("misbehave", MISBEHAVE_TOKEN, "fetch", "fetch").await;
+    assert_eq!(fetched.status, 201, "{}", fetched.text);
+    assert_eq!(fetched.env("MISBEHAVE_FETCHED"), "200 yes application/json");
+    let elsewhere = host.provision("misbehave", MISBEHAVE_TOKEN, "elsewhere", "fetch-elsewhere").await;
+    assert_error(&elsewhere, 500, "plugin_error", "https://example.com is not an allowed origin (allowed_outbound)");
+    assert!(elsewhere.text.contains("fetch https://example.com/"), "{}", elsewhere.text);
+    let refused = host.provision("misbehave", MISBEHAVE_TOKEN, "refusal", "async-refusal").await;
+    assert_error(&refused, 500, "plugin_error", "refused after an await");
+    assert!(host.record("misbehave", "elsewhere").is_none() && host.record("misbehave", "refusal").is_none());
+}
+
 /// `addon-host new --lang js|python`: the project builds with its own build command (the one
 /// `serve --watch` runs) and passes the conformance kit, both platforms, nothing skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,6 +469,25 @@ async fn js_and_python_plugins_serve_their_dashboard_and_build_api() {
             assert_eq!(seen["calls"], calls, "{dir}: the handler's writes are kept");
         }
         assert_eq!(crate::web::api(&host, Method::GET, &path, "abt1.app1.x", "").await.status, 401, "{dir}");
+        if lang == Lang::Js {
+            // An `async` handler is awaited, with the status it chose; one that throws gives
+            // the client a generic 500 and its deployers the error and the stack.
+            let later = crate::web::api(&host, Method::GET, &format!("/addons/{id}/api/later"), &api_token, "").await;
+            assert_eq!((later.status.as_u16(), later.json()["later"].as_bool()), (202, Some(true)), "{}", later.text);
+            let boom = crate::web::api(&host, Method::GET, &format!("/addons/{id}/api/boom"), &api_token, "").await;
+            assert_eq!(boom.status, 500, "{}", boom.text);
+            assert!(!boom.text.contains("boom on purpose"), "the error reached the client: {}", boom.text);
+            let recent = host.admin(Method::GET, &format!("/admin/addons/{id}/logs"), "").await.json();
+            let logged = recent["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l["message"].as_str())
+                .find(|m| m.contains("boom on purpose"))
+                .map(str::to_owned);
+            let logged = logged.unwrap_or_else(|| panic!("the handler's error was not logged: {recent}"));
+            assert!(logged.contains("GET /api/boom") && logged.contains("app.js"), "no place in {logged}");
+        }
 
         let ts = now();
         let form = format!("app_slug=app1&timestamp={ts}&token={}", sso_token("app1", &sso, ts));

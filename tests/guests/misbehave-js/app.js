@@ -1,9 +1,23 @@
 // A test-only JavaScript plugin: the plan picks how it misbehaves, so the host's deadline
 // and memory cap are checked against a real JS engine.
 
-import { handler, jobs, reply } from '../../../guest-sdk/js/addon-sdk.js';
+import { config, handler, jobs, reply } from '../../../guest-sdk/js/addon-sdk.js';
 
-export const provision = handler((req) => {
+// `async`, as JavaScript partners write handlers: each plan below runs through it.
+export const provision = handler(async (req) => {
+  if (req.plan === 'fetch') {
+    // The standard fetch, to the allowed stand-in named by the `fetch_url` setting.
+    const answer = await fetch(config('fetch_url'), { headers: { accept: 'application/json' } });
+    const body = await answer.json();
+    return reply().set('MISBEHAVE_FETCHED', `${answer.status} ${answer.headers.get('X-Stand-In')} ${body.hello}`);
+  }
+  if (req.plan === 'fetch-elsewhere') {
+    await fetch('https://example.com/');
+  }
+  if (req.plan === 'async-refusal') {
+    await Promise.resolve();
+    throw new Error('refused after an await');
+  }
   if (req.plan === 'loop') {
     for (;;) {}
   }

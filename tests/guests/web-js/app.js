@@ -1,6 +1,7 @@
 // Test-only JavaScript plugin that serves HTTP (world `web`): its provision keeps a secret
 // per app; its build API answers `/api/whoami` with the caller's identity and counts calls
-// in the add-on's KV; its dashboard shows the plan with a CSRF-protected form.
+// in the add-on's KV; its dashboard shows the plan with a CSRF-protected form. `/api/later`
+// answers after an await with a status of its own; `/api/boom` throws after one.
 
 import { handler, kv, noJobs, randomHex, reply } from '../../../guest-sdk/js/addon-sdk.js';
 import { escape, html, json, notFound, webHandler } from '../../../guest-sdk/js/addon-web.js';
@@ -15,8 +16,17 @@ export const changePlan = handler(() => reply());
 export const deprovision = handler(() => {});
 export const runJob = noJobs;
 
-export const incomingHandler = webHandler((req) => {
+// `async`, as JavaScript partners write handlers.
+export const incomingHandler = webHandler(async (req) => {
   const who = req.identity;
+  if (req.method === 'GET' && req.path === '/api/later') {
+    await Promise.resolve();
+    return json({ later: true }, 202);
+  }
+  if (req.method === 'GET' && req.path === '/api/boom') {
+    await Promise.resolve();
+    throw new Error('boom on purpose');
+  }
   if (req.method === 'GET' && req.path === '/api/whoami') {
     const calls = Number(kv.getString(`calls/${who.resourceId}`) ?? '0') + 1;
     kv.setString(`calls/${who.resourceId}`, String(calls));
