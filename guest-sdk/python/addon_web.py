@@ -17,12 +17,14 @@ Build with ``componentize-py -d wit -w web componentize app``; the ``web`` world
 
 import html as _html
 import json
+import traceback
 from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import parse_qsl, unquote
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
+from wit_world.imports import log as _log
 from wit_world.imports import streams
 from wit_world.imports import wasi_http_types as http
 
@@ -39,16 +41,16 @@ class Response:
     body: "bytes | str" = b""
 
 
-def html(page: str) -> Response:
-    return Response(200, {"content-type": "text/html; charset=utf-8"}, page)
+def html(page: str, status: int = 200) -> Response:
+    return Response(status, {"content-type": "text/html; charset=utf-8"}, page)
 
 
-def json_response(value) -> Response:
-    return Response(200, {"content-type": "application/json"}, json.dumps(value))
+def json_response(value, status: int = 200) -> Response:
+    return Response(status, {"content-type": "application/json"}, json.dumps(value))
 
 
-def text(value: str) -> Response:
-    return Response(200, {"content-type": "text/plain; charset=utf-8"}, str(value))
+def text(value: str, status: int = 200) -> Response:
+    return Response(status, {"content-type": "text/plain; charset=utf-8"}, str(value))
 
 
 def redirect(location: str) -> Response:
@@ -174,14 +176,24 @@ def _write(answer: Response, response_out: http.ResponseOutparam) -> None:
 
 
 class WebHandler(exports.IncomingHandler):
-    """Override ``serve(req)`` and return a ``Response``; an exception answers 500."""
+    """Override ``serve(req)`` and return a ``Response``. An exception answers a generic 500;
+    the exception and its traceback (file and line) go to the add-on's log, for its deployers."""
 
     def serve(self, req: Request) -> Response:
         return not_found()
 
     def handle(self, request: http.IncomingRequest, response_out: http.ResponseOutparam) -> None:
+        req = None
         try:
-            answer = self.serve(_read(request))
-        except Exception as e:  # the plugin's own failure: say so, as a 500
-            answer = Response(500, {"content-type": "text/plain; charset=utf-8"}, f"the add-on failed: {e}")
+            req = _read(request)
+            answer = self.serve(req)
+        except Exception as e:  # the plugin's own failure: logged, and a 500 without its details
+            where = f"{req.method} {req.path}" if req is not None else "reading the request"
+            trace = "".join(traceback.format_exception(e))
+            _log.log(_log.Level.ERROR, f"web handler failed on {where}: {e}\n{trace}")
+            answer = Response(
+                500,
+                {"content-type": "text/plain; charset=utf-8"},
+                "the add-on failed; its deployers can read why in its log",
+            )
         _write(answer, response_out)

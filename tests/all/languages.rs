@@ -469,9 +469,10 @@ async fn js_and_python_plugins_serve_their_dashboard_and_build_api() {
             assert_eq!(seen["calls"], calls, "{dir}: the handler's writes are kept");
         }
         assert_eq!(crate::web::api(&host, Method::GET, &path, "abt1.app1.x", "").await.status, 401, "{dir}");
-        if lang == Lang::Js {
-            // An `async` handler is awaited, with the status it chose; one that throws gives
-            // the client a generic 500 and its deployers the error and the stack.
+        {
+            // A handler's own status is kept (JS: after an await in an `async` handler); one
+            // that throws gives the client a generic 500 and its deployers the error and the
+            // stack.
             let later = crate::web::api(&host, Method::GET, &format!("/addons/{id}/api/later"), &api_token, "").await;
             assert_eq!((later.status.as_u16(), later.json()["later"].as_bool()), (202, Some(true)), "{}", later.text);
             let boom = crate::web::api(&host, Method::GET, &format!("/addons/{id}/api/boom"), &api_token, "").await;
@@ -486,7 +487,8 @@ async fn js_and_python_plugins_serve_their_dashboard_and_build_api() {
                 .find(|m| m.contains("boom on purpose"))
                 .map(str::to_owned);
             let logged = logged.unwrap_or_else(|| panic!("the handler's error was not logged: {recent}"));
-            assert!(logged.contains("GET /api/boom") && logged.contains("app.js"), "no place in {logged}");
+            let source = if lang == Lang::Js { "app.js" } else { "app.py" };
+            assert!(logged.contains("GET /api/boom") && logged.contains(source), "no place in {logged}");
         }
 
         let ts = now();

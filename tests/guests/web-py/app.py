@@ -1,6 +1,6 @@
 """Test-only Python plugin that serves HTTP (world `web`), the same as `tests/guests/web-js`:
 a secret per app at provision, `/api/whoami` with the caller's identity and a call count, and
-a dashboard with a CSRF-protected form."""
+a dashboard with a CSRF-protected form; `/api/later` answers 202, `/api/boom` raises."""
 
 from addon_sdk import Provider, Reply, kv, provision_reply, random_hex
 from addon_web import WebHandler, escape, html, json_response, not_found
@@ -22,6 +22,10 @@ class IncomingHandler(WebHandler):
             kv.set_string(f"calls/{who.resource_id}", str(calls))
             return json_response({"resourceId": who.resource_id, "plan": who.plan, "surface": who.surface,
                                   "appTitle": who.app_title, "calls": calls, "lang": "python"})
+        if req.method == "GET" and req.path == "/api/later":
+            return json_response({"later": True}, 202)
+        if req.method == "GET" and req.path == "/api/boom":
+            raise RuntimeError("boom on purpose")
         if req.method == "GET" and req.path == "/dashboard/":
             form = f'<form method="post" action="{who.link("/dashboard/note")}">{who.csrf_field()}</form>'
             head = f"<head>{who.beam()}</head>"
