@@ -379,6 +379,28 @@ async fn new_js_and_python_projects_build_and_pass_the_kit() {
             .await
             .unwrap();
         assert!(build.status.success(), "{flag}: `{command}`: {}", String::from_utf8_lossy(&build.stderr));
+        // A syntax error is reported with its file and line (componentize-js said only
+        // "failed to parse JS source, encountered [1] errors"; red without the checker).
+        let source = project.join(if lang == Lang::Js { "app.js" } else { "app.py" });
+        let good = std::fs::read_to_string(&source).unwrap();
+        let line = good.lines().count() + 2;
+        std::fs::write(
+            &source,
+            format!("{good}\n{}\n", if lang == Lang::Js { "const broken = (;" } else { "broken = (" }),
+        )
+        .unwrap();
+        let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
+        let broken = tokio::process::Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(&project)
+            .env("PATH", path)
+            .output()
+            .await
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&broken.stdout), String::from_utf8_lossy(&broken.stderr));
+        let place = if lang == Lang::Js { format!("app.js:{line}") } else { format!("app.py\", line {line}") };
+        assert!(!broken.status.success() && said.contains(&place), "{flag}: no `{place}` in: {said}");
+        std::fs::write(&source, good).unwrap();
         // The suite's compile cache: the generator's runtime is compiled once per run.
         let cache = std::env::temp_dir().join(SHARED_CACHE);
         let with_cache =

@@ -57,7 +57,8 @@ pub(super) fn files(lang: Script, name: &str, prefix: &str) -> anyhow::Result<(F
         Script::Python => {
             let build = Build {
                 plugin: "plugin.wasm".into(),
-                command: "componentize-py -d wit -w plugin componentize app -o plugin.wasm",
+                // Python's own compiler first: componentize-py's syntax errors carry no line.
+                command: "python3 -m py_compile app.py addon_sdk.py && componentize-py -d wit -w plugin componentize app -o plugin.wasm",
                 watch: r#"["app.py", "addon_sdk.py"]"#,
             };
             let mut files = vec![
@@ -82,7 +83,7 @@ const PACKAGE_JSON: &str = r#"{
   "private": true,
   "type": "module",
   "scripts": {
-    "build": "componentize-js app.js --wit wit --world-name plugin -o plugin.wasm -d http -d fetch-event"
+    "build": "node --check app.js && node --check addon-sdk.js && componentize-js app.js --wit wit --world-name plugin -o plugin.wasm -d http -d fetch-event"
   },
   "devDependencies": {
     "@bytecodealliance/componentize-js": "{JS}"
