@@ -344,8 +344,11 @@ async fn js_async_handlers_are_awaited_and_fetch_goes_through_the_allow_list() {
     assert!(host.record("misbehave", "elsewhere").is_none() && host.record("misbehave", "refusal").is_none());
 }
 
-/// `addon-host new --lang js|python`: the project builds with its own build command (the one
-/// `serve --watch` runs) and passes the conformance kit, both platforms, nothing skipped.
+/// `addon-host new --lang js|python --template provider|jobs|web`: each project builds with
+/// its own build command (the one `serve --watch` runs) for the world its plugin needs, says
+/// which, and passes the conformance kit, both platforms, nothing skipped; the jobs template's
+/// calls to its API are answered by the kit's stub, never sent. A syntax error is reported
+/// with its file and line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_js_and_python_projects_build_and_pass_the_kit() {
     for (lang, flag) in [(Lang::Js, "js"), (Lang::Python, "python")] {
@@ -359,60 +362,74 @@ async fn new_js_and_python_projects_build_and_pass_the_kit() {
                 continue;
             }
         };
-        let dir = tempfile::tempdir().unwrap();
-        let project = dir.path().join("hello");
-        let new = tokio::process::Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
-            .args(["new", "hello", "--lang", flag, "--dir"])
-            .arg(&project)
-            .output()
-            .await
-            .unwrap();
-        assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
-        let config = std::fs::read_to_string(project.join("addon-host.toml")).unwrap();
-        let command = config.split("command = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
         let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
-        let build = tokio::process::Command::new("sh")
-            .args(["-c", &command])
-            .current_dir(&project)
-            .env("PATH", path)
-            .output()
-            .await
-            .unwrap();
-        assert!(build.status.success(), "{flag}: `{command}`: {}", String::from_utf8_lossy(&build.stderr));
-        // A syntax error is reported with its file and line (componentize-js said only
-        // "failed to parse JS source, encountered [1] errors"; red without the checker).
-        let source = project.join(if lang == Lang::Js { "app.js" } else { "app.py" });
-        let good = std::fs::read_to_string(&source).unwrap();
-        let line = good.lines().count() + 2;
-        std::fs::write(
-            &source,
-            format!("{good}\n{}\n", if lang == Lang::Js { "const broken = (;" } else { "broken = (" }),
-        )
-        .unwrap();
-        let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
-        let broken = tokio::process::Command::new("sh")
-            .args(["-c", &command])
-            .current_dir(&project)
-            .env("PATH", path)
-            .output()
-            .await
-            .unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&broken.stdout), String::from_utf8_lossy(&broken.stderr));
-        let place = if lang == Lang::Js { format!("app.js:{line}") } else { format!("app.py\", line {line}") };
-        assert!(!broken.status.success() && said.contains(&place), "{flag}: no `{place}` in: {said}");
-        std::fs::write(&source, good).unwrap();
-        // The suite's compile cache: the generator's runtime is compiled once per run.
-        let cache = std::env::temp_dir().join(SHARED_CACHE);
-        let with_cache =
-            config.replace("[server]\n", &format!("[server]\ncompile_cache = {:?}\n", cache.to_str().unwrap()));
-        std::fs::write(project.join("addon-host.toml"), with_cache).unwrap();
-        let (ok, report) = kit(&[
-            project.join("plugin.wasm").to_str().unwrap(),
-            "--config",
-            project.join("addon-host.toml").to_str().unwrap(),
-        ])
-        .await;
-        assert_all_pass(ok, &report);
+        for (template, world) in [("provider", "plugin"), ("jobs", "worker"), ("web", "web")] {
+            let dir = tempfile::tempdir().unwrap();
+            let project = dir.path().join("hello");
+            let new = tokio::process::Command::new(env!("CARGO_BIN_EXE_addon-host-e2e"))
+                .args(["new", "hello", "--lang", flag, "--template", template, "--dir"])
+                .arg(&project)
+                .output()
+                .await
+                .unwrap();
+            assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+            let config = std::fs::read_to_string(project.join("addon-host.toml")).unwrap();
+            let command = config.split("command = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+            let run = |command: String| {
+                let path = path.clone();
+                let project = project.clone();
+                async move {
+                    let out = tokio::process::Command::new("sh")
+                        .args(["-c", &command])
+                        .current_dir(&project)
+                        .env("PATH", path)
+                        .output()
+                        .await
+                        .unwrap();
+                    let said =
+                        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                    (out.status.success(), said)
+                }
+            };
+            let (built, said) = run(command.clone()).await;
+            assert!(built, "{flag} {template}: `{command}`: {said}");
+            assert!(said.contains(&format!("building for the `{world}` world")), "{flag} {template}: {said}");
+            if template == "provider" {
+                // A syntax error is reported with its file and line (componentize-js said only
+                // "failed to parse JS source, encountered [1] errors"; red without the check).
+                let source = project.join(if lang == Lang::Js { "app.js" } else { "app.py" });
+                let good = std::fs::read_to_string(&source).unwrap();
+                let line = good.lines().count() + 2;
+                let bad = if lang == Lang::Js { "const broken = (;" } else { "broken = (" };
+                std::fs::write(&source, format!("{good}\n{bad}\n")).unwrap();
+                let (built, said) = run(command.clone()).await;
+                let place = if lang == Lang::Js { format!("app.js:{line}") } else { format!("app.py\", line {line}") };
+                assert!(!built && said.contains(&place), "{flag}: no `{place}` in: {said}");
+                std::fs::write(&source, good).unwrap();
+            }
+            // The suite's compile cache: the generator's runtime is compiled once per run.
+            let cache = std::env::temp_dir().join(SHARED_CACHE);
+            let with_cache =
+                config.replace("[server]\n", &format!("[server]\ncompile_cache = {:?}\n", cache.to_str().unwrap()));
+            std::fs::write(project.join("addon-host.toml"), with_cache).unwrap();
+            let (ok, report) = kit(&[
+                project.join("plugin.wasm").to_str().unwrap(),
+                "--config",
+                project.join("addon-host.toml").to_str().unwrap(),
+            ])
+            .await;
+            println!("{flag} {template}:");
+            assert_all_pass(ok, &report);
+            let stubbed = report["outbound"]["requests"].as_array().cloned().unwrap_or_default();
+            if template == "jobs" {
+                assert!(
+                    stubbed.iter().any(|r| r == "POST https://api.example.com/apps"),
+                    "{flag}: the job's call was not answered by the stub: {stubbed:?}"
+                );
+            } else {
+                assert!(stubbed.is_empty(), "{flag} {template}: {stubbed:?}");
+            }
+        }
     }
 }
 

@@ -80,6 +80,10 @@ enum Command {
         /// The plugin's language.
         #[arg(long, value_enum, default_value = "rust")]
         lang: new::Lang,
+        /// What the plugin starts as: a provider; one whose job calls an API after the reply
+        /// (the `worker` world); or one with a dashboard and a build API (the `web` world).
+        #[arg(long, value_enum, default_value = "provider")]
+        template: new::Template,
     },
     /// The conformance kit: the platforms' sequences, the negative cases they lack and plugin
     /// hygiene, against a plugin file or a running provider (--url).
@@ -166,7 +170,9 @@ pub fn main() -> anyhow::Result<()> {
                 print(&serde_json::to_string_pretty(&manifest)?)
             }
             Command::Check { config } => check(&config),
-            Command::New { name, dir, sdk_path, lang } => new::run(new::New { name, dir, sdk_path, lang }),
+            Command::New { name, dir, sdk_path, lang, template } => {
+                new::run(new::New { name, dir, sdk_path, lang, template })
+            }
             Command::Test(args) => test::run(args).await,
         }
     })

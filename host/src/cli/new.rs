@@ -13,6 +13,16 @@ pub(crate) struct New {
     pub dir: Option<PathBuf>,
     pub sdk_path: Option<PathBuf>,
     pub lang: Lang,
+    pub template: Template,
+}
+
+/// What the plugin starts as: a provider, a provider whose job calls an API after the reply,
+/// or a provider with a dashboard and a build API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Template {
+    Provider,
+    Jobs,
+    Web,
 }
 
 /// The language of the plugin project.
@@ -43,9 +53,13 @@ pub(crate) fn run(new: New) -> anyhow::Result<()> {
     }
     let prefix = name.to_ascii_uppercase().replace('-', "_");
     let (files, next) = match new.lang {
+        Lang::Rust if new.template != Template::Provider => bail!(
+            "--template jobs|web is for --lang js and python so far; for Rust, start from the provider and see \
+             the webhooks (jobs) and credentials (pages) examples in plugins/ of the addon-host repository"
+        ),
         Lang::Rust => rust(&name, &prefix, new.sdk_path.as_deref())?,
-        Lang::Js => super::new_scripts::files(Script::Js, &name, &prefix)?,
-        Lang::Python => super::new_scripts::files(Script::Python, &name, &prefix)?,
+        Lang::Js => super::new_scripts::files(Script::Js, new.template, &name, &prefix)?,
+        Lang::Python => super::new_scripts::files(Script::Python, new.template, &name, &prefix)?,
     };
     for (file, text) in files {
         write(&dir.join(file), &text)?;
@@ -70,6 +84,7 @@ fn rust(name: &str, prefix: &str, sdk_path: Option<&Path>) -> anyhow::Result<(Fi
         plugin: format!("target/wasm32-wasip2/release/{wasm}.wasm"),
         command: "cargo build --release --target wasm32-wasip2 --target-dir target",
         watch: r#"["src", "Cargo.toml"]"#,
+        template: Template::Provider,
     };
     let files = vec![
         ("Cargo.toml", cargo_toml(name, &sdk)),
@@ -86,6 +101,7 @@ pub(super) struct Build {
     pub plugin: String,
     pub command: &'static str,
     pub watch: &'static str,
+    pub template: Template,
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -131,8 +147,9 @@ pub(super) fn config(name: &str, prefix: &str, build: &Build) -> anyhow::Result<
 [addon.xervo]
 password = "{password}"
 sso_salt = "{salt}"
-config_vars = ["{prefix}_URL", "{prefix}_SECRET"]
+config_vars = ["{prefix}_URL", "{prefix}_SECRET"{token}]
 "#,
+            token = if build.template == Template::Web { format!(", \"{prefix}_API_TOKEN\"") } else { String::new() },
             password = random_token("xvp")?,
             salt = random_token("xvs")?,
         )
@@ -150,14 +167,12 @@ web_origin = "http://{{addon}}.localhost:8080"
 id = "{name}"
 plugin = "{plugin}"
 plans = ["free", "pro"]
-# Origins the plugin may call over HTTP (denied by default), e.g. the platform's API from a job:
-# allowed_outbound = ["https://api.bitrise.io"]
-
+{outbound}
 [addon.bitrise]
 shared_token = "{shared}"
 sso_secret = "{sso}"
 {xervo}
-# `addon-host serve --watch` runs this at start and whenever a file under `watch` changes, and
+{web}# `addon-host serve --watch` runs this at start and whenever a file under `watch` changes, and
 # swaps in each build that succeeds (a failed build is shown; the last good one keeps serving).
 [addon.build]
 command = "{command}"
@@ -165,9 +180,33 @@ watch = {watch}
 
 [addon.config]
 host_url = "https://{name}.example.com"
-# The plugin also sees `public_url`, set by the host: this add-on's public base URL (its
+{api_base}# The plugin also sees `public_url`, set by the host: this add-on's public base URL (its
 # web_origin here), for links to its pages and build API.
 "#,
+        outbound = match build.template {
+            Template::Jobs => {
+                "# Origins the plugin may call over HTTP (denied by default): its job calls `api_base`.\n\
+                 # `addon-host test` answers them from a stub; `serve` sends them.\n\
+                 allowed_outbound = [\"https://api.example.com\"]\n"
+            }
+            _ => {
+                "# Origins the plugin may call over HTTP (denied by default), e.g. the platform's API from a job:\n\
+                 # allowed_outbound = [\"https://api.bitrise.io\"]\n"
+            }
+        },
+        web = if build.template == Template::Web {
+            format!(
+                "[addon.web]\n# The build API (/api/ on the add-on's origin): each provision also returns a token\n\
+                 # for it, in the variable {prefix}_API_TOKEN.\nbuild_api = true\n\n"
+            )
+        } else {
+            String::new()
+        },
+        api_base = if build.template == Template::Jobs {
+            "# Where the job announces each new app (an allowed origin, above).\napi_base = \"https://api.example.com\"\n"
+        } else {
+            ""
+        },
         plugin = build.plugin,
         command = build.command,
         watch = build.watch,
