@@ -347,8 +347,9 @@ async fn js_async_handlers_are_awaited_and_fetch_goes_through_the_allow_list() {
 /// `addon-host new --lang js|python --template provider|jobs|web`: each project builds with
 /// its own build command (the one `serve --watch` runs) for the world its plugin needs, says
 /// which, and passes the conformance kit, both platforms, nothing skipped; the jobs template's
-/// calls to its API are answered by the kit's stub, never sent. A syntax error is reported
-/// with its file and line.
+/// calls to its API are answered by the kit's stub, never sent. Each project's own native
+/// tests pass first (`npm test` under Node, `python3 -m unittest` under CPython, against the
+/// SDKs' in-memory hosts). A syntax error is reported with its file and line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_js_and_python_projects_build_and_pass_the_kit() {
     for (lang, flag) in [(Lang::Js, "js"), (Lang::Python, "python")] {
@@ -391,6 +392,10 @@ async fn new_js_and_python_projects_build_and_pass_the_kit() {
                     (out.status.success(), said)
                 }
             };
+            // Its native tests first, against the SDK's in-memory host (no build needed).
+            let native = if lang == Lang::Js { "npm test" } else { "python3 -m unittest" };
+            let (passed, said) = run(native.to_owned()).await;
+            assert!(passed, "{flag} {template}: `{native}`: {said}");
             let (built, said) = run(command.clone()).await;
             assert!(built, "{flag} {template}: `{command}`: {said}");
             assert!(said.contains(&format!("building for the `{world}` world")), "{flag} {template}: {said}");
@@ -430,6 +435,50 @@ async fn new_js_and_python_projects_build_and_pass_the_kit() {
                 assert!(stubbed.is_empty(), "{flag} {template}: {stubbed:?}");
             }
         }
+    }
+}
+
+/// The SDKs' in-memory hosts for native tests (`guest-sdk/js/addon-testing.js` under Node,
+/// `guest-sdk/python/addon_testing.py` under CPython) keep the real host's rules: a failed
+/// call's writes and jobs are dropped, a call sees its own writes, compare-and-swap and
+/// listings see pending writes, and outbound requests reach only the test's routes. Red when
+/// a double commits a failed call, or answers an unrouted request.
+#[tokio::test]
+async fn the_sdks_in_memory_hosts_keep_the_hosts_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "tests/guests/testing-doubles/doubles.test.js",
+        "tests/guests/testing-doubles/test_doubles.py",
+        "guest-sdk/js/addon-sdk.js",
+        "guest-sdk/js/addon-testing.js",
+        "guest-sdk/js/addon-testing-hooks.js",
+        "guest-sdk/python/addon_sdk.py",
+        "guest-sdk/python/addon_testing.py",
+    ] {
+        let name = std::path::Path::new(file).file_name().unwrap();
+        std::fs::copy(root.join(file), dir.path().join(name)).unwrap();
+    }
+    for (command, args) in
+        [("node", &["--import", "./addon-testing-hooks.js", "--test"][..]), ("python3", &["-m", "unittest", "-v"][..])]
+    {
+        let out = match tokio::process::Command::new(command).args(args).current_dir(dir.path()).output().await {
+            Ok(out) => out,
+            Err(e) if languages::required() => {
+                panic!("ADDON_REQUIRE_GUEST_LANGS is set, and {command} cannot run: {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "\n!!!!!!!! SKIPPED: {command} cannot run ({e}): its SDK's test double was NOT tested !!!!!!!!\n"
+                );
+                continue;
+            }
+        };
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{command}: {said}");
+        // Each suite ran its four tests.
+        let ran = if command == "node" { said.contains("# pass 4") } else { said.contains("Ran 4 tests") };
+        assert!(ran, "{command}: {said}");
     }
 }
 

@@ -52,16 +52,21 @@ pub(super) fn files(lang: Script, template: Template, name: &str, prefix: &str) 
                 },
                 template,
             };
-            let app = match template {
-                Template::Provider => include_str!("templates/provider.js"),
-                Template::Jobs => include_str!("templates/jobs.js"),
-                Template::Web => include_str!("templates/web.js"),
+            let (app, test) = match template {
+                Template::Provider => {
+                    (include_str!("templates/provider.js"), include_str!("templates/provider.test.js"))
+                }
+                Template::Jobs => (include_str!("templates/jobs.js"), include_str!("templates/jobs.test.js")),
+                Template::Web => (include_str!("templates/web.js"), include_str!("templates/web.test.js")),
             };
             let mut files = vec![
                 ("package.json", PACKAGE_JSON.replace("{NAME}", name).replace("{JS}", COMPONENTIZE_JS)),
                 ("build.mjs", include_str!("templates/build.mjs").to_owned()),
                 ("app.js", app.to_owned()),
+                ("app.test.js", test.replace("{NAME}", name).replace("{PREFIX}", prefix)),
                 ("addon-sdk.js", JS_SDK.to_owned()),
+                ("addon-testing.js", include_str!("../../../guest-sdk/js/addon-testing.js").to_owned()),
+                ("addon-testing-hooks.js", include_str!("../../../guest-sdk/js/addon-testing-hooks.js").to_owned()),
                 ("wit/provider.wit", WIT.to_owned()),
                 ("addon-host.toml", config(name, prefix, &build)?),
                 ("README.md", readme(JS_README)),
@@ -84,15 +89,19 @@ pub(super) fn files(lang: Script, template: Template, name: &str, prefix: &str) 
                 },
                 template,
             };
-            let app = match template {
-                Template::Provider => include_str!("templates/provider.py"),
-                Template::Jobs => include_str!("templates/jobs.py"),
-                Template::Web => include_str!("templates/web.py"),
+            let (app, test) = match template {
+                Template::Provider => {
+                    (include_str!("templates/provider.py"), include_str!("templates/provider_test.py"))
+                }
+                Template::Jobs => (include_str!("templates/jobs.py"), include_str!("templates/jobs_test.py")),
+                Template::Web => (include_str!("templates/web.py"), include_str!("templates/web_test.py")),
             };
             let mut files = vec![
                 ("build.py", include_str!("templates/build.py").to_owned()),
                 ("app.py", app.to_owned()),
+                ("test_app.py", test.replace("{NAME}", name).replace("{PREFIX}", prefix)),
                 ("addon_sdk.py", PY_SDK.to_owned()),
+                ("addon_testing.py", include_str!("../../../guest-sdk/python/addon_testing.py").to_owned()),
                 ("wit/provider.wit", WIT.to_owned()),
                 ("addon-host.toml", config(name, prefix, &build)?),
                 ("README.md", readme(PY_README)),
@@ -115,7 +124,8 @@ const PACKAGE_JSON: &str = r#"{
   "private": true,
   "type": "module",
   "scripts": {
-    "build": "node build.mjs"
+    "build": "node build.mjs",
+    "test": "node --import ./addon-testing-hooks.js --test"
   },
   "devDependencies": {
     "@bytecodealliance/componentize-js": "{JS}"
@@ -130,6 +140,7 @@ provisioning calls from a sandboxed WebAssembly component built with componentiz
 
 ```sh
 npm install                    # componentize-js, once
+npm test                       # app.test.js under Node, against an in-memory host (addon-testing.js)
 addon-host serve --watch       # builds plugin.wasm, serves it on 127.0.0.1:8080, rebuilds on save
 addon-host test plugin.wasm   # the conformance kit, with ./addon-host.toml
 ```
@@ -151,6 +162,7 @@ provisioning calls from a sandboxed WebAssembly component built with componentiz
 
 ```sh
 python3 -m venv .venv && . .venv/bin/activate && pip install componentize-py=={PY}
+python3 -m unittest            # test_app.py under CPython, against an in-memory host (addon_testing.py)
 addon-host serve --watch       # builds plugin.wasm, serves it on 127.0.0.1:8080, rebuilds on save
 addon-host test plugin.wasm   # the conformance kit, with ./addon-host.toml
 ```
