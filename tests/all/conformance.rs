@@ -137,10 +137,33 @@ fn names(report: &Value) -> Vec<String> {
     checks.iter().map(|c| general(c["name"].as_str().unwrap())).collect()
 }
 
+/// The build API's checks of a full run with `build_api` on, in order, and the check they
+/// follow: the last three after the repeated provision, the last after deprovision.
+const BUILD_API: [(&str, &str); 4] = [
+    (
+        "bitrise: a provision repeated after the plan change answers with envs",
+        "bitrise: the build API refuses a request without a token",
+    ),
+    ("bitrise: the build API refuses a request without a token", "bitrise: the build API refuses a wrong token"),
+    (
+        "bitrise: the build API refuses a wrong token",
+        "bitrise: the build API answers with the token the provision issued",
+    ),
+    ("bitrise: login after deprovision is refused", "bitrise: the build API refuses the app's token after deprovision"),
+];
+
 pub(crate) fn assert_all_pass(ok: bool, report: &Value) {
     assert!(ok, "the kit failed: {report:#}");
     assert_eq!((report["failed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(0)), "{report:#}");
-    assert_eq!(names(report), FULL_RUN, "the checks of a full run: {report:#}");
+    let mut full: Vec<&str> = FULL_RUN.to_vec();
+    // An add-on with a build API (the web templates) has its four checks too.
+    if names(report).iter().any(|n| n.contains("the build API")) {
+        for (after, check) in BUILD_API {
+            let at = full.iter().position(|n| *n == after).unwrap();
+            full.insert(at + 1, check);
+        }
+    }
+    assert_eq!(names(report), full, "the checks of a full run: {report:#}");
 }
 
 #[tokio::test]
@@ -325,4 +348,45 @@ async fn the_kit_fails_a_deprovision_that_changes_nothing() {
     assert_eq!(check(&report, "xervo: deprovision answers 200").0, "pass", "the no-op itself looks fine");
     let (outcome, detail) = check(&report, "xervo: a plan change after deprovision is refused");
     assert!(outcome == "fail" && detail.contains("got status 200"), "{outcome}: {detail}");
+}
+
+/// With `build_api` on, the kit calls the build API with the token the first provision
+/// issued (answered by the plugin), without one and with a wrong one (refused), and again
+/// after deprovision (refused). A plugin that serves no pages fails it: the platform's builds
+/// would get the host's refusal. Red when the host accepted a token after deprovision, or the
+/// check did not run.
+#[tokio::test]
+async fn the_kit_calls_the_build_api_with_the_issued_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = AddonToml::new("misbehave", addon_host_tests::PLUGIN_MISBEHAVE)
+        .plans(&["normal", "pro"])
+        .bitrise("kit-misbehave-token", "kit-misbehave-sso")
+        .build_api();
+    let config = write_config(dir.path(), &misbehave.to_toml());
+    let (ok, report) = kit(&[addon_host_tests::PLUGIN_MISBEHAVE, "--config", config.to_str().unwrap()]).await;
+    assert!(ok && report["failed"] == 0, "{report:#}");
+    for name in [
+        "bitrise: the build API refuses a request without a token",
+        "bitrise: the build API refuses a wrong token",
+        "bitrise: the build API answers with the token the provision issued",
+        "bitrise: the build API refuses the app's token after deprovision",
+    ] {
+        assert_eq!(check(&report, name).0, "pass", "{name}: {report:#}");
+    }
+
+    let pageless = tempfile::tempdir().unwrap();
+    // The quota example has no HTTP handler.
+    let storage = AddonToml::new("storage", addon_host_tests::PLUGIN_QUOTA)
+        .plans(&["free", "pro"])
+        .bitrise("kit-storage-token", "kit-storage-sso")
+        .config("bucket_url", "https://storage.example.com/buckets")
+        .config("free_capacity", "1000")
+        .config("docs_url", "https://storage.example.com/docs/plans")
+        .secret("signing_key", "kit-signing-key")
+        .build_api();
+    let config = write_config(pageless.path(), &storage.to_toml());
+    let (ok, report) = kit(&[addon_host_tests::PLUGIN_QUOTA, "--config", config.to_str().unwrap()]).await;
+    assert!(!ok, "{report:#}");
+    let (outcome, detail) = check(&report, "bitrise: the build API answers with the token the provision issued");
+    assert!(outcome == "fail" && detail.contains("build it for the `web` world"), "{outcome}: {detail}");
 }

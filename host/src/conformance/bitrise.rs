@@ -188,6 +188,11 @@ pub(super) fn run(
     report.check("bitrise: a provision repeated after the plan change answers with envs", again);
     vars.sort();
     vars.dedup();
+    let api_token = target.build_api.as_ref().map(|api| {
+        let token = vars.iter().find(|(k, _)| *k == api.token_var).map(|(_, v)| v.clone());
+        build_api(http, api, token.as_deref(), report);
+        token
+    });
     report.check(
         "bitrise: plan change without credentials is refused",
         refused(b.change_plan(&b.slug, &[JSON], &target.plans.0), DENIED),
@@ -234,7 +239,41 @@ pub(super) fn run(
         "bitrise: login after deprovision is refused",
         refused(b.login(&b.slug, ts, &sso_token(&b.slug, &creds.sso_secret, ts)), &[401, 403, 404, 410]),
     );
+    if let (Some(api), Some(Some(token))) = (&target.build_api, api_token) {
+        let bearer = format!("Bearer {token}");
+        report.check(
+            "bitrise: the build API refuses the app's token after deprovision",
+            refused(http.send("GET", &api.url, &[("Authorization", &bearer)], None), DENIED),
+        );
+    }
     Some(vars)
+}
+
+/// The build API: refused without a token and with a wrong one, answered (not refused, not a
+/// 5xx) with the token the provision issued.
+fn build_api(http: &Http, api: &super::BuildApi, token: Option<&str>, report: &mut Report) {
+    report.check(
+        "bitrise: the build API refuses a request without a token",
+        refused(http.send("GET", &api.url, &[], None), DENIED),
+    );
+    report.check(
+        "bitrise: the build API refuses a wrong token",
+        refused(http.send("GET", &api.url, &[("Authorization", "Bearer abt1.kit.not-a-token")], None), DENIED),
+    );
+    let answered = match token {
+        None => Err(format!("the provision returned no `{}`", api.token_var)),
+        Some(token) => http.send("GET", &api.url, &[("Authorization", &format!("Bearer {token}"))], None).and_then(|a| {
+            if a.status == 404 && a.body.contains("serves no API") {
+                Err("the plugin has no HTTP handler: the platform's builds would get 404 (build it for the `web` world)"
+                    .into())
+            } else if DENIED.contains(&a.status) || a.status >= 500 {
+                Err(format!("expected the plugin's answer, got {}", a.brief()))
+            } else {
+                Ok(format!("{} from GET {} in {} ms", a.status, api.url, a.elapsed.as_millis()))
+            }
+        }),
+    };
+    report.check("bitrise: the build API answers with the token the provision issued", answered);
 }
 
 /// The envs of a provision answer, as the kit decodes them: `{"envs":[{key,value}]}`.

@@ -79,6 +79,13 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
     let base = served.base(&addon.id);
     let mut target = target(&addon, &base, &plugin.plans, plugin.timed_calls, Some(&served.origin))?;
     target.allow_empty = plugin.allow_empty;
+    if addon.web.build_api {
+        let public = served.public.clone().unwrap_or_else(|| base.clone());
+        // Any path of the build API: the plugin's own answer (a 404 too) shows the token let the
+        // request through to it.
+        let url = format!("{public}/api/kit");
+        target.build_api = Some(super::BuildApi { url, token_var: addon.web.token_var(&addon.id) });
+    }
     if let (Some(x), true) = (target.xervo.as_mut(), learned) {
         x.declared = Declared::LearnedFromPlugin;
     }
@@ -135,6 +142,7 @@ pub fn target(
         oversized: addon.limits.max_body_bytes + 1,
         timed_calls,
         allow_empty: false,
+        build_api: None,
     })
 }
 
@@ -194,6 +202,8 @@ async fn probe(base: &str, addon: &AddonConfig) -> Vec<String> {
 /// An in-process host serving on 127.0.0.1.
 struct Served {
     origin: String,
+    /// The add-on's own origin, when add-ons have one (`server.web_origin`).
+    public: Option<String>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -209,12 +219,13 @@ impl Served {
             let local = WebOrigin::parse("http://{addon}.localhost").map_err(anyhow::Error::msg)?;
             cfg.server.web_origin = Some(local.on_port(port));
         }
+        let public = cfg.addons.first().and_then(|a| cfg.server.web_origin.as_ref().map(|o| o.of(&a.id)));
         let service = Arc::new(Service::start(&cfg)?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(crate::serve(listener, service, async move {
             let _ = stopped.await;
         }));
-        Ok(Served { origin, stop, task })
+        Ok(Served { origin, public, stop, task })
     }
 
     fn base(&self, addon: &str) -> String {

@@ -3,7 +3,8 @@
 //! negative cases neither kit sends (bad, missing and cross-protocol credentials; stale,
 //! forged and replayed SSO tokens; unknown plans; malformed and oversized bodies; unknown
 //! resources) and checks the plugin's hygiene (variable names, prefixes, values, URLs, call
-//! time against the deadline). The provider is either a plugin served by an in-process host
+//! time against the deadline), and an add-on's build API with the token a provision issued,
+//! before and after deprovision. The provider is either a plugin served by an in-process host
 //! on a temporary data directory ([`local`]) or any running provider given by URL.
 
 mod bitrise;
@@ -42,6 +43,16 @@ pub struct Target {
     /// Whether a provision that returns no variables passes (`--allow-empty`): by default it
     /// fails, since the platform's app then gets nothing from the add-on.
     pub allow_empty: bool,
+    /// The add-on's build API, when it has one and the kit knows where it is served.
+    pub build_api: Option<BuildApi>,
+}
+
+/// Where the build API is and which variable carries an app's token for it.
+#[derive(Debug, Clone)]
+pub struct BuildApi {
+    /// A URL of the build API (`…/api/kit`, on the add-on's origin when it has one).
+    pub url: String,
+    pub token_var: String,
 }
 
 #[derive(Debug, Clone)]
