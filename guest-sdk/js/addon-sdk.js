@@ -43,11 +43,28 @@ export function reply() {
 }
 
 /** The request is wrong (unknown option, refused plan change): 422 to the platform. */
-export const invalid = (message) => ({ tag: 'invalid-request', val: message });
+export const invalid = (message) => new AddonError('invalid-request', message, message);
 /** Not now (an upstream is down): 503 with Retry-After, optionally a docs link. */
-export const unavailable = (message, docsUrl) => ({ tag: 'unavailable', val: { message, docsUrl } });
+export const unavailable = (message, docsUrl) => new AddonError('unavailable', { message, docsUrl }, message);
 /** The plugin failed: 500, and the platform retries. */
-export const internal = (message) => ({ tag: 'internal', val: message });
+export const internal = (message) => new AddonError('internal', message, message);
+
+/**
+ * What a handler throws to refuse or fail: an `Error` (with a stack, `instanceof` works)
+ * whose `tag` and `val` are the WIT error (`invalid-request`, `unavailable`, `internal`;
+ * from `runJob`, `retry` and `fail`), also as `payload`, which is what the component
+ * returns as the call's `err`. Make them with `invalid`, `unavailable`, `internal`, `retry`
+ * and `fail`.
+ */
+export class AddonError extends Error {
+  constructor(tag, val, message) {
+    super(`${tag}: ${message}`);
+    this.name = 'AddonError';
+    this.tag = tag;
+    this.val = val;
+    this.payload = { tag, val };
+  }
+}
 
 /** The add-on's key-value store: a call's writes are kept only if it succeeds. */
 export const kv = {
@@ -128,12 +145,10 @@ export const jobs = {
 };
 
 /** From `runJob`: try again after the host's backoff, or no sooner than `afterMs`. */
-export const retry = (message, afterMs) => ({
-  tag: 'retry',
-  val: { message, afterMs: afterMs === undefined ? undefined : BigInt(afterMs) },
-});
+export const retry = (message, afterMs) =>
+  new AddonError('retry', { message, afterMs: afterMs === undefined ? undefined : BigInt(afterMs) }, message);
 /** From `runJob`: give up; the job goes to the dead-letter list. */
-export const fail = (message) => ({ tag: 'fail', val: message });
+export const fail = (message) => new AddonError('fail', message, message);
 
 /** `runJob` for a plugin that enqueues no jobs (the `web` world includes `worker`). */
 export const noJobs = (job) => {

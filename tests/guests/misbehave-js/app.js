@@ -1,7 +1,7 @@
 // A test-only JavaScript plugin: the plan picks how it misbehaves, so the host's deadline
 // and memory cap are checked against a real JS engine.
 
-import { config, handler, jobs, reply } from '../../../guest-sdk/js/addon-sdk.js';
+import { config, handler, internal, invalid, jobs, reply } from '../../../guest-sdk/js/addon-sdk.js';
 
 // `async`, as JavaScript partners write handlers: each plan below runs through it.
 export const provision = handler(async (req) => {
@@ -13,6 +13,13 @@ export const provision = handler(async (req) => {
   }
   if (req.plan === 'fetch-elsewhere') {
     await fetch('https://example.com/');
+  }
+  if (req.plan === 'refuse') {
+    // A refusal is an Error (AddonError) that still reaches the platform as a 422.
+    const refusal = invalid('not for this app');
+    if (!(refusal instanceof Error) || !refusal.stack) throw internal('a refusal is not an Error with a stack');
+    await Promise.resolve();
+    throw refusal;
   }
   if (req.plan === 'async-refusal') {
     await Promise.resolve();
