@@ -195,12 +195,10 @@ async fn the_kit_passes_the_served_examples_by_url() {
     let (ok, report) = kit(&[&["--url", &url], &flags[..]].concat()).await;
     assert!(ok && report["failed"] == 0, "{report:#}");
     assert_eq!(check(&report, "xervo").0, "skip");
-    // Without a plan list the unknown-plan checks cannot be run, and say so.
-    for name in
-        ["bitrise: provision of an unknown plan is refused", "bitrise: plan change to an unknown plan is refused"]
-    {
-        assert_eq!(check(&report, name), ("skip", "the add-on accepts any plan"), "{report:#}");
-    }
+    // Without a plan list the unknown plan is offered all the same: this provider refuses it.
+    let (outcome, detail) = check(&report, "bitrise: provision of an unknown plan is refused");
+    assert!(outcome == "pass" && detail.contains("the provider's own refusal"), "{outcome}: {detail}");
+    assert_eq!(check(&report, "bitrise: plan change to an unknown plan is refused").0, "pass", "{report:#}");
     // Wrong credentials: the sequence fails, and says why.
     let (ok, report) = kit(&["--url", &url, "--bitrise-token", "wrong", "--sso-secret", "x"]).await;
     assert!(!ok);
@@ -389,4 +387,38 @@ async fn the_kit_calls_the_build_api_with_the_issued_token() {
     assert!(!ok, "{report:#}");
     let (outcome, detail) = check(&report, "bitrise: the build API answers with the token the provision issued");
     assert!(outcome == "fail" && detail.contains("build it for the `web` world"), "{outcome}: {detail}");
+}
+
+/// An add-on that lists no plans leaves them to its plugin: the kit still offers a plan no
+/// add-on has, on a resource of its own. The quota example refuses it itself (PASS, said to be
+/// the plugin's refusal, and the plan change to it is checked too); the credentials example
+/// takes any plan (SKIP saying so, and the probe's resource is deprovisioned). It was always a
+/// SKIP, so a plugin's own refusal was never tested.
+#[tokio::test]
+async fn with_no_plan_list_the_kit_tests_the_plugins_own_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = AddonToml::new("storage", addon_host_tests::PLUGIN_QUOTA)
+        .bitrise("kit-storage-token", "kit-storage-sso")
+        .config("bucket_url", "https://storage.example.com/buckets")
+        .config("free_capacity", "1000")
+        .config("docs_url", "https://storage.example.com/docs/plans")
+        .secret("signing_key", "kit-signing-key");
+    let config = write_config(dir.path(), &storage.to_toml());
+    let config = config.to_str().unwrap();
+    let (ok, report) = kit(&[addon_host_tests::PLUGIN_QUOTA, "--config", config, "--plans", "free,pro"]).await;
+    assert!(ok && report["failed"] == 0, "{report:#}");
+    let (outcome, detail) = check(&report, "bitrise: provision of an unknown plan is refused");
+    assert!(outcome == "pass" && detail.contains("the provider's own refusal"), "{outcome}: {detail}");
+    assert_eq!(check(&report, "bitrise: plan change to an unknown plan is refused").0, "pass", "{report:#}");
+
+    let anything = tempfile::tempdir().unwrap();
+    let myaddon = AddonToml::new("myaddon", addon_host_tests::PLUGIN_CREDENTIALS)
+        .bitrise("kit-myaddon-token", "kit-myaddon-sso")
+        .config("host_url", "https://myaddon.example.com");
+    let config = write_config(anything.path(), &myaddon.to_toml());
+    let (ok, report) = kit(&[addon_host_tests::PLUGIN_CREDENTIALS, "--config", config.to_str().unwrap()]).await;
+    assert!(ok && report["failed"] == 0, "{report:#}");
+    let (outcome, detail) = check(&report, "bitrise: provision of an unknown plan is refused");
+    assert!(outcome == "skip" && detail.contains("accepted `kit-no-such-plan`"), "{outcome}: {detail}");
+    assert_eq!(check(&report, "bitrise: plan change to an unknown plan is refused").0, "skip", "{report:#}");
 }

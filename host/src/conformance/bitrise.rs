@@ -5,7 +5,9 @@
 //! provision answering 201 also shows that none of them created anything.
 
 use super::client::{Answer, Http};
-use super::{BitriseTarget, Report, Target, expect, random_hex, refused, sso_token, unix_now};
+use super::{
+    BitriseTarget, Report, Target, UnknownPlan, expect, plugin_decides, random_hex, refused, sso_token, unix_now,
+};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
@@ -110,15 +112,26 @@ pub(super) fn run(
         "bitrise: an oversized body is refused",
         refused(b.provision(&[auth, JSON], &padded.to_string()), &[413]),
     );
-    match &target.unknown_plan {
-        Some(unknown) => {
-            report.check(
-                "bitrise: provision of an unknown plan is refused",
-                refused(b.provision(&[auth, JSON], &b.body(unknown)), &[400, 422]),
-            );
+    let unknown_provision = "bitrise: provision of an unknown plan is refused";
+    let accepts_any = match &target.unknown_plan {
+        UnknownPlan::Listed(unknown) => {
+            report.check(unknown_provision, refused(b.provision(&[auth, JSON], &b.body(unknown)), &[400, 422]));
+            false
         }
-        None => report.skip("bitrise: provision of an unknown plan is refused", "the add-on accepts any plan"),
-    }
+        UnknownPlan::PluginDecides(unknown) => {
+            let probe = Bitrise { slug: random_hex(8), ..b };
+            let accepted = plugin_decides(
+                report,
+                unknown_provision,
+                unknown,
+                probe.provision(&[auth, JSON], &probe.body(unknown)),
+            );
+            if accepted {
+                let _ = probe.deprovision(&probe.slug, &[auth, JSON]);
+            }
+            accepted
+        }
+    };
     report.check(
         "bitrise: plan change of an unknown app is refused",
         refused(b.change_plan(&b.slug, &[auth, JSON], &target.plans.1), &[404, 410]),
@@ -168,14 +181,12 @@ pub(super) fn run(
         Ok(detail)
     });
     report.check("bitrise: plan change answers 2xx", changed);
+    let unknown_change = "bitrise: plan change to an unknown plan is refused";
     match &target.unknown_plan {
-        Some(unknown) => {
-            report.check(
-                "bitrise: plan change to an unknown plan is refused",
-                refused(b.change_plan(&b.slug, &[auth, JSON], unknown), &[400, 422]),
-            );
+        _ if accepts_any => report.skip(unknown_change, "the plugin accepts any plan (see the provision of one)"),
+        UnknownPlan::Listed(unknown) | UnknownPlan::PluginDecides(unknown) => {
+            report.check(unknown_change, refused(b.change_plan(&b.slug, &[auth, JSON], unknown), &[400, 422]));
         }
-        None => report.skip("bitrise: plan change to an unknown plan is refused", "the add-on accepts any plan"),
     }
     // Bitrise provisions again ("create or update"): what the app then gets is the variables
     // as they stand after the plan change.

@@ -97,6 +97,9 @@ pub async fn run(plugin: Plugin, report: &mut Report) -> anyhow::Result<String> 
     Ok(base)
 }
 
+/// A plan no add-on has.
+const UNKNOWN_PLAN: &str = "kit-no-such-plan";
+
 /// The kit's target for an add-on served at `base`, from its settings. `plans` overrides the
 /// add-on's plans when not empty; `origin`, when the add-on is served by addon-host there,
 /// gives the Xervo manifest it publishes, to check.
@@ -132,7 +135,11 @@ pub fn target(
         base: base.trim_end_matches('/').to_owned(),
         prefix: addon.id.to_ascii_uppercase().replace('-', "_"),
         plans: (first.clone(), chosen.get(1).cloned().unwrap_or(first)),
-        unknown_plan: (!addon.plans.is_empty()).then(|| "kit-no-such-plan".to_owned()),
+        unknown_plan: if addon.plans.is_empty() {
+            super::UnknownPlan::PluginDecides(UNKNOWN_PLAN.to_owned())
+        } else {
+            super::UnknownPlan::Listed(UNKNOWN_PLAN.to_owned())
+        },
         bitrise: addon.bitrise.as_ref().map(|b| BitriseTarget {
             shared_token: b.shared_token.expose().to_owned(),
             sso_secret: b.sso_secret.expose().to_owned(),

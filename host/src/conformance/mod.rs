@@ -29,9 +29,9 @@ pub struct Target {
     pub prefix: String,
     /// The plan to provision, and the plan to change to.
     pub plans: (String, String),
-    /// A plan the provider must refuse; `None` when it accepts any plan (or the kit cannot
-    /// know which it refuses).
-    pub unknown_plan: Option<String>,
+    /// A plan no add-on has, and who refuses it: the host when the add-on lists its plans,
+    /// else the plugin, which may also accept any plan.
+    pub unknown_plan: UnknownPlan,
     pub bitrise: Option<BitriseTarget>,
     pub xervo: Option<XervoTarget>,
     /// The time one call may take: the add-on's deadline, or the platform's.
@@ -45,6 +45,37 @@ pub struct Target {
     pub allow_empty: bool,
     /// The add-on's build API, when it has one and the kit knows where it is served.
     pub build_api: Option<BuildApi>,
+}
+
+/// Who must refuse a plan the add-on does not have.
+#[derive(Debug, Clone)]
+pub enum UnknownPlan {
+    /// The add-on lists its plans: the host refuses any other (422), before the plugin runs.
+    Listed(String),
+    /// The add-on lists none (or the kit knows no list, `--url`), so the plugin decides: its
+    /// refusal passes, and its acceptance is a SKIP that says so (nothing requires a plugin
+    /// to refuse). Probed on a resource of its own, deprovisioned again if it was made.
+    PluginDecides(String),
+}
+
+/// An unknown plan offered where the plugin decides (see [`UnknownPlan::PluginDecides`]):
+/// whether it was accepted.
+fn plugin_decides(report: &mut Report, name: &str, plan: &str, answer: Result<Answer, String>) -> bool {
+    match answer {
+        Ok(a) if (200..300).contains(&a.status) => {
+            let why = format!(
+                "no plan list, and the provider accepted `{plan}` ({}): list the plans in `plans` to have the host refuse others",
+                a.status
+            );
+            report.skip(name, why);
+            true
+        }
+        other => {
+            let own = refused(other, &[400, 422]).map(|d| format!("{d}: no plan list, so the provider's own refusal"));
+            report.check(name, own);
+            false
+        }
+    }
 }
 
 /// Where the build API is and which variable carries an app's token for it.

@@ -6,7 +6,10 @@
 use base64::Engine;
 
 use super::client::{Answer, Http, origin};
-use super::{Declared, Report, Target, XervoTarget, expect, random_hex, refused, sso_token, unix_now};
+use super::{
+    Declared, Report, Target, UnknownPlan, XervoTarget, expect, plugin_decides, random_hex, refused, sso_token,
+    unix_now,
+};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const ACCEPT: (&str, &str) = ("Accept", "application/json");
@@ -17,6 +20,7 @@ pub(super) fn basic(x: &XervoTarget) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", x.id, x.password)))
 }
 
+#[derive(Clone)]
 struct Xervo<'a> {
     http: &'a Http,
     creds: &'a XervoTarget,
@@ -125,15 +129,23 @@ pub(super) fn run(
         "xervo: a malformed JSON body is refused",
         refused(x.provision(&[auth, JSON], "{\"plan\":"), &[400, 422]),
     );
-    match &target.unknown_plan {
-        Some(unknown) => {
-            report.check(
-                "xervo: provision of an unknown plan is refused",
-                refused(x.provision(&[auth, JSON], &x.body(unknown)), &[400, 422]),
-            );
+    let unknown_provision = "xervo: provision of an unknown plan is refused";
+    let accepts_any = match &target.unknown_plan {
+        UnknownPlan::Listed(unknown) => {
+            report.check(unknown_provision, refused(x.provision(&[auth, JSON], &x.body(unknown)), &[400, 422]));
+            false
         }
-        None => report.skip("xervo: provision of an unknown plan is refused", "the add-on accepts any plan"),
-    }
+        UnknownPlan::PluginDecides(unknown) => {
+            let probe = Xervo { app: format!("kit{}", random_hex(6)), ..x.clone() };
+            let answer = probe.provision(&[auth, ACCEPT, JSON], &probe.body(unknown));
+            let made = answer.as_ref().ok().and_then(|a| provisioned(a).ok()).map(|(id, _)| id);
+            let accepted = plugin_decides(report, unknown_provision, unknown, answer);
+            if let (true, Some(id)) = (accepted, made) {
+                let _ = probe.deprovision(&id, &[auth]);
+            }
+            accepted
+        }
+    };
 
     let first = expect(x.provision(&[auth, ACCEPT, JSON], &body), &[200]).and_then(|a| {
         let (id, config) = provisioned(&a)?;
@@ -191,14 +203,12 @@ pub(super) fn run(
         Ok(detail)
     });
     report.check("xervo: plan change answers 200 with a message", changed);
+    let unknown_change = "xervo: plan change to an unknown plan is refused";
     match &target.unknown_plan {
-        Some(unknown) => {
-            report.check(
-                "xervo: plan change to an unknown plan is refused",
-                refused(x.change_plan(&id, &[auth, JSON], unknown), &[400, 422]),
-            );
+        _ if accepts_any => report.skip(unknown_change, "the plugin accepts any plan (see the provision of one)"),
+        UnknownPlan::Listed(unknown) | UnknownPlan::PluginDecides(unknown) => {
+            report.check(unknown_change, refused(x.change_plan(&id, &[auth, JSON], unknown), &[400, 422]));
         }
-        None => report.skip("xervo: plan change to an unknown plan is refused", "the add-on accepts any plan"),
     }
     report
         .check("xervo: plan change without credentials is refused", refused(x.change_plan(&id, &[JSON], plan), DENIED));
