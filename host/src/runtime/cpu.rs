@@ -399,11 +399,13 @@ mod tests {
         let cores = Cores::new(1, true, Box::new(|| {}));
         let (spinner, quiet) = (Account::new(1), Account::new(1));
         (0..2).for_each(|_| cores.active.ended(&spinner, true));
-        let until = Instant::now() + Duration::from_millis(200);
-        let call = Scheduled::new(std::future::ready(()), cores.clone(), spinner, Arc::default(), until);
+        // A deadline whose grace (100 ms) a loaded machine does not pass between two lines.
+        let deadline = Duration::from_secs(2);
+        let call =
+            Scheduled::new(std::future::ready(()), cores.clone(), spinner, Arc::default(), Instant::now() + deadline);
         cores.active.saw(&quiet, Instant::now());
         assert!(!call.yields(), "a spinner's call yielded before its grace");
-        std::thread::sleep(super::super::priority::grace(Duration::from_millis(200)) + Duration::from_millis(5));
+        std::thread::sleep(super::super::priority::grace(deadline) + Duration::from_millis(5));
         cores.active.saw(&quiet, Instant::now());
         assert!(call.yields(), "a spinner's call did not yield after its grace");
     }
