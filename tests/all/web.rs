@@ -86,6 +86,20 @@ async fn a_builds_request_reaches_the_plugin_with_the_apps_identity_and_nothing_
     assert_eq!(host.kv("myaddon")["calls/c1"], "3", "the plugin's writes from its API calls are kept");
 }
 
+/// The build API's root, `/api/` (as a build's `curl $URL/api/` sends it), reaches the plugin
+/// like any other path under it: it was the host's 404 "no such route".
+#[tokio::test]
+async fn the_build_apis_root_reaches_the_plugin() {
+    let host = web_host(|_| {});
+    let reply = host.provision("misbehave", MISBEHAVE_TOKEN, "root-1", "static").await;
+    let token = token_in(&reply, "MISBEHAVE_API_TOKEN");
+    let root = api(&host, Method::GET, "/addons/misbehave/api/", &token, "").await;
+    // misbehave answers an empty last segment with its first page.
+    assert_eq!(root.status, 200, "{}", root.text);
+    assert!(root.text.contains("<p>misbehave</p>"), "{}", root.text);
+    assert_eq!(api(&host, Method::GET, "/addons/misbehave/api/", "abt1.root-1.wrong", "").await.status, 401);
+}
+
 #[tokio::test]
 async fn wrong_missing_other_apps_rotated_and_deprovisioned_tokens_get_401() {
     let host = web_host(|_| {});

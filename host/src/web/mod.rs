@@ -46,6 +46,8 @@ pub(crate) fn routes(service: &Arc<Service>) -> Router<Arc<Service>> {
         .route("/addons/{addon_id}/dashboard", routing::any(dashboard))
         .route("/addons/{addon_id}/dashboard/", routing::any(dashboard))
         .route("/addons/{addon_id}/dashboard/{*rest}", routing::any(dashboard))
+        // The root too: `{*rest}` does not match an empty rest.
+        .route("/addons/{addon_id}/api/", routing::any(api))
         .route("/addons/{addon_id}/api/{*rest}", routing::any(api))
         .with_state(state)
 }
